@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make run` and `make test`. Both set themselves up.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PORT ?= 8000
+WORKERS ?= 2
+# The first Python 3.11+ on PATH.
+PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
+PYTEST_ARGS ?=
+
+.PHONY: install run test bench clean migration
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is needed on PATH" >&2; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/expplatform db upgrade
+	$(BIN)/expplatform demo setup
+	@echo "expplatform: serving on http://127.0.0.1:$(PORT)/ with $(WORKERS) workers (Ctrl-C stops)"
+	$(BIN)/gunicorn --workers $(WORKERS) --bind 127.0.0.1:$(PORT) --access-logfile - wsgi:app
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	for script in bench/*.py; do $(BIN)/python $$script || exit 1; done
+
+# Regenerate migrations/versions/0001_initial.py from the models (before the first release only).
+migration: $(STAMP)
+	$(BIN)/python -m tests.regen_initial_migration
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache

@@ -1,0 +1,31 @@
+"""The JSON API for client apps and automation, under /api/v1.
+
+Each feature module registers its routes on ``bp`` and publishes its part of the
+OpenAPI document as ``OPENAPI`` (see ``openapi.py``).
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask
+
+from ..auth import public
+from . import errors
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+
+@bp.get("/health")
+@public
+def health():
+    """Liveness probe; needs no credentials and touches no database."""
+    return {"status": "ok"}
+
+
+def init_app(app: Flask) -> None:
+    from . import openapi  # noqa: F401  (registers routes on bp; imports every feature module)
+
+    errors.init_app(app)
+    app.register_blueprint(bp)
+    csrf = app.extensions.get("csrf")
+    if csrf is not None:
+        csrf.exempt(bp)  # bearer keys authenticate writes here; cookie sessions may only read

@@ -1,0 +1,73 @@
+"""JSON error responses for everything under /api: never an HTML page, never a 500
+for bad input, and a 503 the client may retry when the database is unreachable."""
+
+from __future__ import annotations
+
+from flask import Flask, current_app, jsonify, request
+from sqlalchemy.exc import DBAPIError, OperationalError
+from werkzeug.exceptions import HTTPException
+
+from ..errors import ApiError
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "authentication_required",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_failed",
+    429: "too_many_requests",
+}
+
+
+def _is_api_request() -> bool:
+    return request.path.startswith("/api/")
+
+
+def error_response(status: int, code: str, message: str, **extra):
+    response = jsonify({"error": code, "message": message, **extra})
+    response.status_code = status
+    return response
+
+
+def _handle_api_error(exc: ApiError):
+    response = jsonify(exc.to_dict())
+    response.status_code = exc.status
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="expplatform"'
+    return response
+
+
+def _handle_http_exception(exc: HTTPException):
+    if not _is_api_request():
+        return exc
+    status = exc.code or 500
+    return error_response(status, _HTTP_CODES.get(status, "http_error"), exc.description or exc.name)
+
+
+def _handle_database_error(exc: DBAPIError):
+    if not _is_api_request():
+        raise exc
+    message = str(exc.orig).lower() if exc.orig is not None else ""
+    if isinstance(exc, OperationalError) or exc.connection_invalidated or "locked" in message:
+        return error_response(
+            503, "database_unavailable", "The database is unavailable; nothing was stored. Retry the request."
+        ), 503, {"Retry-After": "1"}
+    raise exc
+
+
+def _handle_unexpected(exc: Exception):
+    if not _is_api_request():
+        raise exc
+    current_app.logger.exception("unhandled error on %s %s", request.method, request.path)
+    return error_response(500, "internal_error", "An unexpected error occurred; it has been logged.")
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(ApiError, _handle_api_error)
+    app.register_error_handler(HTTPException, _handle_http_exception)
+    app.register_error_handler(DBAPIError, _handle_database_error)
+    app.register_error_handler(Exception, _handle_unexpected)

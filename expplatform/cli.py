@@ -1,0 +1,168 @@
+"""The ``expplatform`` command: database, users, keys, experiments and reports.
+
+Built on Flask's CLI so every command runs inside a configured app (the same
+settings and database as the service).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from flask.cli import FlaskGroup, with_appcontext
+from sqlalchemy import select
+
+from . import auth, migrations
+from .db import get_db
+from .models import ApiKey
+
+
+def _create_app():
+    from . import create_app
+
+    # Migrations must run on an unmigrated database, so the CLI never refuses to start.
+    return create_app({"check_migrations": False})
+
+
+@click.group(cls=FlaskGroup, create_app=_create_app, add_default_commands=False, add_version_option=False)
+def main() -> None:
+    """Manage an expplatform installation."""
+
+
+# -- database ------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Schema migrations (Alembic)."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+@with_appcontext
+def db_upgrade(revision: str) -> None:
+    """Migrate the database up to REVISION (default: the latest)."""
+    engine = get_db().engine
+    migrations.upgrade(engine, revision)
+    click.echo(f"database at revision {migrations.current_revision(engine)}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@with_appcontext
+def db_downgrade(revision: str) -> None:
+    """Migrate the database down to REVISION ('base' removes every table)."""
+    engine = get_db().engine
+    migrations.downgrade(engine, revision)
+    click.echo(f"database at revision {migrations.current_revision(engine)}")
+
+
+@db.command("current")
+@with_appcontext
+def db_current() -> None:
+    """Print the database's revision and the latest one."""
+    click.echo(f"current: {migrations.current_revision(get_db().engine)}  head: {migrations.head_revision()}")
+
+
+# -- users and keys ------------------------------------------------------------------
+
+
+@main.group()
+def users() -> None:
+    """Web accounts."""
+
+
+@users.command("create")
+@click.option("--email", required=True)
+@click.option("--role", type=click.Choice(auth.ROLES), required=True)
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
+@with_appcontext
+def users_create(email: str, role: str, password: str) -> None:
+    """Create a web login."""
+    with get_db().write() as session:
+        try:
+            user = auth.create_user(session, email, password, role)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        click.echo(f"created {user.role} {user.email}")
+
+
+@main.group()
+def keys() -> None:
+    """API keys for client apps (client scope) and automation (admin scope)."""
+
+
+@keys.command("create")
+@click.option("--scope", type=click.Choice(auth.SCOPES), required=True)
+@click.option("--name", required=True)
+@with_appcontext
+def keys_create(scope: str, name: str) -> None:
+    """Create a key; the key itself is printed once, as the last line."""
+    with get_db().write() as session:
+        record, plaintext = auth.create_api_key(session, scope, name, created_by="cli")  # type: ignore[arg-type]
+        click.echo(f"created {scope} key {record.prefix}… named {name!r}; store it now, it is not shown again:")
+    click.echo(plaintext)
+
+
+@keys.command("list")
+@with_appcontext
+def keys_list() -> None:
+    """List keys by prefix (the keys themselves are not stored)."""
+    with get_db().sessionmaker() as session:
+        for record in session.scalars(select(ApiKey).order_by(ApiKey.id)):
+            state = f"revoked {record.revoked_at:%Y-%m-%d %H:%M}" if record.revoked_at else "active"
+            click.echo(f"{record.prefix}  {record.scope:<6}  {state:<24}  {record.name}")
+
+
+@keys.command("revoke")
+@click.argument("prefix")
+@with_appcontext
+def keys_revoke(prefix: str) -> None:
+    """Revoke the key whose prefix (as listed) is PREFIX."""
+    with get_db().write() as session:
+        record = auth.revoke_api_key(session, prefix)
+    if record is None:
+        click.echo(f"no key with prefix {prefix}", err=True)
+        sys.exit(1)
+    click.echo(f"revoked {prefix}")
+
+
+# -- demo --------------------------------------------------------------------------
+
+
+@main.group()
+def demo() -> None:
+    """The demo installation that `make run` starts."""
+
+
+DEMO_EMAIL = "demo@example.com"
+DEMO_PASSWORD = "demo-password"
+
+
+@demo.command("setup")
+@with_appcontext
+def demo_setup() -> None:
+    """Create the demo editor login and client key on first run; print them every run.
+
+    The demo key is kept in the instance folder (mode 600) only so that later runs
+    can print it again; real keys are never stored in plaintext.
+    """
+    from flask import current_app
+
+    from .models import User
+
+    credentials = current_app.extensions["settings"].instance_path / "demo_client_key"
+    with get_db().write() as session:
+        if session.scalar(select(User).where(User.email == DEMO_EMAIL)) is None:
+            auth.create_user(session, DEMO_EMAIL, DEMO_PASSWORD, "editor")
+        if not credentials.exists():
+            _record, plaintext = auth.create_api_key(session, "client", "demo client app", created_by="demo")
+            credentials.parent.mkdir(parents=True, exist_ok=True)
+            credentials.write_text(plaintext)
+            credentials.chmod(0o600)
+    click.echo(f"demo login:      {DEMO_EMAIL} / {DEMO_PASSWORD} (editor)")
+    click.echo(f"demo client key: {credentials.read_text().strip()}")
+
+
+if __name__ == "__main__":
+    main()

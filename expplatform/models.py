@@ -1,0 +1,266 @@
+"""Database tables. Columns and constraints only: the wire format lives in
+``api/schemas.py`` and behaviour in the service modules."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from .db import Base
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on both databases.
+
+    SQLite keeps no zone, so values are normalised to UTC on the way in and marked
+    UTC on the way out; comparisons then behave the same on SQLite and PostgreSQL.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use an aware UTC datetime")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+# Big integer ids on PostgreSQL, plain INTEGER (the rowid alias) on SQLite.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (CheckConstraint("role IN ('viewer', 'editor', 'admin')", name="role"),)
+
+
+class ApiKey(Base):
+    """A bearer key. Only a SHA-256 digest is stored: keys are 256-bit random, so a
+    fast digest is safe and keeps authentication off the assignment hot path's
+    critical cost (a slow password hash would not)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(300))
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (CheckConstraint("scope IN ('client', 'admin')", name="scope"),)
+
+
+class Experiment(Base):
+    __tablename__ = "experiments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    hypothesis: Mapped[str] = mapped_column(Text, default="")
+    stages: Mapped[list[str]] = mapped_column(JSON)
+    target_stage: Mapped[str] = mapped_column(String(64), index=True)
+    # Seed of every hash for this experiment; equal to the key unless set otherwise.
+    salt: Mapped[str] = mapped_column(String(128))
+    traffic: Mapped[float] = mapped_column(Float, default=1.0)
+    targeting: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    scale_min: Mapped[int] = mapped_column(Integer, default=1)
+    scale_max: Mapped[int] = mapped_column(Integer, default=5)
+    layer: Mapped[str | None] = mapped_column(String(64), index=True)
+    # Share of the layer's hash space this experiment holds, and the buckets it was
+    # given ([[start, end), ...] out of LAYER_BUCKETS) when it joined the layer.
+    layer_share: Mapped[float | None] = mapped_column(Float)
+    layer_ranges: Mapped[list[list[int]] | None] = mapped_column(JSON)
+    decision: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prior: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # QA overrides: customer id -> variant key. Served, marked, excluded from analysis.
+    forced_variants: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="draft", index=True)
+    cloned_from: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    variants: Mapped[list[Variant]] = relationship(
+        back_populates="experiment", order_by="Variant.position", cascade="all, delete-orphan"
+    )
+
+    __table_args__ = (
+        CheckConstraint("status IN ('draft', 'running', 'paused', 'stopped')", name="status"),
+        CheckConstraint("traffic > 0 AND traffic <= 1", name="traffic"),
+        CheckConstraint("scale_min < scale_max", name="scale"),
+    )
+
+
+class Variant(Base):
+    __tablename__ = "variants"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text, default="")
+    weight: Mapped[float] = mapped_column(Float)
+    position: Mapped[int] = mapped_column(Integer)
+    is_control: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    experiment: Mapped[Experiment] = relationship(back_populates="variants")
+
+    __table_args__ = (
+        UniqueConstraint("experiment_id", "key"),
+        CheckConstraint("weight > 0", name="weight"),
+    )
+
+
+class DefinitionsVersion(Base):
+    """One row whose counter goes up on every experiment change, so every worker can
+    tell with one primary-key read whether its cached definitions are stale."""
+
+    __tablename__ = "definitions_version"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("experiments.id", ondelete="SET NULL"), index=True
+    )
+    experiment_key: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(300))
+    action: Mapped[str] = mapped_column(String(32))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Exposure(Base):
+    """The first assignment of an enrolled customer: the denominator of every metric."""
+
+    __tablename__ = "exposures"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id", ondelete="CASCADE"))
+    customer_id: Mapped[str] = mapped_column(String(256))
+    exposed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    forced: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Times this customer was later computed into another variant than recorded.
+    mismatches: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (
+        UniqueConstraint("experiment_id", "customer_id"),
+        Index(None, "customer_id"),
+        Index(None, "experiment_id", "variant_id"),
+    )
+
+
+class Event(Base):
+    """A stage outcome as the client sent it: the source of truth for outcomes."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(128), unique=True)
+    customer_id: Mapped[str] = mapped_column(String(256))
+    stage: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(16))
+    value: Mapped[int | None] = mapped_column(Integer)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    experiment_key: Mapped[str | None] = mapped_column(String(64))
+    # How many experiments the event was attributed to (0: matched no exposure).
+    attributed: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (
+        CheckConstraint("type IN ('conversion', 'satisfaction')", name="type"),
+        Index(None, "customer_id"),
+    )
+
+
+class Outcome(Base):
+    """One row per experiment x customer x stage, kept exactly in step with the raw
+    events at ingest so a report reads O(customers), not O(events). Rebuildable from
+    ``events`` and ``exposures``."""
+
+    __tablename__ = "outcomes"
+
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    customer_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(64), primary_key=True)
+    variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id", ondelete="CASCADE"))
+    converted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    rating: Mapped[int | None] = mapped_column(Integer)
+    rated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index(None, "experiment_id", "stage", "variant_id"),)
+
+
+class AnalysisJob(Base):
+    """A full-model (PyMC) fit run outside the request."""
+
+    __tablename__ = "analysis_jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    requested_by: Mapped[str] = mapped_column(String(300))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    worker: Mapped[str | None] = mapped_column(String(200))
+    error: Mapped[str | None] = mapped_column(Text)
+    snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+    __table_args__ = (
+        CheckConstraint("status IN ('queued', 'running', 'finished', 'failed')", name="status"),
+    )

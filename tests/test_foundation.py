@@ -1,0 +1,126 @@
+"""Configuration, migrations, start-up checks and the import boundaries."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect
+
+from expplatform import create_app, migrations
+from expplatform.config import ConfigError, load_settings
+from expplatform.db import Base
+from expplatform.migrations import SchemaOutOfDate
+
+from .conftest import POSTGRES_URL, fresh_postgres_schema, make_test_app
+
+
+def test_settings_parse_typed_values(tmp_path):
+    settings = load_settings(
+        environ={
+            "EXPPLATFORM_INSTANCE_PATH": str(tmp_path),
+            "EXPPLATFORM_MAX_BATCH_EVENTS": "250",
+            "EXPPLATFORM_TESTING": "yes",
+            "EXPPLATFORM_DATABASE_URL": "postgresql://u@h/db",
+        }
+    )
+    assert settings.max_batch_events == 250
+    assert settings.testing is True
+    assert settings.database_url == "postgresql+psycopg://u@h/db"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("MAX_BATCH_EVENTS", "lots", "must be an integer"),
+        ("MAX_BATCH_EVENTS", "0", "at least 1"),
+        ("TESTING", "maybe", "true or false"),
+        ("CLOCK_SKEW_SECONDS", "soon", "must be a number"),
+        ("DATABASE_URL", "mysql://x/y", "sqlite:/// or postgresql://"),
+    ],
+)
+def test_bad_settings_fail_loudly(tmp_path, name, value, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_settings(environ={"EXPPLATFORM_INSTANCE_PATH": str(tmp_path), f"EXPPLATFORM_{name}": value})
+    assert name in str(info.value) or name == "DATABASE_URL"
+
+
+def test_secret_key_is_generated_once_and_persisted(tmp_path):
+    first = load_settings(environ={"EXPPLATFORM_INSTANCE_PATH": str(tmp_path)}).secret_key
+    second = load_settings(environ={"EXPPLATFORM_INSTANCE_PATH": str(tmp_path)}).secret_key
+    assert first == second and len(first) >= 32
+    assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
+    assert load_settings(environ={"EXPPLATFORM_INSTANCE_PATH": str(tmp_path / "other")}).secret_key != first
+
+
+def _migration_urls(tmp_path) -> list[str]:
+    urls = [f"sqlite:///{tmp_path / 'migrated.sqlite3'}"]
+    if POSTGRES_URL:
+        import os
+
+        urls.append(fresh_postgres_schema(f"m_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"))
+    return urls
+
+
+def test_migrations_round_trip_and_match_models(tmp_path):
+    for url in _migration_urls(tmp_path):
+        engine = create_engine(url)
+        migrations.upgrade(engine)
+        assert migrations.current_revision(engine) == migrations.head_revision()
+        with engine.connect() as connection:
+            diff = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata)
+        assert diff == [], f"models and migrations disagree on {url}: {diff}"
+        migrations.downgrade(engine, "base")
+        assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+        migrations.upgrade(engine)
+        assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
+        engine.dispose()
+
+
+def test_service_refuses_unmigrated_database(tmp_path):
+    url = f"sqlite:///{tmp_path / 'empty.sqlite3'}"
+    with pytest.raises(SchemaOutOfDate, match="expplatform db upgrade"):
+        create_app({"database_url": url, "instance_path": str(tmp_path), "testing": True})
+    migrations.upgrade(create_engine(url))
+    assert create_app({"database_url": url, "instance_path": str(tmp_path), "testing": True}) is not None
+
+
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path):
+    db = make_test_app(f"sqlite:///{tmp_path / 'wal.sqlite3'}", tmp_path).extensions["db"]
+    with db.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == db.settings.sqlite_busy_timeout_ms
+
+
+def test_importing_the_service_and_starting_it_does_not_load_pymc(tmp_path):
+    code = (
+        "import sys; from expplatform import create_app; "
+        f"create_app({{'database_url': 'sqlite://', 'testing': True, 'check_migrations': False, 'instance_path': {str(tmp_path)!r}}}); "
+        "import analysis; "
+        "bad = [m for m in ('pymc', 'pytensor', 'arviz') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cli_upgrades_a_fresh_database_and_manages_keys(tmp_path):
+    env = {"EXPPLATFORM_INSTANCE_PATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    exe = [sys.executable, "-m", "expplatform.cli"]
+    run = lambda *args: subprocess.run([*exe, *args], capture_output=True, text=True, env=env)  # noqa: E731
+    upgraded = run("db", "upgrade")
+    assert upgraded.returncode == 0 and "0001" in upgraded.stdout, upgraded.stderr
+    created = run("keys", "create", "--scope", "client", "--name", "web shop")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("xp_") and len(key) > 40
+    listed = run("keys", "list")
+    assert key[:12] in listed.stdout and key not in listed.stdout and "active" in listed.stdout
+    revoked = run("keys", "revoke", key[:12])
+    assert revoked.returncode == 0
+    assert "revoked" in run("keys", "list").stdout
+    assert run("keys", "revoke", "xp_nope").returncode == 1
