@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 from flask import flash, redirect, render_template, request, session, url_for
 
-from ..auth import authenticate_user, current_user
+from ..auth import authenticate_user, current_user, public
 from ..db import get_session
 from . import bp
 from .forms import ConfirmForm, LoginForm
@@ -23,6 +23,7 @@ def _safe_next(target: str | None) -> str:
 
 
 @bp.get("/")
+@public
 def index():
     if current_user() is None:
         return redirect(url_for("web.login"))
@@ -30,11 +31,13 @@ def index():
 
 
 @bp.get("/login")
+@public
 def login():
     return render_template("login.html", form=LoginForm(), next=request.args.get("next", ""))
 
 
 @bp.post("/login")
+@public
 def login_post():
     form = LoginForm()
     next_url = request.form.get("next", "")
@@ -50,6 +53,7 @@ def login_post():
 
 
 @bp.post("/logout")
+@public
 def logout():
     form = ConfirmForm()
     if form.validate_on_submit():
