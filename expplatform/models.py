@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
 from sqlalchemy import (
@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -195,7 +196,8 @@ class Exposure(Base):
     __table_args__ = (
         UniqueConstraint("experiment_id", "customer_id"),
         Index(None, "customer_id"),
-        Index(None, "experiment_id", "variant_id"),
+        # Covers the exposed-per-variant count of every report (forced ones excluded).
+        Index(None, "experiment_id", "variant_id", "forced"),
     )
 
 
@@ -215,6 +217,9 @@ class Event(Base):
     experiment_key: Mapped[str | None] = mapped_column(String(64))
     # How many experiments the event was attributed to (0: matched no exposure).
     attributed: Mapped[int] = mapped_column(Integer, default=0)
+    # The latest exposure time this event can follow: min(occurred_at + clock skew,
+    # received_at), fixed at ingest so a rebuild judges "exposed before" exactly alike.
+    exposure_cutoff: Mapped[datetime] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         CheckConstraint("type IN ('conversion', 'satisfaction')", name="type"),
@@ -238,8 +243,62 @@ class Outcome(Base):
     converted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     rating: Mapped[int | None] = mapped_column(Integer)
     rated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # events.id of the rating kept: breaks ties between ratings given at the same time
+    # (later arrival wins), so ingest order and a rebuild always agree.
+    rating_event_id: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (Index(None, "experiment_id", "stage", "variant_id"),)
+
+
+class OutcomeCount(Base):
+    """Customers per experiment x stage x variant who converted (kind ``converted``,
+    value 0) or whose latest rating is ``value`` (kind ``rating``), moved in the same
+    transaction as the outcome rows they summarise: a report reads a few cells instead
+    of grouping millions of outcome rows."""
+
+    __tablename__ = "outcome_counts"
+
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    stage: Mapped[str] = mapped_column(String(64), primary_key=True)
+    variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer, primary_key=True)
+    customers: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    __table_args__ = (CheckConstraint("kind IN ('converted', 'rating')", name="kind"),)
+
+
+class EventQualityCount(Base):
+    """Events at one of an experiment's stages that did not count for it, by reason:
+    ``before_exposure``, ``after_stop``, ``forced`` (QA customer) or ``not_exposed``
+    (the event named the experiment, the customer was never exposed to it)."""
+
+    __tablename__ = "event_quality_counts"
+
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    stage: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    events: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    __table_args__ = (
+        CheckConstraint("kind IN ('before_exposure', 'after_stop', 'forced', 'not_exposed')", name="kind"),
+    )
+
+
+class UnmatchedEventCount(Base):
+    """Events, per UTC day received and stage, whose customer had no exposure to any
+    experiment measuring that stage: they belong to no experiment, so they are kept
+    by day and each report sums the days of its own run."""
+
+    __tablename__ = "unmatched_event_counts"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    stage: Mapped[str] = mapped_column(String(64), primary_key=True)
+    events: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class AnalysisJob(Base):

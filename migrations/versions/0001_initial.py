@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 09:21:57.922601
+Create Date: 2026-11-25 09:29:05.672719
 """
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ def upgrade() -> None:
     sa.Column('received_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('experiment_key', sa.String(length=64), nullable=True),
     sa.Column('attributed', sa.Integer(), nullable=False),
+    sa.Column('exposure_cutoff', sa.DateTime(timezone=True), nullable=False),
     sa.CheckConstraint("type IN ('conversion', 'satisfaction')", name=op.f('ck_events_type')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_events')),
     sa.UniqueConstraint('event_id', name=op.f('uq_events_event_id'))
@@ -90,6 +91,12 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_experiments_status'), ['status'], unique=False)
         batch_op.create_index(batch_op.f('ix_experiments_target_stage'), ['target_stage'], unique=False)
 
+    op.create_table('unmatched_event_counts',
+    sa.Column('day', sa.Date(), nullable=False),
+    sa.Column('stage', sa.String(length=64), nullable=False),
+    sa.Column('events', sa.BigInteger(), nullable=False),
+    sa.PrimaryKeyConstraint('day', 'stage', name=op.f('pk_unmatched_event_counts'))
+    )
     op.create_table('users',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('email', sa.String(length=254), nullable=False),
@@ -136,6 +143,15 @@ def upgrade() -> None:
     with op.batch_alter_table('audit_log', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_audit_log_experiment_id'), ['experiment_id'], unique=False)
 
+    op.create_table('event_quality_counts',
+    sa.Column('experiment_id', sa.Integer(), nullable=False),
+    sa.Column('stage', sa.String(length=64), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('events', sa.BigInteger(), nullable=False),
+    sa.CheckConstraint("kind IN ('before_exposure', 'after_stop', 'forced', 'not_exposed')", name=op.f('ck_event_quality_counts_kind')),
+    sa.ForeignKeyConstraint(['experiment_id'], ['experiments.id'], name=op.f('fk_event_quality_counts_experiment_id_experiments'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('experiment_id', 'stage', 'kind', name=op.f('pk_event_quality_counts'))
+    )
     op.create_table('variants',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('experiment_id', sa.Integer(), nullable=False),
@@ -165,8 +181,20 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('exposures', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_exposures_customer_id'), ['customer_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_exposures_experiment_id'), ['experiment_id', 'variant_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_exposures_experiment_id'), ['experiment_id', 'variant_id', 'forced'], unique=False)
 
+    op.create_table('outcome_counts',
+    sa.Column('experiment_id', sa.Integer(), nullable=False),
+    sa.Column('stage', sa.String(length=64), nullable=False),
+    sa.Column('variant_id', sa.Integer(), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('value', sa.Integer(), nullable=False),
+    sa.Column('customers', sa.BigInteger(), nullable=False),
+    sa.CheckConstraint("kind IN ('converted', 'rating')", name=op.f('ck_outcome_counts_kind')),
+    sa.ForeignKeyConstraint(['experiment_id'], ['experiments.id'], name=op.f('fk_outcome_counts_experiment_id_experiments'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['variant_id'], ['variants.id'], name=op.f('fk_outcome_counts_variant_id_variants'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('experiment_id', 'stage', 'variant_id', 'kind', 'value', name=op.f('pk_outcome_counts'))
+    )
     op.create_table('outcomes',
     sa.Column('experiment_id', sa.Integer(), nullable=False),
     sa.Column('customer_id', sa.String(length=256), nullable=False),
@@ -175,6 +203,7 @@ def upgrade() -> None:
     sa.Column('converted_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('rating', sa.Integer(), nullable=True),
     sa.Column('rated_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('rating_event_id', sa.BigInteger(), nullable=True),
     sa.ForeignKeyConstraint(['experiment_id'], ['experiments.id'], name=op.f('fk_outcomes_experiment_id_experiments'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['variant_id'], ['variants.id'], name=op.f('fk_outcomes_variant_id_variants'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('experiment_id', 'customer_id', 'stage', name=op.f('pk_outcomes'))
@@ -191,12 +220,14 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_outcomes_experiment_id'))
 
     op.drop_table('outcomes')
+    op.drop_table('outcome_counts')
     with op.batch_alter_table('exposures', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_exposures_experiment_id'))
         batch_op.drop_index(batch_op.f('ix_exposures_customer_id'))
 
     op.drop_table('exposures')
     op.drop_table('variants')
+    op.drop_table('event_quality_counts')
     with op.batch_alter_table('audit_log', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_audit_log_experiment_id'))
 
@@ -206,6 +237,7 @@ def downgrade() -> None:
 
     op.drop_table('analysis_jobs')
     op.drop_table('users')
+    op.drop_table('unmatched_event_counts')
     with op.batch_alter_table('experiments', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_experiments_target_stage'))
         batch_op.drop_index(batch_op.f('ix_experiments_status'))
