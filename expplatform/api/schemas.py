@@ -1,0 +1,57 @@
+"""The wire format of experiments and audit entries: the one place that turns rows
+into JSON, so the models stay columns only and the OpenAPI schemas have one source
+to be checked against."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Iterable
+
+from ..experiments import Page, export_definition
+from ..models import AuditEntry, Experiment
+
+
+def timestamp(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def experiment(row: Experiment, *, audit: Iterable[AuditEntry] | None = None,
+               notices: Iterable[str] = ()) -> dict[str, Any]:
+    """The definition exactly as ``export_definition`` gives it (so API and files
+    agree), with the layer fields always present, plus the lifecycle state."""
+    body: dict[str, Any] = {"layer": None, "layer_share": None, **export_definition(row)}
+    body.update(
+        status=row.status,
+        salt=row.salt,
+        layer_ranges=row.layer_ranges,
+        cloned_from=row.cloned_from,
+        created_at=timestamp(row.created_at),
+        updated_at=timestamp(row.updated_at),
+        started_at=timestamp(row.started_at),
+        stopped_at=timestamp(row.stopped_at),
+    )
+    if audit is not None:
+        body["audit"] = [audit_entry(entry) for entry in audit]
+    notices = list(notices)
+    if notices:
+        body["notices"] = notices
+    return body
+
+
+def experiment_page(page: Page) -> dict[str, Any]:
+    return {
+        "items": [experiment(row) for row in page.items],
+        "page": page.page,
+        "per_page": page.per_page,
+        "total": page.total,
+    }
+
+
+def audit_entry(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "at": timestamp(entry.at),
+        "actor": entry.actor,
+        "action": entry.action,
+        "experiment": entry.experiment_key,
+        "details": entry.details,
+    }
