@@ -7,13 +7,15 @@ settings and database as the service).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy import select
 
-from . import auth, migrations
+from . import auth, definitions, experiments, migrations
 from .db import get_db
+from .errors import ApiError
 from .models import ApiKey
 
 
@@ -125,6 +127,70 @@ def keys_revoke(prefix: str) -> None:
         click.echo(f"no key with prefix {prefix}", err=True)
         sys.exit(1)
     click.echo(f"revoked {prefix}")
+
+
+# -- experiments ---------------------------------------------------------------------
+
+
+@main.group("experiments")
+def experiments_group() -> None:
+    """Experiment definitions as TOML files (see experiments/*.toml)."""
+
+
+@experiments_group.command("apply")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@with_appcontext
+def experiments_apply(paths: tuple[Path, ...]) -> None:
+    """Create experiments from PATHS (files, or folders of *.toml) or update drafts to
+    match; all or nothing. Prints what changed."""
+    try:
+        loaded = definitions.load_files(paths)
+        with get_db().write() as session:
+            results = [experiments.apply_definition(session, definition, "cli") for _, definition in loaded]
+    except definitions.DefinitionFileError as exc:
+        click.echo("\n".join(exc.problems) + "\nnothing applied", err=True)
+        sys.exit(1)
+    except ApiError as exc:
+        click.echo(f"{exc.message}\nnothing applied", err=True)
+        sys.exit(1)
+    for saved in results:
+        experiment = saved.experiment
+        detail = f": {', '.join(saved.changes)}" if saved.changes else f" ({experiment.status})"
+        click.echo(f"{saved.action} {experiment.key}{detail}")
+        for notice in saved.notices if saved.action != "unchanged" else ():
+            click.echo(f"  note: {notice}")
+
+
+@experiments_group.command("export")
+@click.argument("key")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="File to write (default: stdout).")
+@with_appcontext
+def experiments_export(key: str, output: Path | None) -> None:
+    """Write experiment KEY as a definition file that `apply` reads back unchanged."""
+    with get_db().sessionmaker() as session:
+        try:
+            text = definitions.dump_toml(experiments.export_definition(experiments.get_experiment(session, key)))
+        except ApiError as exc:
+            click.echo(exc.message, err=True)
+            sys.exit(1)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output}")
+
+
+@experiments_group.command("list")
+@click.option("--status", type=click.Choice(experiments.STATUSES), multiple=True)
+@click.option("--stage", help="Only experiments testing this stage.")
+@with_appcontext
+def experiments_list(status: tuple[str, ...], stage: str | None) -> None:
+    """List experiments, newest first."""
+    with get_db().sessionmaker() as session:
+        page = experiments.list_experiments(session, statuses=status, stage=stage, per_page=1_000_000)
+        for experiment in page.items:
+            variants = ",".join(variant.key for variant in experiment.variants)
+            click.echo(f"{experiment.key:<32} {experiment.status:<8} {experiment.target_stage:<16} {variants:<24} {experiment.name}")
 
 
 # -- demo --------------------------------------------------------------------------

@@ -19,8 +19,9 @@ import math
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, Mapping, Union
+from typing import Any, Iterable, Literal, Mapping, Union
 
 from analysis.exceptions import AnalysisInputError
 from analysis.types import DecisionRule, Prior
@@ -453,6 +454,45 @@ def parse_toml(text: str) -> ExperimentDefinition:
     return parse_definition(data)
 
 
+class DefinitionFileError(ValueError):
+    """One or more definition files cannot be used; ``problems`` has a line per fault."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def load_files(paths: Iterable[Path]) -> list[tuple[Path, ExperimentDefinition]]:
+    """Read every file given, or every ``*.toml`` in a folder given, in name order.
+    All files are checked before any is used, and every fault in every file is
+    reported, so an apply is all or nothing."""
+    files: list[Path] = []
+    for path in paths:
+        files.extend(sorted(path.glob("*.toml")) if path.is_dir() else [path])
+    problems: list[str] = []
+    loaded: list[tuple[Path, ExperimentDefinition]] = []
+    seen: dict[str, Path] = {}
+    for path in files:
+        try:
+            definition = parse_toml(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{path}: cannot read: {exc}")
+            continue
+        except ValidationError as exc:
+            problems.extend(f"{path}: {name}: {why}" for name, why in exc.fields.items())
+            continue
+        if definition.key in seen:
+            problems.append(f"{path}: key: {definition.key!r} is also defined in {seen[definition.key]}")
+            continue
+        seen[definition.key] = path
+        loaded.append((path, definition))
+    if not files:
+        problems.append("no definition files found")
+    if problems:
+        raise DefinitionFileError(problems)
+    return loaded
+
+
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
 
@@ -522,12 +562,14 @@ def dump_toml(data: Mapping[str, Any]) -> str:
 
 __all__ = [
     "DEFAULT_STAGES",
+    "DefinitionFileError",
     "OPERATORS",
     "ExperimentDefinition",
     "TargetingRule",
     "VariantDefinition",
     "definition_to_mapping",
     "dump_toml",
+    "load_files",
     "parse_definition",
     "parse_toml",
 ]
