@@ -1,0 +1,679 @@
+"""Stage outcomes in: validation, idempotent storage, attribution to exposures, and
+the outcome rows and counters that reports read.
+
+Client apps send what a customer did at a stage without knowing which experiments
+the customer is in. Each stored event counts for every experiment E such that:
+
+- the customer has an exposure to E that is not forced (QA customers never count);
+- the exposure came before the event: ``exposed_at <= min(occurred_at + clock skew,
+  received_at)`` (an event cannot have happened after it reached us, so a late-made
+  exposure never captures an event with a clock running ahead);
+- E measures the event's stage, and the event names E or no experiment;
+- E had not stopped when the event occurred (once stopped, customers are no longer
+  served the variants, so later outcomes say nothing about them).
+
+Per experiment x customer x stage one ``outcomes`` row keeps the first conversion and
+the latest rating (by event time; on equal times the later arrival), and
+``outcome_counts`` keeps the per-cell customer counts those rows sum to, moved in the
+same transaction from each row's old state to its new one. Events that count
+nowhere are stored all the same and counted as data quality: per experiment and
+stage when an exposure exists but does not qualify (``before_exposure``,
+``after_stop``, ``forced``) or when the event named an experiment that never exposed
+the customer (``not_exposed``), and per day and stage when no experiment measuring
+the stage ever exposed the customer (``unmatched_event_counts``).
+
+A batch is one transaction. Events are inserted with ``ON CONFLICT (event_id) DO
+NOTHING RETURNING``, so only rows this transaction really inserted move outcomes:
+a re-sent event, or the same batch racing in another worker, is reported as a
+duplicate and counts once. Locks are taken phase by phase (events, then outcome rows
+in key order, then counters in key order), so concurrent batches wait for each other
+instead of deadlocking, and the whole transaction is safe to retry.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Any, Callable, Literal, Sequence, TypeVar
+
+from sqlalchemy import and_, bindparam, case, delete, func, insert, literal, or_, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+from sqlalchemy.sql import Select
+
+from .config import Settings
+from .db import Database, retry_on_lock
+from .errors import ApiError
+from .models import (
+    Event,
+    EventQualityCount,
+    Experiment,
+    Exposure,
+    Outcome,
+    OutcomeCount,
+    UnmatchedEventCount,
+    utcnow,
+)
+
+EventType = Literal["conversion", "satisfaction"]
+EVENT_TYPES: tuple[EventType, ...] = ("conversion", "satisfaction")
+QualityKind = Literal["before_exposure", "after_stop", "forced", "not_exposed"]
+QUALITY_KINDS: tuple[QualityKind, ...] = ("before_exposure", "after_stop", "forced", "not_exposed")
+
+SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+FIELDS = frozenset({"event_id", "customer_id", "stage", "type", "value", "timestamp", "experiment"})
+REQUIRED = ("event_id", "customer_id", "stage", "type")
+MAX_LENGTHS = {"event_id": 128, "customer_id": 256}
+INT32 = (-(2**31), 2**31 - 1)
+# Keys per statement when selecting outcome rows, well under both databases' limits on
+# bound parameters.
+KEY_CHUNK = 2000
+
+
+# -- validation ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventIn:
+    """A syntactically valid event; ``occurred_at`` None means "when it reached us"."""
+
+    index: int
+    event_id: str
+    customer_id: str
+    stage: str
+    type: EventType
+    value: int | None
+    occurred_at: datetime | None
+    experiment: str | None
+
+
+@dataclass(frozen=True)
+class Rejection:
+    index: int
+    error: str
+    message: str
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    accepted: int
+    duplicates: int
+    rejected: tuple[Rejection, ...] = field(default=())
+
+
+def batch_items(payload: Any, *, max_events: int) -> list[Any]:
+    """The request body as a list of raw events: one event object or
+    ``{"events": [...]}``. Anything else is a request-level error."""
+    if isinstance(payload, dict) and "events" in payload:
+        extra = sorted(set(payload) - {"events"})
+        if extra:
+            raise ApiError(400, "invalid_body", f"A batch has only 'events'; unexpected: {', '.join(extra)}.")
+        items = payload["events"]
+        if not isinstance(items, list):
+            raise ApiError(400, "invalid_body", "'events' must be a list of event objects.")
+    elif isinstance(payload, dict):
+        items = [payload]
+    else:
+        raise ApiError(400, "invalid_body", 'The body must be an event object or {"events": [...]}.')
+    if len(items) > max_events:
+        raise ApiError(
+            413, "too_many_events", f"A batch may hold at most {max_events} events; this one has {len(items)}."
+        )
+    return items
+
+
+class _Invalid(Exception):
+    def __init__(self, error: str, message: str) -> None:
+        super().__init__(message)
+        self.error = error
+        self.message = message
+
+
+def _string(raw: dict[str, Any], name: str, *, slug: bool = False) -> str:
+    value = raw[name]
+    if not isinstance(value, str):
+        raise _Invalid("invalid_type", f"{name} must be a string")
+    if slug:
+        if not SLUG.match(value):
+            raise _Invalid("invalid_value", f"{name} must be a slug: lowercase letters, digits, '-' or '_' (1-64)")
+    elif not value or len(value) > MAX_LENGTHS[name] or "\x00" in value:
+        raise _Invalid("invalid_value", f"{name} must be 1-{MAX_LENGTHS[name]} characters, without NUL")
+    return value
+
+
+def _timestamp(raw: Any, now: datetime, max_future: timedelta) -> datetime:
+    if not isinstance(raw, str):
+        raise _Invalid("invalid_type", "timestamp must be an ISO 8601 string")
+    try:
+        parsed = datetime.fromisoformat(raw) if len(raw) <= 64 else None
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise _Invalid("invalid_timestamp", "timestamp must be ISO 8601, e.g. 2024-05-01T12:30:00Z")
+    if parsed.tzinfo is None:
+        raise _Invalid("invalid_timestamp", "timestamp must carry a zone (Z or +hh:mm)")
+    try:
+        occurred = parsed.astimezone(timezone.utc)
+    except OverflowError:
+        raise _Invalid("invalid_timestamp", "timestamp is out of range") from None
+    if occurred > now + max_future:
+        raise _Invalid("timestamp_in_future", f"timestamp is more than {max_future} in the future")
+    return occurred
+
+
+def _parse(raw: Any, index: int, now: datetime, max_future: timedelta) -> EventIn:
+    if not isinstance(raw, dict):
+        raise _Invalid("invalid_event", "each event must be a JSON object")
+    unknown = sorted(set(raw) - FIELDS)
+    if unknown:
+        raise _Invalid("unknown_field", f"unknown field(s): {', '.join(map(str, unknown))}")
+    missing = [name for name in REQUIRED if raw.get(name) is None]
+    if missing:
+        raise _Invalid("missing_field", f"missing field(s): {', '.join(missing)}")
+    event_id = _string(raw, "event_id")
+    customer_id = _string(raw, "customer_id")
+    stage = _string(raw, "stage", slug=True)
+    kind = raw["type"]
+    if not isinstance(kind, str):
+        raise _Invalid("invalid_type", "type must be a string")
+    if kind not in EVENT_TYPES:
+        raise _Invalid("invalid_value", "type must be 'conversion' or 'satisfaction'")
+    value = raw.get("value")
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid("invalid_type", "value must be an integer")
+        if not INT32[0] <= value <= INT32[1]:
+            raise _Invalid("invalid_value", "value is out of range")
+        if kind == "conversion":
+            raise _Invalid("value_not_allowed", "a conversion carries no value")
+    elif kind == "satisfaction":
+        raise _Invalid("value_required", "a satisfaction event needs an integer value (the rating)")
+    experiment = raw.get("experiment")
+    if experiment is not None:
+        if not isinstance(experiment, str):
+            raise _Invalid("invalid_type", "experiment must be a string")
+        if not SLUG.match(experiment):
+            raise _Invalid("unknown_experiment", f"no experiment has the key {experiment!r}")
+    occurred_at = _timestamp(raw["timestamp"], now, max_future) if raw.get("timestamp") is not None else None
+    return EventIn(index, event_id, customer_id, stage, kind, value, occurred_at, experiment)
+
+
+def validate_events(
+    items: Sequence[Any], *, now: datetime, max_future_seconds: float
+) -> tuple[list[EventIn], list[Rejection]]:
+    """Check each event on its own (database-free rules), by index. The first valid
+    event with a given ``event_id`` wins; later ones in the same batch are rejected
+    as ``duplicate_in_batch`` rather than silently merged."""
+    max_future = timedelta(seconds=max_future_seconds)
+    valid: list[EventIn] = []
+    rejected: list[Rejection] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(items):
+        try:
+            event = _parse(raw, index, now, max_future)
+        except _Invalid as problem:
+            rejected.append(Rejection(index, problem.error, problem.message))
+            continue
+        if event.event_id in seen:
+            rejected.append(Rejection(index, "duplicate_in_batch", "an earlier event in this batch has this event_id"))
+            continue
+        seen.add(event.event_id)
+        valid.append(event)
+    return valid, rejected
+
+
+# -- attribution ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ExperimentInfo:
+    id: int
+    key: str
+    stages: frozenset[str]
+    scale_min: int
+    scale_max: int
+    stopped_at: datetime | None
+
+
+@dataclass(frozen=True)
+class _ExposureInfo:
+    experiment_id: int
+    variant_id: int
+    exposed_at: datetime
+    forced: bool
+
+
+@dataclass
+class _Decision:
+    """What one event does: the experiments it counts for (experiment id -> variant
+    id), and data-quality marks for the others."""
+
+    counted: dict[int, int] = field(default_factory=dict)
+    quality: list[tuple[int, QualityKind]] = field(default_factory=list)
+    unmatched: bool = False
+
+
+def _load_context(
+    session: Session, events: Sequence[EventIn]
+) -> tuple[dict[str, list[_ExposureInfo]], dict[int, _ExperimentInfo]]:
+    customers = sorted({e.customer_id for e in events})
+    exposures: dict[str, list[_ExposureInfo]] = defaultdict(list)
+    experiment_ids: set[int] = set()
+    for start in range(0, len(customers), KEY_CHUNK):
+        rows = session.execute(
+            select(Exposure.customer_id, Exposure.experiment_id, Exposure.variant_id, Exposure.exposed_at, Exposure.forced)
+            .where(Exposure.customer_id.in_(customers[start : start + KEY_CHUNK]))
+        )
+        for customer_id, experiment_id, variant_id, exposed_at, forced in rows:
+            exposures[customer_id].append(_ExposureInfo(experiment_id, variant_id, exposed_at, bool(forced)))
+            experiment_ids.add(experiment_id)
+    named = sorted({e.experiment for e in events if e.experiment is not None})
+    condition = Experiment.id.in_(sorted(experiment_ids))
+    if named:
+        condition = or_(condition, Experiment.key.in_(named))
+    experiments = {
+        row.id: _ExperimentInfo(row.id, row.key, frozenset(row.stages), row.scale_min, row.scale_max, row.stopped_at)
+        for row in session.execute(
+            select(
+                Experiment.id, Experiment.key, Experiment.stages, Experiment.scale_min,
+                Experiment.scale_max, Experiment.stopped_at,
+            ).where(condition)
+        )
+    }
+    return exposures, experiments
+
+
+def _decide(
+    event: EventIn,
+    occurred_at: datetime,
+    cutoff: datetime,
+    received_at: datetime,
+    exposures: list[_ExposureInfo],
+    experiments: dict[int, _ExperimentInfo],
+    by_key: dict[str, _ExperimentInfo],
+) -> _Decision | Rejection:
+    named = by_key.get(event.experiment) if event.experiment is not None else None
+    if event.experiment is not None:
+        if named is None:
+            return Rejection(event.index, "unknown_experiment", f"no experiment has the key {event.experiment!r}")
+        if event.stage not in named.stages:
+            return Rejection(
+                event.index, "stage_not_measured", f"experiment {named.key!r} does not measure stage {event.stage!r}"
+            )
+    decision = _Decision()
+    candidates = 0
+    for exposure in exposures:
+        experiment = experiments[exposure.experiment_id]
+        if event.stage not in experiment.stages or (named is not None and experiment.id != named.id):
+            continue
+        if exposure.exposed_at > received_at:
+            continue  # made after the event reached us: as if it did not exist yet
+        candidates += 1
+        if exposure.forced:
+            decision.quality.append((experiment.id, "forced"))
+        elif exposure.exposed_at > cutoff:
+            decision.quality.append((experiment.id, "before_exposure"))
+        elif experiment.stopped_at is not None and occurred_at > experiment.stopped_at:
+            decision.quality.append((experiment.id, "after_stop"))
+        else:
+            if event.type == "satisfaction" and not experiment.scale_min <= event.value <= experiment.scale_max:  # type: ignore[operator]
+                return Rejection(
+                    event.index,
+                    "value_out_of_scale",
+                    f"rating {event.value} is outside the {experiment.scale_min}-{experiment.scale_max} scale "
+                    f"of experiment {experiment.key!r} it counts for",
+                )
+            decision.counted[experiment.id] = exposure.variant_id
+    if candidates == 0:
+        if named is not None:
+            decision.quality.append((named.id, "not_exposed"))
+        else:
+            decision.unmatched = True
+    return decision
+
+
+# -- outcome rows and counters -------------------------------------------------------
+
+
+@dataclass
+class _Fold:
+    """The batch's contribution to one outcome row: earliest conversion and latest
+    rating, ordered by (time, events.id)."""
+
+    variant_id: int
+    converted_at: datetime | None = None
+    rating: int | None = None
+    rated_at: datetime | None = None
+    rating_event_id: int | None = None
+
+    def add(self, kind: EventType, value: int | None, at: datetime, row_id: int) -> None:
+        if kind == "conversion":
+            if self.converted_at is None or at < self.converted_at:
+                self.converted_at = at
+        elif self.rated_at is None or (at, row_id) > (self.rated_at, self.rating_event_id):
+            self.rating, self.rated_at, self.rating_event_id = value, at, row_id
+
+
+OutcomeKey = tuple[int, str, str]  # experiment id, customer id, stage
+CountKey = tuple[int, str, int, str, int]  # experiment id, stage, variant id, kind, value
+
+
+def _dialect_insert(session: Session):
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def _apply_outcomes(session: Session, folds: dict[OutcomeKey, _Fold]) -> dict[CountKey, int]:
+    """Write the folds into ``outcomes`` and return the counter deltas of every row's
+    transition (new conversion: +1; rating a -> b: -1 on a, +1 on b)."""
+    deltas: dict[CountKey, int] = defaultdict(int)
+    keys = sorted(folds)
+    insert_ = _dialect_insert(session)
+    table = Outcome.__table__
+    inserted: set[OutcomeKey] = set()
+    if keys:
+        rows = [
+            {
+                "experiment_id": k[0], "customer_id": k[1], "stage": k[2], "variant_id": folds[k].variant_id,
+                "converted_at": folds[k].converted_at, "rating": folds[k].rating, "rated_at": folds[k].rated_at,
+                "rating_event_id": folds[k].rating_event_id,
+            }
+            for k in keys
+        ]
+        statement = insert_(table).on_conflict_do_nothing(
+            index_elements=["experiment_id", "customer_id", "stage"]
+        ).returning(table.c.experiment_id, table.c.customer_id, table.c.stage)
+        inserted = {tuple(row) for row in session.execute(statement, rows)}  # type: ignore[misc]
+    for key in inserted:
+        fold = folds[key]
+        if fold.converted_at is not None:
+            deltas[(key[0], key[2], fold.variant_id, "converted", 0)] += 1
+        if fold.rating is not None:
+            deltas[(key[0], key[2], fold.variant_id, "rating", fold.rating)] += 1
+    existing = [k for k in keys if k not in inserted]
+    updates: list[dict[str, Any]] = []
+    for start in range(0, len(existing), KEY_CHUNK):
+        chunk = existing[start : start + KEY_CHUNK]
+        current = session.execute(
+            select(
+                Outcome.experiment_id, Outcome.customer_id, Outcome.stage, Outcome.variant_id,
+                Outcome.converted_at, Outcome.rating, Outcome.rated_at, Outcome.rating_event_id,
+            )
+            .where(tuple_(Outcome.experiment_id, Outcome.customer_id, Outcome.stage).in_(chunk))
+            .order_by(Outcome.experiment_id, Outcome.customer_id, Outcome.stage)
+            .with_for_update()
+        )
+        for row in current:
+            key = (row.experiment_id, row.customer_id, row.stage)
+            change = _merge(key, row, folds[key], deltas)
+            if change is not None:
+                updates.append(change)
+    if updates:
+        # The parameter keys named like columns become the SET clause.
+        session.execute(
+            update(table).where(
+                table.c.experiment_id == bindparam("k_experiment"),
+                table.c.customer_id == bindparam("k_customer"),
+                table.c.stage == bindparam("k_stage"),
+            ),
+            updates,
+        )
+    return deltas
+
+
+def _merge(key: OutcomeKey, row: Any, fold: _Fold, deltas: dict[CountKey, int]) -> dict[str, Any] | None:
+    converted_at, rating, rated_at, rating_event_id = row.converted_at, row.rating, row.rated_at, row.rating_event_id
+    changed = False
+    experiment_id, _customer, stage = key
+    variant_id = row.variant_id
+    if fold.converted_at is not None and (converted_at is None or fold.converted_at < converted_at):
+        if converted_at is None:
+            deltas[(experiment_id, stage, variant_id, "converted", 0)] += 1
+        converted_at, changed = fold.converted_at, True
+    if fold.rated_at is not None and (
+        rated_at is None or (fold.rated_at, fold.rating_event_id) > (rated_at, rating_event_id)
+    ):
+        if rating != fold.rating:
+            if rating is not None:
+                deltas[(experiment_id, stage, variant_id, "rating", rating)] -= 1
+            deltas[(experiment_id, stage, variant_id, "rating", fold.rating)] += 1  # type: ignore[index]
+        rating, rated_at, rating_event_id, changed = fold.rating, fold.rated_at, fold.rating_event_id, True
+    if not changed:
+        return None
+    return {
+        "k_experiment": experiment_id, "k_customer": key[1], "k_stage": stage, "converted_at": converted_at,
+        "rating": rating, "rated_at": rated_at, "rating_event_id": rating_event_id,
+    }
+
+
+def _add_counts(session: Session, model: type, keys: Sequence[str], column: str, counts: dict[tuple, int]) -> None:
+    """Upsert ``column += n`` for each key, in key order (lock order across workers)."""
+    rows = [dict(zip(keys, key), **{column: n}) for key, n in sorted(counts.items()) if n]
+    if not rows:
+        return
+    table = model.__table__
+    statement = _dialect_insert(session)(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=list(keys), set_={column: table.c[column] + statement.excluded[column]}
+    )
+    session.execute(statement, rows)
+
+
+# -- the ingest transaction ----------------------------------------------------------
+
+
+def ingest(session: Session, events: Sequence[EventIn], *, clock_skew_seconds: float) -> IngestResult:
+    """Store valid events in the caller's transaction and move outcomes; returns the
+    counts and the events rejected by rules that need the database (experiment,
+    stage, scale). ``received_at`` is read here, inside the transaction."""
+    received_at = utcnow()
+    skew = timedelta(seconds=clock_skew_seconds)
+    exposures, experiments = _load_context(session, events)
+    by_key = {info.key: info for info in experiments.values()}
+    rejected: list[Rejection] = []
+    rows: list[dict[str, Any]] = []
+    decisions: dict[str, tuple[EventIn, datetime, _Decision]] = {}
+    for event in events:
+        occurred_at = event.occurred_at or received_at
+        cutoff = min(occurred_at + skew, received_at)
+        decision = _decide(
+            event, occurred_at, cutoff, received_at, exposures.get(event.customer_id, []), experiments, by_key
+        )
+        if isinstance(decision, Rejection):
+            rejected.append(decision)
+            continue
+        decisions[event.event_id] = (event, occurred_at, decision)
+        rows.append(
+            {
+                "event_id": event.event_id, "customer_id": event.customer_id, "stage": event.stage,
+                "type": event.type, "value": event.value, "occurred_at": occurred_at, "received_at": received_at,
+                "experiment_key": event.experiment, "attributed": len(decision.counted), "exposure_cutoff": cutoff,
+            }
+        )
+    if not rows:
+        return IngestResult(0, 0, tuple(rejected))
+    table = Event.__table__
+    statement = (
+        _dialect_insert(session)(table)
+        .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(table.c.id, table.c.event_id)
+    )
+    inserted = {event_id: row_id for row_id, event_id in session.execute(statement, rows)}
+
+    folds: dict[OutcomeKey, _Fold] = {}
+    quality: dict[tuple[int, str, str], int] = defaultdict(int)
+    unmatched: dict[tuple[date, str], int] = defaultdict(int)
+    for event_id, row_id in inserted.items():
+        event, occurred_at, decision = decisions[event_id]
+        for experiment_id, variant_id in decision.counted.items():
+            key = (experiment_id, event.customer_id, event.stage)
+            fold = folds.get(key)
+            if fold is None:
+                fold = folds[key] = _Fold(variant_id)
+            fold.add(event.type, event.value, occurred_at, row_id)
+        for experiment_id, kind in decision.quality:
+            quality[(experiment_id, event.stage, kind)] += 1
+        if decision.unmatched:
+            unmatched[(received_at.date(), event.stage)] += 1
+    deltas = _apply_outcomes(session, folds)
+    _add_counts(session, OutcomeCount, ("experiment_id", "stage", "variant_id", "kind", "value"), "customers", deltas)
+    _add_counts(session, EventQualityCount, ("experiment_id", "stage", "kind"), "events", quality)
+    _add_counts(session, UnmatchedEventCount, ("day", "stage"), "events", unmatched)
+    rejected.sort(key=lambda r: r.index)
+    return IngestResult(len(inserted), len(rows) - len(inserted), tuple(rejected))
+
+
+T = TypeVar("T")
+
+
+def _retry_deadlocks(fn: Callable[[], T], attempts: int = 3) -> T:
+    """PostgreSQL aborts one of two transactions whose batches hold the same event_ids
+    in opposite orders; the batch is idempotent, so run it again."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except OperationalError as exc:
+            if "deadlock detected" not in str(exc.orig) or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def record_events(database: Database, items: Sequence[Any], settings: Settings) -> IngestResult:
+    """Validate raw events and store the valid ones in one write transaction,
+    retried as a whole on lock timeouts and deadlocks (safe: event_id makes it
+    idempotent). Database failures propagate, with nothing stored."""
+    valid, rejected = validate_events(items, now=utcnow(), max_future_seconds=settings.max_future_seconds)
+
+    def attempt() -> IngestResult:
+        with database.write() as session:
+            return ingest(session, valid, clock_skew_seconds=settings.clock_skew_seconds)
+
+    stored = _retry_deadlocks(lambda: retry_on_lock(attempt)) if valid else IngestResult(0, 0)
+    return IngestResult(
+        stored.accepted, stored.duplicates, tuple(sorted(rejected + list(stored.rejected), key=lambda r: r.index))
+    )
+
+
+# -- rebuild -------------------------------------------------------------------------
+
+
+def rebuild_outcomes(session: Session, experiment: Experiment) -> None:
+    """Recompute the experiment's outcome rows, outcome counts and data-quality
+    counts from the raw events and exposures, in SQL, by the same rules as ingest.
+
+    Ingest maintains them incrementally; this is the independent recomputation that
+    proves them (tests compare both) and repairs them after an incident.
+    """
+    for model in (OutcomeCount, EventQualityCount, Outcome):
+        session.execute(delete(model).where(model.experiment_id == experiment.id))
+    stages = list(experiment.stages)
+    candidates = (
+        select(
+            Event.id, Event.customer_id, Event.stage, Event.type, Event.value, Event.occurred_at,
+            Event.exposure_cutoff, Exposure.variant_id, Exposure.exposed_at, Exposure.forced,
+        )
+        .join(Exposure, and_(Exposure.customer_id == Event.customer_id, Exposure.experiment_id == experiment.id))
+        .where(
+            Event.stage.in_(stages),
+            or_(Event.experiment_key.is_(None), Event.experiment_key == experiment.key),
+            Exposure.exposed_at <= Event.received_at,
+        )
+    )
+    counted = candidates.where(Exposure.forced.is_(False), Exposure.exposed_at <= Event.exposure_cutoff)
+    if experiment.stopped_at is not None:
+        counted = counted.where(Event.occurred_at <= experiment.stopped_at)
+    counted = counted.where(
+        or_(Event.type == "conversion", Event.value.between(experiment.scale_min, experiment.scale_max))
+    ).subquery()
+    latest = func.row_number().over(
+        partition_by=(counted.c.customer_id, counted.c.stage, counted.c.type),
+        order_by=(counted.c.occurred_at.desc(), counted.c.id.desc()),
+    )
+    ranked = select(counted, latest.label("rn")).subquery()
+    is_latest_rating = and_(ranked.c.type == "satisfaction", ranked.c.rn == 1)
+    per_row = select(
+        literal(experiment.id).label("experiment_id"),
+        ranked.c.customer_id,
+        ranked.c.stage,
+        ranked.c.variant_id,
+        func.min(case((ranked.c.type == "conversion", ranked.c.occurred_at))).label("converted_at"),
+        func.max(case((is_latest_rating, ranked.c.value))).label("rating"),
+        func.max(case((is_latest_rating, ranked.c.occurred_at))).label("rated_at"),
+        func.max(case((is_latest_rating, ranked.c.id))).label("rating_event_id"),
+    ).group_by(ranked.c.customer_id, ranked.c.stage, ranked.c.variant_id)
+    session.execute(
+        insert(Outcome).from_select(
+            ["experiment_id", "customer_id", "stage", "variant_id", "converted_at", "rating", "rated_at", "rating_event_id"],
+            per_row,
+        )
+    )
+    for kind, value_column, condition in (
+        ("converted", literal(0), Outcome.converted_at.is_not(None)),
+        ("rating", Outcome.rating, Outcome.rating.is_not(None)),
+    ):
+        session.execute(
+            insert(OutcomeCount).from_select(
+                ["experiment_id", "stage", "variant_id", "kind", "value", "customers"],
+                select(
+                    Outcome.experiment_id, Outcome.stage, Outcome.variant_id, literal(kind), value_column, func.count()
+                )
+                .where(Outcome.experiment_id == experiment.id, condition)
+                .group_by(Outcome.experiment_id, Outcome.stage, Outcome.variant_id, value_column),
+            )
+        )
+    _rebuild_quality(session, experiment, candidates)
+
+
+def _rebuild_quality(session: Session, experiment: Experiment, candidates: Select) -> None:
+    c = candidates.subquery()
+    reason = case(
+        (c.c.forced.is_(True), literal("forced")),
+        (c.c.exposed_at > c.c.exposure_cutoff, literal("before_exposure")),
+        else_=literal("after_stop"),
+    )
+    held_back = or_(c.c.forced.is_(True), c.c.exposed_at > c.c.exposure_cutoff)
+    if experiment.stopped_at is not None:
+        held_back = or_(held_back, c.c.occurred_at > experiment.stopped_at)
+    session.execute(
+        insert(EventQualityCount).from_select(
+            ["experiment_id", "stage", "kind", "events"],
+            select(literal(experiment.id), c.c.stage, reason, func.count())
+            .where(held_back)
+            .group_by(c.c.stage, reason),
+        )
+    )
+    exposed_then = (
+        select(Exposure.id)
+        .where(
+            Exposure.experiment_id == experiment.id,
+            Exposure.customer_id == Event.customer_id,
+            Exposure.exposed_at <= Event.received_at,
+        )
+        .exists()
+    )
+    session.execute(
+        insert(EventQualityCount).from_select(
+            ["experiment_id", "stage", "kind", "events"],
+            select(literal(experiment.id), Event.stage, literal("not_exposed"), func.count())
+            .where(Event.experiment_key == experiment.key, ~exposed_then)
+            .group_by(Event.stage),
+        )
+    )
+
+
+def stored_outcomes(session: Session, experiment_id: int) -> list[tuple]:
+    """Every outcome row of an experiment, in key order (for comparisons and exports)."""
+    return [
+        tuple(row)
+        for row in session.execute(
+            select(
+                Outcome.customer_id, Outcome.stage, Outcome.variant_id, Outcome.converted_at,
+                Outcome.rating, Outcome.rated_at, Outcome.rating_event_id,
+            )
+            .where(Outcome.experiment_id == experiment_id)
+            .order_by(Outcome.customer_id, Outcome.stage)
+        )
+    ]
+
