@@ -300,7 +300,7 @@ OPENAPI: dict[str, Any] = {
                 },
                 "responses": {
                     "201": {**_json(_ref("Experiment"), "Created; `Location` points at it"),
-                            "headers": {"Location": {"schema": {"type": "string"}}}},
+                            "headers": {"Location": {"required": True, "schema": {"type": "string"}}}},
                     **_errors(400, 401, 403, 409, 422),
                 },
             },
@@ -347,7 +347,7 @@ OPENAPI: dict[str, Any] = {
                 },
                 "responses": {
                     "201": {**_json(_ref("Experiment"), "The new draft"),
-                            "headers": {"Location": {"schema": {"type": "string"}}}},
+                            "headers": {"Location": {"required": True, "schema": {"type": "string"}}}},
                     **_errors(400, 401, 403, 404, 409, 422),
                 },
             },
