@@ -1,0 +1,333 @@
+"""Stored outcomes -> ``analysis.types``: the only bridge between the database and
+the analysis, which never sees an event or customer row.
+
+Each report is one SQL statement (a UNION ALL of GROUP BYs) whose result has one row
+per cell, so the Python that follows costs O(stages x variants x ratings [x segments
+x days]), whatever the number of events:
+
+- :func:`experiment_stats` reads the exposed count per variant (index-only over
+  ``exposures``) and the ``outcome_counts`` counters that ingest keeps in step with
+  the outcome rows: its cost does not grow with events at all;
+- :func:`segment_stats` and :func:`daily_stats` group the outcome rows (one per
+  customer x stage) joined to their exposure, for the segment attribute and the
+  exposure time;
+- :func:`data_quality` sums the ingest-time quality counters.
+
+Forced (QA) exposures are never in a denominator, and their events never in outcomes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Mapping
+
+from sqlalchemy import Date, Integer, String, and_, case, cast, false, func, literal, null, select, text, true, union_all
+from sqlalchemy.orm import Session
+
+from analysis.types import CellStats, ExperimentStats, Scale
+
+from .errors import ValidationError
+from .models import (
+    EventQualityCount,
+    Experiment,
+    Exposure,
+    Outcome,
+    OutcomeCount,
+    UnmatchedEventCount,
+    utcnow,
+)
+
+SEGMENT_ATTRIBUTE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_SEGMENTS = 100
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What an experiment's statistics look like, and how variant ids map to keys."""
+
+    stages: tuple[str, ...]
+    target_stage: str
+    variants: tuple[str, ...]
+    control: str
+    weights: tuple[float, ...]
+    scale: Scale
+    variant_keys: Mapping[int, str]
+
+    @classmethod
+    def of(cls, experiment: Experiment) -> _Shape:
+        variants = sorted(experiment.variants, key=lambda v: v.position)
+        control = next((v for v in variants if v.is_control), variants[0])
+        total = sum(v.weight for v in variants)
+        return cls(
+            stages=tuple(experiment.stages),
+            target_stage=experiment.target_stage,
+            variants=tuple(v.key for v in variants),
+            control=control.key,
+            weights=tuple(v.weight / total for v in variants),
+            scale=Scale(experiment.scale_min, experiment.scale_max),
+            variant_keys={v.id: v.key for v in variants},
+        )
+
+
+class _Accumulator:
+    """Per stage x variant counts as the rows of a report arrive."""
+
+    def __init__(self, shape: _Shape) -> None:
+        self.shape = shape
+        self.exposed = {v: 0 for v in shape.variants}
+        self.converted = {(s, v): 0 for s in shape.stages for v in shape.variants}
+        self.ratings = {(s, v): [0] * shape.scale.categories for s in shape.stages for v in shape.variants}
+
+    def add_exposed(self, variant_id: int, n: int) -> None:
+        self.exposed[self.shape.variant_keys[variant_id]] += n
+
+    def add_converted(self, stage: str, variant_id: int, n: int) -> None:
+        key = (stage, self.shape.variant_keys[variant_id])
+        if key in self.converted:  # a stage dropped from a draft's definition leaves no cell
+            self.converted[key] += n
+
+    def add_rating(self, stage: str, variant_id: int, rating: int, n: int) -> None:
+        key = (stage, self.shape.variant_keys[variant_id])
+        if key in self.ratings:
+            self.ratings[key][rating - self.shape.scale.min] += n
+
+    def stats(self) -> ExperimentStats:
+        shape = self.shape
+        cells = {
+            stage: {
+                v: CellStats(self.exposed[v], self.converted[(stage, v)], tuple(self.ratings[(stage, v)]))
+                for v in shape.variants
+            }
+            for stage in shape.stages
+        }
+        return ExperimentStats(
+            shape.stages, shape.target_stage, shape.variants, shape.control, shape.weights, shape.scale, cells
+        )
+
+
+def _not_forced():
+    # "= false", not "IS false": PostgreSQL matches only the former to the index.
+    return Exposure.forced == false()
+
+
+def experiment_stats(session: Session, experiment: Experiment) -> ExperimentStats:
+    """The sufficient statistics of the whole experiment, from one query over the
+    covering exposure index and the outcome counters."""
+    shape = _Shape.of(experiment)
+    exposed = (
+        select(literal("exposed").label("kind"), cast(null(), String).label("stage"), Exposure.variant_id,
+               literal(0).label("value"), func.count().label("n"))
+        .where(Exposure.experiment_id == experiment.id, _not_forced())
+        .group_by(Exposure.variant_id)
+    )
+    outcomes = select(
+        OutcomeCount.kind, OutcomeCount.stage, OutcomeCount.variant_id, OutcomeCount.value,
+        OutcomeCount.customers,
+    ).where(OutcomeCount.experiment_id == experiment.id)
+    totals = _Accumulator(shape)
+    for kind, stage, variant_id, value, n in session.execute(union_all(exposed, outcomes)):
+        if kind == "exposed":
+            totals.add_exposed(variant_id, n)
+        elif kind == "converted":
+            totals.add_converted(stage, variant_id, n)
+        else:
+            totals.add_rating(stage, variant_id, value, n)
+    return totals.stats()
+
+
+def _segment_value(session: Session, attribute: str):
+    """The attribute as text on both databases (PostgreSQL's ``->>`` writes booleans
+    as true/false; SQLite's json_extract would give 1/0, so it is spelled out)."""
+    column = Exposure.attributes[attribute]
+    if session.get_bind().dialect.name != "sqlite":
+        return column.as_string()
+    path = f'$."{attribute}"'
+    kind = func.json_type(Exposure.attributes, path)
+    return case(
+        (kind == "true", literal("true")),
+        (kind == "false", literal("false")),
+        else_=cast(func.json_extract(Exposure.attributes, path), String),
+    )
+
+
+def segment_stats(session: Session, experiment: Experiment, attribute: str) -> dict[str | None, ExperimentStats]:
+    """Statistics per value of one exposure attribute (given at assignment); customers
+    without it are under None. The segments add up to :func:`experiment_stats`."""
+    if not SEGMENT_ATTRIBUTE.match(attribute):
+        raise ValidationError({"segment": "must be an attribute name: letters, digits, '_' or '-' (1-64)"}, status=400)
+    shape = _Shape.of(experiment)
+    segment = _segment_value(session, attribute).label("segment")
+    exposed = (
+        select(segment, cast(null(), String).label("stage"), Exposure.variant_id, cast(null(), Integer).label("rating"),
+               func.count().label("n"), literal(0).label("converted"))
+        .where(Exposure.experiment_id == experiment.id, _not_forced())
+        .group_by(segment, Exposure.variant_id)
+    )
+    outcomes = (
+        select(segment, Outcome.stage, Outcome.variant_id, Outcome.rating, func.count(), func.count(Outcome.converted_at))
+        .join(Exposure, and_(Exposure.experiment_id == Outcome.experiment_id, Exposure.customer_id == Outcome.customer_id))
+        .where(Outcome.experiment_id == experiment.id)
+        .group_by(segment, Outcome.stage, Outcome.variant_id, Outcome.rating)
+    )
+    by_segment: dict[str | None, _Accumulator] = {}
+    for value, stage, variant_id, rating, n, converted in session.execute(union_all(exposed, outcomes)):
+        totals = by_segment.get(value)
+        if totals is None:
+            if len(by_segment) == MAX_SEGMENTS:
+                raise ValidationError(
+                    {"segment": f"has more than {MAX_SEGMENTS} distinct values; choose a coarser attribute"},
+                    status=400,
+                )
+            totals = by_segment[value] = _Accumulator(shape)
+        if stage is None:
+            totals.add_exposed(variant_id, n)
+            continue
+        totals.add_converted(stage, variant_id, converted)
+        if rating is not None:
+            totals.add_rating(stage, variant_id, rating, n)
+    return {value: totals.stats() for value, totals in by_segment.items()}
+
+
+def _utc_day(session: Session, column):
+    if session.get_bind().dialect.name == "sqlite":
+        return func.date(column)  # stored as 'YYYY-MM-DD HH:MM:SS.ffffff' UTC
+    return cast(func.timezone("UTC", column), Date)
+
+
+def _later(a, b):
+    """An outcome is placed no earlier than its exposure (clock skew may put it a
+    moment before), so a cumulative day never has more converters than exposed."""
+    return case((a < b, b), else_=a)
+
+
+def daily_stats(session: Session, experiment: Experiment) -> list[tuple[date, ExperimentStats]]:
+    """Cumulative statistics at the end of each UTC day, from the first exposure to
+    the last outcome (every day in between, for time plots). Customers count from the
+    day of their exposure, converters from the day of their first conversion, and a
+    rating from the day of the customer's latest rating (the histogram holds latest
+    ratings, so an earlier day shows the latest rating given by then only if it was
+    not revised later)."""
+    shape = _Shape.of(experiment)
+    exposure_day = _utc_day(session, Exposure.exposed_at).label("day")
+    exposed = (
+        select(exposure_day, cast(null(), String).label("stage"), Exposure.variant_id, cast(null(), Integer).label("rating"),
+               literal(0).label("converted"), func.count().label("n"))
+        .where(Exposure.experiment_id == experiment.id, _not_forced())
+        .group_by(exposure_day, Exposure.variant_id)
+    )
+    joined = and_(Exposure.experiment_id == Outcome.experiment_id, Exposure.customer_id == Outcome.customer_id)
+    converted_day = _utc_day(session, _later(Outcome.converted_at, Exposure.exposed_at))
+    converted = (
+        select(converted_day, Outcome.stage, Outcome.variant_id, cast(null(), Integer), literal(1), func.count())
+        .join(Exposure, joined)
+        .where(Outcome.experiment_id == experiment.id, Outcome.converted_at.is_not(None))
+        .group_by(converted_day, Outcome.stage, Outcome.variant_id)
+    )
+    rated_day = _utc_day(session, _later(Outcome.rated_at, Exposure.exposed_at))
+    rated = (
+        select(rated_day, Outcome.stage, Outcome.variant_id, Outcome.rating, literal(0), func.count())
+        .join(Exposure, joined)
+        .where(Outcome.experiment_id == experiment.id, Outcome.rating.is_not(None))
+        .group_by(rated_day, Outcome.stage, Outcome.variant_id, Outcome.rating)
+    )
+    rows_by_day: dict[date, list[tuple]] = {}
+    for day, stage, variant_id, rating, is_conversion, n in session.execute(union_all(exposed, converted, rated)):
+        day = date.fromisoformat(day) if isinstance(day, str) else day
+        rows_by_day.setdefault(day, []).append((stage, variant_id, rating, is_conversion, n))
+    if not rows_by_day:
+        return []
+    totals = _Accumulator(shape)
+    series: list[tuple[date, ExperimentStats]] = []
+    day, last = min(rows_by_day), max(rows_by_day)
+    while day <= last:
+        for stage, variant_id, rating, is_conversion, n in rows_by_day.get(day, ()):
+            if stage is None:
+                totals.add_exposed(variant_id, n)
+            elif is_conversion:
+                totals.add_converted(stage, variant_id, n)
+            else:
+                totals.add_rating(stage, variant_id, rating, n)
+        series.append((day, totals.stats()))
+        day += timedelta(days=1)
+    return series
+
+
+# -- data quality ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageQuality:
+    """Events at one stage of the experiment that are stored but not in the lift."""
+
+    unmatched: int = 0  # no exposure to any experiment measuring the stage (days of this run)
+    before_exposure: int = 0  # the customer was exposed only after the event
+    after_stop: int = 0  # the event happened after the experiment stopped
+    forced: int = 0  # from forced-variant (QA) customers
+    not_exposed: int = 0  # named this experiment, whose exposures never included the customer
+
+    @property
+    def excluded(self) -> int:
+        return self.unmatched + self.before_exposure + self.after_stop + self.forced + self.not_exposed
+
+
+@dataclass(frozen=True)
+class DataQuality:
+    """How clean an experiment's data is: figures to show next to its report."""
+
+    stages: Mapping[str, StageQuality]
+    forced_customers: int  # QA customers with a forced variant, left out of every denominator
+    mismatched_customers: int  # customers later computed into another variant than recorded
+    mismatches: int  # how many times that happened in all
+
+
+def data_quality(session: Session, experiment: Experiment, *, now: datetime | None = None) -> DataQuality:
+    """Quality counters of one experiment. Unmatched events belong to no experiment:
+    they are counted per UTC day and the experiment shows those of its stages on the
+    days it ran (whole days, so a day shared with another run is counted in both)."""
+    stages = list(experiment.stages)
+    figures: dict[str, dict[str, int]] = {stage: {} for stage in stages}
+    quality = select(
+        EventQualityCount.stage, EventQualityCount.kind, EventQualityCount.events, literal(0).label("extra")
+    ).where(EventQualityCount.experiment_id == experiment.id)
+    # Forced customers, then customers with mismatches and how many (not per stage).
+    exposures = select(
+        cast(null(), String), literal("exposures"), func.count().filter(Exposure.forced == true()),
+        func.count().filter(Exposure.mismatches > 0),
+    ).where(Exposure.experiment_id == experiment.id)
+    mismatches = select(
+        cast(null(), String), literal("mismatches"), func.coalesce(func.sum(Exposure.mismatches), 0), literal(0)
+    ).where(Exposure.experiment_id == experiment.id, Exposure.mismatches > 0)
+    parts = [quality, exposures, mismatches]
+    if experiment.started_at is not None:
+        first = experiment.started_at.date()
+        last = (experiment.stopped_at or now or utcnow()).date()
+        parts.append(
+            select(UnmatchedEventCount.stage, literal("unmatched"), func.sum(UnmatchedEventCount.events), literal(0))
+            .where(UnmatchedEventCount.stage.in_(stages), UnmatchedEventCount.day.between(first, last))
+            .group_by(UnmatchedEventCount.stage)
+        )
+    totals = {"forced_customers": 0, "mismatched_customers": 0, "mismatches": 0}
+    for stage, kind, n, extra in session.execute(union_all(*parts)):
+        if kind == "exposures":
+            totals["forced_customers"], totals["mismatched_customers"] = int(n), int(extra)
+        elif kind == "mismatches":
+            totals["mismatches"] = int(n)
+        elif stage in figures:
+            figures[stage][kind] = int(n)
+    return DataQuality(
+stages={stage: StageQuality(**figures[stage]) for stage in stages}, **totals)
+
+
+def explain_experiment_stats(session: Session, experiment: Experiment) -> list[str]:
+    """The database's plan for the exposed-count part of :func:`experiment_stats`
+    (the only part that reads more than a handful of rows), for tests and the bench."""
+    statement = (
+        select(Exposure.variant_id, func.count())
+        .where(Exposure.experiment_id == experiment.id, _not_forced())
+        .group_by(Exposure.variant_id)
+    )
+    compiled = statement.compile(session.get_bind(), compile_kwargs={"literal_binds": True})
+    prefix = "EXPLAIN QUERY PLAN " if session.get_bind().dialect.name == "sqlite" else "EXPLAIN "
+    return [" ".join(str(c) for c in row) for row in session.execute(text(prefix + str(compiled)))]
