@@ -53,7 +53,7 @@ def test_login_without_csrf_token_is_rejected(csrf_client):
     _make_user(app)
     response = client.post("/login", data={"email": "ana@example.com", "password": PASSWORD})
     assert response.status_code == 400
-    assert client.get("/").status_code == 302  # still logged out
+    assert client.get("/experiments").status_code == 302  # still logged out
 
 
 def test_logout_without_csrf_token_does_not_log_out(csrf_client):
@@ -62,7 +62,7 @@ def test_logout_without_csrf_token_does_not_log_out(csrf_client):
     page = client.get("/login")
     client.post("/login", data={"email": "ana@example.com", "password": PASSWORD, "csrf_token": _csrf(page.text)})
     assert client.post("/logout").status_code == 400
-    assert client.get("/").status_code == 200
+    assert client.get("/experiments").status_code == 200
 
 
 def test_wrong_password_keeps_the_email_and_says_why(client, make_user):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask
+from flask import Blueprint, Flask, render_template
 from flask_wtf import CSRFProtect
+from flask_wtf.csrf import CSRFError
 
 from ..auth import current_user
 
@@ -12,7 +13,12 @@ bp = Blueprint("web", __name__, template_folder="templates")
 
 def init_app(app: Flask) -> None:
     CSRFProtect(app)
-    from . import account  # noqa: F401  (registers routes on bp)
+    from . import account, experiments  # noqa: F401  (register routes on bp)
 
     app.register_blueprint(bp)
     app.context_processor(lambda: {"current_user": current_user()})
+    app.register_error_handler(CSRFError, _csrf_failed)
+
+
+def _csrf_failed(error: CSRFError):
+    return render_template("form_expired.html", reason=error.description), 400

@@ -14,10 +14,8 @@ from .forms import ConfirmForm, LoginForm
 
 def _safe_next(target: str | None) -> str:
     """Only same-site paths: never redirect a fresh login to another host."""
-    if not target:
-        return url_for("web.index")
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+    parts = urlsplit(target or "")
+    if not target or parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
         return url_for("web.index")
     return target
 
@@ -27,7 +25,7 @@ def _safe_next(target: str | None) -> str:
 def index():
     if current_user() is None:
         return redirect(url_for("web.login"))
-    return render_template("home.html")
+    return redirect(url_for("web.experiments"))
 
 
 @bp.get("/login")

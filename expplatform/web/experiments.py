@@ -1,0 +1,220 @@
+"""Experiment pages for product teams: list, create/edit form, detail with the
+lifecycle buttons, clone as next iteration. Viewers read; editors change.
+
+Handlers are thin: parse the form, call ``expplatform.experiments``, render or
+redirect. CSRF is checked for every POST by Flask-WTF before a handler runs; every
+other rule is the definition parser's, so the form, the API and the files report the
+same messages. Rule violations come back as the same errors the JSON API returns and are
+shown beside the inputs (validation) or as a flash message (conflicts).
+"""
+
+from __future__ import annotations
+
+from flask import abort, flash, redirect, render_template, request, url_for
+
+from .. import experiments as service
+from ..auth import current_principal, login_required, role_at_least
+from ..db import get_db, get_session
+from ..definitions import parse_definition
+from ..errors import ApiError, ValidationError
+from . import bp
+from .experiment_form import (
+    MAX_RULE_ROWS,
+    ExperimentForm,
+    default_form_data,
+    form_to_mapping,
+    mapping_to_form_data,
+)
+from .forms import ConfirmForm
+
+PER_PAGE = 25
+ACTION_HELP = {
+    "start": "Customers will be enrolled and exposures recorded from now on. Variants, weights, stages "
+    "and the satisfaction scale are frozen once it starts.",
+    "pause": "No new customers are enrolled and everyone is shown the control experience until you resume.",
+    "resume": "Enrolment continues with the same buckets: enrolled customers keep their variants.",
+    "stop": "Stopping is final: the experiment becomes read-only and everyone gets the control experience. "
+    "Reports stay available. To run it again, clone it as its next iteration.",
+}
+
+
+def _actor() -> str:
+    principal = current_principal()
+    assert principal is not None  # login_required ran first
+    return principal.actor
+
+
+def _can_edit() -> bool:
+    principal = current_principal()
+    return principal is not None and role_at_least(principal.role, "editor")
+
+
+@bp.get("/experiments")
+@login_required("viewer")
+def experiments():
+    status = request.args.get("status") or None
+    stage = request.args.get("stage") or None
+    page_number = max(request.args.get("page", 1, type=int) or 1, 1)
+    page = service.list_experiments(
+        get_session(),
+        statuses=[status] if status in service.STATUSES else (),
+        stage=stage,
+        page=page_number,
+        per_page=PER_PAGE,
+    )
+    return render_template(
+        "experiments/list.html", page=page, status=status, stage=stage, statuses=service.STATUSES, can_edit=_can_edit()
+    )
+
+
+def _render_form(form: ExperimentForm, *, experiment=None, errors=None, status_code=200):
+    form.row_choices()
+    frozen = experiment is not None and experiment.status in service.STARTED
+    return (
+        render_template(
+            "experiments/form.html",
+            form=form,
+            experiment=experiment,
+            errors=errors or {},
+            advanced_open=any(name.startswith(("decision_", "prior_", "forced_variants")) for name in errors or {}),
+            frozen=frozen,
+            max_rules=MAX_RULE_ROWS,
+        ),
+        status_code,
+    )
+
+
+@bp.get("/experiments/new")
+@login_required("editor")
+def new_experiment():
+    return _render_form(ExperimentForm(data=default_form_data()))[0]
+
+
+def _grow_rows(form: ExperimentForm) -> bool:
+    """Handle the 'add a row' buttons; True when the form should just be shown again."""
+    if "add_variant" in request.form and len(form.variants) < form.variants.max_entries:
+        form.variants.append_entry()
+        return True
+    if "add_rule" in request.form and len(form.targeting) < MAX_RULE_ROWS:
+        form.targeting.append_entry()
+        return True
+    return "add_variant" in request.form or "add_rule" in request.form
+
+
+@bp.post("/experiments/new")
+@login_required("editor")
+def create_experiment():
+    form = ExperimentForm()
+    if _grow_rows(form):
+        return _render_form(form)
+    try:
+        with get_db().write() as session:
+            saved = service.create_experiment(session, parse_definition(form_to_mapping(form)), _actor())
+            key = saved.experiment.key
+    except ValidationError as exc:
+        return _render_form(form, errors=form.errors_by_name(exc.fields), status_code=422)
+    except ApiError as exc:
+        return _render_form(form, errors=form.errors_by_name(exc.fields) or {"form": exc.message}, status_code=exc.status)
+    for notice in saved.notices:
+        flash(notice, "info")
+    flash(f"Experiment {key} created as a draft.", "info")
+    return redirect(url_for("web.experiment", key=key))
+
+
+@bp.get("/experiments/<key>")
+@login_required("viewer")
+def experiment(key: str):
+    session = get_session()
+    found = _get_or_404(key)
+    return render_template(
+        "experiments/detail.html",
+        experiment=found,
+        definition=service.export_definition(found),
+        audit=service.audit_log(session, found),
+        can_edit=_can_edit(),
+        transitions=[a for a, (sources, _t, _v) in service.TRANSITIONS.items() if found.status in sources],
+        confirm=ConfirmForm(),
+    )
+
+
+def _get_or_404(key: str):
+    try:
+        return service.get_experiment(get_session(), key)
+    except ApiError:
+        abort(404)
+
+
+@bp.get("/experiments/<key>/edit")
+@login_required("editor")
+def edit_experiment(key: str):
+    found = _get_or_404(key)
+    if found.status == "stopped":
+        flash("A stopped experiment is read-only; clone it to run it again.", "error")
+        return redirect(url_for("web.experiment", key=key))
+    return _render_form(ExperimentForm(data=mapping_to_form_data(service.export_definition(found))), experiment=found)[0]
+
+
+@bp.post("/experiments/<key>/edit")
+@login_required("editor")
+def update_experiment(key: str):
+    found = _get_or_404(key)
+    form = ExperimentForm()
+    if _grow_rows(form):
+        return _render_form(form, experiment=found)
+    try:
+        with get_db().write() as session:
+            saved = service.update_experiment(session, key, parse_definition(form_to_mapping(form)), _actor())
+    except ValidationError as exc:
+        return _render_form(form, experiment=found, errors=form.errors_by_name(exc.fields), status_code=422)
+    except ApiError as exc:
+        return _render_form(
+            form, experiment=found, errors=form.errors_by_name(exc.fields) or {"form": exc.message}, status_code=exc.status
+        )
+    for notice in saved.notices:
+        flash(notice, "info")
+    flash("No changes." if saved.action == "unchanged" else "Saved.", "info")
+    return redirect(url_for("web.experiment", key=key))
+
+
+@bp.get("/experiments/<key>/<action>")
+@login_required("editor")
+def confirm_action(key: str, action: str):
+    if action not in service.TRANSITIONS:
+        abort(404)
+    found = _get_or_404(key)
+    return render_template(
+        "experiments/confirm.html", experiment=found, action=action, help=ACTION_HELP[action], form=ConfirmForm()
+    )
+
+
+@bp.post("/experiments/<key>/<action>")
+@login_required("editor")
+def change_status(key: str, action: str):
+    if action not in service.TRANSITIONS:
+        abort(404)
+    try:
+        with get_db().write() as session:
+            service.change_status(session, key, action, _actor())  # type: ignore[arg-type]
+    except ApiError as exc:
+        if exc.status == 404:
+            abort(404)
+        flash(exc.message, "error")
+    else:
+        flash(f"Experiment {key} is now {service.TRANSITIONS[action][1]}.", "info")
+    return redirect(url_for("web.experiment", key=key))
+
+
+@bp.post("/experiments/<key>/clone")
+@login_required("editor")
+def clone_experiment(key: str):
+    try:
+        with get_db().write() as session:
+            saved = service.clone_experiment(session, key, _actor())
+            new_key = saved.experiment.key
+    except ApiError as exc:
+        if exc.status == 404:
+            abort(404)
+        flash(exc.message, "error")
+        return redirect(url_for("web.experiment", key=key))
+    flash(f"Cloned as {new_key}: a new draft with the same definition. Change it, then start it.", "info")
+    return redirect(url_for("web.edit_experiment", key=new_key))
