@@ -1,0 +1,315 @@
+"""POST /api/v1/events: validation by index, idempotency (also under concurrent
+sends), all-or-nothing storage, request-level errors."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import requests
+from sqlalchemy import event as sa_event
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+
+from expplatform.events import validate_events
+from expplatform.models import Event, Outcome, OutcomeCount
+from tests.events_support import at, counts, expose, iso, make_experiment
+
+URL = "/api/v1/events"
+NOW = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def ev(event_id: str = "e1", customer_id: str = "c1", stage: str = "purchase", type: str = "conversion", **extra):
+    return {"event_id": event_id, "customer_id": customer_id, "stage": stage, "type": type, **extra}
+
+
+@pytest.fixture
+def checkout(db):
+    """A running experiment with customers c0..c9 exposed at T0 (even: control)."""
+    with db.write() as session:
+        experiment = make_experiment(session)
+        for i in range(10):
+            expose(session, experiment, f"c{i}", "control" if i % 2 == 0 else "treatment")
+        return experiment.id
+
+
+def stored(db, model=Event) -> int:
+    with db.sessionmaker() as session:
+        return session.scalar(select(func.count()).select_from(model))
+
+
+# -- validation ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw, code",
+    [
+        ("not an object", "invalid_event"),
+        ({k: v for k, v in ev().items() if k != "customer_id"}, "missing_field"),
+        (ev(event_id=None), "missing_field"),
+        (ev(colour="red"), "unknown_field"),
+        (ev(event_id=17), "invalid_type"),
+        (ev(customer_id=["c1"]), "invalid_type"),
+        (ev(stage=3), "invalid_type"),
+        (ev(type=1), "invalid_type"),
+        (ev(type="satisfaction", value="4"), "invalid_type"),
+        (ev(type="satisfaction", value=4.5), "invalid_type"),
+        (ev(type="satisfaction", value=True), "invalid_type"),
+        (ev(timestamp=1717243200), "invalid_type"),
+        (ev(experiment=5), "invalid_type"),
+        (ev(event_id=""), "invalid_value"),
+        (ev(event_id="x" * 129), "invalid_value"),
+        (ev(customer_id="a\x00b"), "invalid_value"),
+        (ev(stage="Purchase"), "invalid_value"),
+        (ev(type="refund"), "invalid_value"),
+        (ev(type="satisfaction", value=2**31), "invalid_value"),
+        (ev(timestamp="yesterday"), "invalid_timestamp"),
+        (ev(timestamp="2024-06-01T10:00:00"), "invalid_timestamp"),
+        (ev(timestamp="2024-06-01"), "invalid_timestamp"),
+        (ev(timestamp=iso(NOW + timedelta(hours=24, seconds=1))), "timestamp_in_future"),
+        (ev(type="satisfaction"), "value_required"),
+        (ev(type="satisfaction", value=None), "value_required"),
+        (ev(value=1), "value_not_allowed"),
+        (ev(experiment="Not A Key"), "unknown_experiment"),
+    ],
+)
+def test_each_invalid_event_is_rejected_with_its_code(raw, code):
+    valid, rejected = validate_events([ev("ok"), raw], now=NOW, max_future_seconds=24 * 3600)
+    assert [e.event_id for e in valid] == ["ok"]
+    assert [(r.index, r.error) for r in rejected] == [(1, code)]
+    assert rejected[0].message
+
+
+def test_valid_events_parse_into_typed_objects():
+    valid, rejected = validate_events(
+        [
+            ev(timestamp="2024-06-01T14:00:00+02:00"),
+            ev("e2", type="satisfaction", value=4, experiment="checkout", timestamp=None),
+            ev("e3", timestamp=iso(NOW + timedelta(hours=24))),
+        ],
+        now=NOW,
+        max_future_seconds=24 * 3600,
+    )
+    assert rejected == []
+    assert valid[0].occurred_at == datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
+    assert (valid[1].value, valid[1].experiment, valid[1].occurred_at) == (4, "checkout", None)
+    assert valid[2].occurred_at == NOW + timedelta(hours=24)
+
+
+def test_a_repeated_event_id_in_one_batch_is_rejected_after_its_first_valid_use():
+    valid, rejected = validate_events(
+        [ev("a", stage="BAD"), ev("a"), ev("b"), ev("a")], now=NOW, max_future_seconds=3600
+    )
+    assert [(e.index, e.event_id) for e in valid] == [(1, "a"), (2, "b")]
+    assert [(r.index, r.error) for r in rejected] == [(0, "invalid_value"), (3, "duplicate_in_batch")]
+
+
+def test_rules_that_need_the_experiment_reject_by_index(client_api, db, checkout):
+    with db.write() as session:
+        nps = make_experiment(session, "nps", stages=("purchase",), scale=(0, 10))
+        expose(session, nps, "c1", "treatment")
+    response = client_api.post(
+        URL,
+        json={
+            "events": [
+                ev("e0", experiment="nosuch"),
+                ev("e1", stage="awareness", experiment="checkout"),
+                # c1 is in checkout (1-5) and nps (0-10): 7 fits one scale only, so
+                # it is rejected whole rather than counted in one experiment.
+                ev("e2", type="satisfaction", value=7),
+                ev("e3", type="satisfaction", value=5),
+                # c2 is only in checkout; 0 is outside its scale.
+                ev("e4", customer_id="c2", type="satisfaction", value=0),
+                # Nobody measures this customer: any integer rating is stored.
+                ev("e5", customer_id="stranger", type="satisfaction", value=42),
+            ]
+        },
+    )
+    assert response.status_code == 200
+    body = response.get_json()
+    assert [(r["index"], r["error"]) for r in body["rejected"]] == [
+        (0, "unknown_experiment"),
+        (1, "stage_not_measured"),
+        (2, "value_out_of_scale"),
+        (4, "value_out_of_scale"),
+    ]
+    assert (body["accepted"], body["duplicates"]) == (2, 0)
+    with db.sessionmaker() as session:
+        assert sorted(session.scalars(select(Event.event_id))) == ["e3", "e5"]
+
+
+# -- the endpoint ----------------------------------------------------------------------
+
+
+def test_a_single_event_object_is_accepted(client_api, db, checkout):
+    response = client_api.post(URL, json=ev(timestamp=iso(at(60))))
+    assert response.status_code == 200
+    assert response.get_json() == {"accepted": 1, "duplicates": 0, "rejected": []}
+    with db.sessionmaker() as session:
+        row = session.scalar(select(Event))
+        assert (row.customer_id, row.stage, row.occurred_at, row.attributed) == ("c1", "purchase", at(60), 1)
+
+
+def test_an_event_without_timestamp_happens_when_received(client_api, db, checkout):
+    before = datetime.now(timezone.utc)
+    assert client_api.post(URL, json=ev()).get_json()["accepted"] == 1
+    with db.sessionmaker() as session:
+        row = session.scalar(select(Event))
+    assert before <= row.occurred_at == row.received_at <= datetime.now(timezone.utc)
+
+
+def test_a_resent_batch_is_all_duplicates_and_counts_once(client_api, db, checkout):
+    batch = {"events": [ev("e1"), ev("e2", customer_id="c2"), ev("e3", type="satisfaction", value=4)]}
+    assert client_api.post(URL, json=batch).get_json() == {"accepted": 3, "duplicates": 0, "rejected": []}
+    assert client_api.post(URL, json=batch).get_json() == {"accepted": 0, "duplicates": 3, "rejected": []}
+    # The same event_id with other content is still the same event.
+    again = client_api.post(URL, json=ev("e1", customer_id="c4")).get_json()
+    assert (again["accepted"], again["duplicates"]) == (0, 1)
+    assert stored(db) == 3
+    with db.sessionmaker() as session:
+        assert counts(session, checkout) == {
+            ("purchase", "treatment", "converted", 0): 1,  # c1
+            ("purchase", "control", "converted", 0): 1,  # c2
+            ("purchase", "treatment", "rating", 4): 1,
+        }
+
+
+def test_too_many_events_is_413_json(app, client_api):
+    assert app.extensions["settings"].max_batch_events == 1000
+    batch = {"events": [ev(f"e{i}") for i in range(1001)]}
+    response = client_api.post(URL, json=batch)
+    assert response.status_code == 413
+    assert response.get_json()["error"] == "too_many_events"
+
+
+def test_the_batch_limit_is_configurable(make_test_app_key):
+    client, key = make_test_app_key(max_batch_events=2)
+    response = client.post(URL, json={"events": [ev("a"), ev("b"), ev("c")]}, headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 413
+
+
+def test_an_oversized_body_is_413_json(make_test_app_key):
+    client, key = make_test_app_key(max_body_bytes=4096)
+    body = {"events": [ev(f"e{i}", customer_id="x" * 200) for i in range(40)]}
+    response = client.post(URL, json=body, headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 413
+    assert response.get_json()["error"] == "payload_too_large"
+
+
+@pytest.mark.parametrize(
+    "kwargs, code",
+    [
+        ({"data": "{not json", "content_type": "application/json"}, "malformed_json"),
+        ({"data": "event_id=1", "content_type": "application/x-www-form-urlencoded"}, "invalid_content_type"),
+        ({"json": [ev()]}, "invalid_body"),
+        ({"json": {"events": ev()}}, "invalid_body"),
+        ({"json": {"events": [], "extra": 1}}, "invalid_body"),
+    ],
+)
+def test_malformed_requests_are_400_json(client, client_key, kwargs, code):
+    response = client.post(URL, headers={"Authorization": f"Bearer {client_key}"}, **kwargs)
+    assert response.status_code == 400
+    assert response.get_json()["error"] == code
+
+
+def test_an_empty_batch_stores_nothing(client_api, db):
+    assert client_api.post(URL, json={"events": []}).get_json() == {"accepted": 0, "duplicates": 0, "rejected": []}
+    assert stored(db) == 0
+
+
+def test_only_client_keys_may_send_events(client, admin_api):
+    assert client.post(URL, json=ev()).status_code == 401
+    response = admin_api.post(URL, json=ev())
+    assert response.status_code == 403
+    assert response.get_json()["error"] == "forbidden"
+
+
+@pytest.fixture
+def make_test_app_key(database_url, tmp_path):
+    """A client and a client key for an app built with other settings."""
+    from expplatform.auth import create_api_key
+    from tests.conftest import make_test_app
+
+    apps = []
+
+    def _make(**overrides):
+        app = make_test_app(database_url, tmp_path, **overrides)
+        apps.append(app)
+        with app.extensions["db"].write() as session:
+            _record, key = create_api_key(session, "client", "limited", created_by="tests")
+        return app.test_client(), key
+
+    yield _make
+    for app in apps:
+        app.extensions["db"].engine.dispose()
+
+
+# -- failure and concurrency ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failing_table", ["outcomes", "outcome_counts", "unmatched_event_counts"])
+def test_a_database_failure_mid_request_stores_nothing_and_is_503(client_api, db, checkout, failing_table):
+    calls = {"n": 0}
+
+    def fail_on_write(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+        if statement.lstrip().upper().startswith(f"INSERT INTO {failing_table.upper()} "):
+            calls["n"] += 1
+            raise OperationalError(statement, parameters, Exception("injected fault: disk gone"))
+
+    sa_event.listen(db.engine, "before_cursor_execute", fail_on_write)
+    try:
+        batch = {"events": [ev("e1"), ev("e2", type="satisfaction", value=3), ev("e3", customer_id="nobody")]}
+        response = client_api.post(URL, json=batch)
+    finally:
+        sa_event.remove(db.engine, "before_cursor_execute", fail_on_write)
+    assert calls["n"] == 1
+    assert response.status_code == 503
+    assert response.get_json()["error"] == "database_unavailable"
+    assert stored(db) == 0 and stored(db, Outcome) == 0 and stored(db, OutcomeCount) == 0
+    # The client retries the same batch and it now counts, once.
+    assert client_api.post(URL, json=batch).get_json() == {"accepted": 3, "duplicates": 0, "rejected": []}
+
+
+def test_the_same_batch_sent_concurrently_counts_once(live_server, db, client_key, checkout):
+    """Several threads post one batch at the same moment through real HTTP; exactly one
+    transaction inserts each event, the others see duplicates."""
+    senders = 4
+    batch = {
+        "events": [ev(f"e{i}", customer_id=f"c{i % 10}", stage="purchase") for i in range(60)]
+        + [ev(f"r{i}", customer_id=f"c{i % 10}", type="satisfaction", value=1 + i % 5, timestamp=iso(at(i)))
+           for i in range(40)]
+    }
+    barrier = threading.Barrier(senders)
+    results: list[dict] = []
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            barrier.wait(timeout=30)
+            response = requests.post(
+                f"{live_server}{URL}", json=batch, headers={"Authorization": f"Bearer {client_key}"}, timeout=60
+            )
+            assert response.status_code == 200, response.text
+            results.append(response.json())
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send) for _ in range(senders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sum(r["accepted"] for r in results) == 100
+    assert sum(r["duplicates"] for r in results) == 100 * (senders - 1)
+    assert stored(db) == 100
+    with db.sessionmaker() as session:
+        got = counts(session, checkout)
+    # 10 customers converted once each; the latest rating of c_k is from r_{30+k} (value 1 + (30+k) % 5).
+    expected = {("purchase", "control", "converted", 0): 5, ("purchase", "treatment", "converted", 0): 5}
+    for k in range(10):
+        variant = "control" if k % 2 == 0 else "treatment"
+        key = ("purchase", variant, "rating", 1 + (30 + k) % 5)
+        expected[key] = expected.get(key, 0) + 1
+    assert got == expected
