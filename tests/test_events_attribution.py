@@ -1,0 +1,270 @@
+"""Every attribution rule, and the rebuild from raw events agreeing with the outcome
+rows and counters maintained at ingest."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from expplatform.events import rebuild_outcomes, record_events
+from expplatform.models import Event, Experiment, Outcome, UnmatchedEventCount, utcnow
+from tests.conftest import make_test_app
+from tests.events_support import T0, at, counts, expose, iso, make_experiment, quality, snapshot
+
+
+@pytest.fixture
+def send(app, db):
+    settings = app.extensions["settings"]
+
+    def _send(*events):
+        result = record_events(db, list(events), settings)
+        assert result.rejected == (), result.rejected
+        return result
+
+    return _send
+
+
+def ev(event_id, customer_id, stage="purchase", type="conversion", seconds=60.0, **extra):
+    return {
+        "event_id": event_id, "customer_id": customer_id, "stage": stage, "type": type,
+        "timestamp": iso(at(seconds)), **extra,
+    }
+
+
+def rate(event_id, customer_id, value, seconds=60.0, stage="purchase", **extra):
+    return ev(event_id, customer_id, stage, "satisfaction", seconds, value=value, **extra)
+
+
+def outcome(db, experiment_id, customer_id, stage="purchase"):
+    with db.sessionmaker() as session:
+        return session.get(Outcome, (experiment_id, customer_id, stage))
+
+
+def attributed(db, event_id):
+    with db.sessionmaker() as session:
+        return session.scalar(select(Event.attributed).where(Event.event_id == event_id))
+
+
+@pytest.fixture
+def exp(db):
+    """checkout measures consideration/purchase/retention; alice is in control, bob in
+    treatment, qa is a forced (QA) customer; all exposed at T0."""
+    with db.write() as session:
+        experiment = make_experiment(session)
+        expose(session, experiment, "alice", "control")
+        expose(session, experiment, "bob", "treatment")
+        expose(session, experiment, "qa", "treatment", forced=True)
+        return experiment.id
+
+
+def test_an_event_counts_for_the_variant_the_customer_was_exposed_to(db, send, exp):
+    send(ev("a1", "alice"), ev("b1", "bob", stage="retention"))
+    with db.sessionmaker() as session:
+        assert counts(session, exp) == {
+            ("purchase", "control", "converted", 0): 1,
+            ("retention", "treatment", "converted", 0): 1,
+        }
+    assert attributed(db, "a1") == 1
+
+
+def test_a_customer_converts_once_at_the_earliest_conversion(db, send, exp):
+    send(ev("a1", "alice", seconds=300), ev("a2", "alice", seconds=200))
+    send(ev("a3", "alice", seconds=100))  # arrives last, happened first
+    send(ev("a4", "alice", seconds=400))
+    row = outcome(db, exp, "alice")
+    assert row.converted_at == at(100)
+    with db.sessionmaker() as session:
+        assert counts(session, exp) == {("purchase", "control", "converted", 0): 1}
+
+
+def test_satisfaction_is_the_latest_rating_by_event_time(db, send, exp):
+    send(rate("r1", "alice", 2, seconds=100))
+    send(rate("r2", "alice", 5, seconds=300))
+    send(rate("r3", "alice", 1, seconds=200))  # arrives late: older than r2, ignored
+    row = outcome(db, exp, "alice")
+    assert (row.rating, row.rated_at) == (5, at(300))
+    with db.sessionmaker() as session:
+        assert counts(session, exp) == {("purchase", "control", "rating", 5): 1}
+    send(rate("r4", "alice", 3, seconds=400))
+    with db.sessionmaker() as session:
+        assert counts(session, exp) == {("purchase", "control", "rating", 3): 1}
+
+
+def test_ratings_at_the_same_time_resolve_to_the_later_arrival(db, send, exp):
+    send(rate("x", "alice", 2, seconds=100), rate("y", "alice", 4, seconds=100))
+    assert outcome(db, exp, "alice").rating == 4  # later in the batch
+    send(rate("a", "alice", 1, seconds=100))
+    assert outcome(db, exp, "alice").rating == 1  # later batch
+    # Without timestamps every event of a batch happens "now": the last one wins.
+    send(*[{"event_id": f"n{v}", "customer_id": "bob", "stage": "purchase", "type": "satisfaction", "value": v}
+           for v in (5, 2, 3)])
+    assert outcome(db, exp, "bob").rating == 3
+
+
+def test_an_event_before_the_exposure_does_not_count_beyond_the_clock_skew(db, send, exp):
+    send(ev("early", "alice", seconds=-6), ev("skewed", "bob", seconds=-4))
+    assert outcome(db, exp, "alice") is None
+    assert outcome(db, exp, "bob").converted_at == at(-4)  # within the 5 s tolerance
+    with db.sessionmaker() as session:
+        assert quality(session, exp) == {("purchase", "before_exposure"): 1}
+    assert attributed(db, "early") == 0
+
+
+def test_the_clock_skew_tolerance_is_a_setting(database_url, tmp_path, exp):
+    strict = make_test_app(database_url, tmp_path, clock_skew_seconds=0.0)
+    db = strict.extensions["db"]
+    record_events(db, [ev("skewed", "bob", seconds=-1), ev("ok", "alice", seconds=0)], strict.extensions["settings"])
+    assert outcome(db, exp, "bob") is None
+    assert outcome(db, exp, "alice").converted_at == T0  # exposed at exactly that moment
+    db.engine.dispose()
+
+
+def test_an_exposure_made_after_the_event_arrived_never_captures_it(db, send, exp):
+    """A clock running ahead sends an event "from the future"; the customer is exposed
+    later, before that time: the event still did not follow the exposure."""
+    now = utcnow()
+    future = iso(now + timedelta(hours=2))
+    send({"event_id": "ahead", "customer_id": "carol", "stage": "purchase", "type": "conversion", "timestamp": future})
+    with db.write() as session:
+        expose(session, session.get(Experiment, exp), "carol", exposed_at=now + timedelta(hours=1))
+    with db.write() as session:
+        rebuild_outcomes(session, session.get(Experiment, exp))
+    assert outcome(db, exp, "carol") is None
+    with db.sessionmaker() as session:
+        assert session.scalar(select(UnmatchedEventCount.events).where(UnmatchedEventCount.stage == "purchase")) == 1
+
+
+def test_only_experiments_measuring_the_stage_count_the_event(db, send, exp):
+    with db.write() as session:
+        onboarding = make_experiment(session, "onboarding", stages=("awareness", "purchase"))
+        expose(session, onboarding, "alice", "treatment")
+        onboarding_id = onboarding.id
+    send(ev("aw", "alice", stage="awareness"), ev("pu", "alice", stage="purchase"))
+    assert attributed(db, "aw") == 1 and attributed(db, "pu") == 2
+    assert outcome(db, exp, "alice", "awareness") is None
+    assert outcome(db, onboarding_id, "alice", "awareness").converted_at == at(60)
+    assert outcome(db, exp, "alice").variant_id != outcome(db, onboarding_id, "alice").variant_id
+
+
+def test_naming_an_experiment_restricts_attribution_to_it(db, send, exp):
+    with db.write() as session:
+        other = make_experiment(session, "other", stages=("purchase",))
+        expose(session, other, "alice", "treatment")
+        other_id = other.id
+    send(ev("named", "alice", experiment="other"), ev("stranger", "dave", experiment="checkout"))
+    assert outcome(db, exp, "alice") is None
+    assert outcome(db, other_id, "alice").converted_at == at(60)
+    with db.sessionmaker() as session:
+        assert quality(session, exp) == {("purchase", "not_exposed"): 1}
+        assert session.scalar(select(UnmatchedEventCount.events)) is None  # not_exposed is not also unmatched
+
+
+def test_forced_customers_never_count(db, send, exp):
+    send(ev("q1", "qa"), rate("q2", "qa", 5))
+    assert outcome(db, exp, "qa") is None
+    with db.sessionmaker() as session:
+        assert counts(session, exp) == {}
+        assert quality(session, exp) == {("purchase", "forced"): 2}
+
+
+def test_a_stopped_experiment_counts_late_arrivals_of_earlier_events_only(db, send, exp):
+    with db.write() as session:
+        experiment = session.get(Experiment, exp)
+        experiment.status, experiment.stopped_at = "stopped", at(1000)
+    send(ev("before", "alice", seconds=999), ev("after", "bob", seconds=1001))
+    assert outcome(db, exp, "alice").converted_at == at(999)
+    assert outcome(db, exp, "bob") is None
+    with db.sessionmaker() as session:
+        assert quality(session, exp) == {("purchase", "after_stop"): 1}
+
+
+def test_a_paused_experiment_still_counts_its_exposed_customers(db, send, exp):
+    with db.write() as session:
+        session.get(Experiment, exp).status = "paused"
+    send(ev("p", "alice"))
+    assert outcome(db, exp, "alice") is not None
+
+
+def test_events_matching_no_exposure_are_stored_and_counted_per_stage_and_day(db, send, exp):
+    send(ev("u1", "nobody"), ev("u2", "nobody", stage="retention"), ev("u3", "nobody2"),
+         ev("u4", "nobody", stage="some-other-stage"))
+    with db.sessionmaker() as session:
+        assert session.scalar(select(Event.attributed).where(Event.event_id == "u1")) == 0
+        rows = {(r.stage, r.day): r.events for r in session.scalars(select(UnmatchedEventCount))}
+    today = utcnow().date()
+    assert rows == {("purchase", today): 2, ("retention", today): 1, ("some-other-stage", today): 1}
+
+
+def test_a_rating_outside_a_non_counting_experiment_scale_is_accepted(db, app, exp):
+    """The scale applies only where the rating counts: a QA customer's 9 is stored."""
+    result = record_events(db, [rate("q", "qa", 9)], app.extensions["settings"])
+    assert (result.accepted, result.rejected) == (1, ())
+
+
+# -- rebuild ---------------------------------------------------------------------------------
+
+
+def _workload(rng: random.Random, customers: list[str], batches: int, per_batch: int) -> list[list[dict]]:
+    stages = ["awareness", "consideration", "purchase", "retention"]
+    sent: list[dict] = []
+    out = []
+    for b in range(batches):
+        batch = []
+        for i in range(per_batch):
+            if sent and rng.random() < 0.1:
+                batch.append(rng.choice(sent))  # a re-sent event
+                continue
+            customer = rng.choice(customers)
+            seconds = rng.choice([-30, -6, -5, -4, 0, 10, 10, 500, 1500, 2500])  # around exposure and stop
+            kind = rng.random()
+            event = (
+                ev(f"b{b}e{i}", customer, rng.choice(stages), seconds=seconds)
+                if kind < 0.5
+                else rate(f"b{b}e{i}", customer, rng.randint(1, 5), seconds=seconds, stage=rng.choice(stages))
+            )
+            if rng.random() < 0.1:
+                event["experiment"] = rng.choice(["checkout", "onboarding"])
+                if event["experiment"] == "onboarding" and event["stage"] not in ("awareness", "purchase"):
+                    event["stage"] = "purchase"
+                if event["experiment"] == "checkout" and event["stage"] == "awareness":
+                    event["stage"] = "purchase"
+            batch.append(event)
+            sent.append(event)
+        out.append(list({e["event_id"]: e for e in batch}.values()))
+    return out
+
+
+def test_rebuild_from_raw_events_equals_the_incrementally_kept_outcomes(db, app, exp):
+    rng = random.Random(20240501)
+    customers = [f"k{i}" for i in range(40)]
+    with db.write() as session:
+        checkout = session.get(Experiment, exp)
+        onboarding = make_experiment(session, "onboarding", stages=("awareness", "purchase"), stopped_at=at(2000),
+                                     status="stopped")
+        for i, customer in enumerate(customers):
+            if i % 5 != 4:
+                expose(session, checkout, customer, rng.choice(["control", "treatment"]),
+                       exposed_at=at(rng.choice([0, 0, 20])), forced=i % 13 == 0)
+            if i % 3 == 0:
+                expose(session, onboarding, customer, rng.choice(["control", "treatment"]))
+        onboarding_id = onboarding.id
+    settings = app.extensions["settings"]
+    accepted = 0
+    for batch in _workload(rng, customers + ["ghost1", "ghost2"], batches=12, per_batch=40):
+        result = record_events(db, batch, settings)
+        assert result.rejected == ()
+        accepted += result.accepted
+    with db.write() as session:
+        incremental = {eid: snapshot(session, eid) for eid in (exp, onboarding_id)}
+        assert all(incremental[eid][0] for eid in incremental)  # the workload did produce outcomes
+        assert {kind for (_stage, kind) in incremental[exp][2]} >= {"before_exposure", "forced"}
+        assert {kind for (_stage, kind) in incremental[onboarding_id][2]} >= {"after_stop"}
+        for eid in (exp, onboarding_id):
+            rebuild_outcomes(session, session.get(Experiment, eid))
+    with db.sessionmaker() as session:
+        for eid in (exp, onboarding_id):
+            assert snapshot(session, eid) == incremental[eid]
+    assert accepted > 300
