@@ -73,8 +73,13 @@ def _response_parts(response: Any) -> tuple[str, str, int, dict[str, str], Any, 
     if hasattr(request, "path_url"):  # requests
         path, body = request.path_url, request.body
         payload = response.json() if response.content else None
-    else:  # werkzeug test client
-        path, body = request.path, request.get_data()
+    else:  # werkzeug test client: the app has read the body, so read it again
+        stream = request.environ.get("wsgi.input")
+        body = b""
+        if stream is not None and stream.seekable():
+            stream.seek(0)
+            body = stream.read()
+        path = request.path
         payload = response.get_json(silent=True) if response.data else None
     if isinstance(body, bytes):
         body = body.decode()

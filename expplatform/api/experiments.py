@@ -401,8 +401,9 @@ OPENAPI: dict[str, Any] = {
         "ExperimentPatch": {
             "type": "object",
             "additionalProperties": False,
+            "description": "`null` resets a field to its default; the key cannot change.",
             "properties": {
-                name: ({"oneOf": [schema, {"type": "null"}]} if "$ref" in schema else schema)
+                name: schema if name == "key" else {"anyOf": [schema, {"type": "null"}]}
                 for name, schema in _DEFINITION_PROPERTIES.items()
             },
         },
