@@ -313,3 +313,11 @@ def test_the_same_batch_sent_concurrently_counts_once(live_server, db, client_ke
         key = ("purchase", variant, "rating", 1 + (30 + k) % 5)
         expected[key] = expected.get(key, 0) + 1
     assert got == expected
+
+
+def test_events_are_accepted_with_csrf_protection_on(make_test_app_key):
+    """Production runs with CSRF on for the web pages; bearer-key API writes are exempt."""
+    client, key = make_test_app_key(wtf_csrf_enabled=True)
+    response = client.post(URL, json=ev(), headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 200, response.data[:200]
+    assert response.get_json()["accepted"] == 1
