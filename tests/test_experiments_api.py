@@ -546,3 +546,27 @@ def test_session_user_is_the_audit_actor(client, login):
     assert client.post(BASE, json=definition()).status_code == 201
     audit = client.get(f"{BASE}/checkout-button/audit").json["items"]
     assert audit[0]["actor"] == f"user:{user.email}"
+
+
+def test_with_csrf_protection_on_keys_and_json_sessions_work_and_forms_do_not(database_url, tmp_path):
+    """As in production (CSRF on): the API takes bearer keys and JSON from sessions,
+    and a form post riding on a session cookie changes nothing."""
+    from expplatform.auth import create_api_key, create_user
+
+    from .conftest import PASSWORD, make_test_app
+
+    app = make_test_app(database_url, tmp_path, wtf_csrf_enabled=True)
+    try:
+        with app.extensions["db"].write() as session:
+            _record, key = create_api_key(session, "admin", "ci", created_by="tests")
+            user = create_user(session, "ed@example.com", PASSWORD, "editor")
+        client = app.test_client()
+        assert client.post(BASE, json=definition("by-key"), headers={"Authorization": f"Bearer {key}"}).status_code == 201
+        with client.session_transaction() as flask_session:
+            flask_session["user_id"] = user.id
+        assert client.post(BASE, json=definition("by-session")).status_code == 201
+        form = client.post(f"{BASE}/by-session/start", data={"confirm": "1"})
+        assert form.status_code == 400 and form.json["error"] == "invalid_content_type"
+        assert client.get(f"{BASE}/by-session").json["status"] == "draft"
+    finally:
+        app.extensions["db"].engine.dispose()
