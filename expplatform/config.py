@@ -69,6 +69,13 @@ class Settings:
     max_future_seconds: float = 24 * 3600
     wtf_csrf_enabled: bool = True
     pool_size: int = 5
+    # Full-model (PyMC) jobs: a worker touches its jobs' heartbeat this often, and a
+    # job whose heartbeat is older than the timeout belongs to a dead worker.
+    job_heartbeat_seconds: float = 5.0
+    job_timeout_seconds: float = 120.0
+    full_model_draws: int = 1000
+    full_model_tune: int = 1000
+    full_model_chains: int = 4
 
     @property
     def is_sqlite(self) -> bool:
@@ -86,6 +93,11 @@ _PARSERS: dict[str, Any] = {
     "max_future_seconds": _parse_float,
     "wtf_csrf_enabled": _parse_bool,
     "pool_size": lambda n, r: _parse_int(n, r, minimum=1),
+    "job_heartbeat_seconds": lambda n, r: _parse_float(n, r, minimum=0.01),
+    "job_timeout_seconds": lambda n, r: _parse_float(n, r, minimum=1.0),
+    "full_model_draws": lambda n, r: _parse_int(n, r, minimum=10),
+    "full_model_tune": lambda n, r: _parse_int(n, r, minimum=10),
+    "full_model_chains": lambda n, r: _parse_int(n, r, minimum=1),
 }
 
 

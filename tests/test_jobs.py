@@ -1,0 +1,285 @@
+"""Full-model jobs: queued by a request, run one at a time per worker in a background
+thread with heartbeats, claimed by exactly one worker, failed when their worker dies,
+and runnable again. The PyMC fit is replaced by a fake here (its own tests live with
+the analysis); one test at the end runs the real model on a small data set."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from expplatform.aggregation import experiment_stats
+from expplatform.errors import ValidationError
+from expplatform.jobs import DEAD_WORKER, FitParams, JobRunner, get_runner, recent_jobs, snapshot_of
+from expplatform.models import AnalysisJob, utcnow
+
+from .conftest import make_test_app
+from .events_support import expose, make_experiment
+
+WAIT = 30  # seconds: an upper bound for a fake fit, never a synchronisation delay
+
+
+@pytest.fixture
+def fast_app(database_url, tmp_path):
+    app = make_test_app(database_url, tmp_path, job_heartbeat_seconds=0.01, job_timeout_seconds=60)
+    yield app
+    app.extensions["db"].engine.dispose()
+
+
+@pytest.fixture
+def experiment(fast_app):
+    with fast_app.extensions["db"].write() as session:
+        experiment = make_experiment(session, "checkout")
+        for i in range(30):
+            expose(session, experiment, f"c{i}", "control" if i % 3 else "treatment")
+        expose(session, experiment, "qa", "treatment", forced=True)
+    return experiment
+
+
+class FakeFit:
+    """Records the fits it runs; can be held inside a fit until released."""
+
+    def __init__(self, *, hold: bool = False, fail: Exception | None = None) -> None:
+        self.calls: list[tuple] = []
+        self.running = 0
+        self.max_running = 0
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
+        self.fail = fail
+        self._lock = threading.Lock()
+
+    def __call__(self, stats, params, progress):
+        with self._lock:
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+        self.entered.set()
+        try:
+            assert self.release.wait(WAIT), "the test never released the fit"
+            self.calls.append((stats, params))
+            if progress is not None:
+                progress(1, 1)
+            if self.fail is not None:
+                raise self.fail
+            return {"engine": "fake", "draws": params.draws, "exposed": stats.cells[stats.stages[0]]["control"].exposed}
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+def runner_with(app, fit) -> JobRunner:
+    runner = get_runner(app)
+    runner.fit = fit
+    return runner
+
+
+def job_row(app, job_id) -> AnalysisJob:
+    with app.extensions["db"].sessionmaker() as session:
+        return session.get(AnalysisJob, job_id)
+
+
+def test_a_queued_fit_runs_in_the_background_and_stores_result_and_snapshot(fast_app, experiment):
+    fit = FakeFit()
+    runner = runner_with(fast_app, fit)
+    job, created = runner.queue("checkout", "user:ed@example.com", FitParams(draws=200, tune=100, chains=2, seed=7))
+    assert created and job.status == "queued" and job.worker == runner.identity
+    assert runner.wait_idle(WAIT)
+
+    row = job_row(fast_app, job.id)
+    assert row.status == "finished", row.error
+    assert row.result == {"engine": "fake", "draws": 200, "exposed": 20}
+    assert row.requested_by == "user:ed@example.com"
+    assert row.params == {"draws": 200, "tune": 100, "chains": 2, "seed": 7}
+    assert row.started_at is not None and row.finished_at >= row.started_at
+    with fast_app.extensions["db"].sessionmaker() as session:
+        stats = experiment_stats(session, session.merge(experiment))
+    # The snapshot is what the fit saw: forced customers are not in it.
+    assert row.snapshot["exposed"] == {"control": 20, "treatment": 10}
+    assert row.snapshot["converted"] == snapshot_of(stats, utcnow())["converted"]
+    assert row.snapshot["taken_at"] >= row.started_at.isoformat()[:19]
+    (stats_seen, params_seen), = fit.calls
+    assert stats_seen == stats and params_seen.draws == 200
+
+
+def test_queueing_while_a_fit_is_active_returns_the_active_job(fast_app, experiment):
+    fit = FakeFit(hold=True)
+    runner = runner_with(fast_app, fit)
+    first, created = runner.queue("checkout", "user:a", FitParams())
+    assert fit.entered.wait(WAIT)
+    again, created_again = runner.queue("checkout", "user:b", FitParams(draws=500))
+    assert created and not created_again and again.id == first.id
+    assert job_row(fast_app, first.id).status == "running"
+    fit.release.set()
+    assert runner.wait_idle(WAIT)
+    with fast_app.extensions["db"].sessionmaker() as session:
+        assert session.scalars(select(AnalysisJob.status)).all() == ["finished"]
+
+
+def test_a_worker_runs_one_fit_at_a_time_in_queue_order(fast_app, experiment):
+    with fast_app.extensions["db"].write() as session:
+        make_experiment(session, "search")
+    fit = FakeFit(hold=True)
+    runner = runner_with(fast_app, fit)
+    first, _ = runner.queue("checkout", "user:a", FitParams())
+    second, _ = runner.queue("search", "user:a", FitParams())
+    assert fit.entered.wait(WAIT)
+    assert job_row(fast_app, first.id).status == "running"
+    assert job_row(fast_app, second.id).status == "queued"
+    fit.release.set()
+    assert runner.wait_idle(WAIT)
+    assert fit.max_running == 1
+    assert [job_row(fast_app, j.id).status for j in (first, second)] == ["finished", "finished"]
+    assert job_row(fast_app, second.id).started_at >= job_row(fast_app, first.id).finished_at
+
+
+def test_a_failing_fit_marks_the_job_failed_with_the_reason(fast_app, experiment):
+    runner = runner_with(fast_app, FakeFit(fail=RuntimeError("sampler exploded")))
+    job, _ = runner.queue("checkout", "user:a", FitParams())
+    assert runner.wait_idle(WAIT)
+    row = job_row(fast_app, job.id)
+    assert row.status == "failed" and row.error == "RuntimeError: sampler exploded" and row.result is None
+    # ...and the runner survives to run the next one.
+    runner.fit = FakeFit()
+    job2, created = runner.queue("checkout", "user:a", FitParams())
+    assert created and runner.wait_idle(WAIT)
+    assert job_row(fast_app, job2.id).status == "finished"
+
+
+def test_heartbeats_keep_the_jobs_of_a_live_worker_fresh(fast_app, experiment):
+    fit = FakeFit(hold=True)
+    runner = runner_with(fast_app, fit)
+    beat = threading.Event()
+    original = runner.heartbeat
+
+    def heartbeat():
+        original()
+        beat.set()
+
+    runner.heartbeat = heartbeat
+    job, _ = runner.queue("checkout", "user:a", FitParams())
+    assert fit.entered.wait(WAIT)
+    started = job_row(fast_app, job.id).heartbeat_at
+    for _ in range(2):  # the second beat began after the first ended, so after `started` was read
+        beat.clear()
+        assert beat.wait(WAIT)
+    assert job_row(fast_app, job.id).heartbeat_at > started
+    fit.release.set()
+    assert runner.wait_idle(WAIT)
+
+
+def _age(app, job_id, seconds):
+    with app.extensions["db"].write() as session:
+        session.execute(
+            update(AnalysisJob).where(AnalysisJob.id == job_id).values(heartbeat_at=utcnow() - timedelta(seconds=seconds))
+        )
+
+
+def test_a_dead_workers_job_is_failed_when_looked_at_and_can_run_again(fast_app, experiment):
+    database = fast_app.extensions["db"]
+    # A job left "running" by a worker that no longer exists (no thread beats for it).
+    with database.write() as session:
+        session.add(AnalysisJob(experiment_id=experiment.id, status="running", requested_by="user:a", params={},
+                                worker="gone:1:dead", started_at=utcnow(), heartbeat_at=utcnow()))
+    with database.sessionmaker() as session:
+        (job,) = recent_jobs(database, session, session.merge(experiment))
+        assert job.status == "running"  # fresh heartbeat: not judged yet
+    _age(fast_app, job.id, 61)
+    with database.sessionmaker() as session:
+        (job,) = recent_jobs(database, session, session.merge(experiment))
+    assert job.status == "failed" and job.error == DEAD_WORKER and job.finished_at is not None
+
+    runner = runner_with(fast_app, FakeFit())
+    again, created = runner.queue("checkout", "user:a", FitParams())
+    assert created and again.id != job.id
+    assert runner.wait_idle(WAIT)
+    assert job_row(fast_app, again.id).status == "finished"
+    assert job_row(fast_app, job.id).status == "failed"  # kept as history
+
+
+def test_a_queued_job_whose_worker_died_is_failed_too(fast_app, experiment):
+    database = fast_app.extensions["db"]
+    with database.write() as session:
+        session.add(AnalysisJob(experiment_id=experiment.id, status="queued", requested_by="user:a", params={},
+                                worker="gone:1:dead", heartbeat_at=utcnow() - timedelta(seconds=61)))
+    runner = runner_with(fast_app, FakeFit())
+    job, created = runner.queue("checkout", "user:a", FitParams())  # queueing looks at the jobs too
+    assert created and runner.wait_idle(WAIT)
+    with database.sessionmaker() as session:
+        statuses = dict(session.execute(select(AnalysisJob.id, AnalysisJob.status)).all())
+    assert sorted(statuses.values()) == ["failed", "finished"] and statuses[job.id] == "finished"
+
+
+def test_a_worker_given_up_for_dead_cannot_overwrite_the_verdict(fast_app, experiment):
+    database = fast_app.extensions["db"]
+    fit = FakeFit(hold=True)
+    runner = runner_with(fast_app, fit)
+    job, _ = runner.queue("checkout", "user:a", FitParams())
+    assert fit.entered.wait(WAIT)
+    # The worker stalls long enough to be judged dead...
+    with database.write() as session:
+        session.execute(update(AnalysisJob).values(status="failed", error=DEAD_WORKER))
+    fit.release.set()
+    assert runner.wait_idle(WAIT)
+    row = job_row(fast_app, job.id)
+    assert row.status == "failed" and row.result is None  # ...so its late result is dropped
+
+
+def test_only_one_of_two_workers_claims_a_job(database_url, tmp_path, fast_app, experiment):
+    other_app = make_test_app(database_url, tmp_path / "other")
+    try:
+        workers = [get_runner(fast_app), get_runner(other_app)]
+        assert workers[0].identity != workers[1].identity
+        with fast_app.extensions["db"].write() as session:
+            job = AnalysisJob(experiment_id=experiment.id, status="queued", requested_by="user:a", params={},
+                              heartbeat_at=utcnow())
+            session.add(job)
+        for attempt in range(5):  # several rounds, each a fresh race for a queued row
+            with fast_app.extensions["db"].write() as session:
+                session.execute(update(AnalysisJob).where(AnalysisJob.id == job.id).values(status="queued"))
+            barrier = threading.Barrier(2)
+            outcomes: list[bool] = []
+
+            def race(runner):
+                barrier.wait()
+                outcomes.append(runner.claim(job.id))
+
+            threads = [threading.Thread(target=race, args=(w,)) for w in workers]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert sorted(outcomes) == [False, True], attempt
+            row = job_row(fast_app, job.id)
+            assert row.status == "running" and row.worker in {w.identity for w in workers}
+    finally:
+        other_app.extensions["db"].engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "values, field",
+    [
+        ({"draws": 5}, "draws"),
+        ({"draws": "many"}, "draws"),
+        ({"chains": 99}, "chains"),
+        ({"tune": 1.5}, "tune"),
+        ({"seed": -1}, "seed"),
+        ({"cores": 4}, "cores"),
+    ],
+)
+def test_fit_options_are_validated(fast_app, values, field):
+    with pytest.raises(ValidationError) as caught:
+        FitParams.parse(values, fast_app.extensions["settings"])
+    assert set(caught.value.fields) == {field} and caught.value.status == 400
+
+
+def test_fit_options_default_to_the_settings(database_url, tmp_path):
+    app = make_test_app(database_url, tmp_path, full_model_draws=300, full_model_chains=2)
+    try:
+        params = FitParams.parse({"seed": "9", "tune": ""}, app.extensions["settings"])
+        assert params == FitParams(draws=300, tune=1000, chains=2, seed=9)
+    finally:
+        app.extensions["db"].engine.dispose()
