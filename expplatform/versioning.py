@@ -12,7 +12,8 @@ import threading
 import time
 from typing import Callable, Generic, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from .models import DefinitionsVersion
@@ -22,14 +23,19 @@ _ROW_ID = 1
 
 
 def bump_version(session: Session) -> None:
-    """Mark definitions changed; call inside the transaction that changes them."""
-    updated = session.execute(
-        update(DefinitionsVersion)
-        .where(DefinitionsVersion.id == _ROW_ID)
-        .values(version=DefinitionsVersion.version + 1)
+    """Mark definitions changed; call first in the transaction that changes them.
+
+    An upsert, so the very first changes on a fresh database cannot race each other
+    into a duplicate row; on PostgreSQL it also takes the row lock that serialises
+    all definition changes until commit.
+    """
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    statement = insert(DefinitionsVersion).values(id=_ROW_ID, version=1)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[DefinitionsVersion.id], set_={"version": DefinitionsVersion.version + 1}
+        )
     )
-    if updated.rowcount == 0:
-        session.add(DefinitionsVersion(id=_ROW_ID, version=1))
 
 
 def read_version(session: Session) -> int:

@@ -26,8 +26,9 @@ BACKENDS = ["sqlite"] + (["postgresql"] if POSTGRES_URL else [])
 PASSWORD = "correct horse battery"
 
 
-def _worker_id() -> str:
-    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+def process_tag() -> str:
+    """Unique per test process, so concurrent runs never share a schema."""
+    return f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_{os.getpid()}"
 
 
 def postgres_schema_url(schema: str) -> str:
@@ -49,17 +50,26 @@ def fresh_postgres_schema(schema: str) -> str:
     return postgres_schema_url(schema)
 
 
+def drop_postgres_schema(schema: str) -> None:
+    engine = create_engine(postgres_schema_url("public"))
+    with engine.begin() as connection:
+        connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def postgres_tables_url() -> Iterator[str | None]:
     """A per-worker schema with every table created once for the session."""
     if not POSTGRES_URL:
         yield None
         return
-    url = fresh_postgres_schema(f"t_{_worker_id()}")
+    schema = f"t_{process_tag()}"
+    url = fresh_postgres_schema(schema)
     engine = create_engine(url)
     Base.metadata.create_all(engine)
     engine.dispose()
     yield url
+    drop_postgres_schema(schema)
 
 
 def _truncate_postgres(url: str) -> None:

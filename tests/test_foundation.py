@@ -15,7 +15,7 @@ from expplatform.config import ConfigError, load_settings
 from expplatform.db import Base
 from expplatform.migrations import SchemaOutOfDate
 
-from .conftest import POSTGRES_URL, fresh_postgres_schema, make_test_app
+from .conftest import POSTGRES_URL, process_tag, drop_postgres_schema, fresh_postgres_schema, make_test_app
 
 
 def test_settings_parse_typed_values(tmp_path):
@@ -59,9 +59,7 @@ def test_secret_key_is_generated_once_and_persisted(tmp_path):
 def _migration_urls(tmp_path) -> list[str]:
     urls = [f"sqlite:///{tmp_path / 'migrated.sqlite3'}"]
     if POSTGRES_URL:
-        import os
-
-        urls.append(fresh_postgres_schema(f"m_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"))
+        urls.append(fresh_postgres_schema(f"m_{process_tag()}"))
     return urls
 
 
@@ -78,6 +76,8 @@ def test_migrations_round_trip_and_match_models(tmp_path):
         migrations.upgrade(engine)
         assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
         engine.dispose()
+    if POSTGRES_URL:
+        drop_postgres_schema(f"m_{process_tag()}")
 
 
 def test_service_refuses_unmigrated_database(tmp_path):
@@ -124,3 +124,30 @@ def test_cli_upgrades_a_fresh_database_and_manages_keys(tmp_path):
     assert revoked.returncode == 0
     assert "revoked" in run("keys", "list").stdout
     assert run("keys", "revoke", "xp_nope").returncode == 1
+
+
+def test_first_definition_changes_on_a_fresh_database_do_not_collide(db):
+    """Two workers bumping the version of an empty database at once: both succeed."""
+    import threading
+
+    from expplatform.versioning import bump_version, read_version
+
+    barrier = threading.Barrier(4)
+    failures: list[BaseException] = []
+
+    def bump() -> None:
+        try:
+            barrier.wait()
+            with db.write() as session:
+                bump_version(session)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=bump) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    with db.sessionmaker() as session:
+        assert read_version(session) == 4

@@ -28,4 +28,6 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
     csrf = app.extensions.get("csrf")
     if csrf is not None:
-        csrf.exempt(bp)  # bearer keys authenticate writes here; cookie sessions may only read
+        # Bearer keys authenticate here; a cookie session may change things only with a
+        # JSON body, which a cross-site HTML form cannot send (see api/experiments.py).
+        csrf.exempt(bp)
