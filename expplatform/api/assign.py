@@ -1,0 +1,260 @@
+"""Assignment for client apps: POST and GET /api/v1/assign (client-scope key).
+
+The input is checked here, completely, before the service sees it: anything wrong
+with the body is a 400 naming the field. Per-experiment outcomes (not enrolled,
+unknown key) are not errors: they come back in the list, so one stale key in a
+client app never breaks the page.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from flask import request
+from werkzeug.exceptions import BadRequest
+
+from .. import assignment
+from ..auth import api_access
+from ..db import get_db
+from ..definitions import MAX_ATTRIBUTE, MAX_CUSTOMER_ID, MAX_STRING_VALUE
+from ..errors import ApiError, ValidationError
+from . import bp
+
+MAX_ATTRIBUTES = 50
+MAX_EXPERIMENTS = 100
+MAX_KEY = 64
+_FIELDS = frozenset({"customer_id", "attributes", "experiments", "stage"})
+_QUERY_FIELDS = frozenset({"customer_id", "experiment", "stage"})
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+@bp.record_once
+def _setup(state) -> None:  # noqa: ANN001 - Flask's BlueprintSetupState
+    assignment.init_app(state.app)
+
+
+def _invalid(field: str, why: str) -> ValidationError:
+    return ValidationError({field: why}, status=400)
+
+
+def _text(field: str, value: Any, limit: int) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= limit:
+        raise _invalid(field, f"must be a string of 1 to {limit} characters")
+    return value
+
+
+def _attributes(value: Any) -> Mapping[str, assignment.Scalar]:
+    if not isinstance(value, dict):
+        raise _invalid("attributes", "must be an object of text, number or true/false values")
+    if len(value) > MAX_ATTRIBUTES:
+        raise _invalid("attributes", f"at most {MAX_ATTRIBUTES} attributes")
+    for name, item in value.items():
+        if not 1 <= len(name) <= MAX_ATTRIBUTE:
+            raise _invalid("attributes", f"names must be 1 to {MAX_ATTRIBUTE} characters")
+        if isinstance(item, str):
+            if len(item) > MAX_STRING_VALUE:
+                raise _invalid(f"attributes.{name}", f"text values are at most {MAX_STRING_VALUE} characters")
+        elif not isinstance(item, (bool, int, float)) or (isinstance(item, float) and not math.isfinite(item)):
+            raise _invalid(f"attributes.{name}", "must be text, a finite number or true/false")
+    return value
+
+
+def _keys(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_EXPERIMENTS:
+        raise _invalid("experiments", f"must be a list of 1 to {MAX_EXPERIMENTS} experiment keys")
+    keys = [_text(f"experiments.{i}", key, MAX_KEY) for i, key in enumerate(value)]
+    return tuple(dict.fromkeys(keys))  # a repeated key is answered once
+
+
+def parse_body(body: Any) -> assignment.AssignRequest:
+    if not isinstance(body, dict):
+        raise _invalid("body", "must be a JSON object")
+    unknown = sorted(set(body) - _FIELDS)
+    if unknown:
+        raise ValidationError({name: "unknown field" for name in unknown}, status=400)
+    if "customer_id" not in body:
+        raise _invalid("customer_id", "is required")
+    if "experiments" in body and "stage" in body:
+        raise _invalid("stage", "give either experiments or stage, not both")
+    return assignment.AssignRequest(
+        customer_id=_text("customer_id", body["customer_id"], MAX_CUSTOMER_ID),
+        attributes=_attributes(body["attributes"]) if "attributes" in body else {},
+        experiments=_keys(body["experiments"]) if "experiments" in body else None,
+        stage=_text("stage", body["stage"], MAX_KEY) if "stage" in body else None,
+    )
+
+
+def parse_query(args: Any) -> assignment.AssignRequest:
+    """The same request as a query string; it carries no attributes."""
+    unknown = sorted(set(args) - _QUERY_FIELDS)
+    if unknown:
+        raise ValidationError({name: "unknown parameter" for name in unknown}, status=400)
+    body: dict[str, Any] = {"customer_id": args["customer_id"]} if "customer_id" in args else {}
+    if "experiment" in args:
+        body["experiments"] = args.getlist("experiment")
+    if "stage" in args:
+        body["stage"] = args["stage"]
+    return parse_body(body)
+
+
+def _assignment_json(item: assignment.Assignment) -> dict[str, Any]:
+    if item.variant is None:
+        return {"experiment": item.experiment, "enrolled": False, "reason": item.reason}
+    body = {"experiment": item.experiment, "variant": item.variant, "stage": item.stage, "enrolled": True}
+    if item.forced:
+        body["forced"] = True
+    return body
+
+
+def _respond(parsed: assignment.AssignRequest):
+    assignments = assignment.assign(get_db(), assignment.definitions(), parsed)
+    body = {"customer_id": parsed.customer_id, "assignments": [_assignment_json(a) for a in assignments]}
+    return body, 200, _NO_STORE
+
+
+@bp.post("/assign")
+@api_access(scope="client")
+def post_assign():
+    if not request.is_json:
+        raise ApiError(400, "invalid_content_type", "Send a JSON body with 'Content-Type: application/json'.")
+    try:
+        body = request.get_json()
+    except BadRequest:
+        raise ApiError(400, "malformed_json", "The body is not valid JSON.") from None
+    return _respond(parse_body(body))
+
+
+@bp.get("/assign")
+@api_access(scope="client")
+def get_assign():
+    return _respond(parse_query(request.args))
+
+
+# -- OpenAPI -------------------------------------------------------------------------------
+
+_ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+_RESPONSES = {
+    "200": {
+        "description": "One entry per experiment, in the order asked for (or defined). Show the "
+        "control experience for every entry with enrolled false.",
+        "headers": {"Cache-Control": {"schema": {"type": "string", "const": "no-store"}, "required": True}},
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AssignResult"}}},
+    },
+    "400": {"description": "Malformed request (validation_failed names the field; invalid_content_type; malformed_json)", **_ERROR},
+    "401": {"description": "No or unknown key", **_ERROR},
+    "403": {"description": "Not a client-scope key", **_ERROR},
+    "413": {"description": "Body too large", **_ERROR},
+    "503": {"description": "Database unavailable; retry", **_ERROR},
+}
+_SELECTION = (
+    "Give `experiments` (keys) or `stage` (every running or paused experiment targeting that "
+    "stage) or neither (every running or paused experiment)."
+)
+
+OPENAPI: dict[str, Any] = {
+    "paths": {
+        "/assign": {
+            "post": {
+                "summary": "Assign a customer to experiments; records the first exposure",
+                "description": _SELECTION + " The first assignment of an enrolled customer records one "
+                "exposure with the attributes given; later calls write nothing and return the same variant.",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/AssignRequest"},
+                            "examples": {
+                                "named": {
+                                    "value": {
+                                        "customer_id": "c-1042",
+                                        "attributes": {"country": "FR", "platform": "ios", "visits": 3, "member": True},
+                                        "experiments": ["checkout-button"],
+                                    }
+                                },
+                                "stage": {"value": {"customer_id": "c-1042", "stage": "purchase"}},
+                            },
+                        }
+                    },
+                },
+                "responses": _RESPONSES,
+            },
+            "get": {
+                "summary": "Assign a customer to experiments (query string form, no attributes)",
+                "description": _SELECTION + " Repeat `experiment` for several. Without attributes, a "
+                "customer is never newly enrolled in a targeted experiment: use POST for those.",
+                "parameters": [
+                    {"name": "customer_id", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1, "maxLength": MAX_CUSTOMER_ID}},
+                    {"name": "experiment", "in": "query", "required": False, "style": "form", "explode": True, "schema": {"type": "array", "items": {"type": "string"}}},
+                    {"name": "stage", "in": "query", "required": False, "schema": {"type": "string"}},
+                ],
+                "responses": {k: v for k, v in _RESPONSES.items() if k != "413"},
+            },
+        }
+    },
+    "schemas": {
+        "AssignRequest": {
+            "type": "object",
+            "required": ["customer_id"],
+            "additionalProperties": False,
+            "properties": {
+                "customer_id": {"type": "string", "minLength": 1, "maxLength": MAX_CUSTOMER_ID},
+                "attributes": {
+                    "type": "object",
+                    "maxProperties": MAX_ATTRIBUTES,
+                    "propertyNames": {"minLength": 1, "maxLength": MAX_ATTRIBUTE},
+                    "additionalProperties": {
+                        "oneOf": [{"type": "string", "maxLength": MAX_STRING_VALUE}, {"type": "number"}, {"type": "boolean"}]
+                    },
+                    "description": "Flat values for targeting; stored with the first exposure for segment reports.",
+                },
+                "experiments": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": MAX_EXPERIMENTS,
+                    "items": {"type": "string", "minLength": 1, "maxLength": MAX_KEY},
+                },
+                "stage": {"type": "string", "minLength": 1, "maxLength": MAX_KEY},
+            },
+            "not": {"required": ["experiments", "stage"]},
+        },
+        "Assignment": {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["experiment", "variant", "stage", "enrolled"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "experiment": {"type": "string"},
+                        "variant": {"type": "string"},
+                        "stage": {"type": "string"},
+                        "enrolled": {"const": True},
+                        "forced": {"const": True, "description": "A QA override: served, excluded from analysis."},
+                    },
+                },
+                {
+                    "type": "object",
+                    "required": ["experiment", "enrolled", "reason"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "experiment": {"type": "string"},
+                        "enrolled": {"const": False},
+                        "reason": {
+                            "enum": ["traffic", "targeting", "layer", "paused", "not_running", "unknown_experiment"],
+                            "description": "Why not enrolled; in every case show the control experience.",
+                        },
+                    },
+                },
+            ]
+        },
+        "AssignResult": {
+            "type": "object",
+            "required": ["customer_id", "assignments"],
+            "additionalProperties": False,
+            "properties": {
+                "customer_id": {"type": "string"},
+                "assignments": {"type": "array", "items": {"$ref": "#/components/schemas/Assignment"}},
+            },
+        },
+    },
+}

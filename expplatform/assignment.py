@@ -1,0 +1,346 @@
+"""Assignment: which variant each requested experiment shows a customer, and the
+exposure recorded the first time.
+
+The hot path is built around one fact: a repeat customer needs no write. Running and
+paused definitions are cached per worker (``VersionedCache``: refreshed when the
+definitions version moves), bucketing is pure, and the customer's existing exposures
+for every requested experiment come back in one indexed read. Only a first exposure
+(or a data-quality mismatch) opens a write transaction.
+
+Rules, in the order they apply to each experiment:
+- unknown key: ``unknown_experiment``; draft or stopped: ``not_running``; paused:
+  ``paused`` (nothing written; the client shows the control experience);
+- a recorded exposure wins: the customer keeps the variant they were first shown,
+  even if targeting has changed since (enrolled customers stay); if the bucketing
+  now gives another variant (only possible when data were edited) the recorded one
+  is served and the exposure's ``mismatches`` counter goes up;
+- a forced (QA) variant is served whatever the rules say and its exposure is marked
+  ``forced`` (excluded from analysis); a forced variant that differs from an
+  existing exposure is served too and counted as a mismatch;
+- targeting, then layer, then traffic decide enrolment; the variant hash picks the
+  variant. Not enrolled: nothing written.
+
+Targeting: every rule must match. A missing attribute never matches (so ``ne`` and
+``not_in`` do not match either), and neither does a type mismatch: text compares only
+with text, numbers with numbers (``1`` equals ``1.0``), true/false with true/false; the
+ordering operators compare numbers only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
+
+from flask import Flask, current_app
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, selectinload
+
+from .bucketing import NOT_IN_TRAFFIC, OUTSIDE_LAYER, Split, place
+from .db import Database, get_db, retry_on_lock
+from .models import Experiment, Exposure, utcnow
+from .versioning import VersionedCache
+
+Scalar = str | int | float | bool
+Reason = Literal["traffic", "targeting", "layer", "paused", "not_running", "unknown_experiment"]
+LIVE = ("running", "paused")
+
+
+# -- cached definitions --------------------------------------------------------------------
+
+
+def _kind(value: Any) -> str:
+    # bool before int: True must not compare equal to 1.
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "text" if isinstance(value, str) else "other"
+
+
+Predicate = Callable[[Any], bool]
+
+
+def compile_rule(op: str, expected: Any) -> Predicate:
+    """A rule as a predicate on the attribute's value (present: missing is handled by
+    the caller). Built once per cache refresh, not per request."""
+    if op in ("in", "not_in"):
+        members = frozenset((_kind(v), v) for v in expected)
+        kinds = frozenset(kind for kind, _ in members)
+        if op == "in":
+            return lambda actual: (_kind(actual), actual) in members
+        return lambda actual: _kind(actual) in kinds and (_kind(actual), actual) not in members
+    kind = _kind(expected)
+    compare: dict[str, Predicate] = {
+        "eq": lambda actual: actual == expected,
+        "ne": lambda actual: actual != expected,
+        "lt": lambda actual: actual < expected,
+        "lte": lambda actual: actual <= expected,
+        "gt": lambda actual: actual > expected,
+        "gte": lambda actual: actual >= expected,
+    }
+    if op not in compare or (op not in ("eq", "ne") and kind != "number"):
+        raise ValueError(f"cannot compile targeting rule {op!r} {expected!r}")
+    test = compare[op]
+    return lambda actual: _kind(actual) == kind and test(actual)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    attribute: str
+    matches: Predicate
+
+
+def targeting_matches(rules: Sequence[Rule], attributes: Mapping[str, Any]) -> bool:
+    for rule in rules:
+        if rule.attribute not in attributes or not rule.matches(attributes[rule.attribute]):
+            return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class LiveExperiment:
+    """A running or paused experiment, reduced to what assignment reads."""
+
+    id: int
+    key: str
+    stage: str
+    paused: bool
+    split: Split
+    rules: tuple[Rule, ...]
+    variant_keys: tuple[str, ...]
+    variant_ids: tuple[int, ...]
+    # variant id -> index, and customer id -> forced variant index
+    index_of: Mapping[int, int]
+    forced: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class Definitions:
+    by_key: Mapping[str, LiveExperiment]
+    by_stage: Mapping[str, tuple[LiveExperiment, ...]]
+    live: tuple[LiveExperiment, ...]
+    # Keys of draft and stopped experiments: known, but not assigning.
+    inactive: frozenset[str]
+
+
+def _live(row: Experiment) -> LiveExperiment:
+    variants = list(row.variants)  # ordered by position
+    keys = tuple(v.key for v in variants)
+    return LiveExperiment(
+        id=row.id,
+        key=row.key,
+        stage=row.target_stage,
+        paused=row.status == "paused",
+        split=Split.of(row.salt, [v.weight for v in variants], row.traffic, row.layer, row.layer_ranges or ()),
+        rules=tuple(Rule(r["attribute"], compile_rule(r["op"], r["value"])) for r in row.targeting or ()),
+        variant_keys=keys,
+        variant_ids=tuple(v.id for v in variants),
+        index_of={v.id: i for i, v in enumerate(variants)},
+        # The definition parser checks forced variant keys; a stale one is skipped, not fatal.
+        forced={cid: keys.index(vkey) for cid, vkey in (row.forced_variants or {}).items() if vkey in keys},
+    )
+
+
+def load_definitions(session: Session) -> Definitions:
+    rows = session.scalars(
+        select(Experiment).where(Experiment.status.in_(LIVE)).options(selectinload(Experiment.variants))
+        .order_by(Experiment.id)
+    )
+    live = tuple(_live(row) for row in rows)
+    by_stage: dict[str, list[LiveExperiment]] = {}
+    for experiment in live:
+        by_stage.setdefault(experiment.stage, []).append(experiment)
+    inactive = frozenset(session.scalars(select(Experiment.key).where(Experiment.status.not_in(LIVE))))
+    return Definitions(
+        by_key={e.key: e for e in live},
+        by_stage={stage: tuple(group) for stage, group in by_stage.items()},
+        live=live,
+        inactive=inactive,
+    )
+
+
+def init_app(app: Flask) -> None:
+    settings = app.extensions["settings"]
+    app.extensions["assignment_cache"] = VersionedCache(load_definitions, settings.definitions_refresh_seconds)
+
+
+def definitions(app: Flask | None = None) -> Definitions:
+    app = app or current_app
+    return app.extensions["assignment_cache"].get(get_db(app).sessionmaker)
+
+
+# -- assigning -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AssignRequest:
+    customer_id: str
+    attributes: Mapping[str, Scalar]
+    # Exactly the named experiments, or those targeting a stage, or (both None) all.
+    experiments: tuple[str, ...] | None = None
+    stage: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    experiment: str
+    variant: str | None = None
+    stage: str | None = None
+    reason: Reason | None = None
+    forced: bool = False
+
+    @property
+    def enrolled(self) -> bool:
+        return self.variant is not None
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One live experiment being decided for this customer."""
+
+    experiment: LiveExperiment
+    placed: int  # variant index, or a bucketing sentinel
+    forced: bool
+    reason: Reason | None
+
+
+_EXISTING = (
+    select(Exposure.id, Exposure.experiment_id, Exposure.variant_id)
+    .where(Exposure.customer_id == bindparam("customer_id"))
+    .where(Exposure.experiment_id.in_(bindparam("experiment_ids", expanding=True)))
+)
+
+
+def _select(defs: Definitions, request: AssignRequest) -> list[LiveExperiment | Assignment]:
+    if request.experiments is None:
+        return list(defs.by_stage.get(request.stage, ()) if request.stage is not None else defs.live)
+    chosen: list[LiveExperiment | Assignment] = []
+    for key in request.experiments:
+        found = defs.by_key.get(key)
+        if found is not None:
+            chosen.append(found)
+        else:
+            reason: Reason = "not_running" if key in defs.inactive else "unknown_experiment"
+            chosen.append(Assignment(key, reason=reason))
+    return chosen
+
+
+def _decide(experiment: LiveExperiment, request: AssignRequest) -> _Pending:
+    forced = experiment.forced.get(request.customer_id)
+    if forced is not None:
+        return _Pending(experiment, forced, True, None)
+    if not targeting_matches(experiment.rules, request.attributes):
+        return _Pending(experiment, NOT_IN_TRAFFIC, False, "targeting")
+    placed = place(experiment.split, request.customer_id)
+    reason: Reason | None = "layer" if placed == OUTSIDE_LAYER else "traffic" if placed == NOT_IN_TRAFFIC else None
+    return _Pending(experiment, placed, False, reason)
+
+
+def assign(database: Database, defs: Definitions, request: AssignRequest) -> list[Assignment]:
+    """Assignments in the order the experiments were asked for (or defined)."""
+    chosen = _select(defs, request)
+    pending = {
+        item.id: _decide(item, request)
+        for item in chosen
+        if isinstance(item, LiveExperiment) and not item.paused
+    }
+    served: dict[int, Assignment] = {}
+    if pending:
+        served = _resolve(database, request, pending)
+    result: list[Assignment] = []
+    for item in chosen:
+        if isinstance(item, Assignment):
+            result.append(item)
+        elif item.paused:
+            result.append(Assignment(item.key, reason="paused"))
+        else:
+            result.append(served[item.id])
+    return result
+
+
+def _enrolled(pending: _Pending, index: int) -> Assignment:
+    experiment = pending.experiment
+    return Assignment(experiment.key, experiment.variant_keys[index], experiment.stage, forced=pending.forced)
+
+
+def _resolve(database: Database, request: AssignRequest, pending: dict[int, _Pending]) -> dict[int, Assignment]:
+    with database.engine.connect() as connection:
+        existing = {
+            experiment_id: (exposure_id, variant_id)
+            for exposure_id, experiment_id, variant_id in connection.execute(
+                _EXISTING, {"customer_id": request.customer_id, "experiment_ids": list(pending)}
+            )
+        }
+    served: dict[int, Assignment] = {}
+    to_insert: list[_Pending] = []
+    mismatched: list[int] = []
+    for experiment_id, decided in pending.items():
+        recorded = existing.get(experiment_id)
+        if recorded is None:
+            if decided.reason is None:
+                to_insert.append(decided)
+            else:
+                served[experiment_id] = Assignment(decided.experiment.key, reason=decided.reason)
+            continue
+        exposure_id, variant_id = recorded
+        recorded_index = decided.experiment.index_of[variant_id]
+        if decided.reason is None and decided.placed != recorded_index:
+            mismatched.append(exposure_id)
+        served[experiment_id] = _enrolled(decided, decided.placed if decided.forced else recorded_index)
+    if to_insert or mismatched:
+        # Rows in experiment order: two workers inserting for one customer lock alike.
+        to_insert.sort(key=lambda decided: decided.experiment.id)
+        stored = retry_on_lock(lambda: _write(database, request, to_insert, mismatched))
+        for decided in to_insert:
+            served[decided.experiment.id] = _enrolled(decided, decided.experiment.index_of[stored[decided.experiment.id]])
+    return served
+
+
+def _insert_statement(session: Session):
+    return postgresql_insert(Exposure) if session.get_bind().dialect.name == "postgresql" else sqlite_insert(Exposure)
+
+
+def _write(
+    database: Database, request: AssignRequest, to_insert: Sequence[_Pending], mismatched: Iterable[int]
+) -> dict[int, int]:
+    """Insert the first exposures (if another worker got there first, its row stays)
+    and count mismatches; return experiment id -> stored variant id for the inserts."""
+    with database.write() as session:
+        if mismatched:
+            session.execute(
+                update(Exposure).where(Exposure.id.in_(list(mismatched))).values(mismatches=Exposure.mismatches + 1)
+            )
+        if not to_insert:
+            return {}
+        now = utcnow()
+        rows = [
+            {
+                "experiment_id": decided.experiment.id,
+                "variant_id": decided.experiment.variant_ids[decided.placed],
+                "customer_id": request.customer_id,
+                "exposed_at": now,
+                "attributes": dict(request.attributes),
+                "forced": decided.forced,
+                "mismatches": 0,
+            }
+            for decided in to_insert
+        ]
+        statement = (
+            _insert_statement(session)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["experiment_id", "customer_id"])
+            .returning(Exposure.experiment_id, Exposure.variant_id)
+        )
+        stored = dict(session.execute(statement).tuples().all())
+        lost = [decided.experiment.id for decided in to_insert if decided.experiment.id not in stored]
+        if lost:
+            stored.update(
+                session.execute(
+                    select(Exposure.experiment_id, Exposure.variant_id).where(
+                        Exposure.customer_id == request.customer_id, Exposure.experiment_id.in_(lost)
+                    )
+                ).tuples()
+            )
+        return stored
