@@ -13,7 +13,8 @@ the customer is in. Each stored event counts for every experiment E such that:
   served the variants, so later outcomes say nothing about them).
 
 Per experiment x customer x stage one ``outcomes`` row keeps the first conversion and
-the latest rating (by event time; on equal times the later arrival), and
+the latest rating (by event time; on equal times the one stored last: the later
+request, or within one request the greater event_id), and
 ``outcome_counts`` keeps the per-cell customer counts those rows sum to, moved in the
 same transaction from each row's old state to its new one. Events that count
 nowhere are stored all the same and counted as data quality: per experiment and
@@ -25,9 +26,10 @@ the stage ever exposed the customer (``unmatched_event_counts``).
 A batch is one transaction. Events are inserted with ``ON CONFLICT (event_id) DO
 NOTHING RETURNING``, so only rows this transaction really inserted move outcomes:
 a re-sent event, or the same batch racing in another worker, is reported as a
-duplicate and counts once. Locks are taken phase by phase (events, then outcome rows
-in key order, then counters in key order), so concurrent batches wait for each other
-instead of deadlocking, and the whole transaction is safe to retry.
+duplicate and counts once. Locks are taken phase by phase, each in key order (events
+by event_id, then new outcome rows, then existing outcome rows, then counters), so
+concurrent batches wait for each other instead of deadlocking, and the whole
+transaction is safe to retry.
 """
 
 from __future__ import annotations
@@ -36,11 +38,9 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Callable, Literal, Sequence, TypeVar
+from typing import Any, Iterable, Literal, Sequence
 
-from sqlalchemy import and_, bindparam, case, delete, func, insert, literal, or_, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import and_, case, delete, func, insert, literal, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
@@ -225,6 +225,56 @@ def validate_events(
     return valid, rejected
 
 
+# -- the hot path's SQL ----------------------------------------------------------------
+
+
+class _Driver:
+    """The ingest statements, sent straight to the DB-API driver on the session's
+    connection (same transaction). Going through SQLAlchemy's per-value bind and
+    result processing cost more than the database itself at thousands of events per
+    request; values are converted here to exactly what the ORM stores (on SQLite,
+    UTC timestamps as 'YYYY-MM-DD HH:MM:SS.ffffff'), so both read the same rows.
+    """
+
+    # Bound parameters per statement: below SQLite's 32,766 and PostgreSQL's 65,535.
+    MAX_PARAMS = 30_000
+
+    def __init__(self, session: Session) -> None:
+        self.connection = session.connection()
+        self.sqlite = self.connection.dialect.name == "sqlite"
+        self.mark = "?" if self.sqlite else "%s"
+        self.lock = "" if self.sqlite else " FOR UPDATE"
+
+    def time_in(self, value: datetime | None) -> Any:
+        if value is None or not self.sqlite:
+            return value
+        return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+    def time_out(self, value: Any) -> datetime | None:
+        if value is None or not isinstance(value, str):
+            return value
+        return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+
+    def day_in(self, value: date) -> Any:
+        return value.isoformat() if self.sqlite else value
+
+    def values(self, rows: int, width: int) -> str:
+        row = "(" + ", ".join([self.mark] * width) + ")"
+        return ", ".join([row] * rows)
+
+    def chunks(self, rows: Sequence[tuple], width: int) -> Iterable[Sequence[tuple]]:
+        size = max(1, self.MAX_PARAMS // width)
+        for start in range(0, len(rows), size):
+            yield rows[start : start + size]
+
+    def query(self, sql: str, params: Sequence[Any]) -> list[tuple]:
+        return self.connection.exec_driver_sql(sql, tuple(params)).fetchall()
+
+    def many(self, sql: str, rows: Sequence[tuple]) -> None:
+        if rows:
+            self.connection.exec_driver_sql(sql, list(rows))
+
+
 # -- attribution ---------------------------------------------------------------------
 
 
@@ -257,18 +307,19 @@ class _Decision:
 
 
 def _load_context(
-    session: Session, events: Sequence[EventIn]
+    session: Session, sql: _Driver, events: Sequence[EventIn]
 ) -> tuple[dict[str, list[_ExposureInfo]], dict[int, _ExperimentInfo]]:
     customers = sorted({e.customer_id for e in events})
     exposures: dict[str, list[_ExposureInfo]] = defaultdict(list)
     experiment_ids: set[int] = set()
-    for start in range(0, len(customers), KEY_CHUNK):
-        rows = session.execute(
-            select(Exposure.customer_id, Exposure.experiment_id, Exposure.variant_id, Exposure.exposed_at, Exposure.forced)
-            .where(Exposure.customer_id.in_(customers[start : start + KEY_CHUNK]))
+    for chunk in sql.chunks([(c,) for c in customers], 1):
+        rows = sql.query(
+            "SELECT customer_id, experiment_id, variant_id, exposed_at, forced FROM exposures "
+            f"WHERE customer_id IN ({', '.join([sql.mark] * len(chunk))})",
+            [c for (c,) in chunk],
         )
         for customer_id, experiment_id, variant_id, exposed_at, forced in rows:
-            exposures[customer_id].append(_ExposureInfo(experiment_id, variant_id, exposed_at, bool(forced)))
+            exposures[customer_id].append(_ExposureInfo(experiment_id, variant_id, sql.time_out(exposed_at), bool(forced)))
             experiment_ids.add(experiment_id)
     named = sorted({e.experiment for e in events if e.experiment is not None})
     condition = Experiment.id.in_(sorted(experiment_ids))
@@ -359,33 +410,34 @@ class _Fold:
 
 OutcomeKey = tuple[int, str, str]  # experiment id, customer id, stage
 CountKey = tuple[int, str, int, str, int]  # experiment id, stage, variant id, kind, value
+_OUTCOME_COLUMNS = "experiment_id, customer_id, stage, variant_id, converted_at, rating, rated_at, rating_event_id"
 
 
-def _dialect_insert(session: Session):
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-
-
-def _apply_outcomes(session: Session, folds: dict[OutcomeKey, _Fold]) -> dict[CountKey, int]:
+def _apply_outcomes(sql: _Driver, folds: dict[OutcomeKey, _Fold]) -> dict[CountKey, int]:
     """Write the folds into ``outcomes`` and return the counter deltas of every row's
-    transition (new conversion: +1; rating a -> b: -1 on a, +1 on b)."""
+    transition (new conversion: +1; rating a -> b: -1 on a, +1 on b).
+
+    New rows are inserted (ON CONFLICT DO NOTHING RETURNING says which were new); the
+    others are locked in key order, merged and updated. A row another transaction is
+    inserting makes the insert wait for it, so the lock-and-merge sees it committed.
+    """
     deltas: dict[CountKey, int] = defaultdict(int)
     keys = sorted(folds)
-    insert_ = _dialect_insert(session)
-    table = Outcome.__table__
+    rows = [
+        (k[0], k[1], k[2], f.variant_id, sql.time_in(f.converted_at), f.rating, sql.time_in(f.rated_at), f.rating_event_id)
+        for k in keys
+        for f in (folds[k],)
+    ]
     inserted: set[OutcomeKey] = set()
-    if keys:
-        rows = [
-            {
-                "experiment_id": k[0], "customer_id": k[1], "stage": k[2], "variant_id": folds[k].variant_id,
-                "converted_at": folds[k].converted_at, "rating": folds[k].rating, "rated_at": folds[k].rated_at,
-                "rating_event_id": folds[k].rating_event_id,
-            }
-            for k in keys
-        ]
-        statement = insert_(table).on_conflict_do_nothing(
-            index_elements=["experiment_id", "customer_id", "stage"]
-        ).returning(table.c.experiment_id, table.c.customer_id, table.c.stage)
-        inserted = {tuple(row) for row in session.execute(statement, rows)}  # type: ignore[misc]
+    for chunk in sql.chunks(rows, 8):
+        inserted.update(
+            tuple(r)  # type: ignore[misc]
+            for r in sql.query(
+                f"INSERT INTO outcomes ({_OUTCOME_COLUMNS}) VALUES {sql.values(len(chunk), 8)} "
+                "ON CONFLICT (experiment_id, customer_id, stage) DO NOTHING RETURNING experiment_id, customer_id, stage",
+                [value for row in chunk for value in row],
+            )
+        )
     for key in inserted:
         fold = folds[key]
         if fold.converted_at is not None:
@@ -393,41 +445,46 @@ def _apply_outcomes(session: Session, folds: dict[OutcomeKey, _Fold]) -> dict[Co
         if fold.rating is not None:
             deltas[(key[0], key[2], fold.variant_id, "rating", fold.rating)] += 1
     existing = [k for k in keys if k not in inserted]
-    updates: list[dict[str, Any]] = []
-    for start in range(0, len(existing), KEY_CHUNK):
-        chunk = existing[start : start + KEY_CHUNK]
-        current = session.execute(
-            select(
-                Outcome.experiment_id, Outcome.customer_id, Outcome.stage, Outcome.variant_id,
-                Outcome.converted_at, Outcome.rating, Outcome.rated_at, Outcome.rating_event_id,
+    updates: list[tuple] = []
+    for chunk in sql.chunks(existing, 3):
+        current = sql.query(
+            f"SELECT {_OUTCOME_COLUMNS} FROM outcomes WHERE (experiment_id, customer_id, stage) IN "
+            f"(VALUES {sql.values(len(chunk), 3)}) ORDER BY experiment_id, customer_id, stage{sql.lock}",
+            [value for key in chunk for value in key],
+        )
+        for experiment_id, customer_id, stage, variant_id, converted_at, rating, rated_at, rating_event_id in current:
+            key = (experiment_id, customer_id, stage)
+            change = _merge(
+                key, variant_id, sql.time_out(converted_at), rating, sql.time_out(rated_at), rating_event_id,
+                folds[key], deltas,
             )
-            .where(tuple_(Outcome.experiment_id, Outcome.customer_id, Outcome.stage).in_(chunk))
-            .order_by(Outcome.experiment_id, Outcome.customer_id, Outcome.stage)
-            .with_for_update()
-        )
-        for row in current:
-            key = (row.experiment_id, row.customer_id, row.stage)
-            change = _merge(key, row, folds[key], deltas)
             if change is not None:
-                updates.append(change)
-    if updates:
-        # The parameter keys named like columns become the SET clause.
-        session.execute(
-            update(table).where(
-                table.c.experiment_id == bindparam("k_experiment"),
-                table.c.customer_id == bindparam("k_customer"),
-                table.c.stage == bindparam("k_stage"),
-            ),
-            updates,
-        )
+                converted_at, rating, rated_at, rating_event_id = change
+                updates.append(
+                    (sql.time_in(converted_at), rating, sql.time_in(rated_at), rating_event_id, *key)
+                )
+    m = sql.mark
+    sql.many(
+        f"UPDATE outcomes SET converted_at = {m}, rating = {m}, rated_at = {m}, rating_event_id = {m} "
+        f"WHERE experiment_id = {m} AND customer_id = {m} AND stage = {m}",
+        updates,
+    )
     return deltas
 
 
-def _merge(key: OutcomeKey, row: Any, fold: _Fold, deltas: dict[CountKey, int]) -> dict[str, Any] | None:
-    converted_at, rating, rated_at, rating_event_id = row.converted_at, row.rating, row.rated_at, row.rating_event_id
+def _merge(
+    key: OutcomeKey,
+    variant_id: int,
+    converted_at: datetime | None,
+    rating: int | None,
+    rated_at: datetime | None,
+    rating_event_id: int | None,
+    fold: _Fold,
+    deltas: dict[CountKey, int],
+) -> tuple | None:
+    """The row after the batch, or None if unchanged; records the counter moves."""
     changed = False
     experiment_id, _customer, stage = key
-    variant_id = row.variant_id
     if fold.converted_at is not None and (converted_at is None or fold.converted_at < converted_at):
         if converted_at is None:
             deltas[(experiment_id, stage, variant_id, "converted", 0)] += 1
@@ -440,41 +497,40 @@ def _merge(key: OutcomeKey, row: Any, fold: _Fold, deltas: dict[CountKey, int]) 
                 deltas[(experiment_id, stage, variant_id, "rating", rating)] -= 1
             deltas[(experiment_id, stage, variant_id, "rating", fold.rating)] += 1  # type: ignore[index]
         rating, rated_at, rating_event_id, changed = fold.rating, fold.rated_at, fold.rating_event_id, True
-    if not changed:
-        return None
-    return {
-        "k_experiment": experiment_id, "k_customer": key[1], "k_stage": stage, "converted_at": converted_at,
-        "rating": rating, "rated_at": rated_at, "rating_event_id": rating_event_id,
-    }
+    return (converted_at, rating, rated_at, rating_event_id) if changed else None
 
 
-def _add_counts(session: Session, model: type, keys: Sequence[str], column: str, counts: dict[tuple, int]) -> None:
+def _add_counts(sql: _Driver, table: str, keys: Sequence[str], column: str, counts: dict[tuple, int]) -> None:
     """Upsert ``column += n`` for each key, in key order (lock order across workers)."""
-    rows = [dict(zip(keys, key), **{column: n}) for key, n in sorted(counts.items()) if n]
-    if not rows:
-        return
-    table = model.__table__
-    statement = _dialect_insert(session)(table)
-    statement = statement.on_conflict_do_update(
-        index_elements=list(keys), set_={column: table.c[column] + statement.excluded[column]}
+    rows = [(*key, n) for key, n in sorted(counts.items()) if n]
+    names = ", ".join((*keys, column))
+    sql.many(
+        f"INSERT INTO {table} ({names}) VALUES {sql.values(1, len(keys) + 1)} "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {column} = {table}.{column} + excluded.{column}",
+        rows,
     )
-    session.execute(statement, rows)
 
 
 # -- the ingest transaction ----------------------------------------------------------
+
+_EVENT_COLUMNS = (
+    "event_id, customer_id, stage, type, value, occurred_at, received_at, experiment_key, attributed, exposure_cutoff"
+)
 
 
 def ingest(session: Session, events: Sequence[EventIn], *, clock_skew_seconds: float) -> IngestResult:
     """Store valid events in the caller's transaction and move outcomes; returns the
     counts and the events rejected by rules that need the database (experiment,
     stage, scale). ``received_at`` is read here, inside the transaction."""
+    sql = _Driver(session)
     received_at = utcnow()
     skew = timedelta(seconds=clock_skew_seconds)
-    exposures, experiments = _load_context(session, events)
+    exposures, experiments = _load_context(session, sql, events)
     by_key = {info.key: info for info in experiments.values()}
     rejected: list[Rejection] = []
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple] = []
     decisions: dict[str, tuple[EventIn, datetime, _Decision]] = {}
+    received = sql.time_in(received_at)
     for event in events:
         occurred_at = event.occurred_at or received_at
         cutoff = min(occurred_at + skew, received_at)
@@ -486,25 +542,28 @@ def ingest(session: Session, events: Sequence[EventIn], *, clock_skew_seconds: f
             continue
         decisions[event.event_id] = (event, occurred_at, decision)
         rows.append(
-            {
-                "event_id": event.event_id, "customer_id": event.customer_id, "stage": event.stage,
-                "type": event.type, "value": event.value, "occurred_at": occurred_at, "received_at": received_at,
-                "experiment_key": event.experiment, "attributed": len(decision.counted), "exposure_cutoff": cutoff,
-            }
+            (
+                event.event_id, event.customer_id, event.stage, event.type, event.value, sql.time_in(occurred_at),
+                received, event.experiment, len(decision.counted), sql.time_in(cutoff),
+            )
         )
-    if not rows:
-        return IngestResult(0, 0, tuple(rejected))
-    table = Event.__table__
-    statement = (
-        _dialect_insert(session)(table)
-        .on_conflict_do_nothing(index_elements=["event_id"])
-        .returning(table.c.id, table.c.event_id)
-    )
-    inserted = {event_id: row_id for row_id, event_id in session.execute(statement, rows)}
+    # In event_id order: two batches sharing events then wait for each other instead of
+    # deadlocking on PostgreSQL (each waits on the other's uncommitted duplicates).
+    rows.sort(key=lambda row: row[0])
+    inserted: dict[str, int] = {}
+    for chunk in sql.chunks(rows, 10):
+        inserted.update(
+            (event_id, row_id)
+            for row_id, event_id in sql.query(
+                f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES {sql.values(len(chunk), 10)} "
+                "ON CONFLICT (event_id) DO NOTHING RETURNING id, event_id",
+                [value for row in chunk for value in row],
+            )
+        )
 
     folds: dict[OutcomeKey, _Fold] = {}
     quality: dict[tuple[int, str, str], int] = defaultdict(int)
-    unmatched: dict[tuple[date, str], int] = defaultdict(int)
+    unmatched: dict[tuple[Any, str], int] = defaultdict(int)
     for event_id, row_id in inserted.items():
         event, occurred_at, decision = decisions[event_id]
         for experiment_id, variant_id in decision.counted.items():
@@ -516,33 +575,18 @@ def ingest(session: Session, events: Sequence[EventIn], *, clock_skew_seconds: f
         for experiment_id, kind in decision.quality:
             quality[(experiment_id, event.stage, kind)] += 1
         if decision.unmatched:
-            unmatched[(received_at.date(), event.stage)] += 1
-    deltas = _apply_outcomes(session, folds)
-    _add_counts(session, OutcomeCount, ("experiment_id", "stage", "variant_id", "kind", "value"), "customers", deltas)
-    _add_counts(session, EventQualityCount, ("experiment_id", "stage", "kind"), "events", quality)
-    _add_counts(session, UnmatchedEventCount, ("day", "stage"), "events", unmatched)
+            unmatched[(sql.day_in(received_at.date()), event.stage)] += 1
+    deltas = _apply_outcomes(sql, folds)
+    _add_counts(sql, "outcome_counts", ("experiment_id", "stage", "variant_id", "kind", "value"), "customers", deltas)
+    _add_counts(sql, "event_quality_counts", ("experiment_id", "stage", "kind"), "events", quality)
+    _add_counts(sql, "unmatched_event_counts", ("day", "stage"), "events", unmatched)
     rejected.sort(key=lambda r: r.index)
     return IngestResult(len(inserted), len(rows) - len(inserted), tuple(rejected))
 
 
-T = TypeVar("T")
-
-
-def _retry_deadlocks(fn: Callable[[], T], attempts: int = 3) -> T:
-    """PostgreSQL aborts one of two transactions whose batches hold the same event_ids
-    in opposite orders; the batch is idempotent, so run it again."""
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except OperationalError as exc:
-            if "deadlock detected" not in str(exc.orig) or attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
-
-
 def record_events(database: Database, items: Sequence[Any], settings: Settings) -> IngestResult:
     """Validate raw events and store the valid ones in one write transaction,
-    retried as a whole on lock timeouts and deadlocks (safe: event_id makes it
+    retried as a whole on lock timeouts (safe: event_id makes it
     idempotent). Database failures propagate, with nothing stored."""
     valid, rejected = validate_events(items, now=utcnow(), max_future_seconds=settings.max_future_seconds)
 
@@ -550,7 +594,7 @@ def record_events(database: Database, items: Sequence[Any], settings: Settings) 
         with database.write() as session:
             return ingest(session, valid, clock_skew_seconds=settings.clock_skew_seconds)
 
-    stored = _retry_deadlocks(lambda: retry_on_lock(attempt)) if valid else IngestResult(0, 0)
+    stored = retry_on_lock(attempt) if valid else IngestResult(0, 0)
     return IngestResult(
         stored.accepted, stored.duplicates, tuple(sorted(rejected + list(stored.rejected), key=lambda r: r.index))
     )

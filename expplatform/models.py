@@ -244,7 +244,7 @@ class Outcome(Base):
     rating: Mapped[int | None] = mapped_column(Integer)
     rated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # events.id of the rating kept: breaks ties between ratings given at the same time
-    # (later arrival wins), so ingest order and a rebuild always agree.
+    # (the one stored last wins), so ingest order and a rebuild always agree.
     rating_event_id: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (Index(None, "experiment_id", "stage", "variant_id"),)

@@ -93,15 +93,15 @@ def test_satisfaction_is_the_latest_rating_by_event_time(db, send, exp):
         assert counts(session, exp) == {("purchase", "control", "rating", 3): 1}
 
 
-def test_ratings_at_the_same_time_resolve_to_the_later_arrival(db, send, exp):
-    send(rate("x", "alice", 2, seconds=100), rate("y", "alice", 4, seconds=100))
-    assert outcome(db, exp, "alice").rating == 4  # later in the batch
+def test_ratings_at_the_same_time_resolve_to_the_one_stored_last(db, send, exp):
+    send(rate("y", "alice", 4, seconds=100), rate("x", "alice", 2, seconds=100))
+    assert outcome(db, exp, "alice").rating == 4  # one request: the greater event_id
     send(rate("a", "alice", 1, seconds=100))
-    assert outcome(db, exp, "alice").rating == 1  # later batch
-    # Without timestamps every event of a batch happens "now": the last one wins.
+    assert outcome(db, exp, "alice").rating == 1  # a later request
+    # Without timestamps every event of a request happens when it arrives.
     send(*[{"event_id": f"n{v}", "customer_id": "bob", "stage": "purchase", "type": "satisfaction", "value": v}
            for v in (5, 2, 3)])
-    assert outcome(db, exp, "bob").rating == 3
+    assert outcome(db, exp, "bob").rating == 5
 
 
 def test_an_event_before_the_exposure_does_not_count_beyond_the_clock_skew(db, send, exp):
