@@ -38,6 +38,6 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     from .api import init_app as init_api
     from .web import init_app as init_web
 
-    init_api(app)
     init_web(app)
+    init_api(app)
     return app

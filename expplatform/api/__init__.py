@@ -26,8 +26,6 @@ def init_app(app: Flask) -> None:
 
     errors.init_app(app)
     app.register_blueprint(bp)
-    csrf = app.extensions.get("csrf")
-    if csrf is not None:
-        # Bearer keys authenticate here; a cookie session may change things only with a
-        # JSON body, which a cross-site HTML form cannot send (see api/experiments.py).
-        csrf.exempt(bp)
+    # Bearer keys authenticate here; a cookie session may change things only with a
+    # JSON body, which a cross-site HTML form cannot send (see api/experiments.py).
+    app.extensions["csrf"].exempt(bp)  # web.init_app created it

@@ -12,13 +12,8 @@ bp = Blueprint("web", __name__, template_folder="templates")
 
 
 def init_app(app: Flask) -> None:
-    csrf = CSRFProtect(app)
-    # The JSON API registers first and so found no CSRFProtect to exempt itself from:
-    # exempt it here (bearer keys authenticate its writes), or every API POST is a 400.
-    api = app.blueprints.get("api")
-    if api is not None:
-        csrf.exempt(api)
-    from . import account, experiments  # noqa: F401  (register routes on bp)
+    CSRFProtect(app)  # before the API registers, so that it can exempt itself
+    from . import account, admin, experiments  # noqa: F401  (register routes on bp)
 
     app.register_blueprint(bp)
     app.context_processor(lambda: {"current_user": current_user()})

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import EmailField, PasswordField
-from wtforms.validators import DataRequired, Email, Length
+from wtforms import EmailField, PasswordField, SelectField, StringField
+from wtforms.fields.choices import SelectChoice
+from wtforms.validators import DataRequired, Length, Regexp
+
+from ..auth import ROLES
 
 
 class LoginForm(FlaskForm):
@@ -14,3 +17,21 @@ class LoginForm(FlaskForm):
 
 class ConfirmForm(FlaskForm):
     """An empty form: just the CSRF token behind a confirmation button."""
+
+
+class NewUserForm(FlaskForm):
+    email = EmailField("Email", validators=[DataRequired(), Length(max=254), Regexp(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", message="Enter an email address.")])
+    password = PasswordField("Initial password", validators=[DataRequired(), Length(min=8, max=200)])
+    role = SelectField("Role", choices=[SelectChoice(role, role) for role in ROLES], default="viewer")
+
+
+class NewKeyForm(FlaskForm):
+    name = StringField("What uses it", validators=[DataRequired(), Length(max=100)])
+    scope = SelectField(
+        "Scope",
+        choices=[
+            SelectChoice("client", "client: assignment and events (ships inside apps)"),
+            SelectChoice("admin", "admin: manage experiments, read reports"),
+        ],
+        default="client",
+    )
