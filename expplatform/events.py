@@ -230,19 +230,22 @@ def validate_events(
 
 class _Driver:
     """The ingest statements, sent straight to the DB-API driver on the session's
-    connection (same transaction). Going through SQLAlchemy's per-value bind and
-    result processing cost more than the database itself at thousands of events per
-    request; values are converted here to exactly what the ORM stores (on SQLite,
-    UTC timestamps as 'YYYY-MM-DD HH:MM:SS.ffffff'), so both read the same rows.
+    connection (same transaction).
+
+    Going through SQLAlchemy's per-value bind and result processing cost more than
+    the database itself at thousands of events per request, so values are converted
+    here to exactly what the ORM stores (on SQLite, UTC timestamps as
+    'YYYY-MM-DD HH:MM:SS.ffffff'). Row sets travel as multi-row VALUES on SQLite and
+    as one array per column (``unnest``) on PostgreSQL, where psycopg would otherwise
+    re-parse a statement with thousands of placeholders on every request.
     """
 
-    # Bound parameters per statement: below SQLite's 32,766 and PostgreSQL's 65,535.
+    # Bound parameters per SQLite statement (its limit is 32,766).
     MAX_PARAMS = 30_000
 
     def __init__(self, session: Session) -> None:
         self.connection = session.connection()
         self.sqlite = self.connection.dialect.name == "sqlite"
-        self.mark = "?" if self.sqlite else "%s"
         self.lock = "" if self.sqlite else " FOR UPDATE"
 
     def time_in(self, value: datetime | None) -> Any:
@@ -258,21 +261,32 @@ class _Driver:
     def day_in(self, value: date) -> Any:
         return value.isoformat() if self.sqlite else value
 
-    def values(self, rows: int, width: int) -> str:
-        row = "(" + ", ".join([self.mark] * width) + ")"
-        return ", ".join([row] * rows)
+    def _run(self, statement: str, params: Sequence[Any], fetch: bool) -> list[tuple]:
+        result = self.connection.exec_driver_sql(statement, tuple(params))
+        return result.fetchall() if fetch else []
 
-    def chunks(self, rows: Sequence[tuple], width: int) -> Iterable[Sequence[tuple]]:
+    def rows(
+        self, template: str, columns: Sequence[tuple[str, str]], rows: Sequence[tuple], *, fetch: bool = False
+    ) -> list[tuple]:
+        """Run ``template`` with ``{rows}`` replaced by a row source of ``rows``
+        (columns named and, for PostgreSQL, typed by ``columns``)."""
+        if not rows:
+            return []
+        if not self.sqlite:
+            arrays = ", ".join(f"%s::{kind}[]" for _name, kind in columns)
+            names = ", ".join(name for name, _kind in columns)
+            # In array order (the lock order the caller chose).
+            source = f"SELECT {names} FROM unnest({arrays}) WITH ORDINALITY AS r({names}, n) ORDER BY n"
+            return self._run(template.format(rows=source), [list(column) for column in zip(*rows)], fetch)
+        width = len(columns)
         size = max(1, self.MAX_PARAMS // width)
+        found: list[tuple] = []
         for start in range(0, len(rows), size):
-            yield rows[start : start + size]
-
-    def query(self, sql: str, params: Sequence[Any]) -> list[tuple]:
-        return self.connection.exec_driver_sql(sql, tuple(params)).fetchall()
-
-    def many(self, sql: str, rows: Sequence[tuple]) -> None:
-        if rows:
-            self.connection.exec_driver_sql(sql, list(rows))
+            chunk = rows[start : start + size]
+            row = "(" + ", ".join(["?"] * width) + ")"
+            source = "VALUES " + ", ".join([row] * len(chunk))
+            found.extend(self._run(template.format(rows=source), [v for r in chunk for v in r], fetch))
+        return found
 
 
 # -- attribution ---------------------------------------------------------------------
@@ -312,15 +326,16 @@ def _load_context(
     customers = sorted({e.customer_id for e in events})
     exposures: dict[str, list[_ExposureInfo]] = defaultdict(list)
     experiment_ids: set[int] = set()
-    for chunk in sql.chunks([(c,) for c in customers], 1):
-        rows = sql.query(
-            "SELECT customer_id, experiment_id, variant_id, exposed_at, forced FROM exposures "
-            f"WHERE customer_id IN ({', '.join([sql.mark] * len(chunk))})",
-            [c for (c,) in chunk],
-        )
-        for customer_id, experiment_id, variant_id, exposed_at, forced in rows:
-            exposures[customer_id].append(_ExposureInfo(experiment_id, variant_id, sql.time_out(exposed_at), bool(forced)))
-            experiment_ids.add(experiment_id)
+    rows = sql.rows(
+        "SELECT customer_id, experiment_id, variant_id, exposed_at, forced FROM exposures "
+        "WHERE customer_id IN ({rows})",
+        [("customer_id", "text")],
+        [(c,) for c in customers],
+        fetch=True,
+    )
+    for customer_id, experiment_id, variant_id, exposed_at, forced in rows:
+        exposures[customer_id].append(_ExposureInfo(experiment_id, variant_id, sql.time_out(exposed_at), bool(forced)))
+        experiment_ids.add(experiment_id)
     named = sorted({e.experiment for e in events if e.experiment is not None})
     condition = Experiment.id.in_(sorted(experiment_ids))
     if named:
@@ -410,7 +425,11 @@ class _Fold:
 
 OutcomeKey = tuple[int, str, str]  # experiment id, customer id, stage
 CountKey = tuple[int, str, int, str, int]  # experiment id, stage, variant id, kind, value
-_OUTCOME_COLUMNS = "experiment_id, customer_id, stage, variant_id, converted_at, rating, rated_at, rating_event_id"
+_OUTCOME_COLUMNS = (
+    ("experiment_id", "integer"), ("customer_id", "text"), ("stage", "text"), ("variant_id", "integer"),
+    ("converted_at", "timestamptz"), ("rating", "integer"), ("rated_at", "timestamptz"), ("rating_event_id", "bigint"),
+)
+_OUTCOME_NAMES = ", ".join(name for name, _kind in _OUTCOME_COLUMNS)
 
 
 def _apply_outcomes(sql: _Driver, folds: dict[OutcomeKey, _Fold]) -> dict[CountKey, int]:
@@ -428,16 +447,16 @@ def _apply_outcomes(sql: _Driver, folds: dict[OutcomeKey, _Fold]) -> dict[CountK
         for k in keys
         for f in (folds[k],)
     ]
-    inserted: set[OutcomeKey] = set()
-    for chunk in sql.chunks(rows, 8):
-        inserted.update(
-            tuple(r)  # type: ignore[misc]
-            for r in sql.query(
-                f"INSERT INTO outcomes ({_OUTCOME_COLUMNS}) VALUES {sql.values(len(chunk), 8)} "
-                "ON CONFLICT (experiment_id, customer_id, stage) DO NOTHING RETURNING experiment_id, customer_id, stage",
-                [value for row in chunk for value in row],
-            )
+    inserted = {
+        tuple(r)
+        for r in sql.rows(
+            f"INSERT INTO outcomes ({_OUTCOME_NAMES}) {{rows}} "
+            "ON CONFLICT (experiment_id, customer_id, stage) DO NOTHING RETURNING experiment_id, customer_id, stage",
+            _OUTCOME_COLUMNS,
+            rows,
+            fetch=True,
         )
+    }
     for key in inserted:
         fold = folds[key]
         if fold.converted_at is not None:
@@ -446,27 +465,28 @@ def _apply_outcomes(sql: _Driver, folds: dict[OutcomeKey, _Fold]) -> dict[CountK
             deltas[(key[0], key[2], fold.variant_id, "rating", fold.rating)] += 1
     existing = [k for k in keys if k not in inserted]
     updates: list[tuple] = []
-    for chunk in sql.chunks(existing, 3):
-        current = sql.query(
-            f"SELECT {_OUTCOME_COLUMNS} FROM outcomes WHERE (experiment_id, customer_id, stage) IN "
-            f"(VALUES {sql.values(len(chunk), 3)}) ORDER BY experiment_id, customer_id, stage{sql.lock}",
-            [value for key in chunk for value in key],
+    current = sql.rows(
+        f"SELECT {_OUTCOME_NAMES} FROM outcomes WHERE (experiment_id, customer_id, stage) IN ({{rows}}) "
+        f"ORDER BY experiment_id, customer_id, stage{sql.lock}",
+        _OUTCOME_COLUMNS[:3],
+        existing,
+        fetch=True,
+    )
+    for experiment_id, customer_id, stage, variant_id, converted_at, rating, rated_at, rating_event_id in current:
+        key = (experiment_id, customer_id, stage)
+        change = _merge(
+            key, variant_id, sql.time_out(converted_at), rating, sql.time_out(rated_at), rating_event_id,
+            folds[key], deltas,
         )
-        for experiment_id, customer_id, stage, variant_id, converted_at, rating, rated_at, rating_event_id in current:
-            key = (experiment_id, customer_id, stage)
-            change = _merge(
-                key, variant_id, sql.time_out(converted_at), rating, sql.time_out(rated_at), rating_event_id,
-                folds[key], deltas,
-            )
-            if change is not None:
-                converted_at, rating, rated_at, rating_event_id = change
-                updates.append(
-                    (sql.time_in(converted_at), rating, sql.time_in(rated_at), rating_event_id, *key)
-                )
-    m = sql.mark
-    sql.many(
-        f"UPDATE outcomes SET converted_at = {m}, rating = {m}, rated_at = {m}, rating_event_id = {m} "
-        f"WHERE experiment_id = {m} AND customer_id = {m} AND stage = {m}",
+        if change is not None:
+            converted_at, rating, rated_at, rating_event_id = change
+            updates.append((*key, variant_id, sql.time_in(converted_at), rating, sql.time_in(rated_at), rating_event_id))
+    # Rewrites each changed row whole (same key and variant), from one row source.
+    sql.rows(
+        f"INSERT INTO outcomes ({_OUTCOME_NAMES}) {{rows}} ON CONFLICT (experiment_id, customer_id, stage) DO UPDATE "
+        "SET converted_at = excluded.converted_at, rating = excluded.rating, rated_at = excluded.rated_at, "
+        "rating_event_id = excluded.rating_event_id",
+        _OUTCOME_COLUMNS,
         updates,
     )
     return deltas
@@ -500,22 +520,25 @@ def _merge(
     return (converted_at, rating, rated_at, rating_event_id) if changed else None
 
 
-def _add_counts(sql: _Driver, table: str, keys: Sequence[str], column: str, counts: dict[tuple, int]) -> None:
+def _add_counts(sql: _Driver, table: str, keys: Sequence[tuple[str, str]], column: str, counts: dict[tuple, int]) -> None:
     """Upsert ``column += n`` for each key, in key order (lock order across workers)."""
-    rows = [(*key, n) for key, n in sorted(counts.items()) if n]
-    names = ", ".join((*keys, column))
-    sql.many(
-        f"INSERT INTO {table} ({names}) VALUES {sql.values(1, len(keys) + 1)} "
-        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {column} = {table}.{column} + excluded.{column}",
-        rows,
+    names = ", ".join(name for name, _kind in keys)
+    sql.rows(
+        f"INSERT INTO {table} ({names}, {column}) {{rows}} "
+        f"ON CONFLICT ({names}) DO UPDATE SET {column} = {table}.{column} + excluded.{column}",
+        (*keys, (column, "bigint")),
+        [(*key, n) for key, n in sorted(counts.items()) if n],
     )
 
 
 # -- the ingest transaction ----------------------------------------------------------
 
 _EVENT_COLUMNS = (
-    "event_id, customer_id, stage, type, value, occurred_at, received_at, experiment_key, attributed, exposure_cutoff"
+    ("event_id", "text"), ("customer_id", "text"), ("stage", "text"), ("type", "text"), ("value", "integer"),
+    ("occurred_at", "timestamptz"), ("received_at", "timestamptz"), ("experiment_key", "text"),
+    ("attributed", "integer"), ("exposure_cutoff", "timestamptz"),
 )
+_EVENT_NAMES = ", ".join(name for name, _kind in _EVENT_COLUMNS)
 
 
 def ingest(session: Session, events: Sequence[EventIn], *, clock_skew_seconds: float) -> IngestResult:
@@ -550,16 +573,15 @@ def ingest(session: Session, events: Sequence[EventIn], *, clock_skew_seconds: f
     # In event_id order: two batches sharing events then wait for each other instead of
     # deadlocking on PostgreSQL (each waits on the other's uncommitted duplicates).
     rows.sort(key=lambda row: row[0])
-    inserted: dict[str, int] = {}
-    for chunk in sql.chunks(rows, 10):
-        inserted.update(
-            (event_id, row_id)
-            for row_id, event_id in sql.query(
-                f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES {sql.values(len(chunk), 10)} "
-                "ON CONFLICT (event_id) DO NOTHING RETURNING id, event_id",
-                [value for row in chunk for value in row],
-            )
+    inserted = dict(
+        (event_id, row_id)
+        for row_id, event_id in sql.rows(
+            f"INSERT INTO events ({_EVENT_NAMES}) {{rows}} ON CONFLICT (event_id) DO NOTHING RETURNING id, event_id",
+            _EVENT_COLUMNS,
+            rows,
+            fetch=True,
         )
+    )
 
     folds: dict[OutcomeKey, _Fold] = {}
     quality: dict[tuple[int, str, str], int] = defaultdict(int)
@@ -577,9 +599,15 @@ def ingest(session: Session, events: Sequence[EventIn], *, clock_skew_seconds: f
         if decision.unmatched:
             unmatched[(sql.day_in(received_at.date()), event.stage)] += 1
     deltas = _apply_outcomes(sql, folds)
-    _add_counts(sql, "outcome_counts", ("experiment_id", "stage", "variant_id", "kind", "value"), "customers", deltas)
-    _add_counts(sql, "event_quality_counts", ("experiment_id", "stage", "kind"), "events", quality)
-    _add_counts(sql, "unmatched_event_counts", ("day", "stage"), "events", unmatched)
+    _add_counts(
+        sql, "outcome_counts",
+        (("experiment_id", "integer"), ("stage", "text"), ("variant_id", "integer"), ("kind", "text"), ("value", "integer")),
+        "customers", deltas,
+    )
+    _add_counts(
+        sql, "event_quality_counts", (("experiment_id", "integer"), ("stage", "text"), ("kind", "text")), "events", quality
+    )
+    _add_counts(sql, "unmatched_event_counts", (("day", "date"), ("stage", "text")), "events", unmatched)
     rejected.sort(key=lambda r: r.index)
     return IngestResult(len(inserted), len(rows) - len(inserted), tuple(rejected))
 
