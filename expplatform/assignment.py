@@ -333,14 +333,13 @@ def _write(
             .on_conflict_do_nothing(index_elements=["experiment_id", "customer_id"])
             .returning(Exposure.experiment_id, Exposure.variant_id)
         )
-        stored = dict(session.execute(statement).tuples().all())
+        stored = {row[0]: row[1] for row in session.execute(statement)}
         lost = [decided.experiment.id for decided in to_insert if decided.experiment.id not in stored]
         if lost:
-            stored.update(
-                session.execute(
-                    select(Exposure.experiment_id, Exposure.variant_id).where(
-                        Exposure.customer_id == request.customer_id, Exposure.experiment_id.in_(lost)
-                    )
-                ).tuples()
+            rows = session.execute(
+                select(Exposure.experiment_id, Exposure.variant_id).where(
+                    Exposure.customer_id == request.customer_id, Exposure.experiment_id.in_(lost)
+                )
             )
+            stored.update({row[0]: row[1] for row in rows})
         return stored
