@@ -1,0 +1,109 @@
+"""Assignment across workers, simulated by several app instances (each with its own
+engine and caches, like gunicorn workers) on one SQLite file or PostgreSQL schema:
+concurrent first calls leave exactly one exposure, and a definition changed through
+one instance is served by the others within the refresh interval."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from sqlalchemy import func, select
+
+from expplatform.auth import create_api_key
+from expplatform.models import Exposure
+
+from .conftest import Api, make_test_app
+from .test_assign import URL, seed
+
+WORKERS = 8
+
+
+def _apps(database_url, tmp_path, count: int, **overrides):
+    return [make_test_app(database_url, tmp_path / f"w{i}", **overrides) for i in range(count)]
+
+
+def _dispose(apps) -> None:
+    for app in apps:
+        app.extensions["db"].engine.dispose()
+
+
+def test_concurrent_first_calls_from_many_workers_leave_exactly_one_exposure(db, client_key, database_url, tmp_path):
+    for name in ("alpha", "beta", "gamma"):
+        seed(db, name)
+    apps = _apps(database_url, tmp_path, WORKERS)
+    try:
+        clients = [Api(app.test_client(), client_key) for app in apps]
+        for round_number in range(4):
+            customer = f"racer-{round_number}"
+            # Each worker asks for the experiments in its own order, as pages would.
+            orders = [["alpha", "beta", "gamma"][i % 3 :] + ["alpha", "beta", "gamma"][: i % 3] for i in range(WORKERS)]
+            barrier = threading.Barrier(WORKERS)
+            results: list[dict | None] = [None] * WORKERS
+            errors: list[BaseException] = []
+
+            def call(index: int) -> None:
+                try:
+                    barrier.wait()
+                    response = clients[index].post(URL, json={"customer_id": customer, "experiments": orders[index]})
+                    assert response.status_code == 200, response.json
+                    results[index] = {a["experiment"]: a["variant"] for a in response.json["assignments"]}
+                except BaseException as exc:  # reported below, in the test's thread
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=call, args=(i,)) for i in range(WORKERS)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert errors == []
+            assert all(result == results[0] for result in results)
+            with db.sessionmaker() as session:
+                rows = session.execute(
+                    select(Exposure.experiment_id, func.count()).where(Exposure.customer_id == customer)
+                    .group_by(Exposure.experiment_id)
+                ).all()
+            assert sorted(count for _, count in rows) == [1, 1, 1]
+    finally:
+        _dispose(apps)
+
+
+def _experiment(key: str) -> dict:
+    return {
+        "key": key,
+        "name": key,
+        "target_stage": "purchase",
+        "variants": [{"key": "control", "weight": 0.5}, {"key": "treatment", "weight": 0.5}],
+    }
+
+
+def _poll(api: Api, body: dict, until, *, within: float) -> float:
+    """Call until ``until(assignment)`` holds; return how long it took."""
+    started = time.monotonic()
+    while True:
+        assignment = api.post(URL, json=body).json["assignments"][0]
+        elapsed = time.monotonic() - started
+        if until(assignment):
+            return elapsed
+        assert elapsed < within, f"still {assignment} after {elapsed:.2f}s"
+
+
+def test_changes_through_one_instance_reach_another_within_a_second(database_url, tmp_path):
+    editor, server = _apps(database_url, tmp_path, 2, definitions_refresh_seconds=0.5)
+    try:
+        with editor.extensions["db"].write() as session:
+            _record, admin = create_api_key(session, "admin", "automation", created_by="tests")
+            _record, client = create_api_key(session, "client", "shop", created_by="tests")
+        admin_api = Api(editor.test_client(), admin)
+        shop = Api(server.test_client(), client)
+        body = {"customer_id": "watcher", "experiments": ["fresh"]}
+        assert shop.post(URL, json=body).json["assignments"][0]["reason"] == "unknown_experiment"
+
+        assert admin_api.post("/api/v1/experiments", json=_experiment("fresh")).status_code == 201
+        _poll(shop, body, lambda a: a.get("reason") == "not_running", within=1.0)
+        assert admin_api.post("/api/v1/experiments/fresh/start").status_code == 200
+        _poll(shop, body, lambda a: a["enrolled"], within=1.0)
+        assert admin_api.post("/api/v1/experiments/fresh/pause").status_code == 200
+        _poll(shop, body, lambda a: a.get("reason") == "paused", within=1.0)
+    finally:
+        _dispose([editor, server])
