@@ -399,6 +399,7 @@ BAD_BODIES = [
     ({"customer_id": "x" * 257}, "customer_id"),
     ({"customer_id": 42}, "customer_id"),
     ({"customer_id": None}, "customer_id"),
+    ({"customer_id": "a\x00b"}, "customer_id"),
     ({"customer_id": "a", "attributes": ["country", "FR"]}, "attributes"),
     ({"customer_id": "a", "attributes": "country=FR"}, "attributes"),
     ({"customer_id": "a", "attributes": {"nested": {"a": 1}}}, "attributes.nested"),
@@ -453,6 +454,15 @@ def test_bodies_that_are_not_a_json_object_are_400(client_api, data, content_typ
 def test_bad_query_strings_are_400(api, query, field):
     response = api.get(f"{URL}?{query}")
     assert response.status_code == 400 and field in response.json["fields"]
+
+
+def test_unusual_but_valid_text_is_stored_as_given(api, db):
+    seed(db, "x")
+    attributes = {"name": "Zoë 🙂", "nul": "a\x00b", "quote": "'\"; --"}
+    response = api.post(URL, json={"customer_id": "顧客:1/ü", "attributes": attributes})
+    assert response.json["assignments"][0]["enrolled"] is True
+    [exposure] = exposures(db)
+    assert (exposure.customer_id, exposure.attributes) == ("顧客:1/ü", attributes)
 
 
 def test_an_oversized_body_is_413_json(client_api, app):

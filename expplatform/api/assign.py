@@ -39,8 +39,9 @@ def _invalid(field: str, why: str) -> ValidationError:
 
 
 def _text(field: str, value: Any, limit: int) -> str:
-    if not isinstance(value, str) or not 1 <= len(value) <= limit:
-        raise _invalid(field, f"must be a string of 1 to {limit} characters")
+    # NUL: PostgreSQL text cannot hold it (and events refuse it in customer ids too).
+    if not isinstance(value, str) or not 1 <= len(value) <= limit or "\x00" in value:
+        raise _invalid(field, f"must be a string of 1 to {limit} characters, without NUL")
     return value
 
 
