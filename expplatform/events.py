@@ -244,6 +244,7 @@ class _Driver:
 
     # Bound parameters per SQLite statement (its limit is 32,766).
     MAX_PARAMS = 30_000
+    PAD_ROWS = 64
 
     def __init__(self, session: Session) -> None:
         self.connection = session.connection()
@@ -270,7 +271,13 @@ class _Driver:
         return result.fetchall() if fetch else []
 
     def rows(
-        self, template: str, columns: Sequence[tuple[str, str]], rows: Sequence[tuple], *, fetch: bool = False
+        self,
+        template: str,
+        columns: Sequence[tuple[str, str]],
+        rows: Sequence[tuple],
+        *,
+        fetch: bool = False,
+        idempotent: bool = True,
     ) -> list[tuple]:
         """Run ``template`` with ``{rows}`` replaced by a row source of ``rows``
         (columns named and, for PostgreSQL, typed by ``columns``)."""
@@ -281,12 +288,19 @@ class _Driver:
             # In list order: the lock order the caller chose.
             source = f"SELECT {fields} FROM json_array_elements(%s::json) WITH ORDINALITY AS t(r, n) ORDER BY n"
             return self._run(template.format(rows=source), [json.dumps(rows)], fetch)
+        # Row counts are padded (repeating the last row) to a multiple of PAD_ROWS, so a
+        # few statement shapes serve every batch size: sqlite3's statement cache then
+        # reuses them instead of filling with big one-off compiled statements (which
+        # grew each worker by tens of MiB). Only for statements where a repeated row
+        # changes nothing (``idempotent``).
         width = len(columns)
-        size = max(1, self.MAX_PARAMS // width)
+        row = "(" + ", ".join(["?"] * width) + ")"
+        largest = max(1, self.MAX_PARAMS // width // self.PAD_ROWS) * self.PAD_ROWS
         found: list[tuple] = []
-        for start in range(0, len(rows), size):
-            chunk = rows[start : start + size]
-            row = "(" + ", ".join(["?"] * width) + ")"
+        for start in range(0, len(rows), largest):
+            chunk = list(rows[start : start + largest])
+            if idempotent:
+                chunk += chunk[-1:] * (-len(chunk) % self.PAD_ROWS)
             source = "VALUES " + ", ".join([row] * len(chunk))
             found.extend(self._run(template.format(rows=source), [v for r in chunk for v in r], fetch))
         return found
@@ -531,6 +545,7 @@ def _add_counts(sql: _Driver, table: str, keys: Sequence[tuple[str, str]], colum
         f"ON CONFLICT ({names}) DO UPDATE SET {column} = {table}.{column} + excluded.{column}",
         (*keys, (column, "bigint")),
         [(*key, n) for key, n in sorted(counts.items()) if n],
+        idempotent=False,
     )
 
 
