@@ -3,13 +3,14 @@
 Inputs are summable sufficient statistics: per stage x variant, the exposed
 customers, the customers who converted at that stage, and the histogram of their
 latest satisfaction ratings over the scale. Anything (days, segments) can be
-combined by adding them.
+combined by adding them. Results are frozen dataclasses whose ``to_dict()`` is
+JSON-ready (no NaN or infinity: undefined numbers are None).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal, Mapping
 
 from .exceptions import AnalysisInputError
 
@@ -63,6 +64,17 @@ class Scale:
     @property
     def categories(self) -> int:
         return self.max - self.min + 1
+
+    @property
+    def top_box_min(self) -> int:
+        """Lowest rating in the top box: the top two ratings on scales of five or more
+        (4-5 on 1-5, 9-10 on 0-10), the top one on shorter scales."""
+        return self.max - 1 if self.categories >= 5 else self.max
+
+    @property
+    def has_nps(self) -> bool:
+        """NPS is defined on the 0-10 recommendation scale only."""
+        return (self.min, self.max) == (0, 10)
 
 
 @dataclass(frozen=True)
@@ -193,3 +205,215 @@ class DecisionRule:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> DecisionRule:
         return _settings_from_mapping(cls, values)
+
+
+# -- results ------------------------------------------------------------------------
+
+Metric = Literal["conversion", "mean_rating", "top_box", "nps"]
+Decision = Literal["ship", "harmful", "keep_running", "not_enough_data"]
+Action = Literal["ship", "keep_control", "keep_running", "not_enough_data", "investigate"]
+Method = Literal["conjugate", "hierarchical"]
+
+DECIDING_METRICS: tuple[Metric, ...] = ("conversion", "mean_rating")
+"""Metrics whose comparisons get a decision; top-box share and NPS are reported
+alongside the mean rating but summarise the same histograms, so they do not vote."""
+
+
+class _Serialisable:
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values (tuples become lists); no NaN or infinity can be
+        in here, since every float field is finite or None by construction."""
+        return asdict(self)  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class Estimate(_Serialisable):
+    """Posterior mean and equal-tailed credible interval at the rule's level."""
+
+    mean: float | None
+    low: float | None
+    high: float | None
+
+
+@dataclass(frozen=True)
+class Note(_Serialisable):
+    """A status code from ``analysis.messages`` with its sentence and where it applies."""
+
+    code: str
+    message: str
+    stage: str | None = None
+    variant: str | None = None
+    metric: str | None = None
+
+
+@dataclass(frozen=True)
+class ArmSummary(_Serialisable):
+    """One variant's posterior for one stage and metric.
+
+    ``n`` is exposed customers (conversion) or rated customers (satisfaction);
+    ``observed`` the sample value (None without data). ``expected_loss`` is
+    E[max over variants - this variant] (A/B/n), ``expected_loss_relative`` the same
+    as a share of the best variant's value. ``conjugate_params`` are the Beta
+    (alpha, beta) or Dirichlet alphas of the conjugate posterior (None for the full
+    model).
+    """
+
+    variant: str
+    n: int
+    observed: float | None
+    posterior: Estimate | None
+    p_best: float | None
+    expected_loss: float | None
+    expected_loss_relative: float | None
+    conjugate_params: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Comparison(_Serialisable):
+    """A treatment against the control for one stage and metric.
+
+    ``relative_lift`` is treatment/control - 1, ``absolute_difference`` treatment -
+    control; ``p_better`` is P(treatment > control) and ``p_better_error`` its Monte
+    Carlo standard error (0 when computed exactly, None for MCMC draws);
+    ``expected_loss`` is E[max(control - treatment, 0)], the expected cost of shipping
+    the treatment, and ``expected_loss_relative`` E[max(1 - treatment/control, 0)].
+    ``decision`` is None for metrics that do not decide (top-box share, NPS).
+    """
+
+    treatment: str
+    status: str
+    relative_lift: Estimate | None
+    absolute_difference: Estimate | None
+    p_better: float | None
+    p_better_error: float | None
+    expected_loss: float | None
+    expected_loss_relative: float | None
+    decision: Decision | None
+
+
+@dataclass(frozen=True)
+class MetricResult(_Serialisable):
+    stage: str
+    metric: Metric
+    status: str
+    arms: tuple[ArmSummary, ...]
+    comparisons: tuple[Comparison, ...]
+
+    def arm(self, variant: str) -> ArmSummary:
+        return next(a for a in self.arms if a.variant == variant)
+
+    def comparison(self, treatment: str) -> Comparison:
+        return next(c for c in self.comparisons if c.treatment == treatment)
+
+
+@dataclass(frozen=True)
+class StageResult(_Serialisable):
+    stage: str
+    metrics: tuple[MetricResult, ...]
+
+    def metric(self, name: str) -> MetricResult:
+        return next(m for m in self.metrics if m.metric == name)
+
+
+@dataclass(frozen=True)
+class FunnelStep(_Serialisable):
+    """Conversion into ``stage`` given the previous stage (given exposure for the
+    first), as the ratio of the two stages' conversion rates; ``lift`` is this
+    variant's step against the control's (None for the control)."""
+
+    stage: str
+    observed: float | None
+    rate: Estimate | None
+    lift: Estimate | None
+
+
+@dataclass(frozen=True)
+class JourneyVariant(_Serialisable):
+    """One variant's journey: end-to-end conversion (customers converting at the final
+    stage over exposed), its funnel, and for a treatment the step whose conditional
+    conversion it lifts most (``largest_gain_stage``) and lowers most
+    (``largest_loss_stage``, the journey's pain point), None when no step moves that way."""
+
+    variant: str
+    end_to_end: Estimate | None
+    steps: tuple[FunnelStep, ...]
+    largest_gain_stage: str | None
+    largest_loss_stage: str | None
+
+
+@dataclass(frozen=True)
+class Journey(_Serialisable):
+    final_stage: str
+    variants: tuple[JourneyVariant, ...]
+    end_to_end: tuple[Comparison, ...]  # lift of end-to-end conversion, per treatment
+
+
+@dataclass(frozen=True)
+class SampleRatio(_Serialisable):
+    """Chi-square of exposed customers against the configured weights (on the stage
+    with the most extreme counts, if stages differ); ``flagged`` at p < srm_alpha."""
+
+    stage: str | None
+    observed: tuple[int, ...]
+    expected: tuple[float, ...]
+    chi_square: float | None
+    p_value: float | None
+    flagged: bool
+
+
+@dataclass(frozen=True)
+class Guardrail(_Serialisable):
+    """A guardrail a treatment breaks: P(better) at or below guardrail_probability on
+    a downstream stage's conversion or on a stage's mean rating."""
+
+    variant: str
+    stage: str
+    metric: Metric
+    p_better: float
+
+
+@dataclass(frozen=True)
+class Recommendation(_Serialisable):
+    action: Action
+    variant: str | None
+    summary: str
+    reasons: tuple[str, ...]
+    guardrails: tuple[Guardrail, ...]
+
+
+@dataclass(frozen=True)
+class Diagnostics(_Serialisable):
+    """Sampler health of the full model (ArviZ): all must pass for status ``ok``."""
+
+    r_hat_max: float | None
+    ess_bulk_min: float | None
+    ess_tail_min: float | None
+    divergences: int
+    draws: int
+    chains: int
+    sampler: str
+    passed: bool
+    seconds_compile: float | None = None
+    seconds_sampling: float | None = None
+
+
+@dataclass(frozen=True)
+class ExperimentResult(_Serialisable):
+    """Everything a report shows. ``status`` is the most serious experiment-level code
+    (see ``analysis.messages``); ``notes`` lists every code raised, with sentences."""
+
+    method: Method
+    status: str
+    control: str
+    target_stage: str
+    credible_level: float
+    draws: int
+    stages: tuple[StageResult, ...]
+    journey: Journey
+    sample_ratio: SampleRatio
+    recommendation: Recommendation
+    notes: tuple[Note, ...]
+    diagnostics: Diagnostics | None = None
+
+    def stage(self, name: str) -> StageResult:
+        return next(s for s in self.stages if s.stage == name)

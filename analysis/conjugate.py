@@ -1,0 +1,137 @@
+"""The fast path: conjugate posteriors, summarised from vectorised draws.
+
+Conversion per stage x variant is Beta(alpha + converted, beta + exposed -
+converted); the rating histogram is Dirichlet(concentration + counts), from which
+the mean rating, top-box share and NPS are linear functionals. Intervals, expected
+losses and P(best) come from ``draws`` independent posterior draws per cell (one
+numpy call each for all cells); P(better) comes from ``analysis.exact`` without
+simulation (exact quadrature for conversion and top-box share, an Edgeworth
+expansion with exact cumulants for the mean rating and NPS), and only where the
+rating posterior is too skewed for that (a few dozen ratings, or a histogram piled
+at the end of the scale) from a rank statistic over all draw pairs, with extra
+draws for any comparison whose Monte Carlo error would exceed ``max_p_better_error``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import exact
+from .exceptions import AnalysisInputError
+from .summarize import Counts, Posterior, metric_specs, summarize
+from .types import DecisionRule, ExperimentResult, ExperimentStats, Prior
+
+DEFAULT_DRAWS = 8_000
+"""Draws per cell for intervals, losses and P(best): the 2.5% quantile then moves by
+about 3.5% of a posterior sd between seeds."""
+FAST_DRAWS = 2_000
+"""For the points of a time series, with ``max_p_better_error=None``: about 5x
+cheaper; P(better) of conversion and top-box stays exact, the mean rating's has a
+Monte Carlo error of at most 0.011."""
+MAX_P_BETTER_ERROR = 0.002
+_MAX_DRAWS = 250_000  # the cap of the top-up: enough for 0.001 at P(better) = 0.5
+
+
+def analyze(
+    stats: ExperimentStats,
+    *,
+    prior: Prior = Prior(),
+    rule: DecisionRule = DecisionRule(),
+    seed: int = 0,
+    draws: int = DEFAULT_DRAWS,
+    max_p_better_error: float | None = MAX_P_BETTER_ERROR,
+) -> ExperimentResult:
+    """Analyse an experiment (or a segment, or the cumulative data up to a day).
+
+    Reproducible: the same statistics, settings and ``seed`` give the same result.
+    ``max_p_better_error`` bounds the Monte Carlo standard error of every P(better)
+    estimated from draws (mean rating, NPS); None keeps ``draws`` whatever the error.
+    """
+    if not isinstance(draws, int) or draws < 100:
+        raise AnalysisInputError("draws must be a whole number of at least 100")
+    if max_p_better_error is not None and not 0 < max_p_better_error < 0.5:
+        raise AnalysisInputError("max_p_better_error must be between 0 and 0.5")
+    counts = Counts.of(stats)
+    control = stats.variants.index(stats.control)
+    rng = np.random.default_rng(seed)
+
+    conv_alpha = np.stack(
+        [prior.conversion_beta + counts.exposed - counts.converted, prior.conversion_alpha + counts.converted], axis=-1
+    ).astype(float)
+    rating_alpha = prior.rating_concentration + counts.ratings.astype(float)
+    conversion = rng.beta(conv_alpha[..., 1:2], conv_alpha[..., 0:1], size=counts.exposed.shape + (draws,))
+    theta = _Dirichlet(rng, rating_alpha, draws)
+
+    posterior = Posterior(values={"conversion": conversion})
+    posterior.conjugate_params["conversion"] = conv_alpha[..., ::-1]  # (alpha, beta)
+    p = exact.p_better(np.array([0.0, 1.0]), conv_alpha, control)
+    posterior.p_better["conversion"] = (p, np.zeros_like(p))
+    for spec in metric_specs(stats)[1:]:
+        posterior.values[spec.name] = theta @ spec.weights
+        values, merged = exact.collapse(spec.weights, rating_alpha)
+        posterior.conjugate_params[spec.name] = merged[..., ::-1] if values.size == 2 else rating_alpha
+        p = exact.p_better(spec.weights, rating_alpha, control)
+        posterior.p_better[spec.name] = (p, np.zeros_like(p))
+    _simulate_missing_p_better(rng, rating_alpha, stats, posterior, control, max_p_better_error)
+    return summarize(stats, rule, posterior, method="conjugate", draws=draws)
+
+
+class _Dirichlet:
+    """Dirichlet draws for every cell at once, kept as unnormalised gamma variates:
+    a functional ``w . theta`` is ``(G @ w) / sum(G)``, one division per draw
+    instead of one per category."""
+
+    def __init__(self, rng: np.random.Generator, alpha: np.ndarray, draws: int):
+        shape = alpha.shape[:-1] + (draws, alpha.shape[-1])
+        self.gamma = rng.standard_gamma(np.broadcast_to(alpha[..., None, :], shape))
+        self.total = self.gamma.sum(-1)
+
+    def __matmul__(self, weights: np.ndarray) -> np.ndarray:
+        return self.gamma @ weights / self.total
+
+
+def _simulate_missing_p_better(rng, alpha, stats, posterior, control, max_error) -> None:
+    """Fill the P(better) that ``exact`` leaves as NaN (skewed rating posteriors) with
+    the Mann-Whitney statistic over all pairs of independent draws (the unbiased
+    estimator of least variance for two independent samples) and its standard error;
+    where that error exceeds ``max_error``, the cells involved are redrawn with as many
+    draws as the error needs."""
+    specs = [spec for spec in metric_specs(stats)[1:] if np.isnan(posterior.p_better[spec.name][0]).any()]
+    for stage in range(alpha.shape[0]):
+        missing = [j for j in range(alpha.shape[1]) if any(np.isnan(posterior.p_better[s.name][0][stage, j]) for s in specs)]
+        if not missing:
+            continue
+        cells = [control] + missing
+        x = np.stack([posterior.values[spec.name][stage, cells] for spec in specs])  # (specs, cells, draws)
+        p, error = _mann_whitney(x, 0)
+        if max_error is not None and error.max() > max_error:
+            needed = min(_MAX_DRAWS, math.ceil(x.shape[-1] * (error.max() / max_error) ** 2 * 1.1))
+            theta = _Dirichlet(rng, alpha[stage, cells], needed)
+            p, error = _mann_whitney(np.stack([theta @ spec.weights for spec in specs]), 0)
+        for k, spec in enumerate(specs):
+            known, errors = posterior.p_better[spec.name]
+            fill = np.isnan(known[stage, missing])
+            known[stage, missing] = np.where(fill, p[k, 1:], known[stage, missing])
+            errors[stage, missing] = np.where(fill, error[k, 1:], errors[stage, missing])
+
+
+def _mann_whitney(x: np.ndarray, control: int) -> tuple[np.ndarray, np.ndarray]:
+    """For draws ``x`` (rows, variants, n): P(x_v > x_control) and its standard error
+    (DeLong: the variances of each sample's placements among the other's)."""
+    n = x.shape[-1]
+    ordered = np.sort(x, axis=-1)
+    other = np.broadcast_to(ordered[:, [control]], ordered.shape)
+    merged = np.concatenate([ordered, other], axis=-1)
+    order = np.argsort(merged, axis=-1, kind="stable")  # two sorted runs: a linear merge
+    is_control = order >= n
+    controls_before = np.cumsum(is_control, axis=-1) - is_control
+    treatments_before = np.cumsum(~is_control, axis=-1) - ~is_control
+    shape = x.shape
+    placement_t = controls_before[~is_control].reshape(shape) / n  # share of control draws below
+    placement_c = treatments_before[is_control].reshape(shape) / n  # share of treatment draws below
+    p = placement_t.mean(-1)
+    error = np.sqrt(placement_t.var(-1) / n + placement_c.var(-1) / n)
+    p[:, control], error[:, control] = 0.5, 0.0
+    return p, error

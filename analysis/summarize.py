@@ -1,0 +1,380 @@
+"""From posterior draws to the result types, shared by the conjugate path and the
+full model so that a report can show either.
+
+Draws come per stage x variant on the last axis. The conjugate path's arms are
+independent and it passes P(better) computed exactly or by a rank statistic; the
+full model's draws are joint, and everything comparing arms is computed draw by
+draw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import messages
+from .checks import sample_ratio
+from .decision import decide, recommend
+from .types import (
+    DECIDING_METRICS,
+    ArmSummary,
+    Comparison,
+    DecisionRule,
+    Diagnostics,
+    Estimate,
+    ExperimentResult,
+    ExperimentStats,
+    FunnelStep,
+    Journey,
+    JourneyVariant,
+    Method,
+    Metric,
+    MetricResult,
+    Note,
+    StageResult,
+)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """How a metric reads the statistics: a weight per category of either the
+    conversion outcome (not converted, converted) or the rating histogram."""
+
+    name: Metric
+    from_ratings: bool
+    weights: np.ndarray
+    relative: bool  # positive on the posterior, so a relative lift means something (not NPS)
+    what: str  # how the messages name its data
+
+
+def metric_specs(stats: ExperimentStats) -> tuple[MetricSpec, ...]:
+    scale = stats.scale
+    ratings = np.arange(scale.min, scale.max + 1, dtype=float)
+    specs = [
+        MetricSpec("conversion", False, np.array([0.0, 1.0]), True, "exposed customers"),
+        MetricSpec("mean_rating", True, ratings, True, "ratings"),
+        MetricSpec("top_box", True, (ratings >= scale.top_box_min).astype(float), True, "ratings"),
+    ]
+    if scale.has_nps:
+        nps = np.where(ratings >= 9, 100.0, np.where(ratings <= 6, -100.0, 0.0))
+        specs.append(MetricSpec("nps", True, nps, False, "ratings"))
+    return tuple(specs)
+
+
+@dataclass
+class Counts:
+    """The statistics as arrays: (stages, variants[, categories])."""
+
+    exposed: np.ndarray
+    converted: np.ndarray
+    ratings: np.ndarray
+
+    @classmethod
+    def of(cls, stats: ExperimentStats) -> Counts:
+        cells = [[stats.cells[s][v] for v in stats.variants] for s in stats.stages]
+        return cls(
+            exposed=np.array([[c.exposed for c in row] for row in cells], dtype=np.int64),
+            converted=np.array([[c.converted for c in row] for row in cells], dtype=np.int64),
+            ratings=np.array([[c.ratings for c in row] for row in cells], dtype=np.int64).reshape(
+                len(stats.stages), len(stats.variants), stats.scale.categories
+            ),
+        )
+
+    def histogram(self, spec: MetricSpec) -> np.ndarray:
+        """Counts per category of the metric's outcome: (stages, variants, categories)."""
+        if spec.from_ratings:
+            return self.ratings
+        return np.stack([self.exposed - self.converted, self.converted], axis=-1)
+
+
+@dataclass
+class Posterior:
+    """Draws of every metric, (stages, variants, draws), plus what the path knows
+    better than the draws: P(better) with its Monte Carlo error, conjugate params."""
+
+    values: dict[Metric, np.ndarray]
+    p_better: dict[Metric, tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
+    conjugate_params: dict[Metric, np.ndarray] = field(default_factory=dict)
+
+
+def summarize(
+    stats: ExperimentStats,
+    rule: DecisionRule,
+    posterior: Posterior,
+    *,
+    method: Method,
+    draws: int,
+    diagnostics: Diagnostics | None = None,
+) -> ExperimentResult:
+    counts = Counts.of(stats)
+    control = stats.variants.index(stats.control)
+    notes: list[Note] = []
+    metrics = {
+        spec.name: _metric(stats, rule, counts, spec, posterior, control, notes) for spec in metric_specs(stats)
+    }
+    stages = tuple(
+        StageResult(stage, tuple(metrics[name][i] for name in metrics)) for i, stage in enumerate(stats.stages)
+    )
+    journey = _journey(stats, rule, counts, posterior.values["conversion"], control, stages[-1].metric("conversion"))
+    srm = sample_ratio(stats.stages, counts.exposed, stats.weights, rule.srm_alpha)
+
+    raised: list[Note] = []
+    with_exposures = [v for j, v in enumerate(stats.variants) if counts.exposed[:, j].sum() > 0]
+    if not with_exposures:
+        raised.append(messages.note(messages.NO_EXPOSURES))
+    elif len(with_exposures) == 1:
+        raised.append(messages.note(messages.SINGLE_VARIANT, variant=with_exposures[0], what="exposed customers"))
+    if srm.flagged:
+        observed = ", ".join(f"{v} {n}" for v, n in zip(stats.variants, srm.observed))
+        raised.append(
+            messages.note(messages.SAMPLE_RATIO_MISMATCH, stage=srm.stage, observed=observed, p_value=srm.p_value)
+        )
+    if diagnostics is not None and not diagnostics.passed:
+        raised.append(
+            messages.note(
+                messages.DIAGNOSTICS_FAILED,
+                r_hat=_fmt(diagnostics.r_hat_max),
+                ess_bulk=_fmt(diagnostics.ess_bulk_min, 0),
+                ess_tail=_fmt(diagnostics.ess_tail_min, 0),
+                divergences=diagnostics.divergences,
+            )
+        )
+    codes = {n.code for n in raised}
+    status = next(code for code in messages.SEVERITY if code in codes or code == messages.OK)
+    recommendation = recommend(stats, rule, stages, srm, no_data=bool(codes & {messages.NO_EXPOSURES, messages.SINGLE_VARIANT}))
+    return ExperimentResult(
+        method=method,
+        status=status,
+        control=stats.control,
+        target_stage=stats.target_stage,
+        credible_level=rule.credible_level,
+        draws=draws,
+        stages=stages,
+        journey=journey,
+        sample_ratio=srm,
+        recommendation=recommendation,
+        notes=tuple(raised + notes),
+        diagnostics=diagnostics,
+    )
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _metric(
+    stats: ExperimentStats,
+    rule: DecisionRule,
+    counts: Counts,
+    spec: MetricSpec,
+    posterior: Posterior,
+    control: int,
+    notes: list[Note],
+) -> list[MetricResult]:
+    """This metric at every stage."""
+    histogram = counts.histogram(spec)
+    n = histogram.sum(-1)
+    has_data = n > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        observed = histogram @ spec.weights / n
+    x = posterior.values[spec.name]
+    lo_q, hi_q = (1 - rule.credible_level) / 2, (1 + rule.credible_level) / 2
+    arm_mean = x.mean(-1)
+    arm_low, arm_high = np.quantile(x, [lo_q, hi_q], axis=-1)
+    p_best, loss, loss_rel = _abn(x, has_data, spec.relative)
+
+    treatments = [j for j in range(len(stats.variants)) if j != control]
+    xt, xc = x[:, treatments], x[:, [control]]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        diff = xt - xc
+        lift = xt / xc - 1 if spec.relative else None
+    diff_est = _estimates(diff, lo_q, hi_q)
+    lift_est = _estimates(lift, lo_q, hi_q) if lift is not None else None
+    shortfall = np.maximum(-diff, 0.0).mean(-1)
+    shortfall_rel = np.maximum(-lift, 0.0).mean(-1) if lift is not None else None
+    if spec.name in posterior.p_better:
+        p_all, err_all = posterior.p_better[spec.name]
+        p_better = p_all[:, treatments]
+        p_error = err_all[:, treatments] if err_all is not None else None
+    else:
+        p_better, p_error = (diff > 0).mean(-1), None
+
+    extreme = has_data & ((observed == spec.weights.min()) | (observed == spec.weights.max()))
+    results = []
+    for i, stage in enumerate(stats.stages):
+        arms = tuple(
+            ArmSummary(
+                variant=v,
+                n=int(n[i, j]),
+                observed=_num(observed[i, j]) if has_data[i, j] else None,
+                posterior=Estimate(_num(arm_mean[i, j]), _num(arm_low[i, j]), _num(arm_high[i, j]))
+                if has_data[i, j]
+                else None,
+                p_best=_num(p_best[i, j]),
+                expected_loss=_num(loss[i, j]),
+                expected_loss_relative=_num(loss_rel[i, j]) if loss_rel is not None else None,
+                conjugate_params=tuple(float(a) for a in posterior.conjugate_params[spec.name][i, j])
+                if spec.name in posterior.conjugate_params
+                else None,
+            )
+            for j, v in enumerate(stats.variants)
+        )
+        comparisons = []
+        for k, j in enumerate(treatments):
+            variant = stats.variants[j]
+            if not (has_data[i, j] and has_data[i, control]):
+                if has_data[i].any():  # a stage without any data gets one note below
+                    missing = variant if not has_data[i, j] else stats.control
+                    notes.append(
+                        messages.note(messages.NO_DATA, stage=stage, variant=missing, metric=spec.name, what=spec.what)
+                    )
+                comparisons.append(
+                    Comparison(variant, messages.NO_DATA, None, None, 0.5, None, None, None,
+                               "not_enough_data" if spec.name in DECIDING_METRICS else None)
+                )
+                continue
+            status = messages.OK
+            relative = lift_est[i][k] if lift_est is not None else None
+            if spec.relative and observed[i, control] == 0:
+                status, relative = messages.ZERO_BASELINE, None
+                notes.append(messages.note(status, stage=stage, variant=variant, metric=spec.name, what=_successes(spec)))
+            elif extreme[i, j] or extreme[i, control]:
+                status = messages.BOUNDARY_RATE
+                for arm in (j, control):
+                    if extreme[i, arm]:
+                        at_top = observed[i, arm] == spec.weights.max()
+                        notes.append(
+                            messages.note(status, stage=stage, variant=stats.variants[arm], metric=spec.name,
+                                          what=_boundary(spec, at_top))
+                        )
+            p = float(p_better[i, k])
+            rel_loss = _num(shortfall_rel[i, k]) if shortfall_rel is not None else None
+            decision = (
+                decide(rule, p, rel_loss, min(int(n[i, j]), int(n[i, control])))
+                if spec.name in DECIDING_METRICS
+                else None
+            )
+            comparisons.append(
+                Comparison(
+                    treatment=variant,
+                    status=status,
+                    relative_lift=relative,
+                    absolute_difference=diff_est[i][k],
+                    p_better=p,
+                    p_better_error=_num(p_error[i, k]) if p_error is not None else None,
+                    expected_loss=_num(shortfall[i, k]),
+                    expected_loss_relative=rel_loss,
+                    decision=decision,
+                )
+            )
+        with_data = [stats.variants[j] for j in range(len(stats.variants)) if has_data[i, j]]
+        if not with_data:
+            status = messages.NO_DATA
+            notes.append(messages.note(status, stage=stage, variant="any variant", metric=spec.name, what=spec.what))
+        elif len(with_data) == 1:
+            status = messages.SINGLE_VARIANT
+            notes.append(messages.note(status, stage=stage, variant=with_data[0], metric=spec.name, what=spec.what))
+        else:
+            status = messages.OK
+        results.append(MetricResult(stage, spec.name, status, arms, tuple(comparisons)))
+    return results
+
+
+def _successes(spec: MetricSpec) -> str:
+    return {"conversion": "converted customers", "top_box": "top-box ratings"}.get(spec.name, "ratings above zero")
+
+
+def _boundary(spec: MetricSpec, at_top: bool) -> str:
+    if spec.name == "conversion":
+        return "converted all of its customers" if at_top else "converted none of its customers"
+    if spec.name == "top_box":
+        return "only top-box ratings" if at_top else "no top-box ratings"
+    return "only top ratings" if at_top else "only bottom ratings"
+
+
+def _abn(x: np.ndarray, has_data: np.ndarray, relative: bool):
+    """P(best) and expected loss of choosing each variant among those with data
+    (stages with fewer than two get None)."""
+    masked = np.where(has_data[..., None], x, -np.inf)
+    best = masked.max(axis=1, keepdims=True)
+    winner = masked.argmax(axis=1)  # (stages, draws)
+    variants = x.shape[1]
+    p_best = np.stack([(winner == j).mean(-1) for j in range(variants)], axis=1)
+    gap = np.where(has_data[..., None], best - x, 0.0)
+    loss = gap.mean(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        loss_rel = (gap / best).mean(-1) if relative else None
+    enough = (has_data.sum(axis=1) >= 2)[:, None] & has_data
+    nan = np.full_like(loss, np.nan)
+    return (
+        np.where(enough, p_best, nan),
+        np.where(enough, loss, nan),
+        np.where(enough, loss_rel, nan) if loss_rel is not None else None,
+    )
+
+
+def _estimates(x: np.ndarray, lo_q: float, hi_q: float) -> list[list[Estimate | None]]:
+    """Estimates over the last axis, as nested lists over the leading two."""
+    mean = x.mean(-1)
+    low, high = np.quantile(x, [lo_q, hi_q], axis=-1)
+    return [
+        [_estimate(mean[i, k], low[i, k], high[i, k]) for k in range(x.shape[1])] for i in range(x.shape[0])
+    ]
+
+
+def _estimate(mean: float, low: float, high: float) -> Estimate | None:
+    values = (_num(mean), _num(low), _num(high))
+    return None if any(v is None for v in values) else Estimate(*values)
+
+
+def _num(x) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def _journey(
+    stats: ExperimentStats,
+    rule: DecisionRule,
+    counts: Counts,
+    conversion: np.ndarray,
+    control: int,
+    final: MetricResult,
+) -> Journey:
+    """The funnel: each stage's conversion given the previous stage, as the ratio of
+    the two stages' conversion rates (draw by draw)."""
+    lo_q, hi_q = (1 - rule.credible_level) / 2, (1 + rule.credible_level) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rates = counts.converted / counts.exposed
+    steps = conversion.copy()
+    steps[1:] = conversion[1:] / conversion[:-1]
+    observed = rates.copy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        observed[1:] = rates[1:] / rates[:-1]
+    usable = counts.exposed > 0
+    usable[1:] &= (counts.exposed[:-1] > 0) & (counts.converted[:-1] > 0)
+    step_est = _estimates(steps, lo_q, hi_q)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        step_lift = _estimates(steps / steps[:, [control]] - 1, lo_q, hi_q)
+    variants = []
+    for j, variant in enumerate(stats.variants):
+        funnel = []
+        for i, stage in enumerate(stats.stages):
+            ok = usable[i, j]
+            lift = step_lift[i][j] if ok and usable[i, control] and j != control else None
+            funnel.append(
+                FunnelStep(stage, _num(observed[i, j]) if ok else None, step_est[i][j] if ok else None, lift)
+            )
+        lifts = [(s.lift.mean, s.stage) for s in funnel if s.lift is not None and s.lift.mean is not None]
+        gain = max(lifts, default=None)
+        loss = min(lifts, default=None)
+        variants.append(
+            JourneyVariant(
+                variant=variant,
+                end_to_end=final.arm(variant).posterior,
+                steps=tuple(funnel),
+                largest_gain_stage=gain[1] if gain is not None and gain[0] > 0 else None,
+                largest_loss_stage=loss[1] if loss is not None and loss[0] < 0 else None,
+            )
+        )
+    return Journey(final_stage=stats.stages[-1], variants=tuple(variants), end_to_end=final.comparisons)
