@@ -228,6 +228,37 @@ def memory_kb(pid: int) -> dict[str, int]:
     return values
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes on the machine spent busy (from /proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
 def make_batches(count: int, size: int, customers: int, seed: int) -> list[bytes]:
     """Pre-encoded request bodies, so the client spends its CPU on sending only."""
     rng = random.Random(seed)
@@ -317,7 +348,10 @@ def bench_http(backend: str, workers: int, args) -> None:
             before = {pid: memory_kb(pid) for pid in pids}
             needed = int(args.seconds * 60_000 / args.batch) + 50  # never run out at 60k events/s
             bodies = make_batches(needed, args.batch, args.http_customers, seed=2)
+            database_pids = postgres_pids() if backend == "postgresql" else []
+            cpu_before = (cpu_seconds(pids), cpu_seconds(database_pids), sum(os.times()[:2]), machine_busy_seconds())
             result = load(port, key, bodies, args.clients or 2 * workers, args.seconds)
+            cpu_after = (cpu_seconds(pids), cpu_seconds(database_pids), sum(os.times()[:2]), machine_busy_seconds())
             after = {pid: memory_kb(pid) for pid in pids}
         engine = create_engine(url)
         with Session(engine) as session:
@@ -335,6 +369,15 @@ def bench_http(backend: str, workers: int, args) -> None:
         for p in pids
     )
     print(f"       worker RSS start->end of load: {rss}")
+    workers_cpu, database_cpu, client_cpu, busy = (after - before for after, before in zip(cpu_after, cpu_before))
+    others = max(0.0, busy - workers_cpu - database_cpu - client_cpu)
+    per_event = 1e6 / max(result["events"], 1)
+    print(
+        f"       CPU seconds during the load: workers {workers_cpu:.1f}, postgres {database_cpu:.1f}, "
+        f"load generator {client_cpu:.1f}, other processes on the machine {others:.1f} "
+        f"(of {(os.cpu_count() or 1) * result['seconds']:.0f}); per event: workers "
+        f"{workers_cpu * per_event:.0f} us, postgres {database_cpu * per_event:.0f} us"
+    )
     consistent = stored == result["accepted"] + warm_accepted
     print(f"       stored events {stored} == accepted (+ warm-up {warm_accepted}): {consistent}")
 
@@ -407,7 +450,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes and short runs, to try the script")
     args = parser.parse_args()
     if args.quick:
-        args.seconds, args.http_customers, args.exposures, args.event_sizes, args.runs = 5, 10_000, 50_000, "100000,200000", 3
+        args.http_customers, args.exposures, args.event_sizes, args.runs = 10_000, 50_000, "100000,200000", 3
     args.event_sizes = [int(n) for n in str(args.event_sizes).split(",")]
     backends = args.backends.split(",")
     phases = args.phases.split(",")

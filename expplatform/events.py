@@ -34,12 +34,14 @@ transaction is safe to retry.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 from sqlalchemy import and_, case, delete, func, insert, literal, or_, select
 from sqlalchemy.orm import Session
@@ -631,6 +633,28 @@ def ingest(session: Session, events: Sequence[EventIn], *, clock_skew_seconds: f
     return IngestResult(len(inserted), len(rows) - len(inserted), tuple(rejected))
 
 
+@contextmanager
+def _writer_turn(database: Database) -> Iterator[None]:
+    """On a SQLite file, wait for the write lock in a kernel queue (``flock`` on a
+    file beside the database) before ``BEGIN IMMEDIATE``.
+
+    SQLite's own busy handler polls with sleeps growing to 100 ms, so under a steady
+    stream of batches a waiting worker mostly sleeps through the moments the lock is
+    free: measured, the workers then used about a third of the CPU. A blocked
+    ``flock`` wakes as soon as the holder lets go. PostgreSQL needs none of this.
+    """
+    path = database.engine.url.database if database.settings.is_sqlite else None
+    if not path or path == ":memory:" or "mode=memory" in str(database.engine.url):
+        yield
+        return
+    with open(f"{path}-ingest.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def record_events(database: Database, items: Sequence[Any], settings: Settings) -> IngestResult:
     """Validate raw events and store the valid ones in one write transaction,
     retried as a whole on lock timeouts (safe: event_id makes it
@@ -638,7 +662,7 @@ def record_events(database: Database, items: Sequence[Any], settings: Settings) 
     valid, rejected = validate_events(items, now=utcnow(), max_future_seconds=settings.max_future_seconds)
 
     def attempt() -> IngestResult:
-        with database.write() as session:
+        with _writer_turn(database), database.write() as session:
             return ingest(session, valid, clock_skew_seconds=settings.clock_skew_seconds)
 
     stored = retry_on_lock(attempt) if valid else IngestResult(0, 0)
