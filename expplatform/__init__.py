@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from . import auth, db, jobs, migrations
+from . import auth, db, jobs, migrations, reports
 from .config import load_settings
 
 
@@ -34,6 +34,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         migrations.require_current(database.engine)
     auth.init_app(app)
     jobs.init_app(app)
+    reports.init_app(app)
 
     from .api import init_app as init_api
     from .web import init_app as init_web

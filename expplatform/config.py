@@ -76,6 +76,11 @@ class Settings:
     full_model_draws: int = 1000
     full_model_tune: int = 1000
     full_model_chains: int = 4
+    # Reports: the daily series and segment breakdowns group every outcome row (seconds
+    # on a million customers), so they are computed in the background, reused for this
+    # long while new data arrives, and waited for at most this long by a request.
+    report_refresh_seconds: float = 600.0
+    report_wait_seconds: float = 0.5
 
     @property
     def is_sqlite(self) -> bool:
@@ -98,6 +103,8 @@ _PARSERS: dict[str, Any] = {
     "full_model_draws": lambda n, r: _parse_int(n, r, minimum=10),
     "full_model_tune": lambda n, r: _parse_int(n, r, minimum=10),
     "full_model_chains": lambda n, r: _parse_int(n, r, minimum=1),
+    "report_refresh_seconds": _parse_float,
+    "report_wait_seconds": _parse_float,
 }
 
 

@@ -27,7 +27,10 @@ from typing import Any, Mapping, Sequence
 
 CONTROL_COLOR = "#6b7280"
 PALETTE = ("#2952cc", "#d97706", "#0f9d58", "#9333ea", "#dc2626", "#0891b2", "#be185d", "#65a30d")
-_WIDTH = 7.2  # inches; the page scales the SVG to its column
+# Inches, chosen so that 9-point text shows at about 12 px in the page's full-width
+# column (~1150 px) and at about 11 px in its half-width one.
+_WIDE = 12.0
+_HALF = 6.4
 _render_lock = threading.Lock()  # matplotlib is not thread-safe; rcParams are process-wide
 _configured = False
 
@@ -83,7 +86,7 @@ def _matplotlib():
                 "svg.fonttype": "none",  # text as <text>, styled by the page's fonts
                 "text.parse_math": False,  # a '$' in a name is a dollar, not TeX
                 "font.family": "sans-serif",
-                "font.size": 9,
+                "font.size": 10,
                 "axes.spines.top": False,
                 "axes.spines.right": False,
                 "axes.edgecolor": "#9aa3b2",
@@ -147,9 +150,9 @@ def forest(rows: Sequence[LiftRow], colors: Mapping[str, str], *, level: float) 
     with _render_lock:
         _, Figure = _matplotlib()
         height = 0.75 + 0.24 * max(len(rows), 1)
-        figure = Figure(figsize=(_WIDTH, height))
+        figure = Figure(figsize=(_WIDE, height))
         labels = [f"{row.stage} · {row.metric} · {row.variant}" for row in reversed(rows)]
-        _margins(figure, left=0.2 + 0.056 * max((len(label) for label in labels), default=4), bottom=0.55)
+        _margins(figure, left=0.25 + 0.08 * max((len(label) for label in labels), default=4), bottom=0.55)
         ax = figure.add_subplot()
         for y, row in enumerate(reversed(rows)):
             color = colors.get(row.variant, CONTROL_COLOR)
@@ -170,7 +173,7 @@ def densities(curves: Sequence[BetaCurve], colors: Mapping[str, str], *, stage: 
 
     with _render_lock:
         _, Figure = _matplotlib()
-        figure = Figure(figsize=(_WIDTH, 2.6))
+        figure = Figure(figsize=(_HALF, 2.8))
         _margins(figure, left=0.45, bottom=0.55)
         ax = figure.add_subplot()
         if curves:
@@ -202,8 +205,8 @@ def funnel(stages: Sequence[str], shares: Mapping[str, Sequence[float]], colors:
 
     with _render_lock:
         _, Figure = _matplotlib()
-        figure = Figure(figsize=(_WIDTH, 2.8))
-        _margins(figure, left=0.7, bottom=0.55, top=0.3)
+        figure = Figure(figsize=(_HALF, 2.8))
+        _margins(figure, left=0.75, bottom=0.55, top=0.3)
         ax = figure.add_subplot()
         count = max(len(shares), 1)
         width = 0.8 / count
@@ -229,8 +232,8 @@ def over_time(points: Sequence[DayPoint], colors: Mapping[str, str], *, stage: s
 
     with _render_lock:
         _, Figure = _matplotlib()
-        figure = Figure(figsize=(_WIDTH, 4.2))
-        _margins(figure, left=0.7, bottom=0.65, top=0.3, hspace=0.12)
+        figure = Figure(figsize=(_WIDE, 4.0))
+        _margins(figure, left=0.9, bottom=0.55, top=0.15, right=0.3, hspace=0.12)
         top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 2))
         by_variant: dict[str, list[DayPoint]] = {}
         for point in points:
@@ -248,7 +251,6 @@ def over_time(points: Sequence[DayPoint], colors: Mapping[str, str], *, stage: s
         top.axhline(0, color="#1d2330", linewidth=0.9)
         _percent(top, "y")
         top.set_ylabel(f"Lift ({level:.0%} interval)")
-        top.set_title(f"Conversion at {stage}, cumulative by day", loc="left", fontsize=9)
         if by_variant:
             top.legend(loc="upper left", ncols=min(len(by_variant), 4))
         for threshold in (ship_probability, harm_probability):
@@ -256,16 +258,15 @@ def over_time(points: Sequence[DayPoint], colors: Mapping[str, str], *, stage: s
         bottom.set_ylim(-0.02, 1.02)
         bottom.set_ylabel("P(better)")
         bottom.set_xlabel("Day (UTC)")
-        from datetime import timedelta
+        from datetime import datetime, time, timedelta
 
-        from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+        from matplotlib.dates import DateFormatter, DayLocator
 
         if points:  # half a day of margin; a single day gets a readable span
             first, last = min(p.day for p in points), max(p.day for p in points)
-            bottom.set_xlim(first - timedelta(days=0.5 if last > first else 1.5),
-                            last + timedelta(days=0.5 if last > first else 1.5))
-
-        locator = AutoDateLocator(maxticks=8)
-        bottom.xaxis.set_major_locator(locator)
-        bottom.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+            margin = timedelta(hours=12 if last > first else 36)
+            bottom.set_xlim(datetime.combine(first, time()) - margin, datetime.combine(last, time()) + margin)
+            span = (last - first).days + 1
+            bottom.xaxis.set_major_locator(DayLocator(interval=max(1, math.ceil(span / 10))))
+        bottom.xaxis.set_major_formatter(DateFormatter("%b %d"))
         return _svg(figure, "over-time", f"Cumulative lift and P(better) at {stage} by day")

@@ -86,9 +86,7 @@ def test_axes_are_labelled_and_names_are_text():
     assert {"browse · conversion · bold", "purchase · satisfaction · plain"} <= set(texts(forest()))
     assert {"Conversion rate at purchase (posterior)", "Density", "control", "bold", "plain"} <= set(texts(densities()))
     assert {"Share of exposed customers", "Journey stage", *STAGES} <= set(texts(funnel()))
-    assert {"Lift (95% interval)", "P(better)", "Day (UTC)", "Conversion at purchase, cumulative by day"} <= set(
-        texts(over_time())
-    )
+    assert {"Lift (95% interval)", "P(better)", "Day (UTC)", "May 01", "May 10"} <= set(texts(over_time()))
 
 
 def test_each_variant_has_one_colour_in_every_plot():
@@ -112,8 +110,7 @@ def test_names_are_escaped_and_dollars_are_not_mathtext():
 
 
 def test_a_single_day_renders_without_warnings():
-    svg = over_time(days=1)
-    assert "2024" in "".join(texts(svg)) or "May" in "".join(texts(svg))
+    assert "May 01" in texts(over_time(days=1))
 
 
 def test_rendering_from_several_threads_gives_the_serial_result():

@@ -11,7 +11,7 @@ from ..auth import public
 from . import bp
 
 # Feature modules, each with routes on ``bp`` and an ``OPENAPI`` fragment.
-FEATURE_MODULES: list[str] = ["experiments", "events", "assign"]
+FEATURE_MODULES: list[str] = ["experiments", "events", "assign", "reports"]
 
 COMMON_SCHEMAS: dict[str, Any] = {
     "Error": {

@@ -13,7 +13,7 @@ bp = Blueprint("web", __name__, template_folder="templates")
 
 def init_app(app: Flask) -> None:
     CSRFProtect(app)  # before the API registers, so that it can exempt itself
-    from . import account, admin, experiments  # noqa: F401  (register routes on bp)
+    from . import account, admin, experiments, reports  # noqa: F401  (register routes on bp)
 
     app.register_blueprint(bp)
     app.context_processor(lambda: {"current_user": current_user()})

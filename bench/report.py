@@ -1,0 +1,197 @@
+"""Lift report benchmark (issue 6): the report of a running experiment with 1M
+exposures and 5M events, as HTML with plots and as JSON, on SQLite and PostgreSQL.
+
+Data is written with bulk SQL (the exposures helper of ``bench/ingest.py``; events
+generated here with a realistic funnel, a lift at purchase for the treatment, and
+20% from never-exposed customers), then outcome rows and counters are derived by
+``events.rebuild_outcomes``, as ingest would have kept them. Requests go through the
+Flask test client of one app (one "worker"), logged in as a viewer; each figure is
+the median of several requests. Printed per backend:
+
+- cold: the first request of a fresh worker (nothing cached), HTML then JSON;
+- warm, data unchanged: the figure the targets are about (median);
+- warm, data moved: after new events arrive, the next HTML and JSON.
+
+The machine has 2 cores shared with everything else running on it: figures are noisy.
+
+    .venv/bin/python bench/report.py                       # both backends, 1M/5M
+    .venv/bin/python bench/report.py --quick               # 50k/250k, to try it
+    .venv/bin/python bench/report.py --keep /tmp/rb        # keep/reuse the SQLite file there
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.orm import Session
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import ingest  # noqa: E402  (bench/ingest.py: databases, experiment and exposures in bulk)
+
+from expplatform import create_app  # noqa: E402
+from expplatform.auth import create_user  # noqa: E402
+from expplatform.events import rebuild_outcomes  # noqa: E402
+from expplatform.models import Experiment  # noqa: E402
+
+ingest.PG_DB = "bench_report"
+STAGES = ingest.STAGES
+# Conversion probability per stage for control; the treatment gains at purchase.
+FUNNEL = (0.60, 0.35, 0.10, 0.05)
+TREATMENT_GAIN = 0.012
+
+
+def bulk_funnel_events(engine, count: int) -> None:
+    """``count`` events, four per customer id c0..c{count/4} (with 5 events per
+    exposure, the top 20% of those ids were never exposed): at stages awareness..retention, a
+    conversion when the customer's hash falls under the stage's rate (the treatment
+    converts more at purchase), otherwise a 1-5 rating; each some hours after the
+    customer's exposure."""
+    dialect = engine.dialect.name
+    c, k = "(i / 4)", "(i % 4)"
+    h = f"(({c} * 2654435761 + {k} * 40503 + ({c} / 7) * 97) % 1000003)"
+    stage = "CASE " + k + " " + " ".join(f"WHEN {n} THEN '{s}'" for n, s in enumerate(STAGES[:4])) + " END"
+    threshold = "CASE " + k + " " + " ".join(
+        f"WHEN {n} THEN {int(p * 1000003)}" + (f" + ({c} % 2) * {int(TREATMENT_GAIN * 1000003)}" if n == 2 else "")
+        for n, p in enumerate(FUNNEL)
+    ) + " END"
+    converted = f"({h} < {threshold})"
+    seconds = f"({c} % 1209600 + {k} * 3600 + {h} % 86400)"
+    occurred = ingest._timestamp_sql(engine, seconds)
+    cutoff = ingest._timestamp_sql(engine, f"{seconds} + 5")
+    series = ingest._series(engine, 0, count)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                f"""INSERT INTO events (event_id, customer_id, stage, type, value, occurred_at, received_at,
+                                        experiment_key, attributed, exposure_cutoff)
+                SELECT 'r' || i, 'c' || {c}, {stage},
+                       CASE WHEN {converted} THEN 'conversion' ELSE 'satisfaction' END,
+                       CASE WHEN {converted} THEN NULL ELSE 1 + ({h} / 7) % 5 END,
+                       {occurred}, {cutoff}, NULL, 0, {cutoff}
+                FROM {series}"""
+            )
+        )
+        if dialect == "postgresql":
+            connection.execute(text("ANALYZE events"))
+
+
+def build(url: str, exposures: int, events: int) -> int:
+    """The data set, unless ``url`` already holds it; returns the experiment id."""
+    engine = create_engine(url)
+    try:
+        with Session(engine) as session:
+            found = session.scalar(select(Experiment.id).where(Experiment.key == "bench"))
+            if found is not None and session.scalar(text("SELECT count(*) FROM events")) == events:
+                print(f"  reusing the data set in {url}")
+                return found
+    except Exception:  # noqa: BLE001 - no schema yet: build it
+        pass
+    finally:
+        engine.dispose()
+    started = time.perf_counter()
+    experiment_id, _key = ingest.prepare(url, exposures)
+    engine = create_engine(url)
+    bulk_funnel_events(engine, events)
+    with Session(engine) as session, session.begin():
+        experiment = session.get(Experiment, experiment_id)
+        rebuild_outcomes(session, experiment)
+        create_user(session, "viewer@example.com", "bench-password", "viewer")
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(text("VACUUM ANALYZE"))
+    engine.dispose()
+    print(f"  built {exposures:,} exposures and {events:,} events in {time.perf_counter() - started:.0f} s")
+    return experiment_id
+
+
+def add_events(url: str, start: int, count: int, customers: int) -> None:
+    """New events arriving (through the real ingest path, so counters move)."""
+    from expplatform.events import record_events
+
+    app = create_app({"database_url": url, "testing": True, "check_migrations": False})
+    items = [
+        {"event_id": f"late-{start + n}", "customer_id": f"c{(start + n) * 7 % customers}", "stage": "purchase",
+         "type": "conversion"}
+        for n in range(count)
+    ]
+    record_events(app.extensions["db"], items, app.extensions["settings"])
+    app.extensions["db"].engine.dispose()
+
+
+@contextmanager
+def viewer_client(url: str) -> Iterator:
+    instance = tempfile.mkdtemp(prefix="bench_report_instance_")
+    app = create_app({"database_url": url, "instance_path": instance, "secret_key": "bench", "check_migrations": False})
+    with app.test_client() as client:
+        response = client.post("/login", data={"email": "viewer@example.com", "password": "bench-password"})
+        assert response.status_code in (302, 303), response.status_code
+        yield client
+    app.extensions["db"].engine.dispose()
+
+
+def timed(client, path: str) -> tuple[float, int, int]:
+    started = time.perf_counter()
+    response = client.get(path)
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 200, (path, response.status_code, response.data[:300])
+    return elapsed, len(response.data), response.data.count(b"<svg")
+
+
+def bench(backend: str, args) -> None:
+    with (ingest.fresh_database(backend) if not (args.keep and backend == "sqlite") else _kept(args.keep)) as url:
+        build(url, args.exposures, args.events)
+        html, json_ = "/experiments/bench/report", "/api/v1/experiments/bench/report"
+        with viewer_client(url) as client:
+            cold_html, size, svgs = timed(client, html)
+            cold_json, json_size, _ = timed(client, json_)
+            warm_html = statistics.median(timed(client, html)[0] for _ in range(args.runs))
+            warm_json = statistics.median(timed(client, json_)[0] for _ in range(args.runs))
+            add_events(url, 0, 200, args.exposures)
+            moved_html = timed(client, html)[0]
+            add_events(url, 200, 200, args.exposures)
+            moved_json = timed(client, json_)[0]
+        print(
+            f"  report {backend:10s} exposures={args.exposures:,} events={args.events:,}: "
+            f"HTML {warm_html * 1000:.0f} ms, JSON {warm_json * 1000:.0f} ms (warm medians of {args.runs}); "
+            f"cold HTML {cold_html * 1000:.0f} ms, cold JSON {cold_json * 1000:.0f} ms; "
+            f"after new events HTML {moved_html * 1000:.0f} ms, JSON {moved_json * 1000:.0f} ms "
+            f"[page {size / 1024:.0f} KiB with {svgs} SVG plots, JSON {json_size / 1024:.0f} KiB]"
+        )
+
+
+@contextmanager
+def _kept(folder: str) -> Iterator[str]:
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    yield f"sqlite:///{Path(folder) / 'bench.sqlite3'}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--exposures", type=int, default=1_000_000)
+    parser.add_argument("--events", type=int, default=5_000_000)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--keep", help="keep the SQLite database in this folder and reuse it next time")
+    parser.add_argument("--quick", action="store_true", help="50k exposures and 250k events")
+    args = parser.parse_args()
+    if args.quick:
+        args.exposures, args.events, args.runs = 50_000, 250_000, 5
+    print(f"bench/report.py on {os.cpu_count()} CPUs (shared; figures are noisy)")
+    for backend in args.backends.split(","):
+        bench(backend, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,352 @@
+"""Lift reports over JSON and CSV, and full-model fits: /api/v1/experiments/<key>/...
+
+Reading needs an admin-scope key or a logged-in viewer; queueing a fit an admin key
+or an editor, whose session requests must be ``application/json`` (a cross-site
+HTML form cannot send that, see ``api/experiments.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, current_app, request, url_for
+from werkzeug.exceptions import BadRequest
+
+from .. import experiments as experiments_service
+from .. import reports
+from ..auth import api_access, current_principal
+from ..db import get_db, get_session
+from ..errors import ApiError, NotFound
+from ..jobs import FitParams, get_job, get_runner, recent_jobs
+from . import bp
+
+read_access = api_access(scope="admin", session_role="viewer")
+fit_access = api_access(scope="admin", session_role="editor")
+
+
+def _report(key: str) -> reports.Report:
+    options = reports.ReportOptions.parse(request.args)
+    session = get_session()
+    return reports.build_report(session, experiments_service.get_experiment(session, key), options)
+
+
+@bp.get("/experiments/<key>/report")
+@read_access
+def get_report(key: str):
+    return reports.report_dict(_report(key))
+
+
+@bp.get("/experiments/<key>/report.csv")
+@read_access
+def get_report_csv(key: str):
+    text = reports.to_csv(reports.report_rows(_report(key)))
+    return Response(text, mimetype="text/csv", headers={"Content-Disposition": f'attachment; filename="{key}-report.csv"'})
+
+
+def _fit_options() -> dict[str, Any]:
+    principal = current_principal()
+    empty = not request.get_data(cache=True)
+    if empty and principal is not None and principal.kind == "key":
+        return {}
+    if not request.is_json:
+        raise ApiError(400, "invalid_content_type", "Send a JSON body with 'Content-Type: application/json'.")
+    if empty:
+        return {}
+    try:
+        body = request.get_json()
+    except BadRequest:
+        raise ApiError(400, "malformed_json", "The body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", "The body must be a JSON object.")
+    return body
+
+
+@bp.post("/experiments/<key>/full-model")
+@fit_access
+def queue_full_model(key: str):
+    params = FitParams.parse(_fit_options(), current_app.extensions["settings"])
+    principal = current_principal()
+    job, created = get_runner(current_app).queue(key, principal.actor, params)  # type: ignore[union-attr]
+    location = url_for("api.get_full_model_job", key=key, job_id=job.id)
+    return reports.job_dict(job), 202 if created else 200, {"Location": location}
+
+
+@bp.get("/experiments/<key>/full-model")
+@read_access
+def list_full_model_jobs(key: str):
+    session = get_session()
+    experiment = experiments_service.get_experiment(session, key)
+    return {"jobs": [reports.job_dict(job) for job in recent_jobs(get_db(), session, experiment, limit=10)]}
+
+
+@bp.get("/experiments/<key>/full-model/<int:job_id>")
+@read_access
+def get_full_model_job(key: str, job_id: int):
+    session = get_session()
+    experiment = experiments_service.get_experiment(session, key)
+    recent_jobs(get_db(), session, experiment, limit=1)  # marks a dead worker's job failed first
+    job = get_job(session, experiment, job_id)
+    if job is None:
+        raise NotFound(f"No full-model job {job_id} for experiment {key!r}.", code="job_not_found")
+    return reports.job_dict(job)
+
+
+# -- OpenAPI -------------------------------------------------------------------------------
+
+_ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+_KEY = {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}
+_NUMBER = {"type": ["number", "null"]}
+_ESTIMATE = {"oneOf": [{"$ref": "#/components/schemas/Estimate"}, {"type": "null"}]}
+_READ_ERRORS = {
+    "401": {"description": "No credentials", **_ERROR},
+    "403": {"description": "Not an admin key or a viewer", **_ERROR},
+    "404": {"description": "No such experiment (experiment_not_found)", **_ERROR},
+}
+_OPTIONS = [
+    _KEY,
+    {"name": "segment", "in": "query", "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+     "description": "Break the report down by this exposure attribute (persona, platform, country...)."},
+    {"name": "credible_level", "in": "query", "schema": {"type": "number", "minimum": 0.5, "maximum": 0.999},
+     "description": "Width of every credible interval (default: the experiment's, usually 0.95)."},
+    {"name": "full_model", "in": "query", "schema": {"type": "boolean", "default": True},
+     "description": "Include the latest full-model job and its results."},
+]
+_JOB = {
+    "type": "object",
+    "required": ["id", "status", "requested_by", "params", "created_at"],
+    "properties": {
+        "id": {"type": "integer"},
+        "status": {"type": "string", "enum": ["queued", "running", "finished", "failed"]},
+        "requested_by": {"type": "string"},
+        "params": {"type": "object", "properties": {k: {"type": "integer"} for k in ("draws", "tune", "chains", "seed")}},
+        "created_at": {"type": "string", "format": "date-time"},
+        "started_at": {"type": ["string", "null"], "format": "date-time"},
+        "finished_at": {"type": ["string", "null"], "format": "date-time"},
+        "heartbeat_at": {"type": ["string", "null"], "format": "date-time"},
+        "error": {"type": ["string", "null"]},
+        "snapshot": {
+            "description": "The data the fit saw: when, and the counts.",
+            "oneOf": [
+                {"type": "null"},
+                {"type": "object", "required": ["taken_at", "exposed", "converted", "rated"],
+                 "properties": {"taken_at": {"type": "string", "format": "date-time"},
+                                "exposed": {"type": "object", "additionalProperties": {"type": "integer"}},
+                                "converted": {"type": "object"}, "rated": {"type": "object"}}},
+            ],
+        },
+        "result": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/AnalysisResult"}],
+                   "description": "The full model's result, in the same shape as the conjugate one."},
+    },
+}
+
+OPENAPI: dict[str, Any] = {
+    "paths": {
+        "/experiments/{key}/report": {
+            "get": {
+                "summary": "The lift report of an experiment",
+                "description": (
+                    "Per stage x variant x metric (conversion, mean rating, top-box share, NPS on 0-10 scales): "
+                    "posterior, relative lift and absolute difference against the control with credible intervals, "
+                    "P(better), P(best), expected loss, decision; the journey; the sample-ratio check; the "
+                    "recommendation; warnings; the daily series of the target stage's conversion; optionally a "
+                    "segment breakdown and the latest full-model fit. The daily series and segments of large "
+                    "experiments are computed in the background: their status is then 'computing' until ready."
+                ),
+                "parameters": _OPTIONS,
+                "responses": {
+                    "200": {"description": "The report",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Report"}}}},
+                    "400": {"description": "A bad option (validation_failed, with fields)", **_ERROR},
+                    **_READ_ERRORS,
+                },
+            }
+        },
+        "/experiments/{key}/report.csv": {
+            "get": {
+                "summary": "The report as CSV: one row per stage x variant x metric",
+                "description": "Columns: " + ", ".join(reports.CSV_COLUMNS) + ". With `segment`, each segment's rows follow.",
+                "parameters": _OPTIONS[:3],
+                "responses": {
+                    "200": {"description": "CSV with a header row", "content": {"text/csv": {"schema": {"type": "string"}}}},
+                    "400": {"description": "A bad option", **_ERROR},
+                    **_READ_ERRORS,
+                },
+            }
+        },
+        "/experiments/{key}/full-model": {
+            "post": {
+                "summary": "Queue a full-model (PyMC) fit",
+                "description": (
+                    "Runs outside the request, one fit at a time per worker. While the experiment has a queued or "
+                    "running fit, that job is returned (200) instead of a new one. A fit whose worker dies is marked "
+                    "failed; queue another to run it again. Session callers must send application/json."
+                ),
+                "parameters": [_KEY],
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {
+                        "schema": {"type": "object", "additionalProperties": False, "properties": {
+                            "draws": {"type": "integer", "minimum": 100, "maximum": 10000},
+                            "tune": {"type": "integer", "minimum": 100, "maximum": 10000},
+                            "chains": {"type": "integer", "minimum": 1, "maximum": 8},
+                            "seed": {"type": "integer", "minimum": 0},
+                        }},
+                        "example": {"draws": 1000, "chains": 4},
+                    }},
+                },
+                "responses": {
+                    "202": {"description": "Queued", "headers": {"Location": {"required": True, "schema": {"type": "string"}}},
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FullModelJob"}}}},
+                    "200": {"description": "A fit is already queued or running: that job",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FullModelJob"}}}},
+                    "400": {"description": "Bad options or body", **_ERROR},
+                    "401": _READ_ERRORS["401"],
+                    "403": {"description": "Not an admin key or an editor", **_ERROR},
+                    "404": _READ_ERRORS["404"],
+                },
+            },
+            "get": {
+                "summary": "The experiment's latest full-model jobs, newest first",
+                "parameters": [_KEY],
+                "responses": {
+                    "200": {"description": "Jobs", "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["jobs"],
+                        "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/FullModelJob"}}},
+                    }}}},
+                    **_READ_ERRORS,
+                },
+            },
+        },
+        "/experiments/{key}/full-model/{job_id}": {
+            "get": {
+                "summary": "One full-model job: status, and when finished its result and data snapshot",
+                "parameters": [_KEY, {"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "responses": {
+                    "200": {"description": "The job",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FullModelJob"}}}},
+                    **_READ_ERRORS,
+                },
+            }
+        },
+    },
+    "schemas": {
+        "Estimate": {
+            "type": "object", "required": ["mean", "low", "high"],
+            "properties": {"mean": _NUMBER, "low": _NUMBER, "high": _NUMBER},
+            "description": "Posterior mean and equal-tailed credible interval.",
+        },
+        "Arm": {
+            "type": "object",
+            "required": ["variant", "n", "observed", "posterior", "p_best", "expected_loss", "expected_loss_relative"],
+            "properties": {
+                "variant": {"type": "string"}, "n": {"type": "integer", "minimum": 0}, "observed": _NUMBER,
+                "posterior": _ESTIMATE, "p_best": _NUMBER, "expected_loss": _NUMBER, "expected_loss_relative": _NUMBER,
+                "conjugate_params": {"type": ["array", "null"], "items": {"type": "number"}},
+            },
+        },
+        "Comparison": {
+            "type": "object",
+            "required": ["treatment", "status", "relative_lift", "absolute_difference", "p_better", "expected_loss",
+                         "decision"],
+            "properties": {
+                "treatment": {"type": "string"}, "status": {"type": "string"},
+                "relative_lift": _ESTIMATE, "absolute_difference": _ESTIMATE,
+                "p_better": _NUMBER, "p_better_error": _NUMBER, "expected_loss": _NUMBER,
+                "expected_loss_relative": _NUMBER,
+                "decision": {"enum": ["ship", "harmful", "keep_running", "not_enough_data", None]},
+            },
+        },
+        "AnalysisResult": {
+            "type": "object",
+            "required": ["method", "status", "control", "target_stage", "credible_level", "stages", "journey",
+                         "sample_ratio", "recommendation", "notes"],
+            "properties": {
+                "method": {"enum": ["conjugate", "hierarchical"]},
+                "status": {"type": "string"},
+                "control": {"type": "string"},
+                "target_stage": {"type": "string"},
+                "credible_level": {"type": "number"},
+                "draws": {"type": "integer"},
+                "stages": {"type": "array", "items": {
+                    "type": "object", "required": ["stage", "metrics"],
+                    "properties": {"stage": {"type": "string"}, "metrics": {"type": "array", "items": {
+                        "type": "object", "required": ["stage", "metric", "status", "arms", "comparisons"],
+                        "properties": {
+                            "stage": {"type": "string"},
+                            "metric": {"enum": ["conversion", "mean_rating", "top_box", "nps"]},
+                            "status": {"type": "string"},
+                            "arms": {"type": "array", "items": {"$ref": "#/components/schemas/Arm"}},
+                            "comparisons": {"type": "array", "items": {"$ref": "#/components/schemas/Comparison"}},
+                        },
+                    }}},
+                }},
+                "journey": {"type": "object", "description": "End-to-end conversion, funnel steps and pain points."},
+                "sample_ratio": {"type": "object", "required": ["observed", "expected", "p_value", "flagged"],
+                                 "properties": {"observed": {"type": "array", "items": {"type": "integer"}},
+                                                "expected": {"type": "array", "items": {"type": "number"}},
+                                                "p_value": _NUMBER, "flagged": {"type": "boolean"}}},
+                "recommendation": {"type": "object", "required": ["action", "variant", "summary", "reasons"],
+                                   "properties": {
+                                       "action": {"enum": ["ship", "keep_control", "keep_running", "not_enough_data",
+                                                           "investigate"]},
+                                       "variant": {"type": ["string", "null"]},
+                                       "summary": {"type": "string"},
+                                       "reasons": {"type": "array", "items": {"type": "string"}},
+                                       "guardrails": {"type": "array"}}},
+                "notes": {"type": "array", "items": {"type": "object", "required": ["code", "message"]}},
+                "diagnostics": {"type": ["object", "null"],
+                                "description": "Full model only: R-hat, ESS, divergences, sampler, timings."},
+            },
+        },
+        "FullModelJob": _JOB,
+        "Report": {
+            "type": "object",
+            "required": ["experiment", "generated_at", "settings", "warnings", "data_quality", "exposed", "result",
+                         "time_series", "segments", "recorded_attributes", "full_model"],
+            "properties": {
+                "experiment": {"type": "object", "required": ["key", "name", "status", "stages", "target_stage",
+                                                              "control", "variants"]},
+                "generated_at": {"type": "string", "format": "date-time"},
+                "settings": {"type": "object", "required": ["prior", "decision", "seed"]},
+                "warnings": {"type": "array", "items": {
+                    "type": "object", "required": ["code", "message"],
+                    "properties": {"code": {"enum": ["sample_ratio_mismatch", "multiple_exposures", "unmatched_events",
+                                                     "events_before_exposure", "events_after_stop",
+                                                     "forced_customers_excluded", "not_enough_data"]},
+                                   "message": {"type": "string"}},
+                }},
+                "data_quality": {"type": "object", "required": ["forced_customers", "mismatched_customers", "mismatches",
+                                                                "stages"]},
+                "exposed": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "result": {"$ref": "#/components/schemas/AnalysisResult"},
+                "time_series": {"oneOf": [{"type": "null"}, {
+                    "type": "object", "required": ["status", "stage", "metric", "points"],
+                    "properties": {
+                        "status": {"enum": ["ready", "computing", "failed"]},
+                        "computed_at": {"type": ["string", "null"], "format": "date-time"},
+                        "points": {"type": "array", "items": {
+                            "type": "object", "required": ["day", "variant", "relative_lift", "p_better"],
+                            "properties": {"day": {"type": "string", "format": "date"}, "variant": {"type": "string"},
+                                           "exposed": {"type": "integer"}, "control_exposed": {"type": "integer"},
+                                           "relative_lift": _ESTIMATE, "p_better": _NUMBER},
+                        }},
+                    },
+                }]},
+                "segments": {"oneOf": [{"type": "null"}, {
+                    "type": "object", "required": ["attribute", "status", "values"],
+                    "properties": {
+                        "attribute": {"type": "string"},
+                        "status": {"enum": ["ready", "computing", "failed"]},
+                        "values": {"type": "array", "items": {
+                            "type": "object", "required": ["value", "exposed", "result"],
+                            "properties": {"value": {"type": ["string", "null"]}, "exposed": {"type": "integer"},
+                                           "result": {"$ref": "#/components/schemas/AnalysisResult"}},
+                        }},
+                    },
+                }]},
+                "recorded_attributes": {"type": "array", "items": {"type": "string"}},
+                "full_model": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/FullModelJob"}]},
+            },
+        },
+    },
+}

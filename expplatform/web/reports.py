@@ -1,0 +1,125 @@
+"""The journey lift map: an experiment's report page for analysts (viewers and up),
+and the editors' button that queues a full-model fit.
+
+The page is server-rendered with its plots inline as SVG, so it needs no JavaScript
+and nothing from the network; options travel in the query string (a plain GET form).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import abort, current_app, flash, redirect, render_template, request, url_for
+
+from .. import experiments as experiments_service
+from .. import reports
+from ..auth import current_principal, login_required, role_at_least
+from ..db import get_session
+from ..errors import ApiError, ValidationError
+from ..jobs import FitParams, get_runner
+from . import bp
+from .forms import ConfirmForm
+
+CREDIBLE_LEVELS = (0.8, 0.9, 0.95, 0.99)
+
+
+class Format:
+    """Number formatting for the templates: one place decides digits and signs."""
+
+    @staticmethod
+    def pct(value: float | None, digits: int = 1) -> str:
+        return "—" if value is None else f"{value * 100:.{digits}f}%"
+
+    @staticmethod
+    def lift(value: float | None, digits: int = 1) -> str:
+        return "—" if value is None else f"{value * 100:+.{digits}f}%"
+
+    @staticmethod
+    def lift_of(estimate: Any, digits: int = 1) -> str:
+        """The mean of a relative Estimate (or its JSON form) as a signed percentage."""
+        mean = estimate.get("mean") if isinstance(estimate, dict) else getattr(estimate, "mean", None)
+        return Format.lift(mean, digits)
+
+    @staticmethod
+    def interval(estimate: Any, digits: int = 1) -> str:
+        """A relative interval, from an analysis Estimate or its JSON form."""
+        if estimate is None:
+            return "—"
+        low, high = (estimate.get("low"), estimate.get("high")) if isinstance(estimate, dict) else (estimate.low, estimate.high)
+        if low is None or high is None:
+            return "—"
+        return f"[{low * 100:+.{digits}f}%, {high * 100:+.{digits}f}%]"
+
+    @staticmethod
+    def prob(value: float | None) -> str:
+        if value is None:
+            return "—"
+        if value > 0.999:
+            return "> 0.999"
+        if value < 0.001:
+            return "< 0.001"
+        return f"{value:.3f}"
+
+    @staticmethod
+    def num(value: float | None, digits: int = 2) -> str:
+        return "—" if value is None else f"{value:,.{digits}f}"
+
+    @staticmethod
+    def count(value: int | None) -> str:
+        return "—" if value is None else f"{value:,}"
+
+
+DECISIONS = {
+    "ship": "Ship",
+    "harmful": "Harmful",
+    "keep_running": "Keep running",
+    "not_enough_data": "Not enough data",
+}
+
+
+@bp.get("/experiments/<key>/report")
+@login_required("viewer")
+def report(key: str):
+    session = get_session()
+    try:
+        experiment = experiments_service.get_experiment(session, key)
+    except ApiError:
+        abort(404)
+    try:
+        options = reports.ReportOptions.parse(request.args)
+    except ValidationError as exc:
+        flash("Ignored: " + exc.message, "error")
+        options = reports.ReportOptions()
+    built = reports.build_report(session, experiment, options)
+    principal = current_principal()
+    return render_template(
+        "reports/report.html",
+        report=built,
+        lift_map=reports.lift_map(built.stats, built.result, built.rule, built.colors),
+        plots=reports.render_plots(built),
+        full_model=reports.full_model_view(built),
+        fmt=Format,
+        decisions=DECISIONS,
+        metric_labels=reports.METRIC_LABELS,
+        levels=CREDIBLE_LEVELS,
+        can_fit=principal is not None and role_at_least(principal.role, "editor"),
+        confirm=ConfirmForm(),
+    )
+
+
+@bp.post("/experiments/<key>/report/full-model")
+@login_required("editor")
+def run_full_model(key: str):
+    principal = current_principal()
+    assert principal is not None
+    try:
+        job, created = get_runner(current_app).queue(key, principal.actor, FitParams.defaults(current_app.extensions["settings"]))
+    except ApiError as exc:
+        if exc.status == 404:
+            abort(404)
+        raise
+    if created:
+        flash(f"Full-model fit #{job.id} queued; this page shows its progress (reload to update).", "info")
+    else:
+        flash(f"A full-model fit (#{job.id}) is already {job.status}.", "info")
+    return redirect(url_for("web.report", key=key) + "#full-model")
