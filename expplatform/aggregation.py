@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Mapping
 
-from sqlalchemy import Date, Integer, String, and_, case, cast, false, func, literal, null, select, text, true, union_all
+from sqlalchemy import Date, Integer, String, and_, case, cast, false, func, literal, null, or_, select, text, true, union_all
 from sqlalchemy.orm import Session
 
 from analysis.types import CellStats, ExperimentStats, Scale
@@ -292,13 +292,15 @@ def data_quality(session: Session, experiment: Experiment, *, now: datetime | No
         EventQualityCount.stage, EventQualityCount.kind, EventQualityCount.events, literal(0).label("extra")
     ).where(EventQualityCount.experiment_id == experiment.id)
     # Forced customers, then customers with mismatches and how many (not per stage).
+    # Both read only flagged exposures, through the partial index ix_exposures_flagged.
+    flagged = or_(Exposure.forced == true(), Exposure.mismatches > 0)
     exposures = select(
         cast(null(), String), literal("exposures"), func.count().filter(Exposure.forced == true()),
         func.count().filter(Exposure.mismatches > 0),
-    ).where(Exposure.experiment_id == experiment.id)
+    ).where(Exposure.experiment_id == experiment.id, flagged)
     mismatches = select(
         cast(null(), String), literal("mismatches"), func.coalesce(func.sum(Exposure.mismatches), 0), literal(0)
-    ).where(Exposure.experiment_id == experiment.id, Exposure.mismatches > 0)
+    ).where(Exposure.experiment_id == experiment.id, flagged, Exposure.mismatches > 0)
     parts = [quality, exposures, mismatches]
     if experiment.started_at is not None:
         first = experiment.started_at.date()

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.types import TypeDecorator
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -198,6 +199,15 @@ class Exposure(Base):
         Index(None, "customer_id"),
         # Covers the exposed-per-variant count of every report (forced ones excluded).
         Index(None, "experiment_id", "variant_id", "forced"),
+        # The few flagged exposures (QA, mismatched) that data quality counts: a report
+        # reads them directly instead of scanning every exposure. The predicate is
+        # spelled as the query spells it (SQLite matches partial indexes textually).
+        Index(
+            "ix_exposures_flagged",
+            "experiment_id",
+            sqlite_where=text("forced = 1 OR mismatches > 0"),
+            postgresql_where=text("forced OR mismatches > 0"),
+        ),
     )
 
 

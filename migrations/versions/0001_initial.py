@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 09:29:05.672719
+Create Date: 2026-11-25 09:48:05.242189
 """
 from __future__ import annotations
 
@@ -182,6 +182,7 @@ def upgrade() -> None:
     with op.batch_alter_table('exposures', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_exposures_customer_id'), ['customer_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_exposures_experiment_id'), ['experiment_id', 'variant_id', 'forced'], unique=False)
+        batch_op.create_index('ix_exposures_flagged', ['experiment_id'], unique=False, sqlite_where=sa.text('forced = 1 OR mismatches > 0'), postgresql_where=sa.text('forced OR mismatches > 0'))
 
     op.create_table('outcome_counts',
     sa.Column('experiment_id', sa.Integer(), nullable=False),
@@ -222,6 +223,7 @@ def downgrade() -> None:
     op.drop_table('outcomes')
     op.drop_table('outcome_counts')
     with op.batch_alter_table('exposures', schema=None) as batch_op:
+        batch_op.drop_index('ix_exposures_flagged', sqlite_where=sa.text('forced = 1 OR mismatches > 0'), postgresql_where=sa.text('forced OR mismatches > 0'))
         batch_op.drop_index(batch_op.f('ix_exposures_experiment_id'))
         batch_op.drop_index(batch_op.f('ix_exposures_customer_id'))
 
