@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 import pytest
 from sqlalchemy import event, select, update
 
-from expplatform.assignment import Rule, compile_rule, targeting_matches
+from expplatform.assignment import ExposureStore, Rule, compile_rule, targeting_matches
 from expplatform.bucketing import NOT_IN_TRAFFIC, OUTSIDE_LAYER, Split, place
 from expplatform.models import Experiment, Exposure, Variant
 from expplatform.versioning import bump_version
@@ -76,15 +76,25 @@ def api(client_api) -> Api:
 
 @contextmanager
 def statements(db) -> Iterator[list[str]]:
+    """Every SQL statement sent: through SQLAlchemy, and through the exposure store's
+    driver connections (the only SQL that bypasses SQLAlchemy)."""
     seen: list[str] = []
 
     def record(_conn, _cursor, statement, *_args):  # noqa: ANN001
         seen.append(statement)
 
+    original = ExposureStore._run
+
+    def run(self, sql, params):  # noqa: ANN001
+        seen.append(sql)
+        return original(self, sql, params)
+
     event.listen(db.engine, "before_cursor_execute", record)
+    ExposureStore._run = run  # type: ignore[method-assign]
     try:
         yield seen
     finally:
+        ExposureStore._run = original  # type: ignore[method-assign]
         event.remove(db.engine, "before_cursor_execute", record)
 
 
@@ -122,6 +132,7 @@ def test_repeat_calls_return_the_same_variant_and_write_nothing(api, db):
     with statements(db) as seen:
         again = [api.post(URL, json={"customer_id": "c1", "attributes": {"country": "DE"}}).json for _ in range(3)]
     assert again == [first] * 3
+    assert len([s for s in seen if re.search(r"\bFROM exposures\b", s)]) == 3  # the log sees the hot path
     assert not [s for s in seen if re.match(r"\s*(INSERT|UPDATE|DELETE)", s, re.I)]
     [exposure] = exposures(db)
     assert exposure.attributes == {"country": "FR"}  # the first call's attributes

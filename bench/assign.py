@@ -1,0 +1,390 @@
+"""Assignment benchmark (issue 3).
+
+1. ``POST /api/v1/assign`` served by real gunicorn, on SQLite (temp dir, WAL) and
+   PostgreSQL (throwaway database ``bench_assign``), and in the same run a bare Flask
+   endpoint returning a small JSON object, the ceiling, under the same gunicorn
+   settings. ``wrk`` drives each at several concurrencies, for repeat customers
+   (random ids among customers already exposed) and for new customers (a unique id
+   per request: every request writes its exposure). Prints requests/s, p50 and p99
+   latency, errors, and the ratio to the ceiling; checks that every successful
+   new-customer request left its exposure row; notes the workers' memory.
+2. In-process bucketing speed: single calls and the numpy bulk path on 1M ids.
+3. Memory over 1M distinct customers: the assignment hot path (``assignment.assign``
+   on the real SQLite store, no HTTP) for 1M distinct exposed customers, RSS sampled
+   as it goes; per-customer state kept in memory would show as growth.
+
+wrk, the servers and the databases share one (2-core, shared) machine: the figures
+are a floor and noisy; compare ratios within one run, not across runs.
+
+    .venv/bin/python bench/assign.py                       # everything (about 4 minutes)
+    .venv/bin/python bench/assign.py --quick               # short runs, smaller sizes
+    .venv/bin/python bench/assign.py --backends sqlite --concurrency 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import create_engine, func, select, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
+
+from expplatform import migrations  # noqa: E402
+from expplatform.auth import create_api_key  # noqa: E402
+from expplatform.bucketing import Split, place, place_many  # noqa: E402
+from expplatform.models import Experiment, Exposure, Variant, utcnow  # noqa: E402
+from expplatform.versioning import bump_version  # noqa: E402
+
+PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+PG_DB = "bench_assign"
+EXPERIMENT = "checkout-button"
+WEIGHTS = (0.5, 0.5)
+# One gunicorn configuration for every row, the ceiling included.
+GUNICORN = ["--workers", "2", "--worker-class", "sync", "--backlog", "2048"]
+
+BARE_APP = '''
+from flask import Flask
+
+app = Flask("bare")
+
+
+@app.post("/api/v1/assign")
+def assign():
+    return {"status": "ok"}
+
+
+@app.get("/api/v1/health")
+def health():
+    return {"status": "ok"}
+'''
+
+# Repeat customers: ids drawn from those already exposed (BENCH_REPEAT_IDS of them).
+REPEAT_LUA = '''
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_KEY")
+local count = tonumber(os.getenv("BENCH_REPEAT_IDS"))
+request = function()
+  local body = '{"customer_id": "r' .. math.random(0, count - 1) ..
+    '", "experiments": ["checkout-button"], "attributes": {"country": "FR", "platform": "web"}}'
+  return wrk.format(nil, "/api/v1/assign", nil, body)
+end
+'''
+
+# New customers: run tag + thread number + counter, unique over the whole benchmark.
+NEW_LUA = '''
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_KEY")
+local next_thread = 0
+setup = function(thread)
+  thread:set("tag", os.getenv("BENCH_RUN") .. "-" .. next_thread)
+  next_thread = next_thread + 1
+end
+local counter = 0
+request = function()
+  counter = counter + 1
+  local body = '{"customer_id": "n-' .. tag .. '-' .. counter ..
+    '", "experiments": ["checkout-button"], "attributes": {"country": "FR", "platform": "web"}}'
+  return wrk.format(nil, "/api/v1/assign", nil, body)
+end
+'''
+
+
+# -- databases ---------------------------------------------------------------------------
+
+
+@contextmanager
+def fresh_database(backend: str) -> Iterator[str]:
+    if backend == "sqlite":
+        directory = Path(tempfile.mkdtemp(prefix="bench_assign_"))
+        try:
+            yield f"sqlite:///{directory / 'bench.sqlite3'}"
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+        return
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)"))
+        connection.execute(text(f"CREATE DATABASE {PG_DB}"))
+    try:
+        yield make_url(PG_ADMIN_URL).set(database=PG_DB).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)"))
+        admin.dispose()
+
+
+def prepare(url: str, repeat_customers: int) -> str:
+    """Migrate, start one experiment, expose customers r0..r{n-1} (bulk SQL, with the
+    variant the bucketing gives them), make a client key; return the key."""
+    engine = create_engine(url)
+    migrations.upgrade(engine)
+    with Session(engine) as session, session.begin():
+        experiment = Experiment(
+            key=EXPERIMENT, name="Checkout button", stages=["purchase"], target_stage="purchase",
+            salt=EXPERIMENT, status="running", started_at=utcnow(),
+        )
+        experiment.variants = [
+            Variant(key=name, weight=weight, position=i, is_control=i == 0)
+            for i, (name, weight) in enumerate(zip(("control", "green"), WEIGHTS))
+        ]
+        session.add(experiment)
+        bump_version(session)
+        session.flush()
+        experiment_id, variant_ids = experiment.id, [v.id for v in experiment.variants]
+        _record, key = create_api_key(session, "client", "bench", created_by="bench")
+    expose(engine, experiment_id, variant_ids, [f"r{i}" for i in range(repeat_customers)])
+    engine.dispose()
+    return key
+
+
+def expose(engine, experiment_id: int, variant_ids: list[int], customers: list[str]) -> None:
+    placed = place_many(Split.of(EXPERIMENT, WEIGHTS), customers)
+    now = utcnow()
+    rows = [
+        {"experiment_id": experiment_id, "variant_id": variant_ids[index], "customer_id": customer,
+         "exposed_at": now, "attributes": {}, "forced": False, "mismatches": 0}
+        for customer, index in zip(customers, placed.tolist())
+    ]
+    with Session(engine) as session, session.begin():
+        for start in range(0, len(rows), 50_000):
+            session.execute(Exposure.__table__.insert(), rows[start : start + 50_000])
+
+
+def count_exposures(url: str, prefix: str) -> int:
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        count = connection.scalar(select(func.count()).where(Exposure.customer_id.startswith(prefix)))
+    engine.dispose()
+    return count
+
+
+# -- servers and load ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def gunicorn(app_spec: str, cwd: Path, env: dict[str, str]) -> Iterator[tuple[int, int]]:
+    """Serve ``app_spec``; yields (port, master pid)."""
+    port = free_port()
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "gunicorn"), *GUNICORN, "--bind", f"127.0.0.1:{port}",
+         "--log-level", "warning", app_spec],
+        cwd=cwd, env={**os.environ, **env},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                connection.request("GET", "/api/v1/health")
+                if connection.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"gunicorn did not start {app_spec}")
+            time.sleep(0.2)
+        yield port, process.pid
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+def worker_rss_mb(master: int) -> list[float]:
+    pids = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    sizes = []
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                sizes.append(int(line.split()[1]) / 1024)
+    return sizes
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _ms(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()
+    return float(number) * _UNITS[unit]
+
+
+def wrk(port: int, script: Path, connections: int, seconds: float, env: dict[str, str]) -> dict:
+    command = ["wrk", "--latency", "-t", "2", "-c", str(connections), "-d", f"{seconds:g}s",
+               "--timeout", "5s", "-s", str(script), f"http://127.0.0.1:{port}/api/v1/assign"]
+    output = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, **env}).stdout
+    requests = int(re.search(r"(\d+) requests in", output).group(1))
+    non_2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", output)) else 0
+    socket_errors = sum(map(int, m.groups())) if (
+        m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    ) else 0
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        "p50": _ms(re.search(r"\s50%\s+(\S+)", output).group(1)),
+        "p99": _ms(re.search(r"\s99%\s+(\S+)", output).group(1)),
+        "requests": requests,
+        "ok": requests - non_2xx,
+        "errors": non_2xx + socket_errors,
+    }
+
+
+def bench_http(args, workdir: Path) -> None:
+    """The ceiling is measured again right before each backend's rows at each
+    concurrency, so a ratio compares runs seconds apart, not minutes apart on a
+    machine whose other load keeps changing."""
+    (workdir / "bare_app.py").write_text(BARE_APP)
+    (workdir / "repeat.lua").write_text(REPEAT_LUA)
+    (workdir / "new.lua").write_text(NEW_LUA)
+    print(f"gunicorn {' '.join(GUNICORN)} for every row; wrk -t2, {args.seconds:g} s per row "
+          f"(after a 1 s warm-up); repeat customers drawn from {args.repeat_customers} exposed ids")
+    print(f"{'target':<22}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'x ceiling':>11}")
+
+    def row(name: str, connections: int, result: dict, ceiling: float | None, note: str = "") -> None:
+        ratio = f"{result['rps'] / ceiling:.2f}" if ceiling else ""
+        print(f"{name:<22}{connections:>6}{result['rps']:>10.0f}{result['p50']:>9.2f}{result['p99']:>9.2f}"
+              f"{result['errors']:>8}{ratio:>11}{note}", flush=True)
+
+    bare_env = {"BENCH_KEY": "none", "BENCH_REPEAT_IDS": "1"}
+    with gunicorn("bare_app:app", workdir, {}) as (bare_port, _bare_master):
+        for backend in args.backends:
+            with fresh_database(backend) as url:
+                key = prepare(url, args.repeat_customers)
+                instance = tempfile.mkdtemp(prefix="bench_instance_")
+                env = {"EXPPLATFORM_DATABASE_URL": url, "EXPPLATFORM_INSTANCE_PATH": instance,
+                       "EXPPLATFORM_SECRET_KEY": "bench-secret"}
+                try:
+                    with gunicorn("wsgi:app", ROOT, env) as (port, master):
+                        rss_start = worker_rss_mb(master)
+                        load_env = {"BENCH_KEY": key, "BENCH_REPEAT_IDS": str(args.repeat_customers)}
+                        for connections in args.concurrency:
+                            wrk(bare_port, workdir / "repeat.lua", connections, 1, bare_env)
+                            ceiling = wrk(bare_port, workdir / "repeat.lua", connections, args.seconds, bare_env)
+                            row("bare flask (ceiling)", connections, ceiling, None)
+                            wrk(port, workdir / "repeat.lua", connections, 1, load_env)
+                            result = wrk(port, workdir / "repeat.lua", connections, args.seconds, load_env)
+                            row(f"{backend} repeat", connections, result, ceiling["rps"])
+                            run = f"{backend}{connections}"
+                            result = wrk(port, workdir / "new.lua", connections, args.seconds, {**load_env, "BENCH_RUN": run})
+                            stored = count_exposures(url, f"n-{run}-")
+                            # wrk stops counting at the deadline; the server may finish a few more.
+                            check = "" if stored >= result["ok"] else f"  MISSING {result['ok'] - stored} exposures"
+                            row(f"{backend} new", connections, result, ceiling["rps"], f"  ({stored} exposures stored){check}")
+                        rss_end = worker_rss_mb(master)
+                    print(f"{backend} worker RSS MB, start -> end: "
+                          + ", ".join(f"{a:.0f} -> {b:.0f}" for a, b in zip(rss_start, rss_end)))
+                finally:
+                    shutil.rmtree(instance, ignore_errors=True)
+
+
+# -- in process ------------------------------------------------------------------------------
+
+
+def bench_bucketing(args) -> None:
+    ids = [f"customer-{i}" for i in range(args.bulk_ids)]
+    for label, split in (
+        ("2 variants", Split.of(EXPERIMENT, WEIGHTS)),
+        ("3 variants, traffic 0.5, layer 40%", Split.of("x", [0.2, 0.3, 0.5], 0.5, "home", [[0, 4000]])),
+    ):
+        single = ids[: args.single_ids]
+        started = time.perf_counter()
+        for customer in single:
+            place(split, customer)
+        single_rate = len(single) / (time.perf_counter() - started)
+        started = time.perf_counter()
+        place_many(split, ids)
+        bulk_rate = len(ids) / (time.perf_counter() - started)
+        print(f"bucketing, {label}: single {single_rate:,.0f}/s; bulk (numpy) {bulk_rate:,.0f}/s over {len(ids):,} ids")
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def bench_memory(args) -> None:
+    from expplatform import assignment, create_app
+
+    with fresh_database("sqlite") as url:
+        prepare(url, 0)
+        engine = create_engine(url)
+        with engine.connect() as connection:
+            experiment_id = connection.scalar(select(Experiment.id))
+            variant_ids = list(connection.scalars(select(Variant.id).order_by(Variant.position)))
+        customers = [f"m{i}" for i in range(args.memory_customers)]
+        expose(engine, experiment_id, variant_ids, customers)
+        engine.dispose()
+        instance = tempfile.mkdtemp(prefix="bench_instance_")
+        app = create_app({"database_url": url, "instance_path": instance, "secret_key": "bench"})
+        try:
+            store = assignment.exposure_store(app)
+            samples = []
+            step = max(1, len(customers) // 4)
+            started = time.perf_counter()
+            for i, customer in enumerate(customers):
+                if i % step == 0:
+                    samples.append((i, _rss_mb()))
+                request = assignment.AssignRequest(customer, {"country": "FR"}, (EXPERIMENT,))
+                [served] = assignment.assign(store, assignment.definitions(app), request)
+                assert served.enrolled
+            elapsed = time.perf_counter() - started
+            samples.append((len(customers), _rss_mb()))
+        finally:
+            app.extensions["db"].engine.dispose()
+            shutil.rmtree(instance, ignore_errors=True)
+    print(f"hot path over {len(customers):,} distinct exposed customers (SQLite, no HTTP): "
+          f"{len(customers) / elapsed:,.0f} assignments/s; RSS MB " + ", ".join(f"{n:,}: {mb:.1f}" for n, mb in samples))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"])
+    parser.add_argument("--concurrency", nargs="+", type=int, default=[8, 32, 64])
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--repeat-customers", type=int, default=20_000)
+    parser.add_argument("--memory-customers", type=int, default=1_000_000)
+    parser.add_argument("--bulk-ids", type=int, default=1_000_000)
+    parser.add_argument("--single-ids", type=int, default=200_000)
+    parser.add_argument("--phases", nargs="+", default=["bucketing", "http", "memory"], choices=["bucketing", "http", "memory"])
+    parser.add_argument("--quick", action="store_true", help="short runs and small sizes (a smoke test)")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.concurrency = 2.0, [32]
+        args.repeat_customers, args.memory_customers, args.bulk_ids, args.single_ids = 2_000, 20_000, 100_000, 20_000
+    if "http" in args.phases and shutil.which("wrk") is None:
+        sys.exit("wrk is needed for the HTTP phase: apt-get install -y wrk (or --phases bucketing memory)")
+    print(f"expplatform assignment benchmark; {os.cpu_count()} CPUs, shared with everything else running")
+    if "bucketing" in args.phases:
+        bench_bucketing(args)
+    if "http" in args.phases:
+        with tempfile.TemporaryDirectory(prefix="bench_assign_") as workdir:
+            bench_http(args, Path(workdir))
+    if "memory" in args.phases:
+        bench_memory(args)
+
+
+if __name__ == "__main__":
+    main()
