@@ -15,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 from expplatform.events import validate_events
 from expplatform.models import Event, Outcome, OutcomeCount
 from tests.events_support import at, counts, expose, iso, make_experiment
+from tests.openapi_check import assert_example_valid, checked
 
 URL = "/api/v1/events"
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
@@ -22,6 +23,12 @@ NOW = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
 
 def ev(event_id: str = "e1", customer_id: str = "c1", stage: str = "purchase", type: str = "conversion", **extra):
     return {"event_id": event_id, "customer_id": customer_id, "stage": stage, "type": type, **extra}
+
+
+@pytest.fixture
+def api(client_api):
+    """The client key's API, every response checked against the OpenAPI document."""
+    return checked(client_api)
 
 
 @pytest.fixture
@@ -105,11 +112,11 @@ def test_a_repeated_event_id_in_one_batch_is_rejected_after_its_first_valid_use(
     assert [(r.index, r.error) for r in rejected] == [(0, "invalid_value"), (3, "duplicate_in_batch")]
 
 
-def test_rules_that_need_the_experiment_reject_by_index(client_api, db, checkout):
+def test_rules_that_need_the_experiment_reject_by_index(api, db, checkout):
     with db.write() as session:
         nps = make_experiment(session, "nps", stages=("purchase",), scale=(0, 10))
         expose(session, nps, "c1", "treatment")
-    response = client_api.post(
+    response = api.post(
         URL,
         json={
             "events": [
@@ -142,8 +149,8 @@ def test_rules_that_need_the_experiment_reject_by_index(client_api, db, checkout
 # -- the endpoint ----------------------------------------------------------------------
 
 
-def test_a_single_event_object_is_accepted(client_api, db, checkout):
-    response = client_api.post(URL, json=ev(timestamp=iso(at(60))))
+def test_a_single_event_object_is_accepted(api, db, checkout):
+    response = api.post(URL, json=ev(timestamp=iso(at(60))))
     assert response.status_code == 200
     assert response.get_json() == {"accepted": 1, "duplicates": 0, "rejected": []}
     with db.sessionmaker() as session:
@@ -151,20 +158,20 @@ def test_a_single_event_object_is_accepted(client_api, db, checkout):
         assert (row.customer_id, row.stage, row.occurred_at, row.attributed) == ("c1", "purchase", at(60), 1)
 
 
-def test_an_event_without_timestamp_happens_when_received(client_api, db, checkout):
+def test_an_event_without_timestamp_happens_when_received(api, db, checkout):
     before = datetime.now(timezone.utc)
-    assert client_api.post(URL, json=ev()).get_json()["accepted"] == 1
+    assert api.post(URL, json=ev()).get_json()["accepted"] == 1
     with db.sessionmaker() as session:
         row = session.scalar(select(Event))
     assert before <= row.occurred_at == row.received_at <= datetime.now(timezone.utc)
 
 
-def test_a_resent_batch_is_all_duplicates_and_counts_once(client_api, db, checkout):
+def test_a_resent_batch_is_all_duplicates_and_counts_once(api, db, checkout):
     batch = {"events": [ev("e1"), ev("e2", customer_id="c2"), ev("e3", type="satisfaction", value=4)]}
-    assert client_api.post(URL, json=batch).get_json() == {"accepted": 3, "duplicates": 0, "rejected": []}
-    assert client_api.post(URL, json=batch).get_json() == {"accepted": 0, "duplicates": 3, "rejected": []}
+    assert api.post(URL, json=batch).get_json() == {"accepted": 3, "duplicates": 0, "rejected": []}
+    assert api.post(URL, json=batch).get_json() == {"accepted": 0, "duplicates": 3, "rejected": []}
     # The same event_id with other content is still the same event.
-    again = client_api.post(URL, json=ev("e1", customer_id="c4")).get_json()
+    again = api.post(URL, json=ev("e1", customer_id="c4")).get_json()
     assert (again["accepted"], again["duplicates"]) == (0, 1)
     assert stored(db) == 3
     with db.sessionmaker() as session:
@@ -175,24 +182,24 @@ def test_a_resent_batch_is_all_duplicates_and_counts_once(client_api, db, checko
         }
 
 
-def test_too_many_events_is_413_json(app, client_api):
+def test_too_many_events_is_413_json(app, api):
     assert app.extensions["settings"].max_batch_events == 1000
     batch = {"events": [ev(f"e{i}") for i in range(1001)]}
-    response = client_api.post(URL, json=batch)
+    response = api.post(URL, json=batch)
     assert response.status_code == 413
     assert response.get_json()["error"] == "too_many_events"
 
 
 def test_the_batch_limit_is_configurable(make_test_app_key):
     client, key = make_test_app_key(max_batch_events=2)
-    response = client.post(URL, json={"events": [ev("a"), ev("b"), ev("c")]}, headers={"Authorization": f"Bearer {key}"})
+    response = checked(client).post(URL, json={"events": [ev("a"), ev("b"), ev("c")]}, headers={"Authorization": f"Bearer {key}"})
     assert response.status_code == 413
 
 
 def test_an_oversized_body_is_413_json(make_test_app_key):
     client, key = make_test_app_key(max_body_bytes=4096)
     body = {"events": [ev(f"e{i}", customer_id="x" * 200) for i in range(40)]}
-    response = client.post(URL, json=body, headers={"Authorization": f"Bearer {key}"})
+    response = checked(client).post(URL, json=body, headers={"Authorization": f"Bearer {key}"})
     assert response.status_code == 413
     assert response.get_json()["error"] == "payload_too_large"
 
@@ -208,19 +215,19 @@ def test_an_oversized_body_is_413_json(make_test_app_key):
     ],
 )
 def test_malformed_requests_are_400_json(client, client_key, kwargs, code):
-    response = client.post(URL, headers={"Authorization": f"Bearer {client_key}"}, **kwargs)
+    response = checked(client).post(URL, headers={"Authorization": f"Bearer {client_key}"}, **kwargs)
     assert response.status_code == 400
     assert response.get_json()["error"] == code
 
 
-def test_an_empty_batch_stores_nothing(client_api, db):
-    assert client_api.post(URL, json={"events": []}).get_json() == {"accepted": 0, "duplicates": 0, "rejected": []}
+def test_an_empty_batch_stores_nothing(api, db):
+    assert api.post(URL, json={"events": []}).get_json() == {"accepted": 0, "duplicates": 0, "rejected": []}
     assert stored(db) == 0
 
 
 def test_only_client_keys_may_send_events(client, admin_api):
-    assert client.post(URL, json=ev()).status_code == 401
-    response = admin_api.post(URL, json=ev())
+    assert checked(client).post(URL, json=ev()).status_code == 401
+    response = checked(admin_api).post(URL, json=ev())
     assert response.status_code == 403
     assert response.get_json()["error"] == "forbidden"
 
@@ -249,7 +256,7 @@ def make_test_app_key(database_url, tmp_path):
 
 
 @pytest.mark.parametrize("failing_table", ["outcomes", "outcome_counts", "unmatched_event_counts"])
-def test_a_database_failure_mid_request_stores_nothing_and_is_503(client_api, db, checkout, failing_table):
+def test_a_database_failure_mid_request_stores_nothing_and_is_503(api, db, checkout, failing_table):
     calls = {"n": 0}
 
     def fail_on_write(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
@@ -260,7 +267,7 @@ def test_a_database_failure_mid_request_stores_nothing_and_is_503(client_api, db
     sa_event.listen(db.engine, "before_cursor_execute", fail_on_write)
     try:
         batch = {"events": [ev("e1"), ev("e2", type="satisfaction", value=3), ev("e3", customer_id="nobody")]}
-        response = client_api.post(URL, json=batch)
+        response = api.post(URL, json=batch)
     finally:
         sa_event.remove(db.engine, "before_cursor_execute", fail_on_write)
     assert calls["n"] == 1
@@ -268,7 +275,7 @@ def test_a_database_failure_mid_request_stores_nothing_and_is_503(client_api, db
     assert response.get_json()["error"] == "database_unavailable"
     assert stored(db) == 0 and stored(db, Outcome) == 0 and stored(db, OutcomeCount) == 0
     # The client retries the same batch and it now counts, once.
-    assert client_api.post(URL, json=batch).get_json() == {"accepted": 3, "duplicates": 0, "rejected": []}
+    assert api.post(URL, json=batch).get_json() == {"accepted": 3, "duplicates": 0, "rejected": []}
 
 
 def test_the_same_batch_sent_concurrently_counts_once(live_server, db, client_key, checkout):
@@ -318,6 +325,14 @@ def test_the_same_batch_sent_concurrently_counts_once(live_server, db, client_ke
 def test_events_are_accepted_with_csrf_protection_on(make_test_app_key):
     """Production runs with CSRF on for the web pages; bearer-key API writes are exempt."""
     client, key = make_test_app_key(wtf_csrf_enabled=True)
-    response = client.post(URL, json=ev(), headers={"Authorization": f"Bearer {key}"})
+    response = checked(client).post(URL, json=ev(), headers={"Authorization": f"Bearer {key}"})
     assert response.status_code == 200, response.data[:200]
     assert response.get_json()["accepted"] == 1
+
+
+def test_the_documented_example_is_a_valid_request(api, db, checkout):
+    from expplatform.api.openapi import document
+
+    example = document()["paths"]["/events"]["post"]["requestBody"]["content"]["application/json"]["example"]
+    assert_example_valid("/events", "post", example)
+    assert api.post(URL, json=example).get_json() == {"accepted": 2, "duplicates": 0, "rejected": []}

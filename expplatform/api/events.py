@@ -81,17 +81,29 @@ OPENAPI: dict[str, Any] = {
                     "required": True,
                     "content": {
                         "application/json": {
+                            # Each event should be an Event; one that is not is answered by
+                            # index in `rejected` (a 200), so the request schema only fixes
+                            # the envelope.
                             "schema": {
                                 "oneOf": [
-                                    {"$ref": "#/components/schemas/Event"},
                                     {
                                         "type": "object",
+                                        "description": "A batch of Event objects.",
                                         "required": ["events"],
                                         "additionalProperties": False,
                                         "properties": {"events": {"type": "array", "items": {"type": "object"}}},
                                     },
+                                    {"type": "object", "description": "One Event.", "not": {"required": ["events"]}},
                                 ]
-                            }
+                            },
+                            "example": {
+                                "events": [
+                                    {"event_id": "7f3c-1", "customer_id": "cust-42", "stage": "purchase",
+                                     "type": "conversion", "timestamp": "2024-05-01T12:30:00Z"},
+                                    {"event_id": "7f3c-2", "customer_id": "cust-42", "stage": "purchase",
+                                     "type": "satisfaction", "value": 4},
+                                ]
+                            },
                         }
                     },
                 },
