@@ -5,16 +5,19 @@ one instance is served by the others within the refresh interval."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 
-from sqlalchemy import func, select
+import pytest
+from sqlalchemy import func, select, text
 
+from expplatform.assignment import exposure_store
 from expplatform.auth import create_api_key
 from expplatform.models import Exposure
 
 from .conftest import Api, make_test_app
-from .test_assign import URL, seed
+from .test_assign import URL, exposures, seed
 
 WORKERS = 8
 
@@ -107,3 +110,46 @@ def test_changes_through_one_instance_reach_another_within_a_second(database_url
         _poll(shop, body, lambda a: a.get("reason") == "paused", within=1.0)
     finally:
         _dispose([editor, server])
+
+
+def test_a_locked_database_is_a_503_and_nothing_half_written(database_url, tmp_path):
+    """SQLite: another writer holds the lock past the busy timeout; the insert fails
+    cleanly (503, retry later) and the retry, once the lock is gone, records once."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("a SQLite write lock")
+    app = make_test_app(database_url, tmp_path, sqlite_busy_timeout_ms=20)
+    try:
+        db = app.extensions["db"]
+        with db.write() as session:
+            _record, key = create_api_key(session, "client", "shop", created_by="tests")
+        seed(db, "locked")
+        api = Api(app.test_client(), key)
+        blocker = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            refused = api.post(URL, json={"customer_id": "c1"})
+            assert (refused.status_code, refused.json["error"]) == (503, "database_unavailable")
+            assert refused.headers["Retry-After"] == "1"
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert api.post(URL, json={"customer_id": "c1"}).json["assignments"][0]["enrolled"] is True
+        assert len(exposures(db)) == 1
+    finally:
+        app.extensions["db"].engine.dispose()
+
+
+def test_a_dropped_postgresql_connection_is_replaced_without_an_error(app, db, client_api, database_url):
+    if not database_url.startswith("postgresql"):
+        pytest.skip("a PostgreSQL server-side disconnect")
+    seed(db, "resilient")
+    first = client_api.post(URL, json={"customer_id": "c1"}).json
+    store = exposure_store(app)
+    connection = store._engine.raw_connection()  # the one pooled connection the hot path used
+    backend = connection.driver_connection.info.backend_pid
+    connection.close()
+    with db.engine.connect() as admin:
+        assert admin.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+    assert client_api.post(URL, json={"customer_id": "c1"}).json == first
+    assert client_api.post(URL, json={"customer_id": "c2"}).status_code == 200
+    assert len(exposures(db)) == 2
