@@ -173,8 +173,13 @@ def place_many(split: Split, customer_ids: Sequence[str]) -> np.ndarray:
             candidates |= (buckets >= start) & (buckets < end)
     result[candidates] = NOT_IN_TRAFFIC
     if split.traffic < 1.0:
-        enrol = unit_values(PURPOSE_ENROL, split.salt, compress(customer_ids, candidates)) < split.traffic
+        enrol = unit_values(PURPOSE_ENROL, split.salt, _among(customer_ids, candidates)) < split.traffic
         candidates[candidates] = enrol
-    values = unit_values(PURPOSE_VARIANT, split.salt, compress(customer_ids, candidates))
+    values = unit_values(PURPOSE_VARIANT, split.salt, _among(customer_ids, candidates))
     result[candidates] = np.searchsorted(np.asarray(split.cumulative), values, side="right")
     return result
+
+
+def _among(customer_ids: Sequence[str], keep: np.ndarray) -> Iterable[str]:
+    # compress() over a list of Python bools: iterating numpy bools one by one is slow.
+    return customer_ids if keep.all() else compress(customer_ids, keep.tolist())
