@@ -193,6 +193,73 @@ def experiments_list(status: tuple[str, ...], stage: str | None) -> None:
             click.echo(f"{experiment.key:<32} {experiment.status:<8} {experiment.target_stage:<16} {variants:<24} {experiment.name}")
 
 
+# -- reports ------------------------------------------------------------------------
+
+
+@main.command("report")
+@click.argument("key")
+@click.option("--format", "output_format", type=click.Choice(["table", "json", "csv", "html"]), default="table",
+              show_default=True)
+@click.option("--segment", help="Break down by this exposure attribute (persona, platform, country...).")
+@click.option("--credible-level", type=float, help="Width of the credible intervals (default: the experiment's).")
+@click.option("--full-model", is_flag=True, help="Fit the full (PyMC) model first, with a progress bar, and store it.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="File to write (default: stdout).")
+@with_appcontext
+def report_command(key: str, output_format: str, segment: str | None, credible_level: float | None, full_model: bool,
+                   output: Path | None) -> None:
+    """Print the lift report of experiment KEY."""
+    import json
+
+    from flask import current_app
+
+    from . import reports
+    from .jobs import FitParams, get_runner
+
+    try:
+        options = reports.ReportOptions.parse({"segment": segment, "credible_level": credible_level})
+        if full_model:
+            job = _fit_with_progress(get_runner(current_app), key, FitParams.defaults(current_app.extensions["settings"]))
+            click.echo(f"full model: fit #{job.id} {job.status}" + (f": {job.error}" if job.error else ""), err=True)
+        with get_db().sessionmaker() as session:
+            built = reports.build_report(session, experiments.get_experiment(session, key), options, wait=None)
+            if output_format == "json":
+                text = json.dumps(reports.report_dict(built), indent=2) + "\n"
+            elif output_format == "csv":
+                text = reports.to_csv(reports.report_rows(built))
+            elif output_format == "html":
+                from .web.reports import render_standalone
+
+                text = render_standalone(built)
+            else:
+                text = reports.format_table(built)
+    except ApiError as exc:
+        click.echo(exc.message, err=True)
+        sys.exit(1)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output}", err=True)
+
+
+def _fit_with_progress(runner, key: str, params):
+    """Run the fit here, drawing a progress bar on stderr (stdout stays the report)."""
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = click.progressbar(length=total, label="fitting the full model", file=sys.stderr)
+            bar.__enter__()
+        bar.update(done - bar.pos)
+
+    try:
+        return runner.run_here(key, "cli", params, progress)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+
+
 # -- demo --------------------------------------------------------------------------
 
 

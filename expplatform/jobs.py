@@ -28,7 +28,7 @@ import socket
 import threading
 import uuid
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping, Protocol
 
@@ -36,12 +36,12 @@ from flask import Flask
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from analysis.types import ExperimentStats
+from analysis.types import DecisionRule, ExperimentStats, Prior
 
 from .aggregation import experiment_stats
 from .config import Settings
 from .db import Database
-from .errors import ValidationError
+from .errors import Conflict, ValidationError
 from .models import AnalysisJob, Experiment, utcnow
 
 log = logging.getLogger(__name__)
@@ -95,30 +95,34 @@ class FitParams:
 
 
 class Fit(Protocol):
-    def __call__(self, stats: ExperimentStats, params: FitParams, progress: Progress | None) -> dict[str, Any]: ...
+    def __call__(
+        self, stats: ExperimentStats, params: FitParams, *, prior: Prior, rule: DecisionRule, progress: Progress | None
+    ) -> dict[str, Any]: ...
 
 
-def full_model_fit(stats: ExperimentStats, params: FitParams, progress: Progress | None) -> dict[str, Any]:
+def full_model_fit(
+    stats: ExperimentStats, params: FitParams, *, prior: Prior, rule: DecisionRule, progress: Progress | None
+) -> dict[str, Any]:
     """The real fit: ``analysis.hierarchical`` (imports PyMC, so only here, lazily).
 
     Chains run one after another in this process (``cores=1``): forking samplers out
     of a threaded web worker is unsafe, and the machine has two cores to share."""
     from analysis.hierarchical import fit_full_model
 
-    sample_kwargs: dict[str, Any] = {"cores": 1, "progressbar": False}
-    if progress is not None:
-        total = params.chains * (params.draws + params.tune)
-        done = [0]
-
-        def callback(**_kwargs: Any) -> None:
-            done[0] += 1
-            progress(min(done[0], total), total)
-
-        sample_kwargs["callback"] = callback
     result = fit_full_model(
-        stats, draws=params.draws, tune=params.tune, chains=params.chains, seed=params.seed, sample_kwargs=sample_kwargs
+        stats, prior=prior, rule=rule, draws=params.draws, tune=params.tune, chains=params.chains, seed=params.seed,
+        sample_kwargs={"cores": 1}, progress=progress,
     )
     return result.to_dict()
+
+
+def experiment_settings(experiment: Experiment, credible_level: float | None = None) -> tuple[Prior, DecisionRule]:
+    """The experiment's own prior and decision rule (validated when it was defined),
+    with the credible level overridden if asked."""
+    rule = DecisionRule.from_mapping(experiment.decision)
+    if credible_level is not None:
+        rule = replace(rule, credible_level=credible_level)
+    return Prior.from_mapping(experiment.prior), rule
 
 
 def snapshot_of(stats: ExperimentStats, taken_at: datetime) -> dict[str, Any]:
@@ -233,6 +237,18 @@ class JobRunner:
             self.submit(job.id)
         return job, created
 
+    def run_here(
+        self, experiment_key: str, actor: str, params: FitParams, progress: Progress | None = None
+    ) -> AnalysisJob:
+        """Queue a fit and run it in the calling thread (the command line), heartbeats
+        included; 409 when the experiment already has an active fit."""
+        job, created = queue_fit(self.database, experiment_key, actor, params, worker=self.identity)
+        if not created:
+            raise Conflict("fit_active", f"A full-model fit (#{job.id}) is already {job.status} for {experiment_key}.")
+        self.run(job.id, progress)
+        with self.database.sessionmaker() as session:
+            return session.get(AnalysisJob, job.id)
+
     def submit(self, job_id: int) -> None:
         """Run a job this worker queued, after the ones before it, in the background."""
         with self._cond:
@@ -325,11 +341,12 @@ class JobRunner:
                 if job is None or experiment is None:
                     return None
                 params = FitParams.stored(job.params)
+                prior, rule = experiment_settings(experiment)
                 taken_at = utcnow()
                 stats = experiment_stats(session, experiment)
             self._update(job_id, "running", snapshot=snapshot_of(stats, taken_at))
             try:
-                result = self.fit(stats, params, progress)
+                result = self.fit(stats, params, prior=prior, rule=rule, progress=progress)
             except Exception as exc:  # noqa: BLE001 - any failure of a fit is the job's outcome
                 log.exception("full-model job %s failed", job_id)
                 return self._update(job_id, "failed", error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=utcnow())

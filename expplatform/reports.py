@@ -53,7 +53,7 @@ from . import plots
 from .aggregation import SEGMENT_ATTRIBUTE, DataQuality, daily_stats, data_quality, experiment_stats, segment_stats
 from .db import Database, get_db
 from .errors import ValidationError
-from .jobs import recent_jobs
+from .jobs import experiment_settings, recent_jobs
 from .models import AnalysisJob, Experiment, Exposure, utcnow
 
 log = logging.getLogger(__name__)
@@ -111,15 +111,6 @@ def _flag(raw: Any, *, default: bool, name: str, errors: dict[str, str]) -> bool
         return False
     errors[name] = "must be true or false"
     return default
-
-
-def settings_for(experiment: Experiment, credible_level: float | None = None) -> tuple[Prior, DecisionRule]:
-    """The experiment's own prior and decision rule (validated when it was defined),
-    with the credible level overridden if asked."""
-    rule = DecisionRule.from_mapping(experiment.decision)
-    if credible_level is not None:
-        rule = replace(rule, credible_level=credible_level)
-    return Prior.from_mapping(experiment.prior), rule
 
 
 # -- the report ------------------------------------------------------------------------------
@@ -201,12 +192,16 @@ class Report:
         return query
 
 
-def build_report(session: Session, experiment: Experiment, options: ReportOptions, *, now: datetime | None = None
-                 ) -> Report:
-    """The report of ``experiment`` (inside an app context: it uses the app's caches)."""
+def build_report(session: Session, experiment: Experiment, options: ReportOptions, *, now: datetime | None = None,
+                 wait: float | None = -1.0) -> Report:
+    """The report of ``experiment`` (inside an app context: it uses the app's caches).
+
+    ``wait`` bounds the wait for a first computation of the slow parts: the
+    ``report_wait_seconds`` setting by default, None to wait as long as it takes."""
     database, cache = get_db(), _cache()
+    wait = database.settings.report_wait_seconds if wait == -1.0 else wait
     now = now or utcnow()
-    prior, rule = settings_for(experiment, options.credible_level)
+    prior, rule = experiment_settings(experiment, options.credible_level)
     stats = experiment_stats(session, experiment)
     quality = data_quality(session, experiment, now=now)
     version = _data_version(experiment, stats)
@@ -214,14 +209,14 @@ def build_report(session: Session, experiment: Experiment, options: ReportOption
     series = None
     if options.series:
         series = cache.slow.get(
-            ("series", experiment.id, prior, rule), version, lambda: _series(database, experiment.id, prior, rule)
+            ("series", experiment.id, prior, rule), version, lambda: _series(database, experiment.id, prior, rule), wait
         )
         series = _with_live_point(series, version, stats, prior, rule, now)
     segments = None
     if options.segment:
         segments = cache.slow.get(
             ("segments", experiment.id, options.segment, prior, rule), version,
-            lambda: _segments(database, experiment.id, options.segment, prior, rule),
+            lambda: _segments(database, experiment.id, options.segment, prior, rule), wait,
         )
     job = None
     if options.full_model:
@@ -419,15 +414,15 @@ class _Slow:
     """Seconds-long report parts, computed one at a time in a background thread and
     reused while they are younger than ``refresh`` (see the module docstring)."""
 
-    def __init__(self, refresh: float, wait: float, size: int = 64) -> None:
-        self._refresh, self._wait, self._size = refresh, wait, size
+    def __init__(self, refresh: float, size: int = 64) -> None:
+        self._refresh, self._size = refresh, size
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._running: dict[Hashable, Future] = {}
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._pid = os.getpid()
 
-    def get(self, key: Hashable, version: Hashable, compute: Callable[[], Any]) -> Pending:
+    def get(self, key: Hashable, version: Hashable, compute: Callable[[], Any], wait: float | None) -> Pending:
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None and (entry.version == version or time.monotonic() - entry.started < self._refresh):
@@ -438,7 +433,7 @@ class _Slow:
         if entry is not None:
             return _ready(entry)  # stale while the new one is computed
         try:
-            future.result(timeout=self._wait)
+            future.result(timeout=wait)
         except FutureTimeout:
             return Pending("computing")
         except Exception:  # noqa: BLE001 - logged by the worker; the page says so
@@ -493,7 +488,7 @@ class ReportCache:
     def __init__(self, settings) -> None:
         self.results: _Lru[ExperimentResult] = _Lru(64)
         self.plots: _Lru[dict[str, str]] = _Lru(32)
-        self.slow = _Slow(settings.report_refresh_seconds, settings.report_wait_seconds)
+        self.slow = _Slow(settings.report_refresh_seconds)
 
 
 def _cache() -> ReportCache:
@@ -604,14 +599,11 @@ def to_csv(rows: Sequence[MetricRow]) -> str:
 
 
 def _csv_safe(value: Any) -> Any:
-    """Floats at full precision; text that a spreadsheet would run as a formula is
-    quoted with a leading apostrophe (segment values come from client apps)."""
+    """Floats at full precision (repr round-trips), booleans as true/false."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
         return repr(value)
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
     return value
 
 
@@ -860,3 +852,81 @@ def full_model_view(report: Report) -> FullModelView | None:
         snapshot=job.snapshot,
         exposed_now={v: report.stats.cells[stages[0]][v].exposed for v in report.stats.variants},
     )
+
+
+def format_table(report: Report) -> str:
+    """The report for a terminal: the recommendation and warnings, then one block per
+    stage with a line per variant."""
+    result, stats = report.result, report.stats
+    e = report.experiment
+    level = f"{report.rule.credible_level:.0%}"
+    lines = [
+        f"{e.name} ({e.key}, {e.status}) - testing {stats.target_stage}; {report.exposed_total:,} customers exposed",
+        "",
+        f"Recommendation: {result.recommendation.summary}",
+        *(f"  - {reason}" for reason in result.recommendation.reasons),
+    ]
+    if report.warnings:
+        lines += ["", "Warnings:", *(f"  ! {w.message}" for w in report.warnings)]
+    header = ("variant", "exposed", "conv", f"lift [{level}]", "P(better)", "exp.loss", "rating", "top-box", "decision")
+    widths = (max(8, *(len(v) for v in stats.variants)), 9, 7, 27, 9, 8, 6, 7, 15)
+    for stage in lift_map(stats, result, report.rule, report.colors):
+        lines += ["", f"{stage.stage}{'  <- under test' if stage.is_target else ''}"]
+        lines.append("  " + "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths))))
+        for cell in stage.cells:
+            lift = cell.lift
+            values = (
+                cell.variant + (" (control)" if cell.is_control and cell.variant != "control" else ""),
+                f"{cell.exposed:,}",
+                _pct(cell.conversion.observed),
+                "" if lift is None else _lift_text(lift.relative_lift),
+                "" if lift is None else _prob(lift.p_better),
+                "" if lift is None else _pct(lift.expected_loss_relative, 2),
+                "-" if cell.mean_rating.observed is None else f"{cell.mean_rating.observed:.2f}",
+                _pct(cell.top_box.observed, 0),
+                "" if lift is None or lift.decision is None else lift.decision.replace("_", " "),
+            )
+            lines.append("  " + "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths))))
+    if report.segments is not None and report.segments.status == "ready":
+        lines += ["", f"By {report.options.segment}:"]
+        for segment in report.segments.value:
+            label = "(not recorded)" if segment.value is None else segment.value
+            target = segment.result.stage(stats.target_stage).metric("conversion")
+            lifts = ", ".join(f"{c.treatment} {_lift_text(c.relative_lift)} P(better) {_prob(c.p_better)}"
+                              for c in target.comparisons)
+            lines.append(f"  {label}: {segment.exposed:,} exposed; {stats.target_stage} conversion {lifts}")
+            lines.append(f"    {segment.result.recommendation.summary}")
+    job = report.job
+    if job is not None:
+        lines += ["", f"Full model: fit #{job.id} {job.status}" + (f" - {job.error}" if job.error else "")]
+        view = full_model_view(report)
+        if view is not None and view.rows:
+            diagnostics = view.diagnostics or {}
+            lines.append(f"  diagnostics {'passed' if diagnostics.get('passed') else 'FAILED'}: "
+                         f"max R-hat {diagnostics.get('r_hat_max')}, {diagnostics.get('divergences')} divergences")
+            for row in view.rows:
+                if row.metric == "conversion":
+                    lines.append(f"  {row.stage:<14} {row.treatment:<10} conjugate {_lift_text(row.conjugate_lift):<28} "
+                                 f"full model {_lift_text(row.full_lift)}")
+    return "\n".join(lines) + "\n"
+
+
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value * 100:.{digits}f}%"
+
+
+def _prob(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _lift_text(estimate: Any) -> str:
+    if isinstance(estimate, dict):
+        mean, low, high = estimate.get("mean"), estimate.get("low"), estimate.get("high")
+    elif estimate is not None:
+        mean, low, high = estimate.mean, estimate.low, estimate.high
+    else:
+        return "-"
+    if mean is None:
+        return "-"
+    interval = "" if low is None or high is None else f" [{low * 100:+.1f}%, {high * 100:+.1f}%]"
+    return f"{mean * 100:+.1f}%{interval}"

@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
+from analysis.types import DecisionRule, Prior
 from expplatform.aggregation import experiment_stats
 from expplatform.errors import ValidationError
 from expplatform.jobs import DEAD_WORKER, FitParams, JobRunner, get_runner, recent_jobs, snapshot_of
@@ -33,6 +34,7 @@ def fast_app(database_url, tmp_path):
 def experiment(fast_app):
     with fast_app.extensions["db"].write() as session:
         experiment = make_experiment(session, "checkout")
+        experiment.prior, experiment.decision = {"conversion_alpha": 2.0}, {"ship_probability": 0.9}
         for i in range(30):
             expose(session, experiment, f"c{i}", "control" if i % 3 else "treatment")
         expose(session, experiment, "qa", "treatment", forced=True)
@@ -53,14 +55,14 @@ class FakeFit:
         self.fail = fail
         self._lock = threading.Lock()
 
-    def __call__(self, stats, params, progress):
+    def __call__(self, stats, params, *, prior, rule, progress):
         with self._lock:
             self.running += 1
             self.max_running = max(self.max_running, self.running)
         self.entered.set()
         try:
             assert self.release.wait(WAIT), "the test never released the fit"
-            self.calls.append((stats, params))
+            self.calls.append((stats, params, prior, rule))
             if progress is not None:
                 progress(1, 1)
             if self.fail is not None:
@@ -101,8 +103,9 @@ def test_a_queued_fit_runs_in_the_background_and_stores_result_and_snapshot(fast
     assert row.snapshot["exposed"] == {"control": 20, "treatment": 10}
     assert row.snapshot["converted"] == snapshot_of(stats, utcnow())["converted"]
     assert row.snapshot["taken_at"] >= row.started_at.isoformat()[:19]
-    (stats_seen, params_seen), = fit.calls
+    (stats_seen, params_seen, prior, rule), = fit.calls
     assert stats_seen == stats and params_seen.draws == 200
+    assert prior == Prior(conversion_alpha=2.0) and rule == DecisionRule(ship_probability=0.9)  # the experiment's own
 
 
 def test_queueing_while_a_fit_is_active_returns_the_active_job(fast_app, experiment):
@@ -281,5 +284,30 @@ def test_fit_options_default_to_the_settings(database_url, tmp_path):
     try:
         params = FitParams.parse({"seed": "9", "tune": ""}, app.extensions["settings"])
         assert params == FitParams(draws=300, tune=1000, chains=2, seed=9)
+    finally:
+        app.extensions["db"].engine.dispose()
+
+
+@pytest.mark.slow
+def test_the_real_full_model_runs_in_the_foreground_with_progress(database_url, tmp_path):
+    """PyMC end to end, small, as the CLI runs it: the stored result has the conjugate
+    result's shape plus diagnostics, with the snapshot; progress reached its total."""
+    if "postgresql" in database_url:
+        pytest.skip("the fit itself does not touch the database: once is enough")
+    app = make_test_app(database_url, tmp_path)
+    try:
+        with app.extensions["db"].write() as session:
+            experiment = make_experiment(session, "checkout", stages=("cart", "purchase"))
+            for i in range(400):
+                expose(session, experiment, f"c{i}", "control" if i % 2 else "treatment")
+        seen: list[tuple[int, int]] = []
+        job = get_runner(app).run_here("checkout", "cli", FitParams(draws=200, tune=200, chains=2, seed=3),
+                                       progress=lambda done, total: seen.append((done, total)))
+        assert job.status == "finished", job.error
+        assert job.result["method"] == "hierarchical" and job.result["draws"] == 400
+        assert [s["stage"] for s in job.result["stages"]] == ["cart", "purchase"]
+        assert {"r_hat_max", "ess_bulk_min", "divergences", "passed"} <= set(job.result["diagnostics"])
+        assert job.snapshot["exposed"] == {"control": 200, "treatment": 200}
+        assert seen[-1] == (800, 800) and [d for d, _ in seen] == sorted(d for d, _ in seen)
     finally:
         app.extensions["db"].engine.dispose()

@@ -7,6 +7,7 @@ and nothing from the network; options travel in the query string (a plain GET fo
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
@@ -92,19 +93,32 @@ def report(key: str):
         options = reports.ReportOptions()
     built = reports.build_report(session, experiment, options)
     principal = current_principal()
-    return render_template(
-        "reports/report.html",
-        report=built,
-        lift_map=reports.lift_map(built.stats, built.result, built.rule, built.colors),
-        plots=reports.render_plots(built),
-        full_model=reports.full_model_view(built),
-        fmt=Format,
-        decisions=DECISIONS,
-        metric_labels=reports.METRIC_LABELS,
-        levels=CREDIBLE_LEVELS,
-        can_fit=principal is not None and role_at_least(principal.role, "editor"),
-        confirm=ConfirmForm(),
-    )
+    can_fit = principal is not None and role_at_least(principal.role, "editor")
+    return render_template("reports/report.html", **_context(built, can_fit=can_fit))
+
+
+def _context(built: reports.Report, *, can_fit: bool) -> dict[str, Any]:
+    return {
+        "report": built,
+        "lift_map": reports.lift_map(built.stats, built.result, built.rule, built.colors),
+        "plots": reports.render_plots(built),
+        "full_model": reports.full_model_view(built),
+        "fmt": Format,
+        "decisions": DECISIONS,
+        "metric_labels": reports.METRIC_LABELS,
+        "levels": CREDIBLE_LEVELS,
+        "can_fit": can_fit,
+        "confirm": ConfirmForm() if can_fit else None,
+    }
+
+
+def render_standalone(built: reports.Report) -> str:
+    """The report as one self-contained HTML file (styles inline, plots inline), for
+    ``expplatform report --format html``."""
+    static = Path(current_app.static_folder or "")
+    stylesheet = "\n".join((static / name).read_text(encoding="utf-8") for name in ("app.css", "reports.css"))
+    with current_app.test_request_context():
+        return render_template("reports/standalone.html", stylesheet=stylesheet, **_context(built, can_fit=False))
 
 
 @bp.post("/experiments/<key>/report/full-model")
