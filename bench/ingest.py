@@ -49,8 +49,8 @@ sys.path.insert(0, str(ROOT))
 
 from expplatform import aggregation, migrations  # noqa: E402
 from expplatform.auth import create_api_key  # noqa: E402
-from expplatform.events import rebuild_outcomes  # noqa: E402
-from expplatform.models import Event, Experiment, Variant  # noqa: E402
+from expplatform.events import rebuild_outcomes, stored_outcomes  # noqa: E402
+from expplatform.models import Event, Experiment, OutcomeCount, Variant  # noqa: E402
 
 STAGES = ("awareness", "consideration", "purchase", "retention", "advocacy")
 BASE = datetime(2024, 5, 1, tzinfo=timezone.utc)
@@ -109,7 +109,7 @@ def prepare(url: str, exposures: int, *, forced_every: int = 1000) -> tuple[int,
 def _series(engine, start: int, stop: int) -> str:
     """A row source of integers i in [start, stop) for INSERT ... SELECT."""
     if engine.dialect.name == "postgresql":
-        return f"generate_series({start}, {stop - 1}) AS s(i)"
+        return f"generate_series({start}::bigint, {stop - 1}) AS s(i)"
     return (
         f"(WITH RECURSIVE s(i) AS (SELECT {start} UNION ALL SELECT i + 1 FROM s WHERE i + 1 < {stop}) SELECT i FROM s)"
     )
@@ -149,9 +149,12 @@ def bulk_events(engine, start: int, stop: int, customers: int) -> None:
     70% conversions, 30% ratings; all after the customer's exposure unless the pseudo-
     random draw puts them in the first two weeks."""
     spread = int(customers * 1.25)
-    customer = f"((i * 2654435761) % {spread})"
-    stage = "CASE (i * 40503) % 5 " + " ".join(f"WHEN {n} THEN '{s}'" for n, s in enumerate(STAGES)) + " END"
-    seconds = f"({customer} % 1209600 + (i * 7919) % 2419200)"
+    # Independent-looking draws from multiplicative hashes modulo different primes.
+    customer = f"((i * 2654435761) % 4294967291 % {spread})"
+    stage = "CASE (i * 40503 + 7) % 65521 % 5 " + " ".join(f"WHEN {n} THEN '{s}'" for n, s in enumerate(STAGES)) + " END"
+    conversion = "(i * 69069 + 1) % 1000003 % 10 < 7"
+    rating = "1 + (i * 1103515245 + 12345) % 2147483647 % 5"
+    seconds = f"({customer} % 1209600 + (i * 7919) % 104729 * 23)"
     occurred = _timestamp_sql(engine, seconds)
     cutoff = _timestamp_sql(engine, f"{seconds} + 5")
     with engine.begin() as connection:
@@ -160,8 +163,8 @@ def bulk_events(engine, start: int, stop: int, customers: int) -> None:
                 f"""INSERT INTO events (event_id, customer_id, stage, type, value, occurred_at, received_at,
                                         experiment_key, attributed, exposure_cutoff)
                 SELECT 'g' || i, 'c' || {customer}, {stage},
-                       CASE WHEN i % 10 < 7 THEN 'conversion' ELSE 'satisfaction' END,
-                       CASE WHEN i % 10 < 7 THEN NULL ELSE 1 + (i * 31) % 5 END,
+                       CASE WHEN {conversion} THEN 'conversion' ELSE 'satisfaction' END,
+                       CASE WHEN {conversion} THEN NULL ELSE {rating} END,
                        {occurred}, {cutoff}, NULL, 0, {cutoff}
                 FROM {_series(engine, start, stop)}"""
             )
@@ -340,7 +343,7 @@ def load(port: int, key: str, bodies: list[bytes], clients: int, seconds: float)
 
 def bench_http(backend: str, workers: int, args) -> None:
     with fresh_database(backend) as url:
-        _experiment_id, key = prepare(url, args.http_customers)
+        experiment_id, key = prepare(url, args.http_customers)
         with gunicorn(url, workers) as (port, master):
             warm = make_batches(2 * workers, args.batch, args.http_customers, seed=1)
             warm_accepted = load(port, key, warm, workers, 30)["accepted"]
@@ -354,8 +357,11 @@ def bench_http(backend: str, workers: int, args) -> None:
             cpu_after = (cpu_seconds(pids), cpu_seconds(database_pids), sum(os.times()[:2]), machine_busy_seconds())
             after = {pid: memory_kb(pid) for pid in pids}
         engine = create_engine(url)
-        with Session(engine) as session:
+        with Session(engine) as session, session.begin():
             stored = session.scalar(select(func.count()).select_from(Event))
+            incremental = maintained(session, experiment_id)
+            rebuild_outcomes(session, session.get(Experiment, experiment_id))
+            rebuilt_equal = maintained(session, experiment_id) == incremental
         engine.dispose()
     rate = result["events"] / result["seconds"]
     print(
@@ -379,7 +385,17 @@ def bench_http(backend: str, workers: int, args) -> None:
         f"{workers_cpu * per_event:.0f} us, postgres {database_cpu * per_event:.0f} us"
     )
     consistent = stored == result["accepted"] + warm_accepted
-    print(f"       stored events {stored} == accepted (+ warm-up {warm_accepted}): {consistent}")
+    print(f"       stored events {stored} == accepted (+ warm-up {warm_accepted}): {consistent}; "
+          f"outcomes and counters kept under load == rebuilt from the raw events: {rebuilt_equal}")
+
+
+def maintained(session: Session, experiment_id: int) -> tuple:
+    counters = session.execute(
+        select(OutcomeCount.stage, OutcomeCount.variant_id, OutcomeCount.kind, OutcomeCount.value, OutcomeCount.customers)
+        .where(OutcomeCount.experiment_id == experiment_id, OutcomeCount.customers != 0)
+        .order_by(OutcomeCount.stage, OutcomeCount.variant_id, OutcomeCount.kind, OutcomeCount.value)
+    ).all()
+    return stored_outcomes(session, experiment_id), counters
 
 
 # -- aggregation at scale ------------------------------------------------------------------
