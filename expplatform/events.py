@@ -41,7 +41,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Iterable, Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 from sqlalchemy import and_, case, delete, func, insert, literal, or_, select
 from sqlalchemy.orm import Session
@@ -64,16 +64,12 @@ from .models import (
 EventType = Literal["conversion", "satisfaction"]
 EVENT_TYPES: tuple[EventType, ...] = ("conversion", "satisfaction")
 QualityKind = Literal["before_exposure", "after_stop", "forced", "not_exposed"]
-QUALITY_KINDS: tuple[QualityKind, ...] = ("before_exposure", "after_stop", "forced", "not_exposed")
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 FIELDS = frozenset({"event_id", "customer_id", "stage", "type", "value", "timestamp", "experiment"})
 REQUIRED = ("event_id", "customer_id", "stage", "type")
 MAX_LENGTHS = {"event_id": 128, "customer_id": 256}
 INT32 = (-(2**31), 2**31 - 1)
-# Keys per statement when selecting outcome rows, well under both databases' limits on
-# bound parameters.
-KEY_CHUNK = 2000
 
 
 # -- validation ---------------------------------------------------------------------
@@ -144,6 +140,11 @@ def _string(raw: dict[str, Any], name: str, *, slug: bool = False) -> str:
             raise _Invalid("invalid_value", f"{name} must be a slug: lowercase letters, digits, '-' or '_' (1-64)")
     elif not value or len(value) > MAX_LENGTHS[name] or "\x00" in value:
         raise _Invalid("invalid_value", f"{name} must be 1-{MAX_LENGTHS[name]} characters, without NUL")
+    else:
+        try:
+            value.encode()
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800") that JSON let through
+            raise _Invalid("invalid_value", f"{name} must be valid Unicode text") from None
     return value
 
 
@@ -287,8 +288,8 @@ class _Driver:
             return []
         if not self.sqlite:
             fields = ", ".join(f"(r->>{i})::{kind} AS {name}" for i, (name, kind) in enumerate(columns))
-            # In list order: the lock order the caller chose.
-            # jsonb: parsed once, where json would be re-parsed for every field read.
+            # In list order (the lock order the caller chose); jsonb is parsed once, where
+            # json would be re-parsed for every field read.
             source = f"SELECT {fields} FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS t(r, n) ORDER BY n"
             return self._run(template.format(rows=source), [json.dumps(rows)], fetch)
         # Row counts are padded (repeating the last row) to a multiple of PAD_ROWS, so a

@@ -68,6 +68,7 @@ def stored(db, model=Event) -> int:
         (ev(event_id=""), "invalid_value"),
         (ev(event_id="x" * 129), "invalid_value"),
         (ev(customer_id="a\x00b"), "invalid_value"),
+        (ev(event_id="a\ud800b"), "invalid_value"),
         (ev(stage="Purchase"), "invalid_value"),
         (ev(type="refund"), "invalid_value"),
         (ev(type="satisfaction", value=2**31), "invalid_value"),
@@ -147,6 +148,13 @@ def test_rules_that_need_the_experiment_reject_by_index(api, db, checkout):
 
 
 # -- the endpoint ----------------------------------------------------------------------
+
+
+def test_a_lone_surrogate_is_rejected_not_a_server_error(api, db, checkout):
+    body = '{"event_id": "e\\ud800", "customer_id": "c1", "stage": "purchase", "type": "conversion"}'
+    response = api.post(URL, data=body, content_type="application/json")
+    assert response.status_code == 200
+    assert [r["error"] for r in response.get_json()["rejected"]] == ["invalid_value"]
 
 
 def test_a_single_event_object_is_accepted(api, db, checkout):
