@@ -13,12 +13,12 @@ detractors/passives/promoters.
   2e-5 (see the tests).
 - Three or more (mean rating, NPS): an Edgeworth expansion of the difference to fourth
   order, with the functional's exact cumulants (Dirichlet moments, computed on
-  centred weights so nothing cancels). Error within 1e-3 of long simulations while
-  each arm's posterior skewness is at most ``EDGEWORTH_MAX_SKEW`` (about 30 ratings
-  or more on a typical histogram); beyond it, e.g. histograms piled against the end
-  of the scale, this returns None and the caller simulates. The quadratures tried
-  instead (saddle-point Laplace inversion, stick-breaking CDF tables) lost accuracy
-  precisely on those piled histograms.
+  centred weights so nothing cancels). Within 1e-3 of long simulations (3M draws,
+  80 random histograms of 10 to 300 ratings) while each arm's posterior skewness is
+  at most ``EDGEWORTH_MAX_SKEW``; beyond it (a handful of ratings, or a histogram
+  piled against the end of the scale) this gives NaN and the caller simulates.
+  Deterministic quadratures tried instead (saddle-point Laplace inversion,
+  stick-breaking CDF tables) lost accuracy precisely on those piled histograms.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def collapse(weights: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.nda
     return distinct, summed
 
 
-EDGEWORTH_MAX_SKEW = 0.25
+EDGEWORTH_MAX_SKEW = 0.5
 
 
 def p_better(weights: np.ndarray, alpha: np.ndarray, control: int) -> np.ndarray:

@@ -1,0 +1,216 @@
+"""The full model (opt-in): one PyMC model over all stages that partially pools each
+treatment's effect across stages, returning the same result types as ``analyze``.
+
+- Conversion: ``converted ~ Binomial(exposed, p)``, ``logit p[s, v] = baseline[s]
+  + effect[s, v]`` with ``effect[s, control] = 0`` and, per treatment,
+  ``effect[s, v] = mu[v] + tau[v] * z[s, v]`` (non-centred; mu ~ N(0, 0.5),
+  tau ~ HalfNormal(0.1): stage-to-stage differences in a treatment's log-odds effect
+  beyond 0.2 are rare; z ~ N(0, 1)). A treatment that lifts most stages pulls a
+  noisy stage towards its typical lift; with plenty of data per stage the stages
+  speak for themselves. Baselines ~ N(logit of the prior's mean rate, 2.5).
+- Satisfaction: an ordered-logistic model on the rating histogram of each stage x
+  variant, ``P(rating <= k) = sigmoid(cut[s, k] - shift[s, v])``, with per-stage
+  ordered cutpoints (N(logit(k/K), 2.5)) and the shift pooled like the conversion
+  effect; the likelihood is multinomial on the aggregated counts, so its cost does
+  not grow with customers.
+
+Effects are on the log-odds scale (0.1 is about +10% odds); the summaries are on the
+same scales as the conjugate path (rates, mean rating, top-box share, NPS), computed
+draw by draw. PyMC is imported here only, when a fit is asked for. nutpie is used
+when installed, PyMC's NUTS otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from .exceptions import AnalysisInputError
+from .summarize import Counts, Posterior, metric_specs, summarize
+from .types import DecisionRule, Diagnostics, ExperimentResult, ExperimentStats, Prior
+
+R_HAT_LIMIT = 1.01
+ESS_PER_CHAIN = 100  # bulk and tail ESS of at least 100 per chain (Vehtari et al. 2021)
+_FREE = ("baseline", "effect_mu", "effect_tau", "effect_z", "cutpoints", "shift_mu", "shift_tau", "shift_z")
+
+
+def build_model(stats: ExperimentStats, prior: Prior = Prior()):
+    """The PyMC model of ``stats`` (see the module docstring)."""
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    counts = Counts.of(stats)
+    stages, variants = counts.exposed.shape
+    k = stats.scale.categories
+    control = stats.variants.index(stats.control)
+    treatments = [j for j in range(variants) if j != control]
+    prior_rate = prior.conversion_alpha / (prior.conversion_alpha + prior.conversion_beta)
+    coords = {"stage": list(stats.stages), "variant": list(stats.variants),
+              "treatment": [stats.variants[j] for j in treatments], "cut": list(range(k - 1))}
+    with pm.Model(coords=coords) as model:
+        baseline = pm.Normal("baseline", mu=np.log(prior_rate / (1 - prior_rate)), sigma=2.5, dims="stage")
+        effect = _pooled(pm, pt, "effect", stages, treatments, control, variants)
+        p = pm.Deterministic("p", pm.math.sigmoid(baseline[:, None] + effect), dims=("stage", "variant"))
+        pm.Binomial("converted", n=counts.exposed, p=p, observed=counts.converted, dims=("stage", "variant"))
+
+        start = np.log(np.arange(1, k) / (k - np.arange(1, k)))  # logits of k/K
+        cutpoints = pm.Normal(
+            "cutpoints", mu=start, sigma=2.5, dims=("stage", "cut"),
+            transform=pm.distributions.transforms.ordered, initval=np.tile(start, (stages, 1)),
+        )
+        shift = _pooled(pm, pt, "shift", stages, treatments, control, variants)
+        below = pm.math.sigmoid(cutpoints[:, None, :] - shift[:, :, None])  # (stage, variant, K-1)
+        cumulative = pt.concatenate([pt.zeros((stages, variants, 1)), below, pt.ones((stages, variants, 1))], axis=-1)
+        probs = pm.Deterministic("rating_probs", cumulative[..., 1:] - cumulative[..., :-1])
+        # Multinomial kernel on the aggregated histogram (its coefficient is constant).
+        pm.Potential("ratings", (counts.ratings * pt.log(pt.maximum(probs, 1e-300))).sum())
+    return model
+
+
+def _pooled(pm, pt, name, stages, treatments, control, variants):
+    """Per-stage treatment effects pooled per treatment, with zeros in the control's column."""
+    mu = pm.Normal(f"{name}_mu", 0.0, 0.5, dims="treatment")
+    tau = pm.HalfNormal(f"{name}_tau", 0.1, dims="treatment")
+    z = pm.Normal(f"{name}_z", 0.0, 1.0, dims=("stage", "treatment"))
+    pooled = mu + tau * z
+    columns = []
+    for j in range(variants):
+        columns.append(pt.zeros(stages) if j == control else pooled[:, treatments.index(j)])
+    return pm.Deterministic(name, pt.stack(columns, axis=1), dims=("stage", "variant"))
+
+
+def fit_full_model(
+    stats: ExperimentStats,
+    *,
+    prior: Prior = Prior(),
+    rule: DecisionRule = DecisionRule(),
+    draws: int = 1000,
+    tune: int = 1000,
+    chains: int = 4,
+    seed: int = 0,
+    sample_kwargs: dict[str, Any] | None = None,
+    progressbar: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> ExperimentResult:
+    """Fit the full model by NUTS and summarise it like ``analyze``.
+
+    ``sample_kwargs`` go to ``pymc.sample`` last (cores, target_accept, a callback...);
+    ``progress(done, total)`` is called after every iteration of every chain,
+    tuning included (PyMC's sampler only; nutpie reports none).
+    """
+    if min(draws, tune, chains) < 1 or draws < 10:
+        raise AnalysisInputError("draws (at least 10), tune and chains must be positive")
+    idata, diagnostics = sample(
+        build_model(stats, prior), draws=draws, tune=tune, chains=chains, seed=seed,
+        sample_kwargs=sample_kwargs, progressbar=progressbar, progress=progress,
+    )
+    post = idata.posterior
+    conversion = _cells_last(post["p"].values)
+    probs = _cells_last(post["rating_probs"].values)  # (stage, variant, draws, K)
+    values = {"conversion": conversion}
+    for spec in metric_specs(stats)[1:]:
+        values[spec.name] = probs @ spec.weights
+    return summarize(stats, rule, Posterior(values=values), method="hierarchical", draws=draws * chains,
+                     diagnostics=diagnostics)
+
+
+def _cells_last(x: np.ndarray) -> np.ndarray:
+    """(chain, draw, stage, variant[, K]) -> (stage, variant, chain * draw[, K])."""
+    chains, draws = x.shape[:2]
+    flat = x.reshape((chains * draws,) + x.shape[2:])
+    return np.moveaxis(flat, 0, 2)
+
+
+def sample(
+    model,
+    *,
+    draws: int,
+    tune: int,
+    chains: int,
+    seed: int,
+    sample_kwargs: dict[str, Any] | None = None,
+    progressbar: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+):
+    """NUTS on ``model``: ``(InferenceData, Diagnostics)``, compile and sampling timed
+    apart (PyMC's sampler; with nutpie the total is reported as sampling).
+
+    target_accept defaults to 0.95: the stage-effect scale tau and the stage effects
+    form a mild funnel, which at 0.9 left the odd divergence on the benchmark data."""
+    import pymc as pm
+
+    kwargs: dict[str, Any] = {
+        "draws": draws, "tune": tune, "chains": chains, "random_seed": seed, "progressbar": progressbar,
+        "target_accept": 0.95, "compute_convergence_checks": False, "model": model,
+        "cores": min(chains, len(os.sched_getaffinity(0))),  # PyMC assumes half the CPUs are hyperthreads
+    }
+    kwargs.update(sample_kwargs or {})
+    compile_seconds = None
+    if importlib.util.find_spec("nutpie") is not None and "step" not in kwargs:
+        sampler = "nutpie"
+        kwargs.setdefault("nuts_sampler", "nutpie")
+        kwargs.pop("callback", None)
+    else:
+        sampler = "pymc"
+        started = time.perf_counter()
+        initial_points, step = pm.init_nuts(
+            init="jitter+adapt_diag", chains=chains, random_seed=seed, model=model,
+            target_accept=kwargs.pop("target_accept"),
+        )
+        compile_seconds = time.perf_counter() - started
+        kwargs.update(step=step, initvals=initial_points)
+        if progress is not None:
+            kwargs["callback"] = _progress_callback(progress, chains * (draws + tune), kwargs.get("callback"))
+    started = time.perf_counter()
+    idata = pm.sample(**kwargs)
+    sampling_seconds = time.perf_counter() - started
+    return idata, diagnose(idata, sampler, compile_seconds, sampling_seconds)
+
+
+def _progress_callback(progress, total, chained):
+    done = 0
+
+    def callback(**kwargs):
+        nonlocal done
+        done += 1
+        progress(min(done, total), total)
+        if chained is not None:
+            chained(**kwargs)
+
+    return callback
+
+
+def diagnose(idata, sampler: str, compile_seconds: float | None, sampling_seconds: float | None) -> Diagnostics:
+    """R-hat, bulk and tail ESS over the free parameters, and divergences."""
+    import arviz as az
+
+    post = idata.posterior
+    names = [n for n in _FREE if n in post]
+    chains, draws = post.sizes["chain"], post.sizes["draw"]
+    r_hat = ess_bulk = ess_tail = None
+    if chains >= 2:
+        r_hat = _extreme(az.rhat(post, var_names=names), max)
+    ess_bulk = _extreme(az.ess(post, var_names=names, method="bulk"), min)
+    ess_tail = _extreme(az.ess(post, var_names=names, method="tail"), min)
+    divergences = int(idata.sample_stats["diverging"].sum()) if "diverging" in idata.sample_stats else 0
+    passed = (
+        r_hat is not None and r_hat < R_HAT_LIMIT
+        and ess_bulk is not None and ess_bulk >= ESS_PER_CHAIN * chains
+        and ess_tail is not None and ess_tail >= ESS_PER_CHAIN * chains
+        and divergences == 0
+    )
+    return Diagnostics(
+        r_hat_max=r_hat, ess_bulk_min=ess_bulk, ess_tail_min=ess_tail, divergences=divergences,
+        draws=int(draws), chains=int(chains), sampler=sampler, passed=bool(passed),
+        seconds_compile=compile_seconds, seconds_sampling=sampling_seconds,
+    )
+
+
+def _extreme(dataset, pick) -> float | None:
+    values = np.concatenate([np.ravel(dataset[name].values) for name in dataset.data_vars])
+    values = values[np.isfinite(values)]
+    return float(pick(values)) if values.size else None
