@@ -245,9 +245,13 @@ def over_time(points: Sequence[DayPoint], colors: Mapping[str, str], *, stage: s
         for variant, series in by_variant.items():
             color = colors.get(variant, CONTROL_COLOR)
             days = [p.day for p in series]
-            top.plot(days, values(series, "lift"), color=color, linewidth=1.8, marker="o", markersize=2.5, label=variant)
-            top.fill_between(days, values(series, "low"), values(series, "high"), color=color, alpha=0.15, linewidth=0)
-            bottom.plot(days, values(series, "p_better"), color=color, linewidth=1.8, marker="o", markersize=2.5)
+            lift, low, high = values(series, "lift"), values(series, "low"), values(series, "high")
+            top.plot(days, lift, color=color, linewidth=1.8, marker="o", markersize=3.5, label=variant)
+            if len(days) > 1:
+                top.fill_between(days, low, high, color=color, alpha=0.15, linewidth=0)
+            else:  # a band needs two days: one day's interval is a bar
+                top.vlines(days, low, high, color=color, alpha=0.5, linewidth=4)
+            bottom.plot(days, values(series, "p_better"), color=color, linewidth=1.8, marker="o", markersize=3.5)
         top.axhline(0, color="#1d2330", linewidth=0.9)
         _percent(top, "y")
         top.set_ylabel(f"Lift ({level:.0%} interval)")

@@ -928,5 +928,9 @@ def _lift_text(estimate: Any) -> str:
         return "-"
     if mean is None:
         return "-"
-    interval = "" if low is None or high is None else f" [{low * 100:+.1f}%, {high * 100:+.1f}%]"
-    return f"{mean * 100:+.1f}%{interval}"
+    interval = "" if low is None or high is None else f" [{_signed(low)}, {_signed(high)}]"
+    return f"{_signed(mean)}{interval}"
+
+
+def _signed(value: float) -> str:
+    return f"{round(value * 100, 1) + 0.0:+.1f}%"  # never "-0.0%"

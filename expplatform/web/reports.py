@@ -33,7 +33,8 @@ class Format:
 
     @staticmethod
     def lift(value: float | None, digits: int = 1) -> str:
-        return "—" if value is None else f"{value * 100:+.{digits}f}%"
+        # "+ 0.0" rounds a tiny negative lift to zero instead of showing "-0.0%".
+        return "—" if value is None else f"{round(value * 100, digits) + 0.0:+.{digits}f}%"
 
     @staticmethod
     def lift_of(estimate: Any, digits: int = 1) -> str:
@@ -49,7 +50,7 @@ class Format:
         low, high = (estimate.get("low"), estimate.get("high")) if isinstance(estimate, dict) else (estimate.low, estimate.high)
         if low is None or high is None:
             return "—"
-        return f"[{low * 100:+.{digits}f}%, {high * 100:+.{digits}f}%]"
+        return f"[{Format.lift(low, digits)}, {Format.lift(high, digits)}]"
 
     @staticmethod
     def prob(value: float | None) -> str:

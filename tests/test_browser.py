@@ -1,0 +1,159 @@
+"""The whole path in a real browser: headless Chromium (Debian's, driven by
+Playwright) against the app served over HTTP. An editor logs in, creates an
+experiment with the form, starts it; customers are assigned and send events through
+the HTTP API with a clear difference between the variants; the report page then
+shows the stages, the variants, a lift with its interval, the recommendation and
+the SVG plots. A screenshot is kept in test-artifacts/report.png.
+
+Without /usr/bin/chromium the test is skipped, unless EXPPLATFORM_TEST_REQUIRE_BROWSER
+is set (as CI does), when it fails."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import requests
+
+from .conftest import PASSWORD, make_test_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
+]
+CUSTOMERS = 600
+# Conversion at the stage under test: a lift no analysis can miss.
+CART_RATE = {"control": 0.20, "treatment": 0.45}
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def app(database_url, tmp_path):
+    """CSRF on, as in production: the browser submits the real forms."""
+    app = make_test_app(database_url, tmp_path, wtf_csrf_enabled=True, report_wait_seconds=60.0)
+    yield app
+    app.extensions["report_cache"].slow.wait_idle(60)
+    app.extensions["db"].engine.dispose()
+
+
+@pytest.fixture
+def browser_context(tmp_path):
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} is missing (apt-get install -y chromium)"
+        if os.environ.get("EXPPLATFORM_TEST_REQUIRE_BROWSER"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),  # a fresh user-data-dir
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+def send_traffic(base_url: str, client_key: str, key: str) -> dict[str, int]:
+    """Assign CUSTOMERS customers one call each, then report their outcomes in
+    batches: everyone browses, CART_RATE[variant] of each variant reaches the cart,
+    a third of those buy; each rates the last stage reached."""
+    http = requests.Session()
+    http.headers["Authorization"] = f"Bearer {client_key}"
+    exposed: dict[str, int] = {}
+    events = []
+    for i in range(CUSTOMERS):
+        customer = f"shopper-{i}"
+        attributes = {"platform": ("ios", "android", "web")[i % 3]}
+        response = http.post(f"{base_url}/api/v1/assign",
+                             json={"customer_id": customer, "experiments": [key], "attributes": attributes}, timeout=30)
+        assert response.status_code == 200, response.text
+        (assignment,) = response.json()["assignments"]
+        assert assignment["enrolled"], assignment
+        variant = assignment["variant"]
+        exposed[variant] = exposed.get(variant, 0) + 1
+        rank = exposed[variant] % 20 / 20  # deterministic, evenly spread in each variant
+        reached = ["browse"]
+        if rank < CART_RATE[variant]:
+            reached.append("cart")
+            if rank < CART_RATE[variant] / 3:
+                reached.append("purchase")
+        for stage in reached:
+            events.append({"event_id": f"{customer}-{stage}", "customer_id": customer, "stage": stage,
+                           "type": "conversion"})
+        rating = 5 if variant == "treatment" and len(reached) > 1 else 3 + i % 2
+        events.append({"event_id": f"{customer}-rating", "customer_id": customer, "stage": reached[-1],
+                       "type": "satisfaction", "value": rating})
+    for start in range(0, len(events), 500):
+        response = http.post(f"{base_url}/api/v1/events", json={"events": events[start : start + 500]}, timeout=60)
+        assert response.status_code == 200 and not response.json()["rejected"], response.text[:500]
+    return exposed
+
+
+def test_an_editor_creates_starts_and_reads_an_experiment_in_a_browser(live_server, browser_context, make_user,
+                                                                        make_key):
+    make_user("editor", "editor@example.com")
+    client_key = make_key("client", "shop")
+    page = browser_context.new_page()
+
+    # Log in through the form.
+    page.goto(f"{live_server}/login")
+    page.fill("#email", "editor@example.com")
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(re.compile(r".*/experiments.*|.*/$"))
+
+    # Create the experiment with the form.
+    page.goto(f"{live_server}/experiments/new")
+    page.fill("input[name=key]", "checkout-cta")
+    page.fill("input[name=name]", "Checkout call to action")
+    page.fill("textarea[name=hypothesis]", "A bolder call to action gets more customers to the cart.")
+    page.fill("input[name=stages]", "browse, cart, purchase")
+    page.fill("input[name=target_stage]", "cart")
+    page.fill("input[name='variants-1-key']", "treatment")
+    page.click("button.primary[type=submit]")
+    page.wait_for_url(f"{live_server}/experiments/checkout-cta")
+    assert "draft" in page.inner_text("h1")
+
+    # Start it, through the confirmation page.
+    page.click("a.button:has-text('Start')")
+    page.wait_for_url(f"{live_server}/experiments/checkout-cta/start")
+    page.click("button:has-text('Yes, start it')")
+    page.wait_for_url(f"{live_server}/experiments/checkout-cta")
+    assert "running" in page.inner_text("h1")
+
+    exposed = send_traffic(live_server, client_key, "checkout-cta")
+    assert set(exposed) == {"control", "treatment"} and min(exposed.values()) >= 200
+
+    # The report, reached from the experiment page.
+    page.click("a.button:has-text('Report')")
+    page.wait_for_url(f"{live_server}/experiments/checkout-cta/report")
+    stages = page.locator(".lm-stage h3").all_inner_texts()
+    assert [s.split()[0] for s in stages] == ["browse", "cart", "purchase"] and "under test" in stages[1]
+    assert page.locator(".lm-stage").nth(1).locator("[data-variant]").evaluate_all(
+        "cells => cells.map(c => c.dataset.variant)") == ["control", "treatment"]
+    cart_treatment = page.locator(".lm-stage").nth(1).locator("[data-variant=treatment]").inner_text()
+    assert re.search(r"Lift\s+\+\d+\.\d% \[[+-]\d+\.\d%, \+\d+\.\d%\]", cart_treatment), cart_treatment
+    assert "Ship" in cart_treatment
+    recommendation = page.inner_text(".recommendation .rec-summary")
+    assert recommendation.startswith("Ship treatment"), recommendation
+    assert page.locator("svg.plot").count() == 4
+    for name in ("forest", "densities", "funnel", "over-time"):
+        plot = page.locator(f"svg.plot-{name}")
+        assert plot.is_visible() and plot.bounding_box()["width"] > 300, name
+    assert "treatment" in page.locator("svg.plot-densities").inner_html()
+    assert page.locator("select[name=segment] option").all_inner_texts()[1:] == ["platform"]
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+    assert (ARTIFACTS / "report.png").stat().st_size > 50_000
