@@ -3,11 +3,13 @@
 1. ``POST /api/v1/assign`` served by real gunicorn, on SQLite (temp dir, WAL) and
    PostgreSQL (throwaway database ``bench_assign``), and in the same run a bare Flask
    endpoint returning a small JSON object, the ceiling, under the same gunicorn
-   settings. ``wrk`` drives each at several concurrencies, for repeat customers
-   (random ids among customers already exposed) and for new customers (a unique id
-   per request: every request writes its exposure). Prints requests/s, p50 and p99
-   latency, errors, and the ratio to the ceiling; checks that every successful
-   new-customer request left its exposure row; notes the workers' memory.
+   settings: one table with 2 sync workers, one with 2 gthread workers of 4 threads.
+   ``wrk`` drives each at several concurrencies, for repeat customers (random ids
+   among customers already exposed) and for new customers (a unique id per request:
+   every request writes its exposure). Prints requests/s, p50 and p99 latency,
+   errors, the ratio to the ceiling and the workers' CPU per request (which, unlike
+   requests/s, hardly depends on the machine's other load); checks that every
+   successful new-customer request left its exposure row; notes the workers' memory.
 2. In-process bucketing speed: single calls and the numpy bulk path on 1M ids.
 3. Memory over 1M distinct customers: the assignment hot path (``assignment.assign``
    on the real SQLite store, no HTTP) for 1M distinct exposed customers, RSS sampled
@@ -16,7 +18,7 @@
 wrk, the servers and the databases share one (2-core, shared) machine: the figures
 are a floor and noisy; compare ratios within one run, not across runs.
 
-    .venv/bin/python bench/assign.py                       # everything (about 4 minutes)
+    .venv/bin/python bench/assign.py                       # everything (about 6 minutes)
     .venv/bin/python bench/assign.py --quick               # short runs, smaller sizes
     .venv/bin/python bench/assign.py --backends sqlite --concurrency 32
 """
@@ -55,8 +57,14 @@ PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127
 PG_DB = "bench_assign"
 EXPERIMENT = "checkout-button"
 WEIGHTS = (0.5, 0.5)
-# One gunicorn configuration for every row, the ceiling included.
-GUNICORN = ["--workers", "2", "--worker-class", "sync", "--backlog", "2048"]
+# Worker settings: every row of a table, the ceiling included, runs under the same one.
+# sync: gunicorn's default, one request at a time per worker, no keep-alive (the
+# setting of the peer figure in the issue). gthread: threads overlap database waits
+# (a PostgreSQL commit waits for its WAL flush), connections are kept alive.
+GUNICORN_SETTINGS = {
+    "sync": ["--workers", "2", "--worker-class", "sync", "--backlog", "2048"],
+    "gthread": ["--workers", "2", "--worker-class", "gthread", "--threads", "4", "--backlog", "2048"],
+}
 
 BARE_APP = '''
 from flask import Flask
@@ -186,11 +194,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def gunicorn(app_spec: str, cwd: Path, env: dict[str, str]) -> Iterator[tuple[int, int]]:
+def gunicorn(app_spec: str, cwd: Path, env: dict[str, str], settings: list[str]) -> Iterator[tuple[int, int]]:
     """Serve ``app_spec``; yields (port, master pid)."""
     port = free_port()
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), *GUNICORN, "--bind", f"127.0.0.1:{port}",
+        [str(Path(sys.executable).parent / "gunicorn"), *settings, "--bind", f"127.0.0.1:{port}",
          "--log-level", "warning", app_spec],
         cwd=cwd, env={**os.environ, **env},
     )
@@ -213,10 +221,23 @@ def gunicorn(app_spec: str, cwd: Path, env: dict[str, str]) -> Iterator[tuple[in
         process.wait(timeout=60)
 
 
+def _workers(master: int) -> list[str]:
+    return Path(f"/proc/{master}/task/{master}/children").read_text().split()
+
+
+def worker_cpu_seconds(master: int) -> float:
+    """User + system CPU of the workers so far: CPU per request does not depend on
+    what else the machine is doing, unlike requests/s."""
+    ticks = 0
+    for pid in _workers(master):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def worker_rss_mb(master: int) -> list[float]:
-    pids = Path(f"/proc/{master}/task/{master}/children").read_text().split()
     sizes = []
-    for pid in pids:
+    for pid in _workers(master):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 sizes.append(int(line.split()[1]) / 1024)
@@ -250,24 +271,33 @@ def wrk(port: int, script: Path, connections: int, seconds: float, env: dict[str
     }
 
 
-def bench_http(args, workdir: Path) -> None:
+def measured(master: int, port: int, script: Path, connections: int, seconds: float, env: dict[str, str]) -> dict:
+    before = worker_cpu_seconds(master)
+    result = wrk(port, script, connections, seconds, env)
+    result["cpu_us"] = (worker_cpu_seconds(master) - before) / max(result["requests"], 1) * 1e6
+    return result
+
+
+def bench_http(args, workdir: Path, worker_settings: str) -> None:
     """The ceiling is measured again right before each backend's rows at each
     concurrency, so a ratio compares runs seconds apart, not minutes apart on a
     machine whose other load keeps changing."""
+    settings = GUNICORN_SETTINGS[worker_settings]
     (workdir / "bare_app.py").write_text(BARE_APP)
     (workdir / "repeat.lua").write_text(REPEAT_LUA)
     (workdir / "new.lua").write_text(NEW_LUA)
-    print(f"gunicorn {' '.join(GUNICORN)} for every row; wrk -t2, {args.seconds:g} s per row "
+    print(f"\n== gunicorn {' '.join(settings)} for every row; wrk -t2, {args.seconds:g} s per row "
           f"(after a 1 s warm-up); repeat customers drawn from {args.repeat_customers} exposed ids")
-    print(f"{'target':<22}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'x ceiling':>11}")
+    print("cpu us/req: the gunicorn workers' CPU per request (the database server's not included)")
+    print(f"{'target':<22}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'x ceiling':>11}{'cpu us/req':>12}")
 
     def row(name: str, connections: int, result: dict, ceiling: float | None, note: str = "") -> None:
         ratio = f"{result['rps'] / ceiling:.2f}" if ceiling else ""
         print(f"{name:<22}{connections:>6}{result['rps']:>10.0f}{result['p50']:>9.2f}{result['p99']:>9.2f}"
-              f"{result['errors']:>8}{ratio:>11}{note}", flush=True)
+              f"{result['errors']:>8}{ratio:>11}{result['cpu_us']:>12.0f}{note}", flush=True)
 
     bare_env = {"BENCH_KEY": "none", "BENCH_REPEAT_IDS": "1"}
-    with gunicorn("bare_app:app", workdir, {}) as (bare_port, _bare_master):
+    with gunicorn("bare_app:app", workdir, {}, settings) as (bare_port, bare_master):
         for backend in args.backends:
             with fresh_database(backend) as url:
                 key = prepare(url, args.repeat_customers)
@@ -275,18 +305,18 @@ def bench_http(args, workdir: Path) -> None:
                 env = {"EXPPLATFORM_DATABASE_URL": url, "EXPPLATFORM_INSTANCE_PATH": instance,
                        "EXPPLATFORM_SECRET_KEY": "bench-secret"}
                 try:
-                    with gunicorn("wsgi:app", ROOT, env) as (port, master):
+                    with gunicorn("wsgi:app", ROOT, env, settings) as (port, master):
                         rss_start = worker_rss_mb(master)
                         load_env = {"BENCH_KEY": key, "BENCH_REPEAT_IDS": str(args.repeat_customers)}
                         for connections in args.concurrency:
                             wrk(bare_port, workdir / "repeat.lua", connections, 1, bare_env)
-                            ceiling = wrk(bare_port, workdir / "repeat.lua", connections, args.seconds, bare_env)
+                            ceiling = measured(bare_master, bare_port, workdir / "repeat.lua", connections, args.seconds, bare_env)
                             row("bare flask (ceiling)", connections, ceiling, None)
                             wrk(port, workdir / "repeat.lua", connections, 1, load_env)
-                            result = wrk(port, workdir / "repeat.lua", connections, args.seconds, load_env)
+                            result = measured(master, port, workdir / "repeat.lua", connections, args.seconds, load_env)
                             row(f"{backend} repeat", connections, result, ceiling["rps"])
-                            run = f"{backend}{connections}"
-                            result = wrk(port, workdir / "new.lua", connections, args.seconds, {**load_env, "BENCH_RUN": run})
+                            run = f"{worker_settings}-{backend}{connections}"
+                            result = measured(master, port, workdir / "new.lua", connections, args.seconds, {**load_env, "BENCH_RUN": run})
                             stored = count_exposures(url, f"n-{run}-")
                             # wrk stops counting at the deadline; the server may finish a few more.
                             check = "" if stored >= result["ok"] else f"  MISSING {result['ok'] - stored} exposures"
@@ -363,11 +393,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"])
     parser.add_argument("--concurrency", nargs="+", type=int, default=[8, 32, 64])
-    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeat-customers", type=int, default=20_000)
     parser.add_argument("--memory-customers", type=int, default=1_000_000)
     parser.add_argument("--bulk-ids", type=int, default=1_000_000)
     parser.add_argument("--single-ids", type=int, default=200_000)
+    parser.add_argument("--workers", nargs="+", default=["sync", "gthread"], choices=list(GUNICORN_SETTINGS))
     parser.add_argument("--phases", nargs="+", default=["bucketing", "http", "memory"], choices=["bucketing", "http", "memory"])
     parser.add_argument("--quick", action="store_true", help="short runs and small sizes (a smoke test)")
     args = parser.parse_args()
@@ -380,8 +411,9 @@ def main() -> None:
     if "bucketing" in args.phases:
         bench_bucketing(args)
     if "http" in args.phases:
-        with tempfile.TemporaryDirectory(prefix="bench_assign_") as workdir:
-            bench_http(args, Path(workdir))
+        for worker_settings in args.workers:
+            with tempfile.TemporaryDirectory(prefix="bench_assign_") as workdir:
+                bench_http(args, Path(workdir), worker_settings)
     if "memory" in args.phases:
         bench_memory(args)
 

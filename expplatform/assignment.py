@@ -29,6 +29,7 @@ ordering operators compare numbers only.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping, Sequence
 
@@ -42,6 +43,7 @@ from .db import Database, get_db, retry_on_lock
 from .models import Experiment, Exposure, utcnow
 from .versioning import VersionedCache
 
+log = logging.getLogger(__name__)
 Scalar = str | int | float | bool
 Reason = Literal["traffic", "targeting", "layer", "paused", "not_running", "unknown_experiment"]
 LIVE = ("running", "paused")
@@ -144,19 +146,29 @@ def _live(row: Experiment) -> LiveExperiment:
 
 
 def load_definitions(session: Session) -> Definitions:
+    """Every live experiment, reduced. One whose stored definition cannot be used
+    (possible only if the tables were edited by hand) is logged and answered as not
+    running, so that it cannot take assignment down for all the others."""
     rows = session.scalars(
         select(Experiment).where(Experiment.status.in_(LIVE)).options(selectinload(Experiment.variants))
         .order_by(Experiment.id)
     )
-    live = tuple(_live(row) for row in rows)
+    live: list[LiveExperiment] = []
+    broken: list[str] = []
+    for row in rows:
+        try:
+            live.append(_live(row))
+        except (ValueError, TypeError, KeyError, IndexError):
+            log.exception("experiment %r has an unusable stored definition; serving it as not running", row.key)
+            broken.append(row.key)
     by_stage: dict[str, list[LiveExperiment]] = {}
     for experiment in live:
         by_stage.setdefault(experiment.stage, []).append(experiment)
-    inactive = frozenset(session.scalars(select(Experiment.key).where(Experiment.status.not_in(LIVE))))
+    inactive = frozenset([*session.scalars(select(Experiment.key).where(Experiment.status.not_in(LIVE))), *broken])
     return Definitions(
         by_key={e.key: e for e in live},
         by_stage={stage: tuple(group) for stage, group in by_stage.items()},
-        live=live,
+        live=tuple(live),
         inactive=inactive,
     )
 

@@ -480,3 +480,13 @@ def test_an_oversized_body_is_413_json(client_api, app):
     limit = app.config["MAX_CONTENT_LENGTH"]
     response = client_api.post(URL, json={"customer_id": "a", "attributes": {"x": "y" * limit}})
     assert (response.status_code, response.json["error"]) == (413, "payload_too_large")
+
+
+def test_an_unusable_stored_definition_is_served_as_not_running_and_spares_the_others(api, db, caplog):
+    seed(db, "healthy")
+    seed(db, "mangled", targeting=[{"attribute": "age", "op": "gt", "value": "old"}])  # bypassed the parser
+    response = api.post(URL, json={"customer_id": "c1", "experiments": ["mangled", "healthy"]})
+    assert response.status_code == 200
+    assert response.json["assignments"][0] == {"experiment": "mangled", "enrolled": False, "reason": "not_running"}
+    assert response.json["assignments"][1]["enrolled"] is True
+    assert "mangled" in caplog.text
