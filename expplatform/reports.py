@@ -52,7 +52,7 @@ from analysis.types import (
 from . import plots
 from .aggregation import SEGMENT_ATTRIBUTE, DataQuality, daily_stats, data_quality, experiment_stats, segment_stats
 from .db import Database, get_db
-from .errors import ValidationError
+from .errors import ApiError, ValidationError
 from .jobs import experiment_settings, recent_jobs
 from .models import AnalysisJob, Experiment, Exposure, utcnow
 
@@ -436,6 +436,8 @@ class _Slow:
             future.result(timeout=wait)
         except FutureTimeout:
             return Pending("computing")
+        except ApiError:
+            raise  # the caller's mistake (e.g. an attribute with too many values): say so
         except Exception:  # noqa: BLE001 - logged by the worker; the page says so
             return Pending("failed")
         with self._lock:
@@ -450,6 +452,8 @@ class _Slow:
         def run() -> None:
             try:
                 value = compute()
+            except ApiError:
+                raise
             except Exception:
                 log.exception("report part %r failed", key[:2])
                 raise

@@ -505,3 +505,15 @@ def test_queueing_while_a_fit_is_active_returns_it(app, admin_api, seeded):
 def test_bad_fit_options_are_400(admin_api, seeded, body):
     response = checked(admin_api).post("/api/v1/experiments/checkout/full-model", json=body)
     assert response.status_code == 400 and "error" in response.get_json()
+
+
+def test_an_attribute_with_too_many_values_is_a_400_and_a_message_on_the_page(app, db, admin_api, client, login):
+    with db.write() as session:
+        experiment = make_experiment(session, "many")
+        for i in range(102):
+            expose(session, experiment, f"m{i}", ("control", "treatment")[i % 2], attributes={"zip": f"{i:05d}"})
+    response = checked(admin_api).get("/api/v1/experiments/many/report?segment=zip")
+    assert response.status_code == 400 and "more than 100 distinct values" in response.get_json()["fields"]["segment"]
+    login("viewer")
+    page = client.get("/experiments/many/report?segment=zip").get_data(as_text=True)
+    assert "Ignored: segment: has more than 100 distinct values" in page and 'id="segments"' not in page

@@ -7,6 +7,7 @@ and nothing from the network; options travel in the query string (a plain GET fo
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,11 @@ def report(key: str):
     except ValidationError as exc:
         flash("Ignored: " + exc.message, "error")
         options = reports.ReportOptions()
-    built = reports.build_report(session, experiment, options)
+    try:
+        built = reports.build_report(session, experiment, options)
+    except ValidationError as exc:  # e.g. an attribute with too many values to break down by
+        flash("Ignored: " + exc.message, "error")
+        built = reports.build_report(session, experiment, replace(options, segment=None))
     principal = current_principal()
     can_fit = principal is not None and role_at_least(principal.role, "editor")
     return render_template("reports/report.html", **_context(built, can_fit=can_fit))
