@@ -5,18 +5,18 @@ The hot path is built around one fact: a repeat customer needs no write. Running
 paused definitions are cached per worker (``VersionedCache``: refreshed when the
 definitions version moves), bucketing is pure, and the customer's existing exposures
 for every requested experiment come back in one indexed read. Only a first exposure
-(or a data-quality mismatch) opens a write transaction.
+(or a data-quality mismatch) writes, in one statement (see ``ExposureStore``).
 
 Rules, in the order they apply to each experiment:
 - unknown key: ``unknown_experiment``; draft or stopped: ``not_running``; paused:
   ``paused`` (nothing written; the client shows the control experience);
+- a forced (QA) variant is served whatever the rules say and a first exposure is
+  marked ``forced`` (excluded from analysis); one that differs from an exposure
+  recorded earlier is served too, and counted as a mismatch;
 - a recorded exposure wins: the customer keeps the variant they were first shown,
   even if targeting has changed since (enrolled customers stay); if the bucketing
   now gives another variant (only possible when data were edited) the recorded one
   is served and the exposure's ``mismatches`` counter goes up;
-- a forced (QA) variant is served whatever the rules say and its exposure is marked
-  ``forced`` (excluded from analysis); a forced variant that differs from an
-  existing exposure is served too and counted as a mismatch;
 - targeting, then layer, then traffic decide enrolment; the variant hash picks the
   variant. Not enrolled: nothing written.
 
