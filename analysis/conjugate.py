@@ -86,7 +86,8 @@ class _Dirichlet:
 
     def __init__(self, rng: np.random.Generator, alpha: np.ndarray, draws: int):
         shape = alpha.shape[:-1] + (draws, alpha.shape[-1])
-        self.gamma = rng.standard_gamma(np.broadcast_to(alpha.astype(np.float32)[..., None, :], shape), dtype=np.float32)
+        shapes = np.broadcast_to(alpha.astype(np.float32)[..., None, :], shape)
+        self.gamma = rng.standard_gamma(shapes, dtype=np.float32)
         self.total = self.gamma.sum(-1)
 
     def __matmul__(self, weights: np.ndarray) -> np.ndarray:
@@ -101,7 +102,8 @@ def _simulate_missing_p_better(rng, alpha, stats, posterior, control, max_error)
     draws as the error needs."""
     specs = [spec for spec in metric_specs(stats)[1:] if np.isnan(posterior.p_better[spec.name][0]).any()]
     for stage in range(alpha.shape[0]):
-        missing = [j for j in range(alpha.shape[1]) if any(np.isnan(posterior.p_better[s.name][0][stage, j]) for s in specs)]
+        unknown = np.any([np.isnan(posterior.p_better[spec.name][0][stage]) for spec in specs], axis=0)
+        missing = [int(j) for j in np.flatnonzero(unknown)]
         if not missing:
             continue
         cells = [control] + missing

@@ -13,14 +13,17 @@ def decide(rule: DecisionRule, p_better: float, expected_loss_relative: float | 
     """``DecisionRule`` in code: not enough data first, then ship, harmful, keep running."""
     if smallest_n < rule.min_exposed:
         return "not_enough_data"
-    if p_better >= rule.ship_probability and expected_loss_relative is not None and expected_loss_relative < rule.max_expected_loss:
+    safe = expected_loss_relative is not None and expected_loss_relative < rule.max_expected_loss
+    if p_better >= rule.ship_probability and safe:
         return "ship"
     if p_better <= rule.harm_probability:
         return "harmful"
     return "keep_running"
 
 
-def guardrails(stats: ExperimentStats, rule: DecisionRule, stages: tuple[StageResult, ...], treatment: str) -> list[Guardrail]:
+def guardrails(
+    stats: ExperimentStats, rule: DecisionRule, stages: tuple[StageResult, ...], treatment: str
+) -> list[Guardrail]:
     """Where the treatment is credibly worse: P(better) <= guardrail_probability with
     enough data, on a downstream stage's conversion or on any stage's mean rating."""
     target = stats.stages.index(stats.target_stage)

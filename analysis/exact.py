@@ -78,10 +78,12 @@ def functional_cumulants(weights: np.ndarray, alpha: np.ndarray) -> tuple[np.nda
     mean = alpha @ weights / total
     d = weights - mean[..., None]
     a2, a3, a4 = ((alpha * d**j).sum(-1) for j in (2, 3, 4))
-    rising = [total, total * (total + 1), total * (total + 1) * (total + 2), total * (total + 1) * (total + 2) * (total + 3)]
-    m2 = a2 / rising[1]
-    m3 = 2 * a3 / rising[2]
-    m4 = (6 * a4 + 3 * a2**2) / rising[3]
+    rising2 = total * (total + 1)
+    rising3 = rising2 * (total + 2)
+    rising4 = rising3 * (total + 3)
+    m2 = a2 / rising2
+    m3 = 2 * a3 / rising3
+    m4 = (6 * a4 + 3 * a2**2) / rising4
     return mean, m2, m3, m4 - 3 * m2**2
 
 
@@ -94,7 +96,8 @@ def _edgeworth_p_greater(values: np.ndarray, alpha: np.ndarray, control: int) ->
     g1, g2 = d3 / sd**3, d4 / d2**2
     z = -d1 / sd  # P(D > 0) = 1 - F_D(0)
     he2, he3, he5 = z**2 - 1, z**3 - 3 * z, z**5 - 10 * z**3 + 15 * z
-    below = special.ndtr(z) - np.exp(-(z**2) / 2) / np.sqrt(2 * np.pi) * (g1 / 6 * he2 + g2 / 24 * he3 + g1**2 / 72 * he5)
+    density = np.exp(-(z**2) / 2) / np.sqrt(2 * np.pi)
+    below = special.ndtr(z) - density * (g1 / 6 * he2 + g2 / 24 * he3 + g1**2 / 72 * he5)
     out = np.clip(1.0 - below, 0.0, 1.0)
     trusted = (skew <= EDGEWORTH_MAX_SKEW) & (skew[c] <= EDGEWORTH_MAX_SKEW)
     return np.where(trusted, out, np.nan)

@@ -211,7 +211,9 @@ def diagnose(idata, sampler: str, compile_seconds: float | None, sampling_second
     ess_bulk = _extreme(az.ess(post, var_names=names, method="bulk"), min)
     ess_tail = _extreme(az.ess(post, var_names=names, method="tail"), min)
     sample_stats = getattr(idata, "sample_stats", None)
-    divergences = int(sample_stats["diverging"].sum()) if sample_stats is not None and "diverging" in sample_stats else 0
+    divergences = 0
+    if sample_stats is not None and "diverging" in sample_stats:
+        divergences = int(sample_stats["diverging"].sum())
     passed = (
         r_hat is not None and r_hat < R_HAT_LIMIT
         and ess_bulk is not None and ess_bulk >= ESS_PER_CHAIN * chains

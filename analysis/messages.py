@@ -45,7 +45,9 @@ SEVERITY = (NO_EXPOSURES, SINGLE_VARIANT, SAMPLE_RATIO_MISMATCH, DIAGNOSTICS_FAI
 """Experiment-level codes, most serious first: the result's ``status`` is the first raised."""
 
 
-def note(code: str, *, stage: str | None = None, variant: str | None = None, metric: str | None = None, **context) -> Note:
+def note(
+    code: str, *, stage: str | None = None, variant: str | None = None, metric: str | None = None, **context
+) -> Note:
     """A Note with its sentence filled in from the code's template."""
     at = f" at {stage}" if stage else ""
     message = TEXT[code].format(stage=stage, variant=variant, metric=metric, at=at, **context)

@@ -107,6 +107,7 @@ def summarize(
     draws: int,
     diagnostics: Diagnostics | None = None,
 ) -> ExperimentResult:
+    """The result of either path; its status is the most serious experiment-level code."""
     counts = Counts.of(stats)
     control = stats.variants.index(stats.control)
     notes: list[Note] = []
@@ -119,6 +120,28 @@ def summarize(
     journey = _journey(stats, rule, counts, posterior.values["conversion"], control, stages[-1].metric("conversion"))
     srm = sample_ratio(stats.stages, counts.exposed, stats.weights, rule.srm_alpha)
 
+    raised = _experiment_notes(stats, counts, srm, diagnostics)
+    codes = {n.code for n in raised}
+    status = next(code for code in messages.SEVERITY if code in codes or code == messages.OK)
+    no_data = bool(codes & {messages.NO_EXPOSURES, messages.SINGLE_VARIANT})
+    recommendation = recommend(stats, rule, stages, srm, no_data=no_data)
+    return ExperimentResult(
+        method=method,
+        status=status,
+        control=stats.control,
+        target_stage=stats.target_stage,
+        credible_level=rule.credible_level,
+        draws=draws,
+        stages=stages,
+        journey=journey,
+        sample_ratio=srm,
+        recommendation=recommendation,
+        notes=tuple(raised + notes),
+        diagnostics=diagnostics,
+    )
+
+
+def _experiment_notes(stats, counts: Counts, srm, diagnostics: Diagnostics | None) -> list[Note]:
     raised: list[Note] = []
     with_exposures = [v for j, v in enumerate(stats.variants) if counts.exposed[:, j].sum() > 0]
     if not with_exposures:
@@ -140,27 +163,68 @@ def summarize(
                 divergences=diagnostics.divergences,
             )
         )
-    codes = {n.code for n in raised}
-    status = next(code for code in messages.SEVERITY if code in codes or code == messages.OK)
-    recommendation = recommend(stats, rule, stages, srm, no_data=bool(codes & {messages.NO_EXPOSURES, messages.SINGLE_VARIANT}))
-    return ExperimentResult(
-        method=method,
-        status=status,
-        control=stats.control,
-        target_stage=stats.target_stage,
-        credible_level=rule.credible_level,
-        draws=draws,
-        stages=stages,
-        journey=journey,
-        sample_ratio=srm,
-        recommendation=recommendation,
-        notes=tuple(raised + notes),
-        diagnostics=diagnostics,
-    )
+    return raised
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+@dataclass
+class _Vectors:
+    """One metric's summaries for every stage and variant, computed array-wise."""
+
+    n: np.ndarray
+    has_data: np.ndarray
+    observed: np.ndarray
+    arm: tuple[np.ndarray, np.ndarray, np.ndarray]  # mean, low, high: (stages, variants)
+    p_best: np.ndarray
+    loss: np.ndarray
+    loss_relative: np.ndarray | None
+    difference: list[list[Estimate | None]]  # [stage][treatment]
+    lift: list[list[Estimate | None]] | None
+    shortfall: np.ndarray  # (stages, treatments)
+    shortfall_relative: np.ndarray | None
+    p_better: np.ndarray
+    p_error: np.ndarray | None
+    extreme: np.ndarray
+
+    @classmethod
+    def of(cls, rule, counts, spec, posterior, control, treatments) -> _Vectors:
+        histogram = counts.histogram(spec)
+        n = histogram.sum(-1)
+        has_data = n > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            observed = histogram @ spec.weights / n
+        x = posterior.values[spec.name]
+        lo_q, hi_q = (1 - rule.credible_level) / 2, (1 + rule.credible_level) / 2
+        low, high = np.quantile(x, [lo_q, hi_q], axis=-1)
+        p_best, loss, loss_relative = _abn(x, has_data, spec.relative)
+        xt, xc = x[:, treatments], x[:, [control]]
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            diff = xt - xc
+            lift = xt / xc - 1 if spec.relative else None
+        if spec.name in posterior.p_better:
+            p_all, error_all = posterior.p_better[spec.name]
+            p_better, p_error = p_all[:, treatments], (error_all[:, treatments] if error_all is not None else None)
+        else:  # joint draws: compare draw by draw
+            p_better, p_error = (diff > 0).mean(-1), None
+        return cls(
+            n=n,
+            has_data=has_data,
+            observed=observed,
+            arm=(x.mean(-1), low, high),
+            p_best=p_best,
+            loss=loss,
+            loss_relative=loss_relative,
+            difference=_estimates(diff, lo_q, hi_q),
+            lift=_estimates(lift, lo_q, hi_q) if lift is not None else None,
+            shortfall=np.maximum(-diff, 0.0).mean(-1),
+            shortfall_relative=np.maximum(-lift, 0.0).mean(-1) if lift is not None else None,
+            p_better=p_better,
+            p_error=p_error,
+            extreme=has_data & ((observed == spec.weights.min()) | (observed == spec.weights.max())),
+        )
 
 
 def _metric(
@@ -173,102 +237,28 @@ def _metric(
     notes: list[Note],
 ) -> list[MetricResult]:
     """This metric at every stage."""
-    histogram = counts.histogram(spec)
-    n = histogram.sum(-1)
-    has_data = n > 0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        observed = histogram @ spec.weights / n
-    x = posterior.values[spec.name]
-    lo_q, hi_q = (1 - rule.credible_level) / 2, (1 + rule.credible_level) / 2
-    arm_mean = x.mean(-1)
-    arm_low, arm_high = np.quantile(x, [lo_q, hi_q], axis=-1)
-    p_best, loss, loss_rel = _abn(x, has_data, spec.relative)
-
     treatments = [j for j in range(len(stats.variants)) if j != control]
-    xt, xc = x[:, treatments], x[:, [control]]
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        diff = xt - xc
-        lift = xt / xc - 1 if spec.relative else None
-    diff_est = _estimates(diff, lo_q, hi_q)
-    lift_est = _estimates(lift, lo_q, hi_q) if lift is not None else None
-    shortfall = np.maximum(-diff, 0.0).mean(-1)
-    shortfall_rel = np.maximum(-lift, 0.0).mean(-1) if lift is not None else None
-    if spec.name in posterior.p_better:
-        p_all, err_all = posterior.p_better[spec.name]
-        p_better = p_all[:, treatments]
-        p_error = err_all[:, treatments] if err_all is not None else None
-    else:
-        p_better, p_error = (diff > 0).mean(-1), None
-
-    extreme = has_data & ((observed == spec.weights.min()) | (observed == spec.weights.max()))
+    v = _Vectors.of(rule, counts, spec, posterior, control, treatments)
+    params = posterior.conjugate_params.get(spec.name)
     results = []
     for i, stage in enumerate(stats.stages):
         arms = tuple(
             ArmSummary(
-                variant=v,
-                n=int(n[i, j]),
-                observed=_num(observed[i, j]) if has_data[i, j] else None,
-                posterior=Estimate(_num(arm_mean[i, j]), _num(arm_low[i, j]), _num(arm_high[i, j]))
-                if has_data[i, j]
-                else None,
-                p_best=_num(p_best[i, j]),
-                expected_loss=_num(loss[i, j]),
-                expected_loss_relative=_num(loss_rel[i, j]) if loss_rel is not None else None,
-                conjugate_params=tuple(float(a) for a in posterior.conjugate_params[spec.name][i, j])
-                if spec.name in posterior.conjugate_params
-                else None,
+                variant=variant,
+                n=int(v.n[i, j]),
+                observed=_num(v.observed[i, j]) if v.has_data[i, j] else None,
+                posterior=Estimate(*(_num(a[i, j]) for a in v.arm)) if v.has_data[i, j] else None,
+                p_best=_num(v.p_best[i, j]),
+                expected_loss=_num(v.loss[i, j]),
+                expected_loss_relative=_num(v.loss_relative[i, j]) if v.loss_relative is not None else None,
+                conjugate_params=tuple(float(a) for a in params[i, j]) if params is not None else None,
             )
-            for j, v in enumerate(stats.variants)
+            for j, variant in enumerate(stats.variants)
         )
-        comparisons = []
-        for k, j in enumerate(treatments):
-            variant = stats.variants[j]
-            if not (has_data[i, j] and has_data[i, control]):
-                if has_data[i].any():  # a stage without any data gets one note below
-                    missing = variant if not has_data[i, j] else stats.control
-                    notes.append(
-                        messages.note(messages.NO_DATA, stage=stage, variant=missing, metric=spec.name, what=spec.what)
-                    )
-                comparisons.append(
-                    Comparison(variant, messages.NO_DATA, None, None, 0.5, None, None, None,
-                               "not_enough_data" if spec.name in DECIDING_METRICS else None)
-                )
-                continue
-            status = messages.OK
-            relative = lift_est[i][k] if lift_est is not None else None
-            if spec.relative and observed[i, control] == 0:
-                status, relative = messages.ZERO_BASELINE, None
-                notes.append(messages.note(status, stage=stage, variant=variant, metric=spec.name, what=_successes(spec)))
-            elif extreme[i, j] or extreme[i, control]:
-                status = messages.BOUNDARY_RATE
-                for arm in (j, control):
-                    if extreme[i, arm]:
-                        at_top = observed[i, arm] == spec.weights.max()
-                        notes.append(
-                            messages.note(status, stage=stage, variant=stats.variants[arm], metric=spec.name,
-                                          what=_boundary(spec, at_top))
-                        )
-            p = float(p_better[i, k])
-            rel_loss = _num(shortfall_rel[i, k]) if shortfall_rel is not None else None
-            decision = (
-                decide(rule, p, rel_loss, min(int(n[i, j]), int(n[i, control])))
-                if spec.name in DECIDING_METRICS
-                else None
-            )
-            comparisons.append(
-                Comparison(
-                    treatment=variant,
-                    status=status,
-                    relative_lift=relative,
-                    absolute_difference=diff_est[i][k],
-                    p_better=p,
-                    p_better_error=_num(p_error[i, k]) if p_error is not None else None,
-                    expected_loss=_num(shortfall[i, k]),
-                    expected_loss_relative=rel_loss,
-                    decision=decision,
-                )
-            )
-        with_data = [stats.variants[j] for j in range(len(stats.variants)) if has_data[i, j]]
+        comparisons = tuple(
+            _comparison(stats, rule, spec, v, i, k, j, control, notes) for k, j in enumerate(treatments)
+        )
+        with_data = [stats.variants[j] for j in range(len(stats.variants)) if v.has_data[i, j]]
         if not with_data:
             status = messages.NO_DATA
             notes.append(messages.note(status, stage=stage, variant="any variant", metric=spec.name, what=spec.what))
@@ -277,8 +267,51 @@ def _metric(
             notes.append(messages.note(status, stage=stage, variant=with_data[0], metric=spec.name, what=spec.what))
         else:
             status = messages.OK
-        results.append(MetricResult(stage, spec.name, status, arms, tuple(comparisons)))
+        results.append(MetricResult(stage, spec.name, status, arms, comparisons))
     return results
+
+
+def _comparison(stats, rule, spec, v: _Vectors, i: int, k: int, j: int, control: int, notes: list[Note]) -> Comparison:
+    """Treatment ``j`` (the ``k``-th treatment) against the control at stage ``i``."""
+    stage, variant = stats.stages[i], stats.variants[j]
+    deciding = spec.name in DECIDING_METRICS
+    if not (v.has_data[i, j] and v.has_data[i, control]):
+        if v.has_data[i].any():  # a stage without any data gets one note for the metric
+            missing = variant if not v.has_data[i, j] else stats.control
+            notes.append(
+                messages.note(messages.NO_DATA, stage=stage, variant=missing, metric=spec.name, what=spec.what)
+            )
+        return Comparison(
+            treatment=variant, status=messages.NO_DATA, relative_lift=None, absolute_difference=None, p_better=0.5,
+            p_better_error=None, expected_loss=None, expected_loss_relative=None,
+            decision="not_enough_data" if deciding else None,
+        )
+    status = messages.OK
+    relative = v.lift[i][k] if v.lift is not None else None
+    if spec.relative and v.observed[i, control] == 0:
+        status, relative = messages.ZERO_BASELINE, None
+        notes.append(messages.note(status, stage=stage, variant=variant, metric=spec.name, what=_successes(spec)))
+    elif v.extreme[i, j] or v.extreme[i, control]:
+        status = messages.BOUNDARY_RATE
+        for arm in (j, control):
+            if v.extreme[i, arm]:
+                what = _boundary(spec, at_top=v.observed[i, arm] == spec.weights.max())
+                where = {"stage": stage, "variant": stats.variants[arm], "metric": spec.name}
+                notes.append(messages.note(status, what=what, **where))
+    p = float(v.p_better[i, k])
+    loss_relative = _num(v.shortfall_relative[i, k]) if v.shortfall_relative is not None else None
+    smallest = min(int(v.n[i, j]), int(v.n[i, control]))
+    return Comparison(
+        treatment=variant,
+        status=status,
+        relative_lift=relative,
+        absolute_difference=v.difference[i][k],
+        p_better=p,
+        p_better_error=_num(v.p_error[i, k]) if v.p_error is not None else None,
+        expected_loss=_num(v.shortfall[i, k]),
+        expected_loss_relative=loss_relative,
+        decision=decide(rule, p, loss_relative, smallest) if deciding else None,
+    )
 
 
 def _successes(spec: MetricSpec) -> str:
