@@ -26,6 +26,7 @@ The machine has 2 cores shared with everything else running on it: figures are n
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import statistics
@@ -42,9 +43,18 @@ from sqlalchemy.orm import Session
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-import ingest  # noqa: E402  (bench/ingest.py: databases, experiment and exposures in bulk)
+
+def _load_ingest_bench():
+    """bench/ingest.py (databases, the experiment and its exposures in bulk), loaded by
+    path: putting bench/ on sys.path would let bench/analysis.py shadow the package."""
+    spec = importlib.util.spec_from_file_location("bench_ingest", ROOT / "bench" / "ingest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ingest = _load_ingest_bench()
 
 from expplatform import create_app  # noqa: E402
 from expplatform.auth import create_user  # noqa: E402
@@ -194,7 +204,8 @@ def bench(backend: str, args) -> None:
             f"  report {backend:10s} exposures={args.exposures:,} events={args.events:,}: "
             f"HTML {warm_html * 1000:.0f} ms, JSON {warm_json * 1000:.0f} ms (warm medians of {args.runs}); "
             f"after new events HTML {moved_html * 1000:.0f} ms, JSON {moved_json * 1000:.0f} ms; "
-            f"cold worker HTML {cold_html * 1000:.0f} ms ({cold_svgs} of 4 plots: the daily series was still computing), "
+            f"cold worker HTML {cold_html * 1000:.0f} ms ({cold_svgs} of 4 plots"
+            f"{'' if cold_svgs == 4 else ': the daily series was still computing'}), "
             f"cold JSON {cold_json * 1000:.0f} ms; daily series computed in the background in ~{background:.0f} s "
             f"[page {size / 1024:.0f} KiB with {svgs} SVG plots, JSON {json_size / 1024:.0f} KiB]"
         )

@@ -10,7 +10,6 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 
 from expplatform.events import record_events
-from expplatform.models import Experiment
 
 from .events_support import expose, iso, make_experiment
 
@@ -66,9 +65,3 @@ def seed_journey(app, db, *, key: str = "checkout", customers: int = 900, seed: 
         assert not result.rejected, result.rejected[:3]
     return seeded
 
-
-def load(db, experiment_id: int) -> Experiment:
-    session = db.sessionmaker()
-    experiment = session.get(Experiment, experiment_id)
-    experiment.variants  # noqa: B018 - loaded while the session is open
-    return experiment
