@@ -18,7 +18,7 @@
 wrk, the servers and the databases share one (2-core, shared) machine: the figures
 are a floor and noisy; compare ratios within one run, not across runs.
 
-    .venv/bin/python bench/assign.py                       # everything (about 6 minutes)
+    .venv/bin/python bench/assign.py                       # everything (about 5 minutes)
     .venv/bin/python bench/assign.py --quick               # short runs, smaller sizes
     .venv/bin/python bench/assign.py --backends sqlite --concurrency 32
 """
