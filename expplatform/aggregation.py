@@ -6,11 +6,11 @@ per cell, so the Python that follows costs O(stages x variants x ratings [x segm
 x days]), whatever the number of events:
 
 - :func:`experiment_stats` reads the exposed count per variant (index-only over
-  ``exposures``) and the ``outcome_counts`` counters that ingest keeps in step with
-  the outcome rows: its cost does not grow with events at all;
-- :func:`segment_stats` and :func:`daily_stats` group the outcome rows (one per
-  customer x stage) joined to their exposure, for the segment attribute and the
-  exposure time;
+  ``exposures``) and the per-day ``outcome_counts`` counters that ingest keeps in
+  step with the outcome rows: its cost does not grow with events at all;
+- :func:`daily_stats` reads the same counters by day, and exposures by day;
+- :func:`segment_stats` groups the outcome rows (one per customer x stage) joined
+  to their exposure, whose attributes hold the segment;
 - :func:`data_quality` sums the ingest-time quality counters.
 
 Forced (QA) exposures are never in a denominator, and their events never in outcomes.
@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Mapping
 
-from sqlalchemy import Date, Integer, String, and_, case, cast, false, func, literal, null, or_, select, text, true, union_all
+from sqlalchemy import Integer, String, and_, case, cast, false, func, literal, null, or_, select, text, true, union_all
 from sqlalchemy.orm import Session
 
 from analysis.types import CellStats, ExperimentStats, Scale
 
 from .errors import ValidationError
+from .events import utc_day
 from .models import (
     EventQualityCount,
     Experiment,
@@ -122,10 +123,12 @@ def experiment_stats(session: Session, experiment: Experiment) -> ExperimentStat
         .where(Exposure.experiment_id == experiment.id, _not_forced())
         .group_by(Exposure.variant_id)
     )
-    outcomes = select(
-        OutcomeCount.kind, OutcomeCount.stage, OutcomeCount.variant_id, OutcomeCount.value,
-        OutcomeCount.customers,
-    ).where(OutcomeCount.experiment_id == experiment.id)
+    outcomes = (
+        select(OutcomeCount.kind, OutcomeCount.stage, OutcomeCount.variant_id, OutcomeCount.value,
+               func.sum(OutcomeCount.customers))
+        .where(OutcomeCount.experiment_id == experiment.id)
+        .group_by(OutcomeCount.kind, OutcomeCount.stage, OutcomeCount.variant_id, OutcomeCount.value)
+    )
     totals = _Accumulator(shape)
     for kind, stage, variant_id, value, n in session.execute(union_all(exposed, outcomes)):
         if kind == "exposed":
@@ -190,18 +193,6 @@ def segment_stats(session: Session, experiment: Experiment, attribute: str) -> d
     return {value: totals.stats() for value, totals in by_segment.items()}
 
 
-def _utc_day(session: Session, column):
-    if session.get_bind().dialect.name == "sqlite":
-        return func.date(column)  # stored as 'YYYY-MM-DD HH:MM:SS.ffffff' UTC
-    return cast(func.timezone("UTC", column), Date)
-
-
-def _later(a, b):
-    """An outcome is placed no earlier than its exposure (clock skew may put it a
-    moment before), so a cumulative day never has more converters than exposed."""
-    return case((a < b, b), else_=a)
-
-
 def daily_stats(session: Session, experiment: Experiment) -> list[tuple[date, ExperimentStats]]:
     """Cumulative statistics at the end of each UTC day, from the first exposure to
     the last outcome (every day in between, for time plots). Customers count from the
@@ -210,45 +201,34 @@ def daily_stats(session: Session, experiment: Experiment) -> list[tuple[date, Ex
     ratings, so an earlier day shows the latest rating given by then only if it was
     not revised later)."""
     shape = _Shape.of(experiment)
-    exposure_day = _utc_day(session, Exposure.exposed_at).label("day")
+    exposure_day = utc_day(session, Exposure.exposed_at).label("day")
     exposed = (
-        select(exposure_day, cast(null(), String).label("stage"), Exposure.variant_id, cast(null(), Integer).label("rating"),
-               literal(0).label("converted"), func.count().label("n"))
+        select(exposure_day, cast(null(), String).label("stage"), Exposure.variant_id, literal("exposed").label("kind"),
+               literal(0).label("value"), func.count().label("n"))
         .where(Exposure.experiment_id == experiment.id, _not_forced())
         .group_by(exposure_day, Exposure.variant_id)
     )
-    joined = and_(Exposure.experiment_id == Outcome.experiment_id, Exposure.customer_id == Outcome.customer_id)
-    converted_day = _utc_day(session, _later(Outcome.converted_at, Exposure.exposed_at))
-    converted = (
-        select(converted_day, Outcome.stage, Outcome.variant_id, cast(null(), Integer), literal(1), func.count())
-        .join(Exposure, joined)
-        .where(Outcome.experiment_id == experiment.id, Outcome.converted_at.is_not(None))
-        .group_by(converted_day, Outcome.stage, Outcome.variant_id)
-    )
-    rated_day = _utc_day(session, _later(Outcome.rated_at, Exposure.exposed_at))
-    rated = (
-        select(rated_day, Outcome.stage, Outcome.variant_id, Outcome.rating, literal(0), func.count())
-        .join(Exposure, joined)
-        .where(Outcome.experiment_id == experiment.id, Outcome.rating.is_not(None))
-        .group_by(rated_day, Outcome.stage, Outcome.variant_id, Outcome.rating)
-    )
+    outcomes = select(
+        OutcomeCount.day, OutcomeCount.stage, OutcomeCount.variant_id, OutcomeCount.kind, OutcomeCount.value,
+        OutcomeCount.customers,
+    ).where(OutcomeCount.experiment_id == experiment.id)
     rows_by_day: dict[date, list[tuple]] = {}
-    for day, stage, variant_id, rating, is_conversion, n in session.execute(union_all(exposed, converted, rated)):
+    for day, stage, variant_id, kind, value, n in session.execute(union_all(exposed, outcomes)):
         day = date.fromisoformat(day) if isinstance(day, str) else day
-        rows_by_day.setdefault(day, []).append((stage, variant_id, rating, is_conversion, n))
+        rows_by_day.setdefault(day, []).append((stage, variant_id, kind, value, n))
     if not rows_by_day:
         return []
     totals = _Accumulator(shape)
     series: list[tuple[date, ExperimentStats]] = []
     day, last = min(rows_by_day), max(rows_by_day)
     while day <= last:
-        for stage, variant_id, rating, is_conversion, n in rows_by_day.get(day, ()):
-            if stage is None:
+        for stage, variant_id, kind, value, n in rows_by_day.get(day, ()):
+            if kind == "exposed":
                 totals.add_exposed(variant_id, n)
-            elif is_conversion:
+            elif kind == "converted":
                 totals.add_converted(stage, variant_id, n)
             else:
-                totals.add_rating(stage, variant_id, rating, n)
+                totals.add_rating(stage, variant_id, value, n)
         series.append((day, totals.stats()))
         day += timedelta(days=1)
     return series

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Iterator, Literal, Sequence
 
-from sqlalchemy import and_, case, delete, func, insert, literal, or_, select
+from sqlalchemy import Date, and_, case, cast, delete, func, insert, literal, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
@@ -266,9 +266,6 @@ class _Driver:
             return value
         return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
 
-    def day_in(self, value: date) -> Any:
-        return value.isoformat()
-
     def _run(self, statement: str, params: Sequence[Any], fetch: bool) -> list[tuple]:
         result = self.connection.exec_driver_sql(statement, tuple(params))
         return result.fetchall() if fetch else []
@@ -333,10 +330,10 @@ class _ExposureInfo:
 
 @dataclass
 class _Decision:
-    """What one event does: the experiments it counts for (experiment id -> variant
-    id), and data-quality marks for the others."""
+    """What one event does: the experiments it counts for (experiment id -> the
+    exposure it follows), and data-quality marks for the others."""
 
-    counted: dict[int, int] = field(default_factory=dict)
+    counted: dict[int, _ExposureInfo] = field(default_factory=dict)
     quality: list[tuple[int, QualityKind]] = field(default_factory=list)
     unmatched: bool = False
 
@@ -413,7 +410,7 @@ def _decide(
                     f"rating {event.value} is outside the {experiment.scale_min}-{experiment.scale_max} scale "
                     f"of experiment {experiment.key!r} it counts for",
                 )
-            decision.counted[experiment.id] = exposure.variant_id
+            decision.counted[experiment.id] = exposure
     if candidates == 0:
         if named is not None:
             decision.quality.append((named.id, "not_exposed"))
@@ -431,6 +428,7 @@ class _Fold:
     rating, ordered by (time, events.id)."""
 
     variant_id: int
+    exposed_at: datetime
     converted_at: datetime | None = None
     rating: int | None = None
     rated_at: datetime | None = None
@@ -445,7 +443,13 @@ class _Fold:
 
 
 OutcomeKey = tuple[int, str, str]  # experiment id, customer id, stage
-CountKey = tuple[int, str, int, str, int]  # experiment id, stage, variant id, kind, value
+CountKey = tuple[int, str, int, str, str, int]  # experiment id, stage, variant id, day, kind, value
+
+
+def _day(moment: datetime, exposed_at: datetime) -> str:
+    """The UTC day an outcome counts from: never before its exposure (clock skew may
+    date it a moment earlier), so no day has more converters than exposed."""
+    return max(moment, exposed_at).date().isoformat()
 _OUTCOME_COLUMNS = (
     ("experiment_id", "integer"), ("customer_id", "text"), ("stage", "text"), ("variant_id", "integer"),
     ("converted_at", "timestamptz"), ("rating", "integer"), ("rated_at", "timestamptz"), ("rating_event_id", "bigint"),
@@ -481,9 +485,9 @@ def _apply_outcomes(sql: _Driver, folds: dict[OutcomeKey, _Fold]) -> dict[CountK
     for key in inserted:
         fold = folds[key]
         if fold.converted_at is not None:
-            deltas[(key[0], key[2], fold.variant_id, "converted", 0)] += 1
-        if fold.rating is not None:
-            deltas[(key[0], key[2], fold.variant_id, "rating", fold.rating)] += 1
+            deltas[(key[0], key[2], fold.variant_id, _day(fold.converted_at, fold.exposed_at), "converted", 0)] += 1
+        if fold.rating is not None and fold.rated_at is not None:
+            deltas[(key[0], key[2], fold.variant_id, _day(fold.rated_at, fold.exposed_at), "rating", fold.rating)] += 1
     existing = [k for k in keys if k not in inserted]
     updates: list[tuple] = []
     current = sql.rows(
@@ -523,20 +527,23 @@ def _merge(
     fold: _Fold,
     deltas: dict[CountKey, int],
 ) -> tuple | None:
-    """The row after the batch, or None if unchanged; records the counter moves."""
+    """The row after the batch, or None if unchanged; records the counter moves
+    (an earlier conversion may move it to another day; a newer rating moves the
+    customer from the old (day, rating) cell to the new one)."""
     changed = False
     experiment_id, _customer, stage = key
+    cell = (experiment_id, stage, variant_id)
     if fold.converted_at is not None and (converted_at is None or fold.converted_at < converted_at):
-        if converted_at is None:
-            deltas[(experiment_id, stage, variant_id, "converted", 0)] += 1
+        if converted_at is not None:
+            deltas[(*cell, _day(converted_at, fold.exposed_at), "converted", 0)] -= 1
+        deltas[(*cell, _day(fold.converted_at, fold.exposed_at), "converted", 0)] += 1
         converted_at, changed = fold.converted_at, True
     if fold.rated_at is not None and (
         rated_at is None or (fold.rated_at, fold.rating_event_id) > (rated_at, rating_event_id)
     ):
-        if rating != fold.rating:
-            if rating is not None:
-                deltas[(experiment_id, stage, variant_id, "rating", rating)] -= 1
-            deltas[(experiment_id, stage, variant_id, "rating", fold.rating)] += 1  # type: ignore[index]
+        if rating is not None and rated_at is not None:
+            deltas[(*cell, _day(rated_at, fold.exposed_at), "rating", rating)] -= 1
+        deltas[(*cell, _day(fold.rated_at, fold.exposed_at), "rating", fold.rating)] += 1  # type: ignore[arg-type]
         rating, rated_at, rating_event_id, changed = fold.rating, fold.rated_at, fold.rating_event_id, True
     return (converted_at, rating, rated_at, rating_event_id) if changed else None
 
@@ -610,20 +617,23 @@ def ingest(session: Session, events: Sequence[EventIn], *, clock_skew_seconds: f
     unmatched: dict[tuple[Any, str], int] = defaultdict(int)
     for event_id, row_id in inserted.items():
         event, occurred_at, decision = decisions[event_id]
-        for experiment_id, variant_id in decision.counted.items():
+        for experiment_id, exposure in decision.counted.items():
             key = (experiment_id, event.customer_id, event.stage)
             fold = folds.get(key)
             if fold is None:
-                fold = folds[key] = _Fold(variant_id)
+                fold = folds[key] = _Fold(exposure.variant_id, exposure.exposed_at)
             fold.add(event.type, event.value, occurred_at, row_id)
         for experiment_id, kind in decision.quality:
             quality[(experiment_id, event.stage, kind)] += 1
         if decision.unmatched:
-            unmatched[(sql.day_in(received_at.date()), event.stage)] += 1
+            unmatched[(received_at.date().isoformat(), event.stage)] += 1
     deltas = _apply_outcomes(sql, folds)
     _add_counts(
         sql, "outcome_counts",
-        (("experiment_id", "integer"), ("stage", "text"), ("variant_id", "integer"), ("kind", "text"), ("value", "integer")),
+        (
+            ("experiment_id", "integer"), ("stage", "text"), ("variant_id", "integer"), ("day", "date"),
+            ("kind", "text"), ("value", "integer"),
+        ),
         "customers", deltas,
     )
     _add_counts(
@@ -673,6 +683,18 @@ def record_events(database: Database, items: Sequence[Any], settings: Settings) 
 
 
 # -- rebuild -------------------------------------------------------------------------
+
+
+def utc_day(session: Session, column: Any) -> Any:
+    """SQL for the UTC date of a timestamp column, on either database."""
+    if session.get_bind().dialect.name == "sqlite":
+        return func.date(column)  # stored as 'YYYY-MM-DD HH:MM:SS.ffffff' UTC
+    return cast(func.timezone("UTC", column), Date)
+
+
+def not_before(moment: Any, exposed_at: Any) -> Any:
+    """SQL for the time an outcome is dated: never before its exposure (as ``_day``)."""
+    return case((moment < exposed_at, exposed_at), else_=moment)
 
 
 def rebuild_outcomes(session: Session, experiment: Experiment) -> None:
@@ -725,18 +747,22 @@ def rebuild_outcomes(session: Session, experiment: Experiment) -> None:
             per_row,
         )
     )
-    for kind, value_column, condition in (
-        ("converted", literal(0), Outcome.converted_at.is_not(None)),
-        ("rating", Outcome.rating, Outcome.rating.is_not(None)),
+    exposure = and_(Exposure.experiment_id == Outcome.experiment_id, Exposure.customer_id == Outcome.customer_id)
+    for kind, value_column, moment in (
+        ("converted", literal(0), Outcome.converted_at),
+        ("rating", Outcome.rating, Outcome.rated_at),
     ):
+        day = utc_day(session, not_before(moment, Exposure.exposed_at))
         session.execute(
             insert(OutcomeCount).from_select(
-                ["experiment_id", "stage", "variant_id", "kind", "value", "customers"],
+                ["experiment_id", "stage", "variant_id", "day", "kind", "value", "customers"],
                 select(
-                    Outcome.experiment_id, Outcome.stage, Outcome.variant_id, literal(kind), value_column, func.count()
+                    Outcome.experiment_id, Outcome.stage, Outcome.variant_id, day, literal(kind), value_column,
+                    func.count(),
                 )
-                .where(Outcome.experiment_id == experiment.id, condition)
-                .group_by(Outcome.experiment_id, Outcome.stage, Outcome.variant_id, value_column),
+                .join(Exposure, exposure)
+                .where(Outcome.experiment_id == experiment.id, moment.is_not(None))
+                .group_by(Outcome.experiment_id, Outcome.stage, Outcome.variant_id, day, value_column),
             )
         )
     _rebuild_quality(session, experiment, candidates)

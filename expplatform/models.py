@@ -262,10 +262,12 @@ class Outcome(Base):
 
 
 class OutcomeCount(Base):
-    """Customers per experiment x stage x variant who converted (kind ``converted``,
-    value 0) or whose latest rating is ``value`` (kind ``rating``), moved in the same
-    transaction as the outcome rows they summarise: a report reads a few cells instead
-    of grouping millions of outcome rows."""
+    """Customers per experiment x stage x variant x UTC day who converted that day
+    (kind ``converted``, value 0) or whose latest rating, given that day, is
+    ``value`` (kind ``rating``); an outcome is dated no earlier than its exposure.
+    Moved in the same transaction as the outcome rows they summarise, so a report
+    sums a few cells per day instead of grouping millions of outcome rows, and the
+    daily series reads the same cells."""
 
     __tablename__ = "outcome_counts"
 
@@ -274,6 +276,7 @@ class OutcomeCount(Base):
     )
     stage: Mapped[str] = mapped_column(String(64), primary_key=True)
     variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)
     value: Mapped[int] = mapped_column(Integer, primary_key=True)
     customers: Mapped[int] = mapped_column(BigInteger, default=0)

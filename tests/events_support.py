@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from expplatform.events import stored_outcomes
 from expplatform.models import EventQualityCount, Experiment, Exposure, OutcomeCount, Variant
@@ -71,13 +71,26 @@ def expose(
 
 
 def counts(session, experiment_id: int) -> dict[tuple, int]:
-    """Non-zero outcome counters as {(stage, variant key, kind, value): customers}."""
+    """Non-zero outcome counters summed over days, as {(stage, variant key, kind,
+    value): customers}."""
     rows = session.execute(
-        select(OutcomeCount.stage, Variant.key, OutcomeCount.kind, OutcomeCount.value, OutcomeCount.customers)
+        select(OutcomeCount.stage, Variant.key, OutcomeCount.kind, OutcomeCount.value, func.sum(OutcomeCount.customers))
+        .join(Variant, Variant.id == OutcomeCount.variant_id)
+        .where(OutcomeCount.experiment_id == experiment_id)
+        .group_by(OutcomeCount.stage, Variant.key, OutcomeCount.kind, OutcomeCount.value)
+    )
+    return {(s, v, k, val): n for s, v, k, val, n in rows if n}
+
+
+def daily_counts(session, experiment_id: int) -> dict[tuple, int]:
+    """Non-zero outcome counters as {(stage, variant key, day, kind, value): customers}."""
+    rows = session.execute(
+        select(OutcomeCount.stage, Variant.key, OutcomeCount.day, OutcomeCount.kind, OutcomeCount.value,
+               OutcomeCount.customers)
         .join(Variant, Variant.id == OutcomeCount.variant_id)
         .where(OutcomeCount.experiment_id == experiment_id)
     )
-    return {(s, v, k, val): n for s, v, k, val, n in rows if n}
+    return {(s, v, d, k, val): n for s, v, d, k, val, n in rows if n}
 
 
 def quality(session, experiment_id: int) -> dict[tuple, int]:
@@ -91,4 +104,4 @@ def quality(session, experiment_id: int) -> dict[tuple, int]:
 
 def snapshot(session, experiment_id: int) -> tuple[list, dict, dict]:
     """Everything ingest maintains for one experiment, to compare with a rebuild."""
-    return stored_outcomes(session, experiment_id), counts(session, experiment_id), quality(session, experiment_id)
+    return stored_outcomes(session, experiment_id), daily_counts(session, experiment_id), quality(session, experiment_id)

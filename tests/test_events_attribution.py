@@ -12,7 +12,7 @@ from sqlalchemy import select
 from expplatform.events import rebuild_outcomes, record_events
 from expplatform.models import Event, Experiment, Outcome, UnmatchedEventCount, utcnow
 from tests.conftest import make_test_app
-from tests.events_support import T0, at, counts, expose, iso, make_experiment, quality, snapshot
+from tests.events_support import T0, at, counts, daily_counts, expose, iso, make_experiment, quality, snapshot
 
 
 @pytest.fixture
@@ -102,6 +102,27 @@ def test_ratings_at_the_same_time_resolve_to_the_one_stored_last(db, send, exp):
     send(*[{"event_id": f"n{v}", "customer_id": "bob", "stage": "purchase", "type": "satisfaction", "value": v}
            for v in (5, 2, 3)])
     assert outcome(db, exp, "bob").rating == 5
+
+
+def test_counters_are_dated_and_move_when_an_earlier_outcome_arrives_late(db, send, exp):
+    day = timedelta(days=1).total_seconds()
+    send(ev("c3", "alice", seconds=2 * day), rate("r3", "alice", 2, seconds=2 * day))
+    send(ev("c2", "alice", seconds=day), rate("r2", "alice", 5, seconds=day))  # earlier conversion, older rating
+    send(rate("r4", "alice", 4, seconds=3 * day))
+    d = [(T0 + timedelta(days=n)).date() for n in range(4)]
+    with db.sessionmaker() as session:
+        assert daily_counts(session, exp) == {
+            ("purchase", "control", d[1], "converted", 0): 1,
+            ("purchase", "control", d[3], "rating", 4): 1,
+        }
+        # An outcome a moment before the exposure (within the skew) is dated at the exposure.
+        with db.write() as write:
+            expose(write, write.get(Experiment, exp), "late", exposed_at=T0 + timedelta(seconds=day - 60 * 60 * 12 + 2))
+    send(ev("l1", "late", seconds=day - 60 * 60 * 12 - 1))  # 23:59:59 the day before
+    with db.sessionmaker() as session:
+        dated = daily_counts(session, exp)
+    assert dated[("purchase", "control", d[1], "converted", 0)] == 2
+    assert ("purchase", "control", d[0], "converted", 0) not in dated
 
 
 def test_an_event_before_the_exposure_does_not_count_beyond_the_clock_skew(db, send, exp):
@@ -218,7 +239,8 @@ def _workload(rng: random.Random, customers: list[str], batches: int, per_batch:
                 batch.append(rng.choice(sent))  # a re-sent event
                 continue
             customer = rng.choice(customers)
-            seconds = rng.choice([-30, -6, -5, -4, 0, 10, 10, 500, 1500, 2500])  # around exposure and stop
+            # Around the exposure and the stop, and on later days (out of order).
+            seconds = rng.choice([-30, -6, -5, -4, 0, 10, 10, 500, 1500, 2500, 90_000, 180_000])
             kind = rng.random()
             event = (
                 ev(f"b{b}e{i}", customer, rng.choice(stages), seconds=seconds)

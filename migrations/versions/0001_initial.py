@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 09:59:03.971973
+Create Date: 2026-11-25 10:26:26.626766
 """
 from __future__ import annotations
 
@@ -199,13 +199,14 @@ def upgrade() -> None:
     sa.Column('experiment_id', sa.Integer(), nullable=False),
     sa.Column('stage', sa.String(length=64), nullable=False),
     sa.Column('variant_id', sa.Integer(), nullable=False),
+    sa.Column('day', sa.Date(), nullable=False),
     sa.Column('kind', sa.String(length=16), nullable=False),
     sa.Column('value', sa.Integer(), nullable=False),
     sa.Column('customers', sa.BigInteger(), nullable=False),
     sa.CheckConstraint("kind IN ('converted', 'rating')", name=op.f('ck_outcome_counts_kind')),
     sa.ForeignKeyConstraint(['experiment_id'], ['experiments.id'], name=op.f('fk_outcome_counts_experiment_id_experiments'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['variant_id'], ['variants.id'], name=op.f('fk_outcome_counts_variant_id_variants'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('experiment_id', 'stage', 'variant_id', 'kind', 'value', name=op.f('pk_outcome_counts'))
+    sa.PrimaryKeyConstraint('experiment_id', 'stage', 'variant_id', 'day', 'kind', 'value', name=op.f('pk_outcome_counts'))
     )
     # ### end Alembic commands ###
 
