@@ -13,8 +13,9 @@ Speed, at a million customers:
 - the daily series and the segment breakdowns group every outcome row (seconds), so
   they run in one background thread per worker and are reused while new data arrives
   for up to ``report_refresh_seconds`` (then recomputed in the background while the
-  old one is shown). A request waits at most ``report_wait_seconds`` for a first
-  computation and otherwise says it is being computed. The series' point for today
+  old one is shown). The request that starts a first computation waits for it at
+  most ``report_wait_seconds`` (enough for a small experiment); otherwise, and for
+  the requests that come while it runs, the report says it is being computed. The series' point for today
   is always analysed from the live statistics, so the latest figures are never stale.
 """
 
@@ -428,10 +429,13 @@ class _Slow:
             if entry is not None and (entry.version == version or time.monotonic() - entry.started < self._refresh):
                 return _ready(entry)
             future = self._running.get(key)
-            if future is None:
+            started_here = future is None
+            if started_here:
                 future = self._submit(key, version, compute)
         if entry is not None:
             return _ready(entry)  # stale while the new one is computed
+        if not started_here:
+            return Pending("computing")  # the request that started it did the waiting
         try:
             future.result(timeout=wait)
         except FutureTimeout:
