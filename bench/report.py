@@ -38,7 +38,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.orm import Session
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +59,7 @@ ingest = _load_ingest_bench()
 from expplatform import create_app  # noqa: E402
 from expplatform.auth import create_user  # noqa: E402
 from expplatform.events import rebuild_outcomes  # noqa: E402
+from expplatform.db import Base  # noqa: E402
 from expplatform.models import Experiment  # noqa: E402
 
 ingest.PG_DB = "bench_report"
@@ -223,9 +224,14 @@ def _kept(folder: str) -> Iterator[str]:
 
 
 def _stale(url: str) -> bool:
-    """A kept database from an older run (its data would not end yesterday)."""
+    """A kept database from an older run: its data would not end yesterday, or its
+    tables are not the models' any more."""
     engine = create_engine(url)
     try:
+        found = inspect(engine)
+        for table in Base.metadata.sorted_tables:
+            if {c["name"] for c in found.get_columns(table.name)} != set(table.columns.keys()):
+                return True
         with Session(engine) as session:
             started = session.scalar(select(Experiment.started_at).where(Experiment.key == "bench"))
         return started is None or started < ingest.BASE - timedelta(days=7)
