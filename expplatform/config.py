@@ -76,9 +76,9 @@ class Settings:
     full_model_draws: int = 1000
     full_model_tune: int = 1000
     full_model_chains: int = 4
-    # Reports: the daily series and segment breakdowns group every outcome row (seconds
-    # on a million customers), so they are computed in the background, reused for this
-    # long while new data arrives, and waited for at most this long by a request.
+    # Reports: the daily series and segment breakdowns take seconds on a million
+    # customers, so they are computed in the background, reused for this long while
+    # new data arrives, and waited for at most this long by the request that starts one.
     report_refresh_seconds: float = 600.0
     report_wait_seconds: float = 0.5
 

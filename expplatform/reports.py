@@ -10,8 +10,9 @@ Speed, at a million customers:
 - the whole-experiment statistics read an index and a few counters (tens of ms), and
   the analysis of a given data version is kept (it is deterministic for a seed), so a
   report whose data did not move costs one statistics query;
-- the daily series and the segment breakdowns group every outcome row (seconds), so
-  they run in one background thread per worker and are reused while new data arrives
+- the daily series (it groups every exposure by day: about a second) and the segment
+  breakdowns (they group every outcome row: seconds) run in one background thread per
+  worker and are reused while new data arrives
   for up to ``report_refresh_seconds`` (then recomputed in the background while the
   old one is shown). The request that starts a first computation waits for it at
   most ``report_wait_seconds`` (enough for a small experiment); otherwise, and for
