@@ -195,8 +195,9 @@ class Exposure(Base):
     mismatches: Mapped[int] = mapped_column(Integer, default=0)
 
     __table_args__ = (
-        UniqueConstraint("experiment_id", "customer_id"),
-        Index(None, "customer_id"),
+        # Customer first: the same index answers "this customer's exposures" for the
+        # assignment hot path and for event attribution, so no second index is kept.
+        UniqueConstraint("customer_id", "experiment_id"),
         # Covers the exposed-per-variant count of every report (forced ones excluded).
         Index(None, "experiment_id", "variant_id", "forced"),
         # The few flagged exposures (QA, mismatched) that data quality counts: a report

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 10:26:26.626766
+Create Date: 2026-11-25 10:45:05.210549
 """
 from __future__ import annotations
 
@@ -188,10 +188,9 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['experiment_id'], ['experiments.id'], name=op.f('fk_exposures_experiment_id_experiments'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['variant_id'], ['variants.id'], name=op.f('fk_exposures_variant_id_variants'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_exposures')),
-    sa.UniqueConstraint('experiment_id', 'customer_id', name=op.f('uq_exposures_experiment_id_customer_id'))
+    sa.UniqueConstraint('customer_id', 'experiment_id', name=op.f('uq_exposures_customer_id_experiment_id'))
     )
     with op.batch_alter_table('exposures', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_exposures_customer_id'), ['customer_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_exposures_experiment_id'), ['experiment_id', 'variant_id', 'forced'], unique=False)
         batch_op.create_index('ix_exposures_flagged', ['experiment_id'], unique=False, sqlite_where=sa.text('forced = 1 OR mismatches > 0'), postgresql_where=sa.text('forced OR mismatches > 0'))
 
@@ -217,7 +216,6 @@ def downgrade() -> None:
     with op.batch_alter_table('exposures', schema=None) as batch_op:
         batch_op.drop_index('ix_exposures_flagged', sqlite_where=sa.text('forced = 1 OR mismatches > 0'), postgresql_where=sa.text('forced OR mismatches > 0'))
         batch_op.drop_index(batch_op.f('ix_exposures_experiment_id'))
-        batch_op.drop_index(batch_op.f('ix_exposures_customer_id'))
 
     op.drop_table('exposures')
     op.drop_table('variants')
