@@ -16,7 +16,7 @@ from expplatform.assignment import exposure_store
 from expplatform.auth import create_api_key
 from expplatform.models import Exposure
 
-from .conftest import Api, make_test_app
+from .conftest import POSTGRES_URL, Api, make_test_app
 from .test_assign import URL, exposures, seed
 
 WORKERS = 8
@@ -112,11 +112,10 @@ def test_changes_through_one_instance_reach_another_within_a_second(database_url
         _dispose([editor, server])
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_locked_database_is_a_503_and_nothing_half_written(database_url, tmp_path):
     """SQLite: another writer holds the lock past the busy timeout; the insert fails
     cleanly (503, retry later) and the retry, once the lock is gone, records once."""
-    if not database_url.startswith("sqlite"):
-        pytest.skip("a SQLite write lock")
     app = make_test_app(database_url, tmp_path, sqlite_busy_timeout_ms=20)
     try:
         db = app.extensions["db"]
@@ -139,9 +138,9 @@ def test_a_locked_database_is_a_503_and_nothing_half_written(database_url, tmp_p
         app.extensions["db"].engine.dispose()
 
 
+@pytest.mark.skipif(not POSTGRES_URL, reason="needs EXPPLATFORM_TEST_POSTGRES_URL (always set on CI)")
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_dropped_postgresql_connection_is_replaced_without_an_error(app, db, client_api, database_url):
-    if not database_url.startswith("postgresql"):
-        pytest.skip("a PostgreSQL server-side disconnect")
     seed(db, "resilient")
     first = client_api.post(URL, json={"customer_id": "c1"}).json
     store = exposure_store(app)
