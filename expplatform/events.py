@@ -23,7 +23,8 @@ stage when an exposure exists but does not qualify (``before_exposure``,
 the customer (``not_exposed``), and per day and stage when no experiment measuring
 the stage ever exposed the customer (``unmatched_event_counts``).
 
-A batch is one transaction. Events are inserted with ``ON CONFLICT (event_id) DO
+A batch is attributed from a read of the exposures, then stored in one write
+transaction (all of it or, on a failure, none). Events are inserted with ``ON CONFLICT (event_id) DO
 NOTHING RETURNING``, so only rows this transaction really inserted move outcomes:
 a re-sent event, or the same batch racing in another worker, is reported as a
 duplicate and counts once. Locks are taken phase by phase, each in key order (events
@@ -570,10 +571,25 @@ _EVENT_COLUMNS = (
 _EVENT_NAMES = ", ".join(name for name, _kind in _EVENT_COLUMNS)
 
 
-def ingest(session: Session, events: Sequence[EventIn], *, clock_skew_seconds: float) -> IngestResult:
-    """Store valid events in the caller's transaction and move outcomes; returns the
-    counts and the events rejected by rules that need the database (experiment,
-    stage, scale). ``received_at`` is read here, inside the transaction."""
+@dataclass
+class _Plan:
+    """A batch attributed and ready to store."""
+
+    received_at: datetime
+    rows: list[tuple]  # events rows, in event_id order
+    decisions: dict[str, tuple[EventIn, datetime, _Decision]]
+    rejected: list[Rejection]
+
+
+def _plan(session: Session, events: Sequence[EventIn], *, clock_skew_seconds: float) -> _Plan:
+    """Attribute each event to the exposures as they are when the batch arrives, and
+    reject those that break a rule needing the database (experiment, stage, scale).
+
+    This reads only, before the write transaction: on SQLite, where one writer works
+    at a time, the write lock is then held for the writes alone. An exposure
+    committed while this runs may be missed, as it would be by a batch that arrived
+    a moment earlier; a client that sends events after its assign call returned
+    never meets that (the exposure was committed before the event was sent)."""
     sql = _Driver(session)
     received_at = utcnow()
     skew = timedelta(seconds=clock_skew_seconds)
@@ -602,6 +618,14 @@ def ingest(session: Session, events: Sequence[EventIn], *, clock_skew_seconds: f
     # In event_id order: two batches sharing events then wait for each other instead of
     # deadlocking on PostgreSQL (each waits on the other's uncommitted duplicates).
     rows.sort(key=lambda row: row[0])
+    return _Plan(received_at, rows, decisions, rejected)
+
+
+def _store(session: Session, plan: _Plan) -> IngestResult:
+    """Insert the planned events in the caller's write transaction (if absent) and
+    move outcomes and counters for those really inserted."""
+    sql = _Driver(session)
+    received_at, rows, decisions = plan.received_at, plan.rows, plan.decisions
     inserted = dict(
         (event_id, row_id)
         for row_id, event_id in sql.rows(
@@ -640,8 +664,7 @@ def ingest(session: Session, events: Sequence[EventIn], *, clock_skew_seconds: f
         sql, "event_quality_counts", (("experiment_id", "integer"), ("stage", "text"), ("kind", "text")), "events", quality
     )
     _add_counts(sql, "unmatched_event_counts", (("day", "date"), ("stage", "text")), "events", unmatched)
-    rejected.sort(key=lambda r: r.index)
-    return IngestResult(len(inserted), len(rows) - len(inserted), tuple(rejected))
+    return IngestResult(len(inserted), len(rows) - len(inserted))
 
 
 @contextmanager
@@ -671,15 +694,20 @@ def record_events(database: Database, items: Sequence[Any], settings: Settings) 
     retried as a whole on lock timeouts (safe: event_id makes it
     idempotent). Database failures propagate, with nothing stored."""
     valid, rejected = validate_events(items, now=utcnow(), max_future_seconds=settings.max_future_seconds)
+    if not valid:
+        return IngestResult(0, 0, tuple(rejected))
+    with database.sessionmaker() as reader:
+        plan = _plan(reader, valid, clock_skew_seconds=settings.clock_skew_seconds)
+    rejected = sorted(rejected + plan.rejected, key=lambda r: r.index)
+    if not plan.rows:
+        return IngestResult(0, 0, tuple(rejected))
 
     def attempt() -> IngestResult:
         with _writer_turn(database), database.write() as session:
-            return ingest(session, valid, clock_skew_seconds=settings.clock_skew_seconds)
+            return _store(session, plan)
 
-    stored = retry_on_lock(attempt) if valid else IngestResult(0, 0)
-    return IngestResult(
-        stored.accepted, stored.duplicates, tuple(sorted(rejected + list(stored.rejected), key=lambda r: r.index))
-    )
+    stored = retry_on_lock(attempt)
+    return IngestResult(stored.accepted, stored.duplicates, tuple(rejected))
 
 
 # -- rebuild -------------------------------------------------------------------------
