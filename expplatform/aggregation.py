@@ -81,18 +81,19 @@ class _Accumulator:
         self.converted = {(s, v): 0 for s in shape.stages for v in shape.variants}
         self.ratings = {(s, v): [0] * shape.scale.categories for s in shape.stages for v in shape.variants}
 
+    # int(n): PostgreSQL sums BIGINT counters as NUMERIC, which arrives as Decimal.
     def add_exposed(self, variant_id: int, n: int) -> None:
-        self.exposed[self.shape.variant_keys[variant_id]] += n
+        self.exposed[self.shape.variant_keys[variant_id]] += int(n)
 
     def add_converted(self, stage: str, variant_id: int, n: int) -> None:
         key = (stage, self.shape.variant_keys[variant_id])
         if key in self.converted:  # a stage dropped from a draft's definition leaves no cell
-            self.converted[key] += n
+            self.converted[key] += int(n)
 
     def add_rating(self, stage: str, variant_id: int, rating: int, n: int) -> None:
         key = (stage, self.shape.variant_keys[variant_id])
         if key in self.ratings:
-            self.ratings[key][rating - self.shape.scale.min] += n
+            self.ratings[key][rating - self.shape.scale.min] += int(n)
 
     def stats(self) -> ExperimentStats:
         shape = self.shape

@@ -518,3 +518,16 @@ def test_an_attribute_with_too_many_values_is_a_400_and_a_message_on_the_page(ap
     login("viewer")
     page = client.get("/experiments/many/report?segment=zip").get_data(as_text=True)
     assert "Ignored: segment: has more than 100 distinct values" in page and 'id="segments"' not in page
+
+
+def test_the_statistics_handed_to_the_analysis_are_plain_integers(db, seeded):
+    """PostgreSQL sums BIGINT counters as NUMERIC (Decimal in Python), which the
+    analysis and the stored fit snapshots (JSON) must never see."""
+    session, experiment, stats, *_ = current(db)
+    series = [s for _, s in daily_stats(session, experiment)]
+    segments = list(segment_stats(session, experiment, "platform").values())
+    for each in [stats, *series, *segments]:
+        for cells in each.cells.values():
+            for cell in cells.values():
+                assert {type(cell.exposed), type(cell.converted), *map(type, cell.ratings)} == {int}
+    session.close()
