@@ -329,30 +329,36 @@ class JobRunner:
 
     def run(self, job_id: int, progress: Progress | None = None) -> str | None:
         """Claim and run one job in this thread (the background one, or the CLI's);
-        returns its final status, None when it was not ours to run."""
+        returns its final status, None when it was not ours to run. Whatever goes
+        wrong once it is claimed fails the job with the reason, at once."""
         with self._cond:
             self._own(job_id)
         try:
             if not self.claim(job_id):
                 return None
-            with self.database.sessionmaker() as session:
-                job = session.get(AnalysisJob, job_id)
-                experiment = session.get(Experiment, job.experiment_id) if job is not None else None
-                if job is None or experiment is None:
-                    return None
-                params = FitParams.stored(job.params)
-                prior, rule = experiment_settings(experiment)
-                taken_at = utcnow()
-                stats = experiment_stats(session, experiment)
-            self._update(job_id, "running", snapshot=snapshot_of(stats, taken_at))
             try:
-                result = self.fit(stats, params, prior=prior, rule=rule, progress=progress)
-            except Exception as exc:  # noqa: BLE001 - any failure of a fit is the job's outcome
+                result = self._fit(job_id, progress)
+                if result is None:  # the experiment was deleted meanwhile
+                    return None
+                return self._update(job_id, "finished", result=result, finished_at=utcnow())
+            except Exception as exc:  # noqa: BLE001 - any failure is the job's outcome
                 log.exception("full-model job %s failed", job_id)
                 return self._update(job_id, "failed", error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=utcnow())
-            return self._update(job_id, "finished", result=result, finished_at=utcnow())
         finally:
             self._disown(job_id)
+
+    def _fit(self, job_id: int, progress: Progress | None) -> dict[str, Any] | None:
+        with self.database.sessionmaker() as session:
+            job = session.get(AnalysisJob, job_id)
+            experiment = session.get(Experiment, job.experiment_id) if job is not None else None
+            if job is None or experiment is None:
+                return None
+            params = FitParams.stored(job.params)
+            prior, rule = experiment_settings(experiment)
+            taken_at = utcnow()
+            stats = experiment_stats(session, experiment)
+        self._update(job_id, "running", snapshot=snapshot_of(stats, taken_at))
+        return self.fit(stats, params, prior=prior, rule=rule, progress=progress)
 
     def _update(self, job_id: int, status: str, **values: Any) -> str | None:
         with self.database.write() as session:

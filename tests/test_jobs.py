@@ -153,6 +153,26 @@ def test_a_failing_fit_marks_the_job_failed_with_the_reason(fast_app, experiment
     assert job_row(fast_app, job2.id).status == "finished"
 
 
+def test_a_result_that_cannot_be_stored_fails_the_job(fast_app, experiment):
+    runner = runner_with(fast_app, lambda stats, params, **kwargs: {"draws": object()})
+    job, _ = runner.queue("checkout", "user:a", FitParams())
+    assert runner.wait_idle(WAIT)
+    row = job_row(fast_app, job.id)
+    assert row.status == "failed" and "is not JSON serializable" in row.error  # SQLite and PostgreSQL word it apart
+
+
+def test_a_failure_before_the_fit_fails_the_job_too(fast_app, experiment, monkeypatch):
+    def broken(session, experiment):
+        raise RuntimeError("statistics unavailable")
+
+    monkeypatch.setattr("expplatform.jobs.experiment_stats", broken)
+    runner = runner_with(fast_app, FakeFit())
+    job, _ = runner.queue("checkout", "user:a", FitParams())
+    assert runner.wait_idle(WAIT)
+    row = job_row(fast_app, job.id)
+    assert (row.status, row.error, row.snapshot) == ("failed", "RuntimeError: statistics unavailable", None)
+
+
 def test_heartbeats_keep_the_jobs_of_a_live_worker_fresh(fast_app, experiment):
     fit = FakeFit(hold=True)
     runner = runner_with(fast_app, fit)
