@@ -25,7 +25,7 @@ run: $(STAMP)
 	$(BIN)/expplatform db upgrade
 	$(BIN)/expplatform demo setup
 	@echo "expplatform: serving on http://127.0.0.1:$(PORT)/ with $(WORKERS) workers (Ctrl-C stops)"
-	$(BIN)/gunicorn --workers $(WORKERS) --bind 127.0.0.1:$(PORT) --access-logfile - wsgi:app
+	$(BIN)/gunicorn --workers $(WORKERS) --worker-class gthread --threads 4 --bind 127.0.0.1:$(PORT) --access-logfile - wsgi:app
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

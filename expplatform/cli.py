@@ -269,22 +269,27 @@ def demo() -> None:
 
 
 DEMO_EMAIL = "demo@example.com"
+DEMO_DEFINITIONS = Path(__file__).resolve().parent.parent / "experiments"
 DEMO_PASSWORD = "demo-password"
 
 
 @demo.command("setup")
 @with_appcontext
 def demo_setup() -> None:
-    """Create the demo editor login and client key on first run; print them every run.
+    """Create the demo editor login, the demo client key and the demo journey's
+    experiments (``experiments/*.toml``, as drafts) on first run; print the
+    credentials every run.
 
     The demo key is kept in the instance folder (mode 600) only so that later runs
-    can print it again; real keys are never stored in plaintext.
+    can print it again; real keys are never stored in plaintext. Demo experiments that
+    exist already are left as they are, whatever has been done to them since.
     """
     from flask import current_app
 
-    from .models import User
+    from .models import Experiment, User
 
     credentials = current_app.extensions["settings"].instance_path / "demo_client_key"
+    demo_files = definitions.load_files([DEMO_DEFINITIONS]) if DEMO_DEFINITIONS.is_dir() else []
     with get_db().write() as session:
         if session.scalar(select(User).where(User.email == DEMO_EMAIL)) is None:
             auth.create_user(session, DEMO_EMAIL, DEMO_PASSWORD, "editor")
@@ -293,8 +298,16 @@ def demo_setup() -> None:
             credentials.parent.mkdir(parents=True, exist_ok=True)
             credentials.write_text(plaintext)
             credentials.chmod(0o600)
+        existing = set(session.scalars(select(Experiment.key)))
+        created = [
+            experiments.create_experiment(session, definition, "demo").experiment.key
+            for _path, definition in demo_files
+            if definition.key not in existing
+        ]
     click.echo(f"demo login:      {DEMO_EMAIL} / {DEMO_PASSWORD} (editor)")
     click.echo(f"demo client key: {credentials.read_text().strip()}")
+    if created:
+        click.echo(f"demo experiments created as drafts: {', '.join(created)}")
 
 
 if __name__ == "__main__":

@@ -151,3 +151,18 @@ def test_first_definition_changes_on_a_fresh_database_do_not_collide(db):
     assert failures == []
     with db.sessionmaker() as session:
         assert read_version(session) == 4
+
+
+def test_demo_setup_creates_login_key_and_demo_experiments_once(tmp_path):
+    env = {"EXPPLATFORM_INSTANCE_PATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    run = lambda *args: subprocess.run([sys.executable, "-m", "expplatform.cli", *args], capture_output=True, text=True, env=env)  # noqa: E731
+    assert run("db", "upgrade").returncode == 0
+    first = run("demo", "setup")
+    assert first.returncode == 0, first.stderr
+    key = first.stdout.split("demo client key:")[1].split()[0]
+    assert key.startswith("xp_") and "checkout-page" in first.stdout and "demo@example.com" in first.stdout
+    second = run("demo", "setup")
+    assert second.returncode == 0 and key in second.stdout and "created" not in second.stdout
+    listed = run("experiments", "list")
+    assert "checkout-page" in listed.stdout and "draft" in listed.stdout
+    assert run("keys", "list").stdout.count("demo client app") == 1
