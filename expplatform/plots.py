@@ -106,6 +106,16 @@ def _matplotlib():
     return matplotlib, Figure
 
 
+def warm_up() -> None:
+    """Import matplotlib and draw one throw-away figure (font cache, SVG backend), so
+    that a serving worker's first report page does not pay for it. ``wsgi.py`` runs
+    this in a background thread; the CLI never does."""
+    _module, figure_class = _matplotlib()
+    figure = figure_class(figsize=(1, 1))
+    figure.add_subplot().plot([0, 1], [0, 1])
+    figure.savefig(io.BytesIO(), format="svg")
+
+
 _ID = re.compile(r'\sid="(?![mp][0-9a-f]{10}")[^"]*"')
 
 

@@ -128,3 +128,16 @@ def test_rendering_from_several_threads_gives_the_serial_result():
     for thread in threads:
         thread.join()
     assert results == expected
+
+
+def test_warm_up_loads_the_plotting_stack_that_pages_use():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from expplatform import plots; "
+        "assert 'matplotlib' not in sys.modules; plots.warm_up(); "
+        "assert 'matplotlib.backends.backend_svg' in sys.modules"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
