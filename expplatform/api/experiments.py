@@ -12,7 +12,6 @@ from dataclasses import fields
 from typing import Any
 
 from flask import request, url_for
-from werkzeug.exceptions import BadRequest
 
 from analysis.types import DecisionRule, Prior
 
@@ -28,8 +27,9 @@ from ..definitions import (
     SLUG,
     parse_definition,
 )
-from ..errors import ApiError, ValidationError
+from ..errors import ValidationError
 from . import bp, schemas
+from .bodies import json_object
 
 MAX_PER_PAGE = 200
 read_access = api_access(scope="admin", session_role="viewer")
@@ -40,25 +40,6 @@ def _actor() -> str:
     principal = current_principal()
     assert principal is not None  # guaranteed by api_access
     return principal.actor
-
-
-def _json_object(*, optional: bool = False) -> dict[str, Any]:
-    """The request body as a JSON object (``{}`` for an allowed empty body)."""
-    principal = current_principal()
-    empty = not request.get_data(cache=True)
-    if empty and optional and principal is not None and principal.kind == "key":
-        return {}
-    if not request.is_json:
-        raise ApiError(400, "invalid_content_type", "Send a JSON body with 'Content-Type: application/json'.")
-    if empty and optional:
-        return {}
-    try:
-        body = request.get_json()
-    except BadRequest:
-        raise ApiError(400, "malformed_json", "The body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_body", "The body must be a JSON object.")
-    return body
 
 
 def _int_arg(name: str, default: int) -> int:
@@ -93,7 +74,7 @@ def list_experiments():
 @bp.post("/experiments")
 @write_access
 def create_experiment():
-    definition = parse_definition(_json_object())
+    definition = parse_definition(json_object())
     with get_db().write() as session:
         saved = service.create_experiment(session, definition, _actor())
         body = schemas.experiment(saved.experiment, notices=saved.notices)
@@ -111,14 +92,14 @@ def get_experiment(key: str):
 @bp.patch("/experiments/<key>")
 @write_access
 def update_experiment(key: str):
-    changes = _json_object()
+    changes = json_object()
     with get_db().write() as session:
         saved = service.patch_experiment(session, key, changes, _actor())
         return schemas.experiment(saved.experiment, notices=saved.notices)
 
 
 def _lifecycle(key: str, action: service.Action):
-    _json_object(optional=True)
+    json_object(optional=True)
     with get_db().write() as session:
         return schemas.experiment(service.change_status(session, key, action, _actor()))
 
@@ -150,7 +131,7 @@ def stop_experiment(key: str):
 @bp.post("/experiments/<key>/clone")
 @write_access
 def clone_experiment(key: str):
-    body = _json_object(optional=True)
+    body = json_object(optional=True)
     unknown = {name: "unknown field" for name in body if name != "key"}
     if unknown:
         raise ValidationError(unknown)

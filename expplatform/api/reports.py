@@ -10,15 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, current_app, request, url_for
-from werkzeug.exceptions import BadRequest
 
 from .. import experiments as experiments_service
 from .. import reports
 from ..auth import api_access, current_principal
 from ..db import get_db, get_session
-from ..errors import ApiError, NotFound
+from ..errors import NotFound
 from ..jobs import FitParams, get_job, get_runner, recent_jobs
 from . import bp
+from .bodies import json_object
 
 read_access = api_access(scope="admin", session_role="viewer")
 fit_access = api_access(scope="admin", session_role="editor")
@@ -43,28 +43,10 @@ def get_report_csv(key: str):
     return Response(text, mimetype="text/csv", headers={"Content-Disposition": f'attachment; filename="{key}-report.csv"'})
 
 
-def _fit_options() -> dict[str, Any]:
-    principal = current_principal()
-    empty = not request.get_data(cache=True)
-    if empty and principal is not None and principal.kind == "key":
-        return {}
-    if not request.is_json:
-        raise ApiError(400, "invalid_content_type", "Send a JSON body with 'Content-Type: application/json'.")
-    if empty:
-        return {}
-    try:
-        body = request.get_json()
-    except BadRequest:
-        raise ApiError(400, "malformed_json", "The body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_body", "The body must be a JSON object.")
-    return body
-
-
 @bp.post("/experiments/<key>/full-model")
 @fit_access
 def queue_full_model(key: str):
-    params = FitParams.parse(_fit_options(), current_app.extensions["settings"])
+    params = FitParams.parse(json_object(optional=True), current_app.extensions["settings"])
     principal = current_principal()
     job, created = get_runner(current_app).queue(key, principal.actor, params)  # type: ignore[union-attr]
     location = url_for("api.get_full_model_job", key=key, job_id=job.id)

@@ -1,0 +1,36 @@
+"""Reading JSON request bodies, the same way on every endpoint that takes one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import request
+from werkzeug.exceptions import BadRequest
+
+from ..auth import current_principal
+from ..errors import ApiError
+
+
+def json_object(*, optional: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object.
+
+    With ``optional``, an empty body means ``{}``: from a key with any content type,
+    but from a cookie session only as ``application/json``, which a cross-site HTML
+    form cannot send (this keeps the CSRF-exempt API safe for sessions).
+    """
+    empty = not request.get_data(cache=True)
+    if empty and optional:
+        principal = current_principal()
+        if principal is not None and principal.kind == "key":
+            return {}
+    if not request.is_json:
+        raise ApiError(400, "invalid_content_type", "Send a JSON body with 'Content-Type: application/json'.")
+    if empty and optional:
+        return {}
+    try:
+        body = request.get_json()
+    except BadRequest:
+        raise ApiError(400, "malformed_json", "The body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", "The body must be a JSON object.")
+    return body
