@@ -43,8 +43,9 @@ from typing import Iterator
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import benchlib  # noqa: E402  (beside this script)
+
 from sqlalchemy import create_engine, func, select, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from expplatform import migrations  # noqa: E402
@@ -53,7 +54,6 @@ from expplatform.bucketing import Split, place, place_many  # noqa: E402
 from expplatform.models import Experiment, Exposure, Variant, utcnow  # noqa: E402
 from expplatform.versioning import bump_version  # noqa: E402
 
-PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 PG_DB = "bench_assign"
 EXPERIMENT = "checkout-button"
 WEIGHTS = (0.5, 0.5)
@@ -118,25 +118,8 @@ end
 # -- databases ---------------------------------------------------------------------------
 
 
-@contextmanager
-def fresh_database(backend: str) -> Iterator[str]:
-    if backend == "sqlite":
-        directory = Path(tempfile.mkdtemp(prefix="bench_assign_"))
-        try:
-            yield f"sqlite:///{directory / 'bench.sqlite3'}"
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
-        return
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)"))
-        connection.execute(text(f"CREATE DATABASE {PG_DB}"))
-    try:
-        yield make_url(PG_ADMIN_URL).set(database=PG_DB).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)"))
-        admin.dispose()
+def fresh_database(backend: str):
+    return benchlib.fresh_database(backend, PG_DB)
 
 
 def prepare(url: str, repeat_customers: int) -> str:

@@ -41,11 +41,12 @@ from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import benchlib  # noqa: E402  (beside this script)
 
 from expplatform import aggregation, migrations  # noqa: E402
 from expplatform.auth import create_api_key  # noqa: E402
@@ -54,32 +55,14 @@ from expplatform.models import Event, Experiment, OutcomeCount, Variant  # noqa:
 
 STAGES = ("awareness", "consideration", "purchase", "retention", "advocacy")
 BASE = datetime(2024, 5, 1, tzinfo=timezone.utc)
-PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 PG_DB = "bench_ingest"
 
 
 # -- databases ---------------------------------------------------------------------------
 
 
-@contextmanager
-def fresh_database(backend: str) -> Iterator[str]:
-    if backend == "sqlite":
-        directory = Path(tempfile.mkdtemp(prefix="bench_ingest_"))
-        try:
-            yield f"sqlite:///{directory / 'bench.sqlite3'}"
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
-        return
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)"))
-        connection.execute(text(f"CREATE DATABASE {PG_DB}"))
-    try:
-        yield make_url(PG_ADMIN_URL).set(database=PG_DB).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)"))
-        admin.dispose()
+def fresh_database(backend: str):
+    return benchlib.fresh_database(backend, PG_DB)
 
 
 def prepare(url: str, exposures: int, *, forced_every: int = 1000) -> tuple[int, str]:
