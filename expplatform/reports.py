@@ -636,6 +636,9 @@ class LiftCell:
 class LiftStage:
     stage: str
     is_target: bool
+    # A stage before the tested step: the variants cannot have changed it yet, so its
+    # numbers are a balance check (they should agree), not a result to act on.
+    before_target: bool
     cells: tuple[LiftCell, ...]
 
 
@@ -659,6 +662,7 @@ def evidence(comparison: Comparison | None, rule: DecisionRule) -> str:
 def lift_map(stats: ExperimentStats, result: ExperimentResult, rule: DecisionRule, colors: Mapping[str, str]
              ) -> list[LiftStage]:
     stages = []
+    target_index = stats.stages.index(result.target_stage)
     for stage_result in result.stages:
         conversion = stage_result.metric("conversion")
         rating = stage_result.metric("mean_rating")
@@ -679,7 +683,12 @@ def lift_map(stats: ExperimentStats, result: ExperimentResult, rule: DecisionRul
                 rating_lift=None if is_control else rating.comparison(variant),
                 evidence=evidence(lift, rule),
             ))
-        stages.append(LiftStage(stage_result.stage, stage_result.stage == result.target_stage, tuple(cells)))
+        stages.append(LiftStage(
+            stage_result.stage,
+            stage_result.stage == result.target_stage,
+            stats.stages.index(stage_result.stage) < target_index,
+            tuple(cells),
+        ))
     return stages
 
 
@@ -880,7 +889,8 @@ def format_table(report: Report) -> str:
     header = ("variant", "exposed", "conv", f"lift [{level}]", "P(better)", "exp.loss", "rating", "top-box", "decision")
     widths = (max(8, *(len(v) for v in stats.variants)), 9, 7, 27, 9, 8, 6, 7, 15)
     for stage in lift_map(stats, result, report.rule, report.colors):
-        lines += ["", f"{stage.stage}{'  <- under test' if stage.is_target else ''}"]
+        marker = "  <- under test" if stage.is_target else "  (before the tested step: a balance check)" if stage.before_target else ""
+        lines += ["", f"{stage.stage}{marker}"]
         lines.append("  " + "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths))))
         for cell in stage.cells:
             lift = cell.lift
@@ -893,7 +903,7 @@ def format_table(report: Report) -> str:
                 "" if lift is None else _pct(lift.expected_loss_relative, 2),
                 "-" if cell.mean_rating.observed is None else f"{cell.mean_rating.observed:.2f}",
                 _pct(cell.top_box.observed, 0),
-                "" if lift is None or lift.decision is None else lift.decision.replace("_", " "),
+                "" if lift is None or lift.decision is None or stage.before_target else lift.decision.replace("_", " "),
             )
             lines.append("  " + "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths))))
     if report.segments is not None and report.segments.status == "ready":

@@ -42,7 +42,7 @@ def test_the_table_reads_in_a_terminal(runner, admin_api, seeded):
     assert lines[0] == "Checkout (checkout, running) - testing cart; 900 customers exposed"
     assert f"Recommendation: {api['result']['recommendation']['summary']}" in lines
     assert [line for line in lines if line.split("  ")[0] in STAGES or line.startswith("cart  <-")] == [
-        "browse", "cart  <- under test", "purchase"]
+        "browse  (before the tested step: a balance check)", "cart  <- under test", "purchase"]
     assert max(len(line) for line in lines) <= 140
     bold_cart = next(line for line in lines[lines.index("cart  <- under test"):] if line.strip().startswith("bold"))
     cart = next(m for m in api["result"]["stages"][1]["metrics"] if m["metric"] == "conversion")
@@ -107,3 +107,4 @@ def test_full_model_fits_with_a_progress_bar_and_stores_the_fit(app, runner, see
         session.execute(update(AnalysisJob).values(status="running"))
     again = runner.invoke(main, ["report", "checkout", "--full-model"])
     assert again.exit_code == 1 and "already running" in again.output
+

@@ -65,7 +65,10 @@ def test_the_lift_map_shows_stages_in_journey_order_with_every_variant(client, l
     cart = result.stage("cart").metric("conversion").comparison("bold")
     lift = f"{cart.relative_lift.mean * 100:+.1f}%</strong> <span class=\"interval\">[{cart.relative_lift.low * 100:+.1f}%, {cart.relative_lift.high * 100:+.1f}%]"
     assert lift in body and f"{cart.p_better:.3f}" in body
-    assert body.count('class="decision decision-') >= 6
+    # Decisions at the tested stage and after it; the stage before it is a balance check.
+    lift_map = body.split('id="map-title"')[1].split("</section>")[0]
+    assert lift_map.count('class="decision decision-') == 4
+    assert re.findall(r'<h3>(\w+) <span class="chip chip-muted"[^>]*>balance check</span>', lift_map) == ["browse"]
     assert "Exp. loss" in body and "top-box" in body and "Satisfaction" in body
 
 
