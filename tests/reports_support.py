@@ -8,10 +8,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
+import pytest
 
 from expplatform.events import record_events
+from expplatform.jobs import get_runner
 
+from .conftest import make_test_app
 from .events_support import expose, iso, make_experiment
+
+WAIT = 60
 
 START = datetime(2024, 5, 1, 9, 0, tzinfo=timezone.utc)
 STAGES = ("browse", "cart", "purchase")
@@ -65,3 +70,18 @@ def seed_journey(app, db, *, key: str = "checkout", customers: int = 900, seed: 
         assert not result.rejected, result.rejected[:3]
     return seeded
 
+
+@pytest.fixture
+def app(database_url, tmp_path):
+    """The report tests' app: slow report parts are waited for (a loaded test machine
+    must not make a series 'computing'), and background work ends with the test."""
+    app = make_test_app(database_url, tmp_path, report_wait_seconds=float(WAIT))
+    yield app
+    app.extensions["report_cache"].slow.wait_idle(WAIT)
+    get_runner(app).wait_idle(WAIT)
+    app.extensions["db"].engine.dispose()
+
+
+@pytest.fixture
+def seeded(app, db):
+    return seed_journey(app, db)

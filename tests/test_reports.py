@@ -23,29 +23,9 @@ from expplatform.events import record_events
 from expplatform.jobs import get_runner
 from expplatform.models import Experiment
 
-from .conftest import make_test_app
 from .events_support import expose, iso, make_experiment
 from .openapi_check import checked
-from .reports_support import START, STAGES, seed_journey
-
-WAIT = 60
-
-
-@pytest.fixture
-def app(database_url, tmp_path):
-    """Slow report parts are waited for (a loaded test machine must not make a
-    series 'computing')."""
-    app = make_test_app(database_url, tmp_path, report_wait_seconds=float(WAIT))
-    yield app
-    app.extensions["report_cache"].slow.wait_idle(WAIT)
-    get_runner(app).wait_idle(WAIT)
-    app.extensions["db"].engine.dispose()
-
-
-@pytest.fixture
-def seeded(app, db):
-    return seed_journey(app, db)
-
+from .reports_support import START, STAGES, WAIT, app, seed_journey, seeded  # noqa: F401  (fixtures)
 
 def roundtrip(value):
     return json.loads(json.dumps(value))

@@ -6,27 +6,11 @@ from __future__ import annotations
 import json
 import re
 
-import pytest
-
 from expplatform.cli import main
 from expplatform.jobs import get_runner
 
-from .conftest import make_test_app
-from .reports_support import STAGES, seed_journey
-from .test_reports import WAIT, fake_fit
-
-
-@pytest.fixture
-def app(database_url, tmp_path):
-    app = make_test_app(database_url, tmp_path, report_wait_seconds=float(WAIT))
-    yield app
-    app.extensions["report_cache"].slow.wait_idle(WAIT)
-    app.extensions["db"].engine.dispose()
-
-
-@pytest.fixture
-def seeded(app, db):
-    return seed_journey(app, db)
+from .reports_support import STAGES, WAIT, app, seed_journey, seeded  # noqa: F401  (fixtures)
+from .test_reports import fake_fit
 
 
 def run(runner, *args):

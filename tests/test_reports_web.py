@@ -17,24 +17,10 @@ from expplatform.models import AnalysisJob, Experiment, utcnow
 
 from .conftest import make_test_app
 from .events_support import expose, make_experiment
-from .reports_support import STAGES, seed_journey
-from .test_reports import WAIT, fake_fit
+from .reports_support import STAGES, WAIT, app, seed_journey, seeded  # noqa: F401  (fixtures)
+from .test_reports import fake_fit
 
 LIFT = re.compile(r"[+-]\d+\.\d%</strong> <span class=\"interval\">\[[+-]\d+\.\d%, [+-]\d+\.\d%\]</span>")
-
-
-@pytest.fixture
-def app(database_url, tmp_path):
-    app = make_test_app(database_url, tmp_path, report_wait_seconds=float(WAIT))
-    yield app
-    app.extensions["report_cache"].slow.wait_idle(WAIT)
-    get_runner(app).wait_idle(WAIT)
-    app.extensions["db"].engine.dispose()
-
-
-@pytest.fixture
-def seeded(app, db):
-    return seed_journey(app, db)
 
 
 def page(client, path="/experiments/checkout/report") -> str:
