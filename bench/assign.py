@@ -142,6 +142,12 @@ def prepare(url: str, repeat_customers: int) -> str:
         experiment_id, variant_ids = experiment.id, [v.id for v in experiment.variants]
         _record, key = create_api_key(session, "client", "bench", created_by="bench")
     expose(engine, experiment_id, variant_ids, [f"r{i}" for i in range(repeat_customers)])
+    # Planner statistics, as a table in service has them (PostgreSQL's autovacuum
+    # would gather them a little later): without them the planner may pick the
+    # per-variant index for a customer's exposures.
+    with engine.connect() as connection:
+        connection.execute(text("ANALYZE"))
+        connection.commit()
     engine.dispose()
     return key
 

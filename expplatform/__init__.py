@@ -11,6 +11,7 @@ from typing import Any, Mapping
 from flask import Flask
 
 from . import auth, db, jobs, migrations, reports
+from .cookie_session import CookieSessionInterface
 from .config import load_settings
 
 
@@ -28,6 +29,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.extensions["settings"] = settings
+    app.session_interface = CookieSessionInterface()
 
     database = db.init_app(app, settings)
     if settings.check_migrations:

@@ -113,19 +113,20 @@ def _load_active_keys(db: Session) -> dict[str, Principal]:
     }
 
 
-def _key_cache() -> VersionedCache[dict[str, Principal]]:
-    return current_app.extensions["api_key_cache"]
-
-
-def principal_for_key(key: str) -> Principal | None:
-    active = _key_cache().get(get_db().sessionmaker)
-    found = active.get(_digest(key))
+def principal_for_key(key: str, app: Flask | None = None) -> Principal | None:
+    """The active key's principal, from the worker's cache (``app`` when called
+    outside a request context, as the assignment fast path does)."""
+    app = app or current_app
+    cache: VersionedCache[dict[str, Principal]] = app.extensions["api_key_cache"]
+    database = get_db(app)
+    digest = _digest(key)
+    found = cache.get(database.sessionmaker).get(digest)
     if found is None:
         # A key created a moment ago in another worker: one direct look-up before saying no.
-        with get_db().sessionmaker() as db:
-            record = db.scalar(select(ApiKey).where(ApiKey.key_hash == _digest(key)))
+        with database.sessionmaker() as db:
+            record = db.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
             if record is not None and record.revoked_at is None:
-                _key_cache().invalidate()
+                cache.invalidate()
                 return Principal(kind="key", id=record.id, label=record.prefix, scope=record.scope)  # type: ignore[arg-type]
     return found
 

@@ -144,9 +144,8 @@ def test_a_dropped_postgresql_connection_is_replaced_without_an_error(app, db, c
     seed(db, "resilient")
     first = client_api.post(URL, json={"customer_id": "c1"}).json
     store = exposure_store(app)
-    connection = store._engine.raw_connection()  # the one pooled connection the hot path used
-    backend = connection.driver_connection.info.backend_pid
-    connection.close()
+    # The connection this thread's calls use (the test client serves in this thread).
+    backend = store._connection().connection.dbapi_connection.info.backend_pid
     with db.engine.connect() as admin:
         assert admin.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
     assert client_api.post(URL, json={"customer_id": "c1"}).json == first

@@ -22,10 +22,11 @@ def health():
 
 
 def init_app(app: Flask) -> None:
-    from . import openapi  # noqa: F401  (registers routes on bp; imports every feature module)
+    from . import fast_assign, openapi  # openapi registers routes on bp; imports every feature module
 
     errors.init_app(app)
     app.register_blueprint(bp)
     # Bearer keys authenticate here; a cookie session may change things only with a
     # JSON body, which a cross-site HTML form cannot send (see api/experiments.py).
     app.extensions["csrf"].exempt(bp)  # web.init_app created it
+    fast_assign.init_app(app)

@@ -12,7 +12,7 @@ import json
 import math
 from typing import Any, Mapping
 
-from flask import Response, request
+from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import BadRequest
 
 from .. import assignment
@@ -26,7 +26,7 @@ MAX_EXPERIMENTS = 100
 MAX_KEY = 64
 _FIELDS = frozenset({"customer_id", "attributes", "experiments", "stage"})
 _QUERY_FIELDS = frozenset({"customer_id", "experiment", "stage"})
-_NO_STORE = {"Cache-Control": "no-store"}
+RESPONSE_HEADERS = {"Cache-Control": "no-store"}
 
 
 @bp.record_once
@@ -108,12 +108,17 @@ def _assignment_json(item: assignment.Assignment) -> dict[str, Any]:
     return body
 
 
-def _respond(parsed: assignment.AssignRequest) -> Response:
-    assignments = assignment.assign(assignment.exposure_store(), assignment.definitions(), parsed)
+def answer(app: Flask, parsed: assignment.AssignRequest) -> bytes:
+    """The 200 body for a parsed request (shared with the fast path, fast_assign.py)."""
+    assignments = assignment.assign(assignment.exposure_store(app), assignment.definitions(app), parsed)
     body = {"customer_id": parsed.customer_id, "assignments": [_assignment_json(a) for a in assignments]}
-    # Encoded here, compactly and unsorted: on this hot path Flask's JSON provider
-    # (sorting, indent checks) is a measurable share of the request.
-    return Response(json.dumps(body, separators=(",", ":")), 200, _NO_STORE, mimetype="application/json")
+    # Compact and unsorted: on this hot path Flask's JSON provider (sorting, indent
+    # checks) is a measurable share of the request.
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _respond(parsed: assignment.AssignRequest) -> Response:
+    return Response(answer(current_app, parsed), 200, RESPONSE_HEADERS, mimetype="application/json")
 
 
 @bp.post("/assign")

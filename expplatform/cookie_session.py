@@ -1,0 +1,33 @@
+"""Flask's signed-cookie session, without its cost on requests that carry no cookie.
+
+API clients (assignment, events) never send a cookie, yet Flask builds a signing
+serializer (which serialises a probe object to learn its type) and parses the
+Cookie header on every request. On the assignment hot path that was a measurable
+share of each call (``bench/assign.py``), so the serializer is built once per set of
+keys and a request without a Cookie header gets an empty session straight away.
+Behaviour is otherwise Flask's own: same cookie format, same signing, same rotation
+through ``SECRET_KEY_FALLBACKS``.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, Request
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
+from itsdangerous import URLSafeTimedSerializer
+
+
+class CookieSessionInterface(SecureCookieSessionInterface):
+    def __init__(self) -> None:
+        self._serializers: dict[tuple, URLSafeTimedSerializer | None] = {}
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        keys = (app.secret_key, tuple(app.config["SECRET_KEY_FALLBACKS"] or ()))
+        serializer = self._serializers.get(keys)
+        if serializer is None:
+            serializer = self._serializers[keys] = super().get_signing_serializer(app)
+        return serializer
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if "HTTP_COOKIE" not in request.environ and app.secret_key:
+            return self.session_class()
+        return super().open_session(app, request)

@@ -1,0 +1,142 @@
+"""The assignment fast path (api/fast_assign.py) answers exactly as the Flask view does.
+
+One script of calls runs twice on the same database, once through the Flask view alone
+and once through the app as served (fast path in front), with the exposures deleted in
+between; the responses must be byte-identical (status, headers, body) and leave the
+same exposures. The Flask view is counted, to show which calls the fast path answered
+itself and which it handed over.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, select, update
+from werkzeug.test import Client
+
+from expplatform.models import Exposure, Variant
+
+from .test_assign import URL, exposures, seed
+
+HAPPY = "fast path"
+HANDED_OVER = "Flask view"
+SWAP_AFTER = 2  # calls; see run()
+
+
+def script(client_key: str, admin_key: str) -> list[tuple[str, dict[str, Any]]]:
+    bearer = {"Authorization": f"Bearer {client_key}"}
+
+    def post(body: Any, **headers: str) -> dict[str, Any]:
+        return {"method": "POST", "data": json.dumps(body), "headers": {**bearer, "Content-Type": "application/json", **headers}}
+
+    def raw(data: bytes | str, **headers: str) -> dict[str, Any]:
+        return {"method": "POST", "data": data, "headers": {**bearer, **headers}}
+
+    named = ["checkout-button", "hero", "paused-one", "draft-one", "nope"]
+    return [
+        (HAPPY, post({"customer_id": "c1", "attributes": {"country": "FR", "platform": "ios", "visits": 3}})),
+        (HAPPY, post({"customer_id": "c1", "attributes": {"country": "DE"}})),  # repeat: recorded variant
+        (HAPPY, post({"customer_id": "c2", "experiments": named, "attributes": {"platform": "web"}})),
+        (HAPPY, post({"customer_id": "c2", "experiments": named})),
+        (HAPPY, post({"customer_id": "c3", "stage": "consideration", "attributes": {"platform": "web"}})),
+        (HAPPY, post({"customer_id": "c4", "experiments": ["hero"], "attributes": {"platform": "android"}})),  # targeting
+        (HAPPY, post({"customer_id": "qa-1", "experiments": ["checkout-button"]})),  # forced
+        (HAPPY, post({"customer_id": "c5", "attributes": {"member": True}}, **{"Content-Type": "application/json; charset=utf-8"})),
+        (HAPPY, post({"customer_id": "c1", "experiments": ["checkout-button"]})),  # mismatch counted (see below)
+        # Everything below is handed to the Flask view, which gives its answer.
+        (HANDED_OVER, raw(b'{"customer_id": ', **{"Content-Type": "application/json"})),
+        (HANDED_OVER, raw(b'\xff\xfe{"x', **{"Content-Type": "application/json"})),
+        (HANDED_OVER, post({"customer_id": "c6", "colour": "red"})),
+        (HANDED_OVER, post({"customer_id": "x" * 300})),
+        (HANDED_OVER, post({"customer_id": "c6", "attributes": [1, 2]})),
+        (HANDED_OVER, post([{"customer_id": "c6"}])),
+        (HANDED_OVER, post({"customer_id": "c6"}, Authorization=f"Bearer {admin_key}")),
+        (HANDED_OVER, post({"customer_id": "c6"}, Authorization="Bearer xp_not-a-key")),
+        (HANDED_OVER, raw(json.dumps({"customer_id": "c6"}), **{"Content-Type": "text/plain"})),
+        (HANDED_OVER, post({"customer_id": "c7"}, Authorization=f"bearer {client_key}")),  # still fine, via Flask
+        (HANDED_OVER, {**post({"customer_id": "c8"}), "cookies": {"session": "whatever"}}),
+        (HANDED_OVER, {"method": "POST", "data": "", "headers": bearer}),
+        (HANDED_OVER, {"method": "GET", "query_string": {"customer_id": "c9", "experiment": "checkout-button"}, "headers": bearer}),
+    ]
+
+
+@pytest.fixture
+def seeded(db):
+    seed(db, "checkout-button", forced={"qa-1": "treatment"})
+    seed(db, "hero", stage="consideration", targeting=[{"attribute": "platform", "op": "in", "value": ["web", "ios"]}])
+    seed(db, "paused-one", status="paused")
+    seed(db, "draft-one", status="draft")
+    return db
+
+
+def run(wsgi_app, db, calls, flask_calls: list[int]) -> tuple[list[tuple], list[tuple]]:
+    answers = []
+    for expected_path, request in calls:
+        before = len(flask_calls)
+        client = Client(wsgi_app)  # werkzeug keeps cookies in the client, not in headers
+        for name, value in request.pop("cookies", {}).items():
+            client.set_cookie(name, value)
+        response = client.open(URL, **request)
+        answers.append((expected_path, before != len(flask_calls), response.status, sorted(response.headers.items()), response.data))
+        if len(answers) == SWAP_AFTER:
+            # Edit the recorded variant of c1's exposure, as only a hand edit can: c1's
+            # next call is served the recorded one and counts a mismatch.
+            _swap_recorded_variant(db, "c1")
+    stored = sorted(
+        (e.customer_id, e.experiment_id, e.variant_id, json.dumps(e.attributes, sort_keys=True), e.forced, e.mismatches)
+        for e in exposures(db)
+    )
+    return answers, stored
+
+
+def _swap_recorded_variant(db, customer_id: str) -> None:
+    with db.write() as session:
+        exposure = session.scalars(select(Exposure).where(Exposure.customer_id == customer_id)).first()
+        other = session.scalar(
+            select(Variant.id).where(Variant.experiment_id == exposure.experiment_id, Variant.id != exposure.variant_id)
+        )
+        session.execute(update(Exposure).where(Exposure.id == exposure.id).values(variant_id=other))
+
+
+def test_fast_path_and_flask_view_give_identical_answers_and_exposures(app, seeded, client_key, admin_key):
+    served = app.wsgi_app
+    flask_view = served.flask_wsgi_app
+    flask_calls: list[int] = []
+
+    def counted(environ, start_response):
+        flask_calls.append(1)
+        return flask_view(environ, start_response)
+
+    by_flask, stored_by_flask = run(counted, seeded, script(client_key, admin_key), flask_calls)
+    with seeded.write() as session:
+        session.execute(delete(Exposure))
+    served.flask_wsgi_app = counted
+    try:
+        by_fast_path, stored_by_fast_path = run(app, seeded, script(client_key, admin_key), flask_calls)
+    finally:
+        served.flask_wsgi_app = flask_view
+
+    assert len(stored_by_flask) >= 6 and stored_by_fast_path == stored_by_flask
+    assert any(mismatches == 1 for *_, mismatches in stored_by_flask)
+    for (expected_path, _, *flask_answer), (_, used_flask, *fast_answer) in zip(by_flask, by_fast_path):
+        assert fast_answer == flask_answer
+        assert used_flask == (expected_path == HANDED_OVER), (expected_path, fast_answer)
+    statuses = {status for _, _, status, _, _ in by_flask}
+    assert {"200 OK", "400 BAD REQUEST", "401 UNAUTHORIZED", "403 FORBIDDEN"} <= statuses
+
+
+def test_a_database_error_on_the_fast_path_is_answered_by_the_flask_view(app, seeded, client_api, monkeypatch):
+    """An outage: the fast path hands the call over and Flask gives its 503 (JSON, Retry-After)."""
+    from sqlalchemy.exc import OperationalError
+
+    from expplatform.assignment import ExposureStore
+
+    def unavailable(self, sql, params):  # noqa: ANN001
+        raise OperationalError(sql, params, Exception("connection refused"))
+
+    monkeypatch.setattr(ExposureStore, "_run", unavailable)
+    response = client_api.post(URL, json={"customer_id": "c1"})
+    assert response.status_code == 503
+    assert response.json["error"] == "database_unavailable" and response.headers["Retry-After"] == "1"
