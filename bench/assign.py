@@ -3,7 +3,8 @@
 1. ``POST /api/v1/assign`` served by real gunicorn, on SQLite (temp dir, WAL) and
    PostgreSQL (throwaway database ``bench_assign``), and in the same run a bare Flask
    endpoint returning a small JSON object, the ceiling, under the same gunicorn
-   settings: one table with 2 sync workers, one with 2 gthread workers of 4 threads.
+   settings: one table each for 2 sync workers, 2 x cores + 1 sync workers, and 2
+   gthread workers of 4 threads.
    ``wrk`` drives each at several concurrencies, for repeat customers (random ids
    among customers already exposed) and for new customers (a unique id per request:
    every request writes its exposure). Prints requests/s, p50 and p99 latency,
@@ -61,8 +62,11 @@ WEIGHTS = (0.5, 0.5)
 # sync: gunicorn's default, one request at a time per worker, no keep-alive (the
 # setting of the peer figure in the issue). gthread: threads overlap database waits
 # (a PostgreSQL commit waits for its WAL flush), connections are kept alive.
+# sync-recommended: gunicorn's recommended worker count for this machine (2 x cores + 1), which
+# lets the CPU work while some workers wait on the database.
 GUNICORN_SETTINGS = {
     "sync": ["--workers", "2", "--worker-class", "sync", "--backlog", "2048"],
+    "sync-recommended": ["--workers", str(2 * (os.cpu_count() or 1) + 1), "--worker-class", "sync", "--backlog", "2048"],
     "gthread": ["--workers", "2", "--worker-class", "gthread", "--threads", "4", "--backlog", "2048"],
 }
 
@@ -387,7 +391,7 @@ def main() -> None:
     parser.add_argument("--memory-customers", type=int, default=1_000_000)
     parser.add_argument("--bulk-ids", type=int, default=1_000_000)
     parser.add_argument("--single-ids", type=int, default=200_000)
-    parser.add_argument("--workers", nargs="+", default=["sync", "gthread"], choices=list(GUNICORN_SETTINGS))
+    parser.add_argument("--workers", nargs="+", default=list(GUNICORN_SETTINGS), choices=list(GUNICORN_SETTINGS))
     parser.add_argument("--phases", nargs="+", default=["bucketing", "http", "memory"], choices=["bucketing", "http", "memory"])
     parser.add_argument("--quick", action="store_true", help="short runs and small sizes (a smoke test)")
     args = parser.parse_args()

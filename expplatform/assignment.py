@@ -368,6 +368,7 @@ class ExposureStore:
         self._open: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         event.listen(engine, "engine_disposed", lambda _engine: self.close())
         self._mark = "%s" if self._postgres else "?"
+        self._select_sql: dict[int, str] = {}  # by number of experiments
         exposed_at = Exposure.__table__.c.exposed_at.type
         self._time = exposed_at.dialect_impl(self._dialect).bind_processor(self._dialect) or (lambda value: value)
 
@@ -396,13 +397,15 @@ class ExposureStore:
     def _marks(self, count: int) -> str:
         return ", ".join([self._mark] * count)
 
-    def _run(self, sql: str, params: Sequence[Any]) -> list[tuple]:
+    def _run(self, sql: str, params: Sequence[Any], *, rows: bool = True) -> list[tuple]:
+        """Run one statement; ``rows``: it returns rows (asking the cursor would cost
+        a description of the columns on every call)."""
         for attempt in (1, 2):
             holder = self._connection()
             try:
                 cursor = holder.cursor
                 cursor.execute(sql, params)
-                return cursor.fetchall() if cursor.description is not None else []
+                return cursor.fetchall() if rows else []
             except self._dialect.loaded_dbapi.Error as exc:
                 disconnected = self._dialect.is_disconnect(exc, holder.connection.dbapi_connection, None)
                 if disconnected:
@@ -416,10 +419,12 @@ class ExposureStore:
 
     def existing(self, customer_id: str, experiment_ids: Sequence[int]) -> list[tuple]:
         """(exposure id, experiment id, variant id) of the customer's exposures."""
-        sql = (
-            "SELECT id, experiment_id, variant_id FROM exposures "
-            f"WHERE customer_id = {self._mark} AND experiment_id IN ({self._marks(len(experiment_ids))})"
-        )
+        sql = self._select_sql.get(len(experiment_ids))
+        if sql is None:
+            sql = self._select_sql[len(experiment_ids)] = (
+                "SELECT id, experiment_id, variant_id FROM exposures "
+                f"WHERE customer_id = {self._mark} AND experiment_id IN ({self._marks(len(experiment_ids))})"
+            )
         return self._run(sql, (customer_id, *experiment_ids))
 
     def insert(
@@ -450,4 +455,5 @@ class ExposureStore:
         self._run(
             f"UPDATE exposures SET mismatches = mismatches + 1 WHERE id IN ({self._marks(len(exposure_ids))})",
             exposure_ids,
+            rows=False,
         )

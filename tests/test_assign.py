@@ -85,9 +85,9 @@ def statements(db) -> Iterator[list[str]]:
 
     original = ExposureStore._run
 
-    def run(self, sql, params):  # noqa: ANN001
+    def run(self, sql, params, **kwargs):  # noqa: ANN001
         seen.append(sql)
-        return original(self, sql, params)
+        return original(self, sql, params, **kwargs)
 
     event.listen(db.engine, "before_cursor_execute", record)
     ExposureStore._run = run  # type: ignore[method-assign]
