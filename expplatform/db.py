@@ -9,6 +9,7 @@ to upgrade.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -59,11 +60,7 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int, *, wal: bool) -> Non
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
         cursor = dbapi_connection.cursor()
         if wal:
-            # WAL is a property of the file, set once (by `db upgrade`): asking again
-            # would need an exclusive lock, which a worker booting beside another
-            # one serving can be refused outright.
-            if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                cursor.execute("PRAGMA journal_mode=WAL")
+            _ensure_wal(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.execute("PRAGMA foreign_keys=ON")
@@ -73,6 +70,24 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int, *, wal: bool) -> Non
     def _on_begin(connection):  # noqa: ANN001
         mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
         connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _ensure_wal(cursor) -> None:  # noqa: ANN001 - a sqlite3 cursor
+    """Put the file in WAL mode unless it is already (WAL is a property of the file,
+    normally set once by `db upgrade`). Changing the mode needs an exclusive lock, and
+    SQLite refuses it at once ("database is locked", no busy wait) while another
+    connection has the file open: workers starting together on a file in another
+    mode race to convert it, and the losers look again and find it done."""
+    for attempt in range(50):
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+            return
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 49:
+                raise
+            time.sleep(0.02)
 
 
 class Database:
