@@ -218,14 +218,15 @@ def _workers(master: int) -> list[str]:
     return Path(f"/proc/{master}/task/{master}/children").read_text().split()
 
 
+def _cpu_seconds(pid: str) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def worker_cpu_seconds(master: int) -> float:
     """User + system CPU of the workers so far: CPU per request does not depend on
     what else the machine is doing, unlike requests/s."""
-    ticks = 0
-    for pid in _workers(master):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return sum(_cpu_seconds(pid) for pid in _workers(master))
 
 
 def worker_rss_mb(master: int) -> list[float]:
@@ -264,10 +265,26 @@ def wrk(port: int, script: Path, connections: int, seconds: float, env: dict[str
     }
 
 
+def postgres_cpu_seconds() -> float:
+    """CPU of every PostgreSQL server process on this machine (the benchmark's are the
+    only busy ones): on this machine the database server shares the cores with the
+    workers and wrk, so its share per request is part of the picture."""
+    total = 0.0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() in ("postgres", "postmaster"):
+                total += _cpu_seconds(pid)
+        except OSError:  # gone meanwhile
+            continue
+    return total
+
+
 def measured(master: int, port: int, script: Path, connections: int, seconds: float, env: dict[str, str]) -> dict:
-    before = worker_cpu_seconds(master)
+    before, db_before = worker_cpu_seconds(master), postgres_cpu_seconds()
     result = wrk(port, script, connections, seconds, env)
-    result["cpu_us"] = (worker_cpu_seconds(master) - before) / max(result["requests"], 1) * 1e6
+    requests = max(result["requests"], 1)
+    result["cpu_us"] = (worker_cpu_seconds(master) - before) / requests * 1e6
+    result["db_cpu_us"] = (postgres_cpu_seconds() - db_before) / requests * 1e6
     return result
 
 
@@ -281,13 +298,16 @@ def bench_http(args, workdir: Path, worker_settings: str) -> None:
     (workdir / "new.lua").write_text(NEW_LUA)
     print(f"\n== gunicorn {' '.join(settings)} for every row; wrk -t2, {args.seconds:g} s per row "
           f"(after a 1 s warm-up); repeat customers drawn from {args.repeat_customers} exposed ids")
-    print("cpu us/req: the gunicorn workers' CPU per request (the database server's not included)")
-    print(f"{'target':<22}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'x ceiling':>11}{'cpu us/req':>12}")
+    print("cpu us/req: the gunicorn workers' CPU per request (SQLite runs inside them); "
+          "pg us/req: the PostgreSQL server processes' CPU per request, on the same cores")
+    print(f"{'target':<22}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'x ceiling':>11}"
+          f"{'cpu us/req':>12}{'pg us/req':>11}")
 
     def row(name: str, connections: int, result: dict, ceiling: float | None, note: str = "") -> None:
         ratio = f"{result['rps'] / ceiling:.2f}" if ceiling else ""
+        database = f"{result['db_cpu_us']:.0f}" if name.startswith("postgresql") else ""
         print(f"{name:<22}{connections:>6}{result['rps']:>10.0f}{result['p50']:>9.2f}{result['p99']:>9.2f}"
-              f"{result['errors']:>8}{ratio:>11}{result['cpu_us']:>12.0f}{note}", flush=True)
+              f"{result['errors']:>8}{ratio:>11}{result['cpu_us']:>12.0f}{database:>11}{note}", flush=True)
 
     bare_env = {"BENCH_KEY": "none", "BENCH_REPEAT_IDS": "1"}
     with gunicorn("bare_app:app", workdir, {}, settings) as (bare_port, bare_master):
