@@ -23,6 +23,7 @@ from .test_assign import URL, exposures, seed
 HAPPY = "fast path"
 HANDED_OVER = "Flask view"
 SWAP_AFTER = 2  # calls; see run()
+UTF8_JSON = "application/json; charset=utf-8"
 
 
 def script(client_key: str, admin_key: str) -> list[tuple[str, dict[str, Any]]]:
@@ -43,7 +44,7 @@ def script(client_key: str, admin_key: str) -> list[tuple[str, dict[str, Any]]]:
         (HAPPY, post({"customer_id": "c3", "stage": "consideration", "attributes": {"platform": "web"}})),
         (HAPPY, post({"customer_id": "c4", "experiments": ["hero"], "attributes": {"platform": "android"}})),  # targeting
         (HAPPY, post({"customer_id": "qa-1", "experiments": ["checkout-button"]})),  # forced
-        (HAPPY, post({"customer_id": "c5", "attributes": {"member": True}}, **{"Content-Type": "application/json; charset=utf-8"})),
+        (HAPPY, post({"customer_id": "c5", "attributes": {"member": True}}, **{"Content-Type": UTF8_JSON})),
         (HAPPY, post({"customer_id": "c1", "experiments": ["checkout-button"]})),  # mismatch counted (see below)
         # Everything below is handed to the Flask view, which gives its answer.
         (HANDED_OVER, raw(b'{"customer_id": ', **{"Content-Type": "application/json"})),
@@ -58,7 +59,7 @@ def script(client_key: str, admin_key: str) -> list[tuple[str, dict[str, Any]]]:
         (HANDED_OVER, post({"customer_id": "c7"}, Authorization=f"bearer {client_key}")),  # still fine, via Flask
         (HANDED_OVER, {**post({"customer_id": "c8"}), "cookies": {"session": "whatever"}}),
         (HANDED_OVER, {"method": "POST", "data": "", "headers": bearer}),
-        (HANDED_OVER, {"method": "GET", "query_string": {"customer_id": "c9", "experiment": "checkout-button"}, "headers": bearer}),
+        (HANDED_OVER, {"method": "GET", "query_string": {"customer_id": "c9", "experiment": "hero"}, "headers": bearer}),
     ]
 
 
@@ -79,7 +80,8 @@ def run(wsgi_app, db, calls, flask_calls: list[int]) -> tuple[list[tuple], list[
         for name, value in request.pop("cookies", {}).items():
             client.set_cookie(name, value)
         response = client.open(URL, **request)
-        answers.append((expected_path, before != len(flask_calls), response.status, sorted(response.headers.items()), response.data))
+        used_flask = before != len(flask_calls)
+        answers.append((expected_path, used_flask, response.status, sorted(response.headers.items()), response.data))
         if len(answers) == SWAP_AFTER:
             # Edit the recorded variant of c1's exposure, as only a hand edit can: c1's
             # next call is served the recorded one and counts a mismatch.
@@ -120,7 +122,7 @@ def test_fast_path_and_flask_view_give_identical_answers_and_exposures(app, seed
 
     assert len(stored_by_flask) >= 6 and stored_by_fast_path == stored_by_flask
     assert any(mismatches == 1 for *_, mismatches in stored_by_flask)
-    for (expected_path, _, *flask_answer), (_, used_flask, *fast_answer) in zip(by_flask, by_fast_path):
+    for (expected_path, _, *flask_answer), (_, used_flask, *fast_answer) in zip(by_flask, by_fast_path, strict=True):
         assert fast_answer == flask_answer
         assert used_flask == (expected_path == HANDED_OVER), (expected_path, fast_answer)
     statuses = {status for _, _, status, _, _ in by_flask}
