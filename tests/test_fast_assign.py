@@ -9,12 +9,14 @@ itself and which it handed over.
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
 import pytest
 from sqlalchemy import delete, select, update
-from werkzeug.test import Client
+from werkzeug.test import Client, EnvironBuilder
+from werkzeug.wrappers import Response
 
 from expplatform.models import Exposure, Variant
 
@@ -142,3 +144,19 @@ def test_a_database_error_on_the_fast_path_is_answered_by_the_flask_view(app, se
     response = client_api.post(URL, json={"customer_id": "c1"})
     assert response.status_code == 503
     assert response.json["error"] == "database_unavailable" and response.headers["Retry-After"] == "1"
+
+
+class _Disconnecting(io.BytesIO):
+    def read(self, size: int | None = -1) -> bytes:
+        raise OSError("client went away")
+
+
+@pytest.mark.parametrize("stream", [io.BytesIO(b'{"customer_id": "c1"'), _Disconnecting()], ids=["short body", "disconnect"])
+def test_a_body_cut_short_is_handed_to_flask_and_refused(app, seeded, client_key, stream):
+    environ = EnvironBuilder(
+        path=URL, method="POST", headers={"Authorization": f"Bearer {client_key}"}, content_type="application/json"
+    ).get_environ()
+    environ.update({"wsgi.input": stream, "CONTENT_LENGTH": "40"})
+    response = Response.from_app(app.wsgi_app, environ)
+    assert response.status_code == 400 and response.json["error"] == "malformed_json"
+    assert exposures(seeded) == []

@@ -54,7 +54,10 @@ class FastAssign:
         length = self._eligible_length(environ)
         if length is None:
             return self.flask_wsgi_app(environ, start_response)
-        body = environ["wsgi.input"].read(length)
+        try:
+            body = environ["wsgi.input"].read(length)
+        except OSError:  # the client went away mid-body (gunicorn's NoMoreData is one)
+            body = b""
         payload = self._answer(environ, body) if len(body) == length else None
         if payload is None:
             environ["wsgi.input"] = io.BytesIO(body)
