@@ -29,6 +29,9 @@ ROLES: tuple[Role, ...] = ("viewer", "editor", "admin")
 SCOPES: tuple[Scope, ...] = ("client", "admin")
 _ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}
 KEY_PREFIX = "xp_"
+# (key, principal or None) of a key the assignment fast path (api/fast_assign.py) has
+# looked up already before handing the call to Flask: looked up once, not twice.
+KEY_LOOKUP_ENVIRON = "expplatform.key_lookup"
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,9 @@ def current_principal() -> Principal | None:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise ApiError(401, "invalid_authorization", "Send the key as 'Authorization: Bearer <key>'.")
-        principal = principal_for_key(token.strip())
+        token = token.strip()
+        looked_up = request.environ.get(KEY_LOOKUP_ENVIRON)
+        principal = looked_up[1] if looked_up is not None and looked_up[0] == token else principal_for_key(token)
         if principal is None:
             raise ApiError(401, "invalid_api_key", "The API key is unknown or revoked.")
     else:

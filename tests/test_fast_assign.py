@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from typing import Any
 
 import pytest
@@ -160,3 +161,15 @@ def test_a_body_cut_short_is_handed_to_flask_and_refused(app, seeded, client_key
     response = Response.from_app(app.wsgi_app, environ)
     assert response.status_code == 400 and response.json["error"] == "malformed_json"
     assert exposures(seeded) == []
+
+
+def test_a_refused_key_is_looked_up_once_not_again_by_the_flask_view(app, seeded, admin_key):
+    from .test_assign import statements
+
+    unknown = "xp_" + "n" * 43
+    for key, status in ((unknown, 401), (admin_key, 403)):
+        with statements(seeded) as seen:
+            response = Client(app).post(URL, json={"customer_id": "c1"}, headers={"Authorization": f"Bearer {key}"})
+        assert response.status_code == status
+        lookups = [s for s in seen if re.search(r"FROM api_keys\s+WHERE api_keys.key_hash =", s)]
+        assert len(lookups) == (1 if key == unknown else 0)

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable
 from flask import Flask
 from sqlalchemy.exc import DBAPIError
 
-from ..auth import principal_for_key
+from ..auth import KEY_LOOKUP_ENVIRON, principal_for_key
 from ..errors import ApiError
 from .assign import RESPONSE_HEADERS, answer, parse_body
 
@@ -82,7 +82,9 @@ class FastAssign:
 
     def _answer(self, environ: dict[str, Any], body: bytes) -> bytes | None:
         try:
-            principal = principal_for_key(environ["HTTP_AUTHORIZATION"][len(_BEARER):].strip(), self.app)
+            key = environ["HTTP_AUTHORIZATION"][len(_BEARER):].strip()
+            principal = principal_for_key(key, self.app)
+            environ[KEY_LOOKUP_ENVIRON] = (key, principal)
             if principal is None or principal.scope != "client":
                 return None
             return answer(self.app, parse_body(json.loads(body)))
