@@ -27,19 +27,14 @@ are a floor and noisy; compare ratios within one run, not across runs.
 from __future__ import annotations
 
 import argparse
-import http.client
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -180,40 +175,6 @@ def count_exposures(url: str, prefix: str) -> int:
 # -- servers and load ---------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def gunicorn(app_spec: str, cwd: Path, env: dict[str, str], settings: list[str]) -> Iterator[tuple[int, int]]:
-    """Serve ``app_spec``; yields (port, master pid)."""
-    port = free_port()
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), *settings, "--bind", f"127.0.0.1:{port}",
-         "--log-level", "warning", app_spec],
-        cwd=cwd, env={**os.environ, **env},
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                connection.request("GET", "/api/v1/health")
-                if connection.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"gunicorn did not start {app_spec}")
-            time.sleep(0.2)
-        yield port, process.pid
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
-
-
 def _workers(master: int) -> list[str]:
     return Path(f"/proc/{master}/task/{master}/children").read_text().split()
 
@@ -310,7 +271,7 @@ def bench_http(args, workdir: Path, worker_settings: str) -> None:
               f"{result['errors']:>8}{ratio:>11}{result['cpu_us']:>12.0f}{database:>11}{note}", flush=True)
 
     bare_env = {"BENCH_KEY": "none", "BENCH_REPEAT_IDS": "1"}
-    with gunicorn("bare_app:app", workdir, {}, settings) as (bare_port, bare_master):
+    with benchlib.gunicorn("bare_app:app", workdir, {}, settings) as (bare_port, bare_master):
         for backend in args.backends:
             with fresh_database(backend) as url:
                 key = prepare(url, args.repeat_customers)
@@ -318,7 +279,7 @@ def bench_http(args, workdir: Path, worker_settings: str) -> None:
                 env = {"EXPPLATFORM_DATABASE_URL": url, "EXPPLATFORM_INSTANCE_PATH": instance,
                        "EXPPLATFORM_SECRET_KEY": "bench-secret"}
                 try:
-                    with gunicorn("wsgi:app", ROOT, env, settings) as (port, master):
+                    with benchlib.gunicorn("wsgi:app", ROOT, env, settings) as (port, master):
                         rss_start = worker_rss_mb(master)
                         load_env = {"BENCH_KEY": key, "BENCH_REPEAT_IDS": str(args.repeat_customers)}
                         for connections in args.concurrency:

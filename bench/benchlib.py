@@ -1,10 +1,16 @@
-"""What the benchmarks share: a throwaway database per run."""
+"""What the benchmarks share: a throwaway database per run, and real gunicorn serving."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -36,3 +42,38 @@ def fresh_database(backend: str, name: str) -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         admin.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def gunicorn(app_spec: str, cwd: Path, env: dict[str, str], settings: list[str]) -> Iterator[tuple[int, int]]:
+    """Serve ``app_spec`` with these gunicorn settings until it answers its health
+    check; yields (port, master pid)."""
+    port = free_port()
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "gunicorn"), *settings, "--bind", f"127.0.0.1:{port}",
+         "--log-level", "warning", app_spec],
+        cwd=cwd, env={**os.environ, **env},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                connection.request("GET", "/api/v1/health")
+                if connection.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"gunicorn did not start {app_spec}")
+            time.sleep(0.2)
+        yield port, process.pid
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)

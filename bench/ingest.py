@@ -27,10 +27,7 @@ import json
 import os
 import random
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -159,44 +156,15 @@ def bulk_events(engine, start: int, stop: int, customers: int) -> None:
 # -- HTTP load -----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
-def gunicorn(url: str, workers: int) -> Iterator[tuple[int, subprocess.Popen]]:
-    port = free_port()
+def gunicorn(url: str, workers: int) -> Iterator[tuple[int, int]]:
+    """The service on ``url``; yields (port, master pid)."""
     instance = tempfile.mkdtemp(prefix="bench_instance_")
-    env = dict(
-        os.environ,
-        EXPPLATFORM_DATABASE_URL=url,
-        EXPPLATFORM_INSTANCE_PATH=instance,
-        EXPPLATFORM_SECRET_KEY="bench-secret",
-    )
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "--workers", str(workers), "--bind", f"127.0.0.1:{port}",
-         "--log-level", "warning", "wsgi:app"],
-        cwd=ROOT, env=env,
-    )
+    env = {"EXPPLATFORM_DATABASE_URL": url, "EXPPLATFORM_INSTANCE_PATH": instance, "EXPPLATFORM_SECRET_KEY": "bench-secret"}
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                connection.request("GET", "/api/v1/health")
-                if connection.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("gunicorn did not start")
-            time.sleep(0.2)
-        yield port, process
+        with benchlib.gunicorn("wsgi:app", ROOT, env, ["--workers", str(workers)]) as served:
+            yield served
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
         shutil.rmtree(instance, ignore_errors=True)
 
 
@@ -330,7 +298,7 @@ def bench_http(backend: str, workers: int, args) -> None:
         with gunicorn(url, workers) as (port, master):
             warm = make_batches(2 * workers, args.batch, args.http_customers, seed=1)
             warm_accepted = load(port, key, warm, workers, 30)["accepted"]
-            pids = worker_pids(master.pid)
+            pids = worker_pids(master)
             before = {pid: memory_kb(pid) for pid in pids}
             needed = int(args.seconds * 60_000 / args.batch) + 50  # never run out at 60k events/s
             bodies = make_batches(needed, args.batch, args.http_customers, seed=2)
