@@ -9,9 +9,7 @@ from scipy import special
 from .types import SampleRatio
 
 
-def sample_ratio(
-    stages: tuple[str, ...], exposed: np.ndarray, weights: tuple[float, ...], alpha: float
-) -> SampleRatio:
+def sample_ratio(stages: tuple[str, ...], exposed: np.ndarray, weights: tuple[float, ...], alpha: float) -> SampleRatio:
     """Chi-square goodness of fit of exposed customers to the configured weights.
 
     ``exposed`` is (stages, variants). Exposure is usually counted once per customer,

@@ -66,8 +66,12 @@ def build_model(stats: ExperimentStats, prior: Prior = Prior(), *, pooling: bool
     control = stats.variants.index(stats.control)
     treatments = [j for j in range(variants) if j != control]
     prior_rate = prior.conversion_alpha / (prior.conversion_alpha + prior.conversion_beta)
-    coords = {"stage": list(stats.stages), "variant": list(stats.variants),
-              "treatment": [stats.variants[j] for j in treatments], "cut": list(range(k - 1))}
+    coords = {
+        "stage": list(stats.stages),
+        "variant": list(stats.variants),
+        "treatment": [stats.variants[j] for j in treatments],
+        "cut": list(range(k - 1)),
+    }
     with pm.Model(coords=coords) as model:
         level = pm.Normal("level", mu=np.log(prior_rate / (1 - prior_rate)), sigma=2.5, dims="stage")
         effect = _effects(pm, pt, "effect", stages, treatments, control, variants, pooling)
@@ -80,8 +84,12 @@ def build_model(stats: ExperimentStats, prior: Prior = Prior(), *, pooling: bool
 
         start = np.log(np.arange(1, k) / (k - np.arange(1, k)))  # logits of k/K
         cutpoints = pm.Normal(
-            "cutpoints", mu=start, sigma=2.5, dims=("stage", "cut"),
-            transform=pm.distributions.transforms.ordered, initval=np.tile(start, (stages, 1)),
+            "cutpoints",
+            mu=start,
+            sigma=2.5,
+            dims=("stage", "cut"),
+            transform=pm.distributions.transforms.ordered,
+            initval=np.tile(start, (stages, 1)),
         )
         shift = _effects(pm, pt, "shift", stages, treatments, control, variants, pooling)
         centred = shift - shift.mean(axis=1, keepdims=True)  # cutpoints of the average variant, as above
@@ -131,8 +139,14 @@ def fit_full_model(
     if min(draws, tune, chains) < 1 or draws < 10:
         raise AnalysisInputError("draws (at least 10), tune and chains must be positive")
     idata, diagnostics = sample(
-        build_model(stats, prior, pooling=pooling), draws=draws, tune=tune, chains=chains, seed=seed,
-        sample_kwargs=sample_kwargs, progressbar=progressbar, progress=progress,
+        build_model(stats, prior, pooling=pooling),
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        seed=seed,
+        sample_kwargs=sample_kwargs,
+        progressbar=progressbar,
+        progress=progress,
     )
     post = idata.posterior
     conversion = _cells_last(post["p"].values)
@@ -140,8 +154,9 @@ def fit_full_model(
     values = {"conversion": conversion}
     for spec in metric_specs(stats)[1:]:
         values[spec.name] = probs @ spec.weights
-    return summarize(stats, rule, Posterior(values=values), method="hierarchical", draws=draws * chains,
-                     diagnostics=diagnostics)
+    return summarize(
+        stats, rule, Posterior(values=values), method="hierarchical", draws=draws * chains, diagnostics=diagnostics
+    )
 
 
 def _cells_last(x: np.ndarray) -> np.ndarray:
@@ -171,8 +186,14 @@ def sample(
     import pymc as pm
 
     kwargs: dict[str, Any] = {
-        "draws": draws, "tune": tune, "chains": chains, "random_seed": seed, "progressbar": progressbar,
-        "target_accept": 0.95, "compute_convergence_checks": False, "model": model,
+        "draws": draws,
+        "tune": tune,
+        "chains": chains,
+        "random_seed": seed,
+        "progressbar": progressbar,
+        "target_accept": 0.95,
+        "compute_convergence_checks": False,
+        "model": model,
         "cores": min(chains, len(os.sched_getaffinity(0))),  # PyMC assumes half the CPUs are hyperthreads
     }
     kwargs.update(sample_kwargs or {})
@@ -185,7 +206,10 @@ def sample(
         sampler = "pymc"
         started = time.perf_counter()
         initial_points, step = pm.init_nuts(
-            init="jitter+adapt_diag", chains=chains, random_seed=seed, model=model,
+            init="jitter+adapt_diag",
+            chains=chains,
+            random_seed=seed,
+            model=model,
             target_accept=kwargs.pop("target_accept"),
         )
         compile_seconds = time.perf_counter() - started
@@ -231,15 +255,25 @@ def diagnose(idata, sampler: str, compile_seconds: float | None, sampling_second
     if sample_stats is not None and "diverging" in sample_stats:
         divergences = int(sample_stats["diverging"].sum())
     passed = (
-        r_hat is not None and r_hat < R_HAT_LIMIT
-        and ess_bulk is not None and ess_bulk >= ESS_PER_CHAIN * chains
-        and ess_tail is not None and ess_tail >= ESS_PER_CHAIN * chains
+        r_hat is not None
+        and r_hat < R_HAT_LIMIT
+        and ess_bulk is not None
+        and ess_bulk >= ESS_PER_CHAIN * chains
+        and ess_tail is not None
+        and ess_tail >= ESS_PER_CHAIN * chains
         and divergences == 0
     )
     return Diagnostics(
-        r_hat_max=r_hat, ess_bulk_min=ess_bulk, ess_tail_min=ess_tail, divergences=divergences,
-        draws=int(draws), chains=int(chains), sampler=sampler, passed=bool(passed),
-        seconds_compile=compile_seconds, seconds_sampling=sampling_seconds,
+        r_hat_max=r_hat,
+        ess_bulk_min=ess_bulk,
+        ess_tail_min=ess_tail,
+        divergences=divergences,
+        draws=int(draws),
+        chains=int(chains),
+        sampler=sampler,
+        passed=bool(passed),
+        seconds_compile=compile_seconds,
+        seconds_sampling=sampling_seconds,
     )
 
 

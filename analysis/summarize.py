@@ -111,9 +111,7 @@ def summarize(
     counts = Counts.of(stats)
     control = stats.variants.index(stats.control)
     notes: list[Note] = []
-    metrics = {
-        spec.name: _metric(stats, rule, counts, spec, posterior, control, notes) for spec in metric_specs(stats)
-    }
+    metrics = {spec.name: _metric(stats, rule, counts, spec, posterior, control, notes) for spec in metric_specs(stats)}
     stages = tuple(
         StageResult(stage, tuple(metrics[name][i] for name in metrics)) for i, stage in enumerate(stats.stages)
     )
@@ -282,8 +280,14 @@ def _comparison(stats, rule, spec, v: _Vectors, i: int, k: int, j: int, control:
                 messages.note(messages.NO_DATA, stage=stage, variant=missing, metric=spec.name, what=spec.what)
             )
         return Comparison(
-            treatment=variant, status=messages.NO_DATA, relative_lift=None, absolute_difference=None, p_better=0.5,
-            p_better_error=None, expected_loss=None, expected_loss_relative=None,
+            treatment=variant,
+            status=messages.NO_DATA,
+            relative_lift=None,
+            absolute_difference=None,
+            p_better=0.5,
+            p_better_error=None,
+            expected_loss=None,
+            expected_loss_relative=None,
             decision="not_enough_data" if deciding else None,
         )
     status = messages.OK
@@ -351,9 +355,7 @@ def _estimates(x: np.ndarray, lo_q: float, hi_q: float) -> list[list[Estimate | 
     """Estimates over the last axis, as nested lists over the leading two."""
     mean = x.mean(-1)
     low, high = np.quantile(x, [lo_q, hi_q], axis=-1)
-    return [
-        [_estimate(mean[i, k], low[i, k], high[i, k]) for k in range(x.shape[1])] for i in range(x.shape[0])
-    ]
+    return [[_estimate(mean[i, k], low[i, k], high[i, k]) for k in range(x.shape[1])] for i in range(x.shape[0])]
 
 
 def _estimate(mean: float, low: float, high: float) -> Estimate | None:
@@ -395,9 +397,7 @@ def _journey(
         for i, stage in enumerate(stats.stages):
             ok = usable[i, j]
             lift = step_lift[i][j] if ok and usable[i, control] and j != control else None
-            funnel.append(
-                FunnelStep(stage, _num(observed[i, j]) if ok else None, step_est[i][j] if ok else None, lift)
-            )
+            funnel.append(FunnelStep(stage, _num(observed[i, j]) if ok else None, step_est[i][j] if ok else None, lift))
         lifts = [(s.lift.mean, s.stage) for s in funnel if s.lift is not None and s.lift.mean is not None]
         gain = max(lifts, default=None)
         loss = min(lifts, default=None)

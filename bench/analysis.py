@@ -153,7 +153,9 @@ def calibration_figures(experiments: int = 1000, stages_each: int = 3) -> None:
         cells = {
             name: {
                 v: CellStats(
-                    int(exposed[u, j]), int(converted[u, j]), tuple(int(c) for c in rng.multinomial(rated[u, j], theta[u, j]))
+                    int(exposed[u, j]),
+                    int(converted[u, j]),
+                    tuple(int(c) for c in rng.multinomial(rated[u, j], theta[u, j])),
                 )
                 for j, v in enumerate(("A", "B"))
             }
@@ -170,12 +172,18 @@ def calibration_figures(experiments: int = 1000, stages_each: int = 3) -> None:
     p_better, better = np.array(p_better), np.array(better)
     print(f"Calibration, {experiments} simulated experiments x {stages_each} stages, truths from the prior:")
     for metric, hits in covered.items():
-        print(f"  95% interval of the relative lift covers the truth ({metric:<11}) {np.mean(hits):.1%}  (target 93-97%)")
+        print(
+            f"  95% interval of the relative lift covers the truth ({metric:<11}) {np.mean(hits):.1%}  (target 93-97%)"
+        )
     confident = p_better >= 0.9
-    print(f"  of {confident.sum()} comparisons with P(better) in [0.9, 1], truly better: {better[confident].mean():.1%}  (target >= 90%)")
+    print(
+        f"  of {confident.sum()} comparisons with P(better) in [0.9, 1], truly better: {better[confident].mean():.1%}  (target >= 90%)"
+    )
     for low in np.arange(0, 1, 0.2):
         in_bin = (p_better >= low) & (p_better < low + 0.2)
-        print(f"    P(better) in [{low:.1f}, {low + 0.2:.1f}): mean {p_better[in_bin].mean():.3f}, truly better {better[in_bin].mean():.3f}")
+        print(
+            f"    P(better) in [{low:.1f}, {low + 0.2:.1f}): mean {p_better[in_bin].mean():.3f}, truly better {better[in_bin].mean():.3f}"
+        )
 
 
 def main() -> None:

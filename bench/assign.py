@@ -61,11 +61,18 @@ WEIGHTS = (0.5, 0.5)
 # lets the CPU work while some workers wait on the database.
 GUNICORN_SETTINGS = {
     "sync": ["--workers", "2", "--worker-class", "sync", "--backlog", "2048"],
-    "sync-recommended": ["--workers", str(2 * (os.cpu_count() or 1) + 1), "--worker-class", "sync", "--backlog", "2048"],
+    "sync-recommended": [
+        "--workers",
+        str(2 * (os.cpu_count() or 1) + 1),
+        "--worker-class",
+        "sync",
+        "--backlog",
+        "2048",
+    ],
     "gthread": ["--workers", "2", "--worker-class", "gthread", "--threads", "4", "--backlog", "2048"],
 }
 
-BARE_APP = '''
+BARE_APP = """
 from flask import Flask
 
 app = Flask("bare")
@@ -79,10 +86,10 @@ def assign():
 @app.get("/api/v1/health")
 def health():
     return {"status": "ok"}
-'''
+"""
 
 # Repeat customers: ids drawn from those already exposed (BENCH_REPEAT_IDS of them).
-REPEAT_LUA = '''
+REPEAT_LUA = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_KEY")
@@ -92,10 +99,10 @@ request = function()
     '", "experiments": ["checkout-button"], "attributes": {"country": "FR", "platform": "web"}}'
   return wrk.format(nil, "/api/v1/assign", nil, body)
 end
-'''
+"""
 
 # New customers: run tag + thread number + counter, unique over the whole benchmark.
-NEW_LUA = '''
+NEW_LUA = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_KEY")
@@ -111,7 +118,7 @@ request = function()
     '", "experiments": ["checkout-button"], "attributes": {"country": "FR", "platform": "web"}}'
   return wrk.format(nil, "/api/v1/assign", nil, body)
 end
-'''
+"""
 
 
 # -- databases ---------------------------------------------------------------------------
@@ -128,8 +135,13 @@ def prepare(url: str, repeat_customers: int) -> str:
     migrations.upgrade(engine)
     with Session(engine) as session, session.begin():
         experiment = Experiment(
-            key=EXPERIMENT, name="Checkout button", stages=["purchase"], target_stage="purchase",
-            salt=EXPERIMENT, status="running", started_at=utcnow(),
+            key=EXPERIMENT,
+            name="Checkout button",
+            stages=["purchase"],
+            target_stage="purchase",
+            salt=EXPERIMENT,
+            status="running",
+            started_at=utcnow(),
         )
         experiment.variants = [
             Variant(key=name, weight=weight, position=i, is_control=i == 0)
@@ -155,8 +167,15 @@ def expose(engine, experiment_id: int, variant_ids: list[int], customers: list[s
     placed = place_many(Split.of(EXPERIMENT, WEIGHTS), customers)
     now = utcnow()
     rows = [
-        {"experiment_id": experiment_id, "variant_id": variant_ids[index], "customer_id": customer,
-         "exposed_at": now, "attributes": {}, "forced": False, "mismatches": 0}
+        {
+            "experiment_id": experiment_id,
+            "variant_id": variant_ids[index],
+            "customer_id": customer,
+            "exposed_at": now,
+            "attributes": {},
+            "forced": False,
+            "mismatches": 0,
+        }
         for customer, index in zip(customers, placed.tolist())
     ]
     with Session(engine) as session, session.begin():
@@ -208,14 +227,29 @@ def _ms(value: str) -> float:
 
 
 def wrk(port: int, script: Path, connections: int, seconds: float, env: dict[str, str]) -> dict:
-    command = ["wrk", "--latency", "-t", "2", "-c", str(connections), "-d", f"{seconds:g}s",
-               "--timeout", "5s", "-s", str(script), f"http://127.0.0.1:{port}/api/v1/assign"]
+    command = [
+        "wrk",
+        "--latency",
+        "-t",
+        "2",
+        "-c",
+        str(connections),
+        "-d",
+        f"{seconds:g}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{port}/api/v1/assign",
+    ]
     output = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, **env}).stdout
     requests = int(re.search(r"(\d+) requests in", output).group(1))
     non_2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", output)) else 0
-    socket_errors = sum(map(int, m.groups())) if (
-        m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
-    ) else 0
+    socket_errors = (
+        sum(map(int, m.groups()))
+        if (m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output))
+        else 0
+    )
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
         "p50": _ms(re.search(r"\s50%\s+(\S+)", output).group(1)),
@@ -257,18 +291,27 @@ def bench_http(args, workdir: Path, worker_settings: str) -> None:
     (workdir / "bare_app.py").write_text(BARE_APP)
     (workdir / "repeat.lua").write_text(REPEAT_LUA)
     (workdir / "new.lua").write_text(NEW_LUA)
-    print(f"\n== gunicorn {' '.join(settings)} for every row; wrk -t2, {args.seconds:g} s per row "
-          f"(after a 1 s warm-up); repeat customers drawn from {args.repeat_customers} exposed ids")
-    print("cpu us/req: the gunicorn workers' CPU per request (SQLite runs inside them); "
-          "pg us/req: the PostgreSQL server processes' CPU per request, on the same cores")
-    print(f"{'target':<22}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'x ceiling':>11}"
-          f"{'cpu us/req':>12}{'pg us/req':>11}")
+    print(
+        f"\n== gunicorn {' '.join(settings)} for every row; wrk -t2, {args.seconds:g} s per row "
+        f"(after a 1 s warm-up); repeat customers drawn from {args.repeat_customers} exposed ids"
+    )
+    print(
+        "cpu us/req: the gunicorn workers' CPU per request (SQLite runs inside them); "
+        "pg us/req: the PostgreSQL server processes' CPU per request, on the same cores"
+    )
+    print(
+        f"{'target':<22}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'x ceiling':>11}"
+        f"{'cpu us/req':>12}{'pg us/req':>11}"
+    )
 
     def row(name: str, connections: int, result: dict, ceiling: float | None, note: str = "") -> None:
         ratio = f"{result['rps'] / ceiling:.2f}" if ceiling else ""
         database = f"{result['db_cpu_us']:.0f}" if name.startswith("postgresql") else ""
-        print(f"{name:<22}{connections:>6}{result['rps']:>10.0f}{result['p50']:>9.2f}{result['p99']:>9.2f}"
-              f"{result['errors']:>8}{ratio:>11}{result['cpu_us']:>12.0f}{database:>11}{note}", flush=True)
+        print(
+            f"{name:<22}{connections:>6}{result['rps']:>10.0f}{result['p50']:>9.2f}{result['p99']:>9.2f}"
+            f"{result['errors']:>8}{ratio:>11}{result['cpu_us']:>12.0f}{database:>11}{note}",
+            flush=True,
+        )
 
     bare_env = {"BENCH_KEY": "none", "BENCH_REPEAT_IDS": "1"}
     with benchlib.gunicorn("bare_app:app", workdir, {}, settings) as (bare_port, bare_master):
@@ -276,28 +319,48 @@ def bench_http(args, workdir: Path, worker_settings: str) -> None:
             with fresh_database(backend) as url:
                 key = prepare(url, args.repeat_customers)
                 instance = tempfile.mkdtemp(prefix="bench_instance_")
-                env = {"EXPPLATFORM_DATABASE_URL": url, "EXPPLATFORM_INSTANCE_PATH": instance,
-                       "EXPPLATFORM_SECRET_KEY": "bench-secret"}
+                env = {
+                    "EXPPLATFORM_DATABASE_URL": url,
+                    "EXPPLATFORM_INSTANCE_PATH": instance,
+                    "EXPPLATFORM_SECRET_KEY": "bench-secret",
+                }
                 try:
                     with benchlib.gunicorn("wsgi:app", ROOT, env, settings) as (port, master):
                         rss_start = worker_rss_mb(master)
                         load_env = {"BENCH_KEY": key, "BENCH_REPEAT_IDS": str(args.repeat_customers)}
                         for connections in args.concurrency:
                             wrk(bare_port, workdir / "repeat.lua", connections, 1, bare_env)
-                            ceiling = measured(bare_master, bare_port, workdir / "repeat.lua", connections, args.seconds, bare_env)
+                            ceiling = measured(
+                                bare_master, bare_port, workdir / "repeat.lua", connections, args.seconds, bare_env
+                            )
                             row("bare flask (ceiling)", connections, ceiling, None)
                             wrk(port, workdir / "repeat.lua", connections, 1, load_env)
                             result = measured(master, port, workdir / "repeat.lua", connections, args.seconds, load_env)
                             row(f"{backend} repeat", connections, result, ceiling["rps"])
                             run = f"{worker_settings}-{backend}{connections}"
-                            result = measured(master, port, workdir / "new.lua", connections, args.seconds, {**load_env, "BENCH_RUN": run})
+                            result = measured(
+                                master,
+                                port,
+                                workdir / "new.lua",
+                                connections,
+                                args.seconds,
+                                {**load_env, "BENCH_RUN": run},
+                            )
                             stored = count_exposures(url, f"n-{run}-")
                             # wrk stops counting at the deadline; the server may finish a few more.
                             check = "" if stored >= result["ok"] else f"  MISSING {result['ok'] - stored} exposures"
-                            row(f"{backend} new", connections, result, ceiling["rps"], f"  ({stored} exposures stored){check}")
+                            row(
+                                f"{backend} new",
+                                connections,
+                                result,
+                                ceiling["rps"],
+                                f"  ({stored} exposures stored){check}",
+                            )
                         rss_end = worker_rss_mb(master)
-                    print(f"{backend} worker RSS MB, start -> end: "
-                          + ", ".join(f"{a:.0f} -> {b:.0f}" for a, b in zip(rss_start, rss_end)))
+                    print(
+                        f"{backend} worker RSS MB, start -> end: "
+                        + ", ".join(f"{a:.0f} -> {b:.0f}" for a, b in zip(rss_start, rss_end))
+                    )
                 finally:
                     shutil.rmtree(instance, ignore_errors=True)
 
@@ -359,8 +422,10 @@ def bench_memory(args) -> None:
         finally:
             app.extensions["db"].engine.dispose()
             shutil.rmtree(instance, ignore_errors=True)
-    print(f"hot path over {len(customers):,} distinct exposed customers (SQLite, no HTTP): "
-          f"{len(customers) / elapsed:,.0f} assignments/s; RSS MB " + ", ".join(f"{n:,}: {mb:.1f}" for n, mb in samples))
+    print(
+        f"hot path over {len(customers):,} distinct exposed customers (SQLite, no HTTP): "
+        f"{len(customers) / elapsed:,.0f} assignments/s; RSS MB " + ", ".join(f"{n:,}: {mb:.1f}" for n, mb in samples)
+    )
 
 
 def main() -> None:
@@ -373,7 +438,9 @@ def main() -> None:
     parser.add_argument("--bulk-ids", type=int, default=1_000_000)
     parser.add_argument("--single-ids", type=int, default=200_000)
     parser.add_argument("--workers", nargs="+", default=list(GUNICORN_SETTINGS), choices=list(GUNICORN_SETTINGS))
-    parser.add_argument("--phases", nargs="+", default=["bucketing", "http", "memory"], choices=["bucketing", "http", "memory"])
+    parser.add_argument(
+        "--phases", nargs="+", default=["bucketing", "http", "memory"], choices=["bucketing", "http", "memory"]
+    )
     parser.add_argument("--quick", action="store_true", help="short runs and small sizes (a smoke test)")
     args = parser.parse_args()
     if args.quick:

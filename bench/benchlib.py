@@ -56,9 +56,17 @@ def gunicorn(app_spec: str, cwd: Path, env: dict[str, str], settings: list[str])
     check; yields (port, master pid)."""
     port = free_port()
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), *settings, "--bind", f"127.0.0.1:{port}",
-         "--log-level", "warning", app_spec],
-        cwd=cwd, env={**os.environ, **env},
+        [
+            str(Path(sys.executable).parent / "gunicorn"),
+            *settings,
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            app_spec,
+        ],
+        cwd=cwd,
+        env={**os.environ, **env},
     )
     try:
         deadline = time.monotonic() + 60

@@ -69,8 +69,15 @@ def prepare(url: str, exposures: int, *, forced_every: int = 1000) -> tuple[int,
     migrations.upgrade(engine)
     with Session(engine) as session, session.begin():
         experiment = Experiment(
-            key="bench", name="Bench", stages=list(STAGES), target_stage="purchase", salt="bench",
-            status="running", started_at=BASE, scale_min=1, scale_max=5,
+            key="bench",
+            name="Bench",
+            stages=list(STAGES),
+            target_stage="purchase",
+            salt="bench",
+            status="running",
+            started_at=BASE,
+            scale_min=1,
+            scale_max=5,
         )
         experiment.variants = [
             Variant(key="control", weight=1, position=0, is_control=True),
@@ -102,7 +109,9 @@ def _timestamp_sql(engine, seconds_expr: str) -> str:
     return f"(strftime('%Y-%m-%d %H:%M:%S', '{base}', '+' || ({seconds_expr}) || ' seconds') || '.000000')"
 
 
-def bulk_exposures(engine, experiment_id: int, variant_ids: list[int], start: int, stop: int, *, forced_every: int) -> None:
+def bulk_exposures(
+    engine, experiment_id: int, variant_ids: list[int], start: int, stop: int, *, forced_every: int
+) -> None:
     forced = "(i % {n} = 0)".format(n=forced_every)
     if engine.dialect.name == "sqlite":
         forced = f"CASE WHEN {forced} THEN 1 ELSE 0 END"
@@ -115,7 +124,7 @@ def bulk_exposures(engine, experiment_id: int, variant_ids: list[int], start: in
             text(
                 f"""INSERT INTO exposures (experiment_id, variant_id, customer_id, exposed_at, attributes, forced, mismatches)
                 SELECT {experiment_id}, CASE WHEN (i * 2654435761) % 2 = 0 THEN {variant_ids[0]} ELSE {variant_ids[1]} END,
-                       'c' || i, {_timestamp_sql(engine, '(i % 1209600)')},
+                       'c' || i, {_timestamp_sql(engine, "(i % 1209600)")},
                        {attributes}, {forced}, 0
                 FROM {_series(engine, start, stop)}"""
             )
@@ -131,7 +140,9 @@ def bulk_events(engine, start: int, stop: int, customers: int) -> None:
     spread = int(customers * 1.25)
     # Independent-looking draws from multiplicative hashes modulo different primes.
     customer = f"((i * 2654435761) % 4294967291 % {spread})"
-    stage = "CASE (i * 40503 + 7) % 65521 % 5 " + " ".join(f"WHEN {n} THEN '{s}'" for n, s in enumerate(STAGES)) + " END"
+    stage = (
+        "CASE (i * 40503 + 7) % 65521 % 5 " + " ".join(f"WHEN {n} THEN '{s}'" for n, s in enumerate(STAGES)) + " END"
+    )
     conversion = "(i * 69069 + 1) % 1000003 % 10 < 7"
     rating = "1 + (i * 1103515245 + 12345) % 2147483647 % 5"
     seconds = f"({customer} % 1209600 + (i * 7919) % 104729 * 23)"
@@ -160,7 +171,11 @@ def bulk_events(engine, start: int, stop: int, customers: int) -> None:
 def gunicorn(url: str, workers: int) -> Iterator[tuple[int, int]]:
     """The service on ``url``; yields (port, master pid)."""
     instance = tempfile.mkdtemp(prefix="bench_instance_")
-    env = {"EXPPLATFORM_DATABASE_URL": url, "EXPPLATFORM_INSTANCE_PATH": instance, "EXPPLATFORM_SECRET_KEY": "bench-secret"}
+    env = {
+        "EXPPLATFORM_DATABASE_URL": url,
+        "EXPPLATFORM_INSTANCE_PATH": instance,
+        "EXPPLATFORM_SECRET_KEY": "bench-secret",
+    }
     try:
         with benchlib.gunicorn("wsgi:app", ROOT, env, ["--workers", str(workers)]) as served:
             yield served
@@ -336,13 +351,17 @@ def bench_http(backend: str, workers: int, args) -> None:
         f"{workers_cpu * per_event:.0f} us, postgres {database_cpu * per_event:.0f} us"
     )
     consistent = stored == result["accepted"] + warm_accepted
-    print(f"       stored events {stored} == accepted (+ warm-up {warm_accepted}): {consistent}; "
-          f"outcomes and counters kept under load == rebuilt from the raw events: {rebuilt_equal}")
+    print(
+        f"       stored events {stored} == accepted (+ warm-up {warm_accepted}): {consistent}; "
+        f"outcomes and counters kept under load == rebuilt from the raw events: {rebuilt_equal}"
+    )
 
 
 def maintained(session: Session, experiment_id: int) -> tuple:
     counters = session.execute(
-        select(OutcomeCount.stage, OutcomeCount.variant_id, OutcomeCount.kind, OutcomeCount.value, OutcomeCount.customers)
+        select(
+            OutcomeCount.stage, OutcomeCount.variant_id, OutcomeCount.kind, OutcomeCount.value, OutcomeCount.customers
+        )
         .where(OutcomeCount.experiment_id == experiment_id, OutcomeCount.customers != 0)
         .order_by(OutcomeCount.stage, OutcomeCount.variant_id, OutcomeCount.kind, OutcomeCount.value)
     ).all()

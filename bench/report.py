@@ -83,10 +83,16 @@ def bulk_funnel_events(engine, count: int) -> None:
     c, k = "(i / 4)", "(i % 4)"
     h = f"(({c} * 2654435761 + {k} * 40503 + ({c} / 7) * 97) % 1000003)"
     stage = "CASE " + k + " " + " ".join(f"WHEN {n} THEN '{s}'" for n, s in enumerate(STAGES[:4])) + " END"
-    threshold = "CASE " + k + " " + " ".join(
-        f"WHEN {n} THEN {int(p * 1000003)}" + (f" + ({c} % 2) * {int(TREATMENT_GAIN * 1000003)}" if n == 2 else "")
-        for n, p in enumerate(FUNNEL)
-    ) + " END"
+    threshold = (
+        "CASE "
+        + k
+        + " "
+        + " ".join(
+            f"WHEN {n} THEN {int(p * 1000003)}" + (f" + ({c} % 2) * {int(TREATMENT_GAIN * 1000003)}" if n == 2 else "")
+            for n, p in enumerate(FUNNEL)
+        )
+        + " END"
+    )
     converted = f"({h} < {threshold})"
     seconds = f"({c} % 1209600 + {k} * 3600 + {h} % 86400)"
     occurred = ingest._timestamp_sql(engine, seconds)
@@ -146,8 +152,12 @@ def add_events(url: str, start: int, count: int, customers: int) -> None:
 
     app = create_app({"database_url": url, "testing": True, "check_migrations": False})
     items = [
-        {"event_id": f"late-{RUN}-{start + n}", "customer_id": f"c{(RUN * 7919 + (start + n) * 13) % customers}",
-         "stage": "advocacy", "type": "conversion"}
+        {
+            "event_id": f"late-{RUN}-{start + n}",
+            "customer_id": f"c{(RUN * 7919 + (start + n) * 13) % customers}",
+            "stage": "advocacy",
+            "type": "conversion",
+        }
         for n in range(count)
     ]
     record_events(app.extensions["db"], items, app.extensions["settings"])
@@ -157,8 +167,15 @@ def add_events(url: str, start: int, count: int, customers: int) -> None:
 @contextmanager
 def viewer_client(url: str) -> Iterator:
     instance = tempfile.mkdtemp(prefix="bench_report_instance_")
-    app = create_app({"database_url": url, "instance_path": instance, "secret_key": "bench", "check_migrations": False,
-                      "wtf_csrf_enabled": False})
+    app = create_app(
+        {
+            "database_url": url,
+            "instance_path": instance,
+            "secret_key": "bench",
+            "check_migrations": False,
+            "wtf_csrf_enabled": False,
+        }
+    )
     try:
         with app.test_client() as client:
             response = client.post("/login", data={"email": "viewer@example.com", "password": "bench-password"})
@@ -184,7 +201,7 @@ def _median(client, path: str, runs: int) -> tuple[float, int, int]:
 
 
 def bench(backend: str, args) -> None:
-    with (ingest.fresh_database(backend) if not (args.keep and backend == "sqlite") else _kept(args.keep)) as url:
+    with ingest.fresh_database(backend) if not (args.keep and backend == "sqlite") else _kept(args.keep) as url:
         build(url, args.exposures, args.events)
         html, json_ = "/experiments/bench/report", "/api/v1/experiments/bench/report"
         with viewer_client(url) as (app, client):

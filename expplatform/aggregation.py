@@ -119,14 +119,24 @@ def experiment_stats(session: Session, experiment: Experiment) -> ExperimentStat
     covering exposure index and the outcome counters."""
     shape = _Shape.of(experiment)
     exposed = (
-        select(literal("exposed").label("kind"), cast(null(), String).label("stage"), Exposure.variant_id,
-               literal(0).label("value"), func.count().label("n"))
+        select(
+            literal("exposed").label("kind"),
+            cast(null(), String).label("stage"),
+            Exposure.variant_id,
+            literal(0).label("value"),
+            func.count().label("n"),
+        )
         .where(Exposure.experiment_id == experiment.id, _not_forced())
         .group_by(Exposure.variant_id)
     )
     outcomes = (
-        select(OutcomeCount.kind, OutcomeCount.stage, OutcomeCount.variant_id, OutcomeCount.value,
-               func.sum(OutcomeCount.customers))
+        select(
+            OutcomeCount.kind,
+            OutcomeCount.stage,
+            OutcomeCount.variant_id,
+            OutcomeCount.value,
+            func.sum(OutcomeCount.customers),
+        )
         .where(OutcomeCount.experiment_id == experiment.id)
         .group_by(OutcomeCount.kind, OutcomeCount.stage, OutcomeCount.variant_id, OutcomeCount.value)
     )
@@ -164,14 +174,24 @@ def segment_stats(session: Session, experiment: Experiment, attribute: str) -> d
     shape = _Shape.of(experiment)
     segment = _segment_value(session, attribute).label("segment")
     exposed = (
-        select(segment, cast(null(), String).label("stage"), Exposure.variant_id, cast(null(), Integer).label("rating"),
-               func.count().label("n"), literal(0).label("converted"))
+        select(
+            segment,
+            cast(null(), String).label("stage"),
+            Exposure.variant_id,
+            cast(null(), Integer).label("rating"),
+            func.count().label("n"),
+            literal(0).label("converted"),
+        )
         .where(Exposure.experiment_id == experiment.id, _not_forced())
         .group_by(segment, Exposure.variant_id)
     )
     outcomes = (
-        select(segment, Outcome.stage, Outcome.variant_id, Outcome.rating, func.count(), func.count(Outcome.converted_at))
-        .join(Exposure, and_(Exposure.experiment_id == Outcome.experiment_id, Exposure.customer_id == Outcome.customer_id))
+        select(
+            segment, Outcome.stage, Outcome.variant_id, Outcome.rating, func.count(), func.count(Outcome.converted_at)
+        )
+        .join(
+            Exposure, and_(Exposure.experiment_id == Outcome.experiment_id, Exposure.customer_id == Outcome.customer_id)
+        )
         .where(Outcome.experiment_id == experiment.id)
         .group_by(segment, Outcome.stage, Outcome.variant_id, Outcome.rating)
     )
@@ -204,13 +224,23 @@ def daily_stats(session: Session, experiment: Experiment) -> list[tuple[date, Ex
     shape = _Shape.of(experiment)
     exposure_day = utc_day(session, Exposure.exposed_at).label("day")
     exposed = (
-        select(exposure_day, cast(null(), String).label("stage"), Exposure.variant_id, literal("exposed").label("kind"),
-               literal(0).label("value"), func.count().label("n"))
+        select(
+            exposure_day,
+            cast(null(), String).label("stage"),
+            Exposure.variant_id,
+            literal("exposed").label("kind"),
+            literal(0).label("value"),
+            func.count().label("n"),
+        )
         .where(Exposure.experiment_id == experiment.id, _not_forced())
         .group_by(exposure_day, Exposure.variant_id)
     )
     outcomes = select(
-        OutcomeCount.day, OutcomeCount.stage, OutcomeCount.variant_id, OutcomeCount.kind, OutcomeCount.value,
+        OutcomeCount.day,
+        OutcomeCount.stage,
+        OutcomeCount.variant_id,
+        OutcomeCount.kind,
+        OutcomeCount.value,
         OutcomeCount.customers,
     ).where(OutcomeCount.experiment_id == experiment.id)
     rows_by_day: dict[date, list[tuple]] = {}
@@ -276,7 +306,9 @@ def data_quality(session: Session, experiment: Experiment, *, now: datetime | No
     # Both read only flagged exposures, through the partial index ix_exposures_flagged.
     flagged = or_(Exposure.forced == true(), Exposure.mismatches > 0)
     exposures = select(
-        cast(null(), String), literal("exposures"), func.count().filter(Exposure.forced == true()),
+        cast(null(), String),
+        literal("exposures"),
+        func.count().filter(Exposure.forced == true()),
         func.count().filter(Exposure.mismatches > 0),
     ).where(Exposure.experiment_id == experiment.id, flagged)
     mismatches = select(
@@ -299,8 +331,7 @@ def data_quality(session: Session, experiment: Experiment, *, now: datetime | No
             totals["mismatches"] = int(n)
         elif stage in figures:
             figures[stage][kind] = int(n)
-    return DataQuality(
-stages={stage: StageQuality(**figures[stage]) for stage in stages}, **totals)
+    return DataQuality(stages={stage: StageQuality(**figures[stage]) for stage in stages}, **totals)
 
 
 def explain_experiment_stats(session: Session, experiment: Experiment) -> list[str]:

@@ -152,7 +152,9 @@ def load_definitions(session: Session) -> Definitions:
     (possible only if the tables were edited by hand) is logged and answered as not
     running, so that it cannot take assignment down for all the others."""
     rows = session.scalars(
-        select(Experiment).where(Experiment.status.in_(LIVE)).options(selectinload(Experiment.variants))
+        select(Experiment)
+        .where(Experiment.status.in_(LIVE))
+        .options(selectinload(Experiment.variants))
         .order_by(Experiment.id)
     )
     live: list[LiveExperiment] = []
@@ -254,9 +256,7 @@ def assign(store: ExposureStore, defs: Definitions, request: AssignRequest) -> l
     """Assignments in the order the experiments were asked for (or defined)."""
     chosen = _select(defs, request)
     pending = {
-        item.id: _decide(item, request)
-        for item in chosen
-        if isinstance(item, LiveExperiment) and not item.paused
+        item.id: _decide(item, request) for item in chosen if isinstance(item, LiveExperiment) and not item.paused
     }
     served: dict[int, Assignment] = {}
     if pending:
@@ -309,7 +309,9 @@ def _resolve(store: ExposureStore, request: AssignRequest, pending: dict[int, _P
         ]
         stored = retry_on_lock(lambda: store.insert(request.customer_id, request.attributes, rows))
         for decided in to_insert:
-            served[decided.experiment.id] = _enrolled(decided, decided.experiment.index_of[stored[decided.experiment.id]])
+            served[decided.experiment.id] = _enrolled(
+                decided, decided.experiment.index_of[stored[decided.experiment.id]]
+            )
     return served
 
 
@@ -412,8 +414,12 @@ class ExposureStore:
                     self._drop_connection()
                 if not (disconnected and attempt == 1):
                     raise DBAPIError.instance(
-                        sql, params, exc, self._dialect.loaded_dbapi.Error,
-                        connection_invalidated=disconnected, dialect=self._dialect,
+                        sql,
+                        params,
+                        exc,
+                        self._dialect.loaded_dbapi.Error,
+                        connection_invalidated=disconnected,
+                        dialect=self._dialect,
                     ) from exc
         raise AssertionError("unreachable")
 
@@ -448,7 +454,9 @@ class ExposureStore:
         )
         lost = [row[0] for row in rows if row[0] not in stored]
         if lost:
-            stored.update((experiment_id, variant_id) for _id, experiment_id, variant_id in self.existing(customer_id, lost))
+            stored.update(
+                (experiment_id, variant_id) for _id, experiment_id, variant_id in self.existing(customer_id, lost)
+            )
         return stored
 
     def count_mismatches(self, exposure_ids: Sequence[int]) -> None:

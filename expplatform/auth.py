@@ -90,9 +90,7 @@ def create_api_key(db: Session, scope: Scope, name: str, created_by: str) -> tup
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {', '.join(SCOPES)}")
     plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
-    record = ApiKey(
-        name=name, prefix=plaintext[:12], key_hash=_digest(plaintext), scope=scope, created_by=created_by
-    )
+    record = ApiKey(name=name, prefix=plaintext[:12], key_hash=_digest(plaintext), scope=scope, created_by=created_by)
     db.add(record)
     db.flush()
     return record, plaintext

@@ -163,7 +163,9 @@ def experiments_apply(paths: tuple[Path, ...]) -> None:
 
 @experiments_group.command("export")
 @click.argument("key")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="File to write (default: stdout).")
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="File to write (default: stdout)."
+)
 @with_appcontext
 def experiments_export(key: str, output: Path | None) -> None:
     """Write experiment KEY as a definition file that `apply` reads back unchanged."""
@@ -190,7 +192,9 @@ def experiments_list(status: tuple[str, ...], stage: str | None) -> None:
         page = experiments.list_experiments(session, statuses=status, stage=stage, per_page=1_000_000)
         for experiment in page.items:
             variants = ",".join(variant.key for variant in experiment.variants)
-            click.echo(f"{experiment.key:<32} {experiment.status:<8} {experiment.target_stage:<16} {variants:<24} {experiment.name}")
+            click.echo(
+                f"{experiment.key:<32} {experiment.status:<8} {experiment.target_stage:<16} {variants:<24} {experiment.name}"
+            )
 
 
 # -- reports ------------------------------------------------------------------------
@@ -198,15 +202,24 @@ def experiments_list(status: tuple[str, ...], stage: str | None) -> None:
 
 @main.command("report")
 @click.argument("key")
-@click.option("--format", "output_format", type=click.Choice(["table", "json", "csv", "html"]), default="table",
-              show_default=True)
+@click.option(
+    "--format", "output_format", type=click.Choice(["table", "json", "csv", "html"]), default="table", show_default=True
+)
 @click.option("--segment", help="Break down by this exposure attribute (persona, platform, country...).")
 @click.option("--credible-level", type=float, help="Width of the credible intervals (default: the experiment's).")
 @click.option("--full-model", is_flag=True, help="Fit the full (PyMC) model first, with a progress bar, and store it.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="File to write (default: stdout).")
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="File to write (default: stdout)."
+)
 @with_appcontext
-def report_command(key: str, output_format: str, segment: str | None, credible_level: float | None, full_model: bool,
-                   output: Path | None) -> None:
+def report_command(
+    key: str,
+    output_format: str,
+    segment: str | None,
+    credible_level: float | None,
+    full_model: bool,
+    output: Path | None,
+) -> None:
     """Print the lift report of experiment KEY."""
     import json
 
@@ -218,7 +231,9 @@ def report_command(key: str, output_format: str, segment: str | None, credible_l
     try:
         options = reports.ReportOptions.parse({"segment": segment, "credible_level": credible_level})
         if full_model:
-            job = _fit_with_progress(get_runner(current_app), key, FitParams.defaults(current_app.extensions["settings"]))
+            job = _fit_with_progress(
+                get_runner(current_app), key, FitParams.defaults(current_app.extensions["settings"])
+            )
             click.echo(f"full model: fit #{job.id} {job.status}" + (f": {job.error}" if job.error else ""), err=True)
         with get_db().sessionmaker() as session:
             built = reports.build_report(session, experiments.get_experiment(session, key), options, wait=None)

@@ -94,7 +94,9 @@ class Client:
         self.max_queue = max_queue
         self.max_attempts = max_attempts
         self.backoff = backoff
-        self.on_error = on_error or (lambda failure: log.warning("expplatform: %s (%d events)", failure.reason, len(failure.events)))
+        self.on_error = on_error or (
+            lambda failure: log.warning("expplatform: %s (%d events)", failure.reason, len(failure.events))
+        )
         self.dropped = 0  # events refused because the queue was full
         self._queue: list[dict[str, Any]] = []
         self._oldest = 0.0  # when the oldest queued event was queued (monotonic)
@@ -231,7 +233,12 @@ class Client:
         while True:
             if self._queue:
                 waited = time.monotonic() - self._oldest
-                if len(self._queue) >= self.batch_size or self._flushing or self._closed or waited >= self.flush_interval:
+                if (
+                    len(self._queue) >= self.batch_size
+                    or self._flushing
+                    or self._closed
+                    or waited >= self.flush_interval
+                ):
                     batch, self._queue = self._queue[: self.batch_size], self._queue[self.batch_size :]
                     self._oldest = time.monotonic()
                     self._in_flight = len(batch)

@@ -129,9 +129,7 @@ def _persisted_secret(instance_path: Path) -> str:
     return key
 
 
-def load_settings(
-    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
-) -> Settings:
+def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Defaults, then ``EXPPLATFORM_*`` variables, then explicit overrides (tests)."""
     environ = os.environ if environ is None else environ
     overrides = {k.lower(): v for k, v in (overrides or {}).items()}
@@ -142,13 +140,11 @@ def load_settings(
     if not database_url:
         database_url = f"sqlite:///{instance_path / 'expplatform.sqlite3'}"
     if database_url.startswith("postgres://"):
-        database_url = "postgresql+psycopg://" + database_url[len("postgres://"):]
+        database_url = "postgresql+psycopg://" + database_url[len("postgres://") :]
     elif database_url.startswith("postgresql://"):
-        database_url = "postgresql+psycopg://" + database_url[len("postgresql://"):]
+        database_url = "postgresql+psycopg://" + database_url[len("postgresql://") :]
     if not (database_url.startswith("sqlite") or database_url.startswith("postgresql")):
-        raise ConfigError(
-            f"{ENV_PREFIX}DATABASE_URL must be a sqlite:/// or postgresql:// URL, got {database_url!r}"
-        )
+        raise ConfigError(f"{ENV_PREFIX}DATABASE_URL must be a sqlite:/// or postgresql:// URL, got {database_url!r}")
     secret_key = overrides.get("secret_key") or environ.get(f"{ENV_PREFIX}SECRET_KEY")
     values: dict[str, Any] = {}
     for spec in fields(Settings):
@@ -163,4 +159,3 @@ def load_settings(
     if not secret_key:
         secret_key = secrets.token_urlsafe(32) if values.get("testing") else _persisted_secret(instance_path)
     return Settings(instance_path=instance_path, database_url=database_url, secret_key=secret_key, **values)
-

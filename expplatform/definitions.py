@@ -210,14 +210,22 @@ def _variants(errors: _Errors, value: Any) -> tuple[tuple[VariantDefinition, ...
             continue
         _unknown(errors, f"{path}.", item, _VARIANT_FIELDS)
         key = _slug(errors, f"{path}.key", item.get("key"))
-        description = _text(errors, f"{path}.description", item.get("description", ""), max_length=MAX_TEXT, required=False)
+        description = _text(
+            errors, f"{path}.description", item.get("description", ""), max_length=MAX_TEXT, required=False
+        )
         weight = item.get("weight", 1)
         if not _is_number(weight) or weight <= 0:
             errors.add(f"{path}.weight", "must be a positive number")
         control = item.get("control", False)
         if not isinstance(control, bool):
             errors.add(f"{path}.control", "must be true or false")
-        if key is not None and description is not None and _is_number(weight) and weight > 0 and isinstance(control, bool):
+        if (
+            key is not None
+            and description is not None
+            and _is_number(weight)
+            and weight > 0
+            and isinstance(control, bool)
+        ):
             parsed.append((key, description, float(weight), control))
     if errors.has_under("variants"):
         return None

@@ -363,8 +363,12 @@ def _load_context(
         row.id: _ExperimentInfo(row.id, row.key, frozenset(row.stages), row.scale_min, row.scale_max, row.stopped_at)
         for row in session.execute(
             select(
-                Experiment.id, Experiment.key, Experiment.stages, Experiment.scale_min,
-                Experiment.scale_max, Experiment.stopped_at,
+                Experiment.id,
+                Experiment.key,
+                Experiment.stages,
+                Experiment.scale_min,
+                Experiment.scale_max,
+                Experiment.stopped_at,
             ).where(condition)
         )
     }
@@ -451,9 +455,17 @@ def _day(moment: datetime, exposed_at: datetime) -> str:
     """The UTC day an outcome counts from: never before its exposure (clock skew may
     date it a moment earlier), so no day has more converters than exposed."""
     return max(moment, exposed_at).date().isoformat()
+
+
 _OUTCOME_COLUMNS = (
-    ("experiment_id", "integer"), ("customer_id", "text"), ("stage", "text"), ("variant_id", "integer"),
-    ("converted_at", "timestamptz"), ("rating", "integer"), ("rated_at", "timestamptz"), ("rating_event_id", "bigint"),
+    ("experiment_id", "integer"),
+    ("customer_id", "text"),
+    ("stage", "text"),
+    ("variant_id", "integer"),
+    ("converted_at", "timestamptz"),
+    ("rating", "integer"),
+    ("rated_at", "timestamptz"),
+    ("rating_event_id", "bigint"),
 )
 _OUTCOME_NAMES = ", ".join(name for name, _kind in _OUTCOME_COLUMNS)
 
@@ -469,7 +481,16 @@ def _apply_outcomes(sql: _Driver, folds: dict[OutcomeKey, _Fold]) -> dict[CountK
     deltas: dict[CountKey, int] = defaultdict(int)
     keys = sorted(folds)
     rows = [
-        (k[0], k[1], k[2], f.variant_id, sql.time_in(f.converted_at), f.rating, sql.time_in(f.rated_at), f.rating_event_id)
+        (
+            k[0],
+            k[1],
+            k[2],
+            f.variant_id,
+            sql.time_in(f.converted_at),
+            f.rating,
+            sql.time_in(f.rated_at),
+            f.rating_event_id,
+        )
         for k in keys
         for f in (folds[k],)
     ]
@@ -501,12 +522,20 @@ def _apply_outcomes(sql: _Driver, folds: dict[OutcomeKey, _Fold]) -> dict[CountK
     for experiment_id, customer_id, stage, variant_id, converted_at, rating, rated_at, rating_event_id in current:
         key = (experiment_id, customer_id, stage)
         change = _merge(
-            key, variant_id, sql.time_out(converted_at), rating, sql.time_out(rated_at), rating_event_id,
-            folds[key], deltas,
+            key,
+            variant_id,
+            sql.time_out(converted_at),
+            rating,
+            sql.time_out(rated_at),
+            rating_event_id,
+            folds[key],
+            deltas,
         )
         if change is not None:
             converted_at, rating, rated_at, rating_event_id = change
-            updates.append((*key, variant_id, sql.time_in(converted_at), rating, sql.time_in(rated_at), rating_event_id))
+            updates.append(
+                (*key, variant_id, sql.time_in(converted_at), rating, sql.time_in(rated_at), rating_event_id)
+            )
     # Rewrites each changed row whole (same key and variant), from one row source.
     sql.rows(
         f"INSERT INTO outcomes ({_OUTCOME_NAMES}) {{rows}} ON CONFLICT (experiment_id, customer_id, stage) DO UPDATE "
@@ -549,7 +578,9 @@ def _merge(
     return (converted_at, rating, rated_at, rating_event_id) if changed else None
 
 
-def _add_counts(sql: _Driver, table: str, keys: Sequence[tuple[str, str]], column: str, counts: dict[tuple, int]) -> None:
+def _add_counts(
+    sql: _Driver, table: str, keys: Sequence[tuple[str, str]], column: str, counts: dict[tuple, int]
+) -> None:
     """Upsert ``column += n`` for each key, in key order (lock order across workers)."""
     names = ", ".join(name for name, _kind in keys)
     sql.rows(
@@ -564,9 +595,16 @@ def _add_counts(sql: _Driver, table: str, keys: Sequence[tuple[str, str]], colum
 # -- the ingest transaction ----------------------------------------------------------
 
 _EVENT_COLUMNS = (
-    ("event_id", "text"), ("customer_id", "text"), ("stage", "text"), ("type", "text"), ("value", "integer"),
-    ("occurred_at", "timestamptz"), ("received_at", "timestamptz"), ("experiment_key", "text"),
-    ("attributed", "integer"), ("exposure_cutoff", "timestamptz"),
+    ("event_id", "text"),
+    ("customer_id", "text"),
+    ("stage", "text"),
+    ("type", "text"),
+    ("value", "integer"),
+    ("occurred_at", "timestamptz"),
+    ("received_at", "timestamptz"),
+    ("experiment_key", "text"),
+    ("attributed", "integer"),
+    ("exposure_cutoff", "timestamptz"),
 )
 _EVENT_NAMES = ", ".join(name for name, _kind in _EVENT_COLUMNS)
 
@@ -611,8 +649,16 @@ def _plan(session: Session, events: Sequence[EventIn], *, clock_skew_seconds: fl
         decisions[event.event_id] = (event, occurred_at, decision)
         rows.append(
             (
-                event.event_id, event.customer_id, event.stage, event.type, event.value, sql.time_in(occurred_at),
-                received, event.experiment, len(decision.counted), sql.time_in(cutoff),
+                event.event_id,
+                event.customer_id,
+                event.stage,
+                event.type,
+                event.value,
+                sql.time_in(occurred_at),
+                received,
+                event.experiment,
+                len(decision.counted),
+                sql.time_in(cutoff),
             )
         )
     # In event_id order: two batches sharing events then wait for each other instead of
@@ -653,15 +699,25 @@ def _store(session: Session, plan: _Plan) -> IngestResult:
             unmatched[(received_at.date().isoformat(), event.stage)] += 1
     deltas = _apply_outcomes(sql, folds)
     _add_counts(
-        sql, "outcome_counts",
+        sql,
+        "outcome_counts",
         (
-            ("experiment_id", "integer"), ("stage", "text"), ("variant_id", "integer"), ("day", "date"),
-            ("kind", "text"), ("value", "integer"),
+            ("experiment_id", "integer"),
+            ("stage", "text"),
+            ("variant_id", "integer"),
+            ("day", "date"),
+            ("kind", "text"),
+            ("value", "integer"),
         ),
-        "customers", deltas,
+        "customers",
+        deltas,
     )
     _add_counts(
-        sql, "event_quality_counts", (("experiment_id", "integer"), ("stage", "text"), ("kind", "text")), "events", quality
+        sql,
+        "event_quality_counts",
+        (("experiment_id", "integer"), ("stage", "text"), ("kind", "text")),
+        "events",
+        quality,
     )
     _add_counts(sql, "unmatched_event_counts", (("day", "date"), ("stage", "text")), "events", unmatched)
     return IngestResult(len(inserted), len(rows) - len(inserted))
@@ -737,8 +793,16 @@ def rebuild_outcomes(session: Session, experiment: Experiment) -> None:
     stages = list(experiment.stages)
     candidates = (
         select(
-            Event.id, Event.customer_id, Event.stage, Event.type, Event.value, Event.occurred_at,
-            Event.exposure_cutoff, Exposure.variant_id, Exposure.exposed_at, Exposure.forced,
+            Event.id,
+            Event.customer_id,
+            Event.stage,
+            Event.type,
+            Event.value,
+            Event.occurred_at,
+            Event.exposure_cutoff,
+            Exposure.variant_id,
+            Exposure.exposed_at,
+            Exposure.forced,
         )
         .join(Exposure, and_(Exposure.customer_id == Event.customer_id, Exposure.experiment_id == experiment.id))
         .where(
@@ -771,7 +835,16 @@ def rebuild_outcomes(session: Session, experiment: Experiment) -> None:
     ).group_by(ranked.c.customer_id, ranked.c.stage, ranked.c.variant_id)
     session.execute(
         insert(Outcome).from_select(
-            ["experiment_id", "customer_id", "stage", "variant_id", "converted_at", "rating", "rated_at", "rating_event_id"],
+            [
+                "experiment_id",
+                "customer_id",
+                "stage",
+                "variant_id",
+                "converted_at",
+                "rating",
+                "rated_at",
+                "rating_event_id",
+            ],
             per_row,
         )
     )
@@ -785,7 +858,12 @@ def rebuild_outcomes(session: Session, experiment: Experiment) -> None:
             insert(OutcomeCount).from_select(
                 ["experiment_id", "stage", "variant_id", "day", "kind", "value", "customers"],
                 select(
-                    Outcome.experiment_id, Outcome.stage, Outcome.variant_id, day, literal(kind), value_column,
+                    Outcome.experiment_id,
+                    Outcome.stage,
+                    Outcome.variant_id,
+                    day,
+                    literal(kind),
+                    value_column,
                     func.count(),
                 )
                 .join(Exposure, exposure)
@@ -839,11 +917,15 @@ def stored_outcomes(session: Session, experiment_id: int) -> list[tuple]:
         tuple(row)
         for row in session.execute(
             select(
-                Outcome.customer_id, Outcome.stage, Outcome.variant_id, Outcome.converted_at,
-                Outcome.rating, Outcome.rated_at, Outcome.rating_event_id,
+                Outcome.customer_id,
+                Outcome.stage,
+                Outcome.variant_id,
+                Outcome.converted_at,
+                Outcome.rating,
+                Outcome.rated_at,
+                Outcome.rating_event_id,
             )
             .where(Outcome.experiment_id == experiment_id)
             .order_by(Outcome.customer_id, Outcome.stage)
         )
     ]
-

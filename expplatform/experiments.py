@@ -239,9 +239,7 @@ def _store(experiment: Experiment, definition: ExperimentDefinition) -> None:
     experiment.variants = variants
 
 
-def _create(
-    session: Session, definition: ExperimentDefinition, actor: str, *, cloned_from: str | None = None
-) -> Saved:
+def _create(session: Session, definition: ExperimentDefinition, actor: str, *, cloned_from: str | None = None) -> Saved:
     if _by_key(session, definition.key) is not None:
         raise Conflict(
             "duplicate_key",
@@ -264,11 +262,14 @@ def create_experiment(session: Session, definition: ExperimentDefinition, actor:
     return _create(session, definition, actor)
 
 
-def _check_changes(experiment: Experiment, old: ExperimentDefinition, new: ExperimentDefinition,
-                   changes: Mapping[str, Any]) -> tuple[str, ...]:
+def _check_changes(
+    experiment: Experiment, old: ExperimentDefinition, new: ExperimentDefinition, changes: Mapping[str, Any]
+) -> tuple[str, ...]:
     """Raise for changes the experiment's status forbids; return what to tell the caller."""
     if experiment.status == "stopped":
-        raise Conflict("experiment_stopped", f"Experiment {experiment.key!r} is stopped and read-only; clone it to run it again.")
+        raise Conflict(
+            "experiment_stopped", f"Experiment {experiment.key!r} is stopped and read-only; clone it to run it again."
+        )
     if experiment.status not in STARTED:
         return ()
     frozen = [name for name in FROZEN_FIELDS if name in changes]
@@ -288,8 +289,10 @@ def _check_changes(experiment: Experiment, old: ExperimentDefinition, new: Exper
             fields={"traffic": f"must be at least {old.traffic:g}"},
         )
     if "targeting" in changes:
-        return ("targeting changed while started: it applies to customers enrolled from now on; "
-                "customers already enrolled stay in the experiment",)
+        return (
+            "targeting changed while started: it applies to customers enrolled from now on; "
+            "customers already enrolled stay in the experiment",
+        )
     return ()
 
 
@@ -299,8 +302,11 @@ def _assignment_shape(definition: ExperimentDefinition) -> tuple[tuple[str, floa
 
 def _update(session: Session, experiment: Experiment, definition: ExperimentDefinition, actor: str) -> Saved:
     if definition.key != experiment.key:
-        raise Conflict("key_immutable", "An experiment's key cannot change; clone it to use another key.",
-                       fields={"key": f"must stay {experiment.key!r}"})
+        raise Conflict(
+            "key_immutable",
+            "An experiment's key cannot change; clone it to use another key.",
+            fields={"key": f"must stay {experiment.key!r}"},
+        )
     old = definition_of(experiment)
     changes = diff(old, definition)
     notices = _check_changes(experiment, old, definition, changes)

@@ -110,8 +110,15 @@ def full_model_fit(
     from analysis.hierarchical import fit_full_model
 
     result = fit_full_model(
-        stats, prior=prior, rule=rule, draws=params.draws, tune=params.tune, chains=params.chains, seed=params.seed,
-        sample_kwargs={"cores": 1}, progress=progress,
+        stats,
+        prior=prior,
+        rule=rule,
+        draws=params.draws,
+        tune=params.tune,
+        chains=params.chains,
+        seed=params.seed,
+        sample_kwargs={"cores": 1},
+        progress=progress,
     )
     return result.to_dict()
 
@@ -199,8 +206,13 @@ def queue_fit(
             return active, False
         now = utcnow()
         job = AnalysisJob(
-            experiment_id=experiment.id, status="queued", requested_by=actor, params=asdict(params),
-            created_at=now, heartbeat_at=now, worker=worker,
+            experiment_id=experiment.id,
+            status="queued",
+            requested_by=actor,
+            params=asdict(params),
+            created_at=now,
+            heartbeat_at=now,
+            worker=worker,
         )
         session.add(job)
         session.flush()
@@ -285,7 +297,9 @@ class JobRunner:
         self._owned.add(job_id)
         if self._beater is None:
             self._beat_stop = threading.Event()
-            self._beater = threading.Thread(target=self._beat, args=(self._beat_stop,), name="expplatform-heartbeat", daemon=True)
+            self._beater = threading.Thread(
+                target=self._beat, args=(self._beat_stop,), name="expplatform-heartbeat", daemon=True
+            )
             self._beater.start()
 
     def _disown(self, job_id: int) -> None:
@@ -310,7 +324,9 @@ class JobRunner:
             with self.database.write() as session:
                 session.execute(
                     update(AnalysisJob)
-                    .where(AnalysisJob.id.in_(owned), AnalysisJob.worker == self.identity, AnalysisJob.status.in_(ACTIVE))
+                    .where(
+                        AnalysisJob.id.in_(owned), AnalysisJob.worker == self.identity, AnalysisJob.status.in_(ACTIVE)
+                    )
                     .values(heartbeat_at=utcnow())
                 )
         except Exception:  # noqa: BLE001 - a missed beat is retried; the timeout allows many

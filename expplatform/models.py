@@ -169,9 +169,7 @@ class AuditEntry(Base):
     __tablename__ = "audit_log"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    experiment_id: Mapped[int | None] = mapped_column(
-        ForeignKey("experiments.id", ondelete="SET NULL"), index=True
-    )
+    experiment_id: Mapped[int | None] = mapped_column(ForeignKey("experiments.id", ondelete="SET NULL"), index=True)
     experiment_key: Mapped[str] = mapped_column(String(64))
     actor: Mapped[str] = mapped_column(String(300))
     action: Mapped[str] = mapped_column(String(32))
@@ -272,9 +270,7 @@ class OutcomeCount(Base):
 
     __tablename__ = "outcome_counts"
 
-    experiment_id: Mapped[int] = mapped_column(
-        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
-    )
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True)
     stage: Mapped[str] = mapped_column(String(64), primary_key=True)
     variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id", ondelete="CASCADE"), primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
@@ -292,9 +288,7 @@ class EventQualityCount(Base):
 
     __tablename__ = "event_quality_counts"
 
-    experiment_id: Mapped[int] = mapped_column(
-        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
-    )
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True)
     stage: Mapped[str] = mapped_column(String(64), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)
     events: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -335,6 +329,4 @@ class AnalysisJob(Base):
     snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
-    __table_args__ = (
-        CheckConstraint("status IN ('queued', 'running', 'finished', 'failed')", name="status"),
-    )
+    __table_args__ = (CheckConstraint("status IN ('queued', 'running', 'finished', 'failed')", name="status"),)

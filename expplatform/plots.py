@@ -136,16 +136,25 @@ def _svg(figure: Any, name: str, label: str) -> str:
         f'<svg class="plot plot-{name}" role="img" aria-label="{html.escape(label, quote=True)}" '
         'stroke-linejoin="round" stroke-linecap="butt" '
     )
-    text = re.sub(r'<svg\s[^>]*?(viewBox="[^"]*")[^>]*>', lambda m: f"{attributes}{m.group(1)} "
-                  'xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink">', text, count=1)
+    text = re.sub(
+        r'<svg\s[^>]*?(viewBox="[^"]*")[^>]*>',
+        lambda m: (
+            f'{attributes}{m.group(1)} xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink">'
+        ),
+        text,
+        count=1,
+    )
     return f"{text.rstrip()}\n"
 
 
-def _margins(figure: Any, *, left: float, bottom: float, top: float = 0.12, right: float = 0.15, hspace: float = 0.0) -> None:
+def _margins(
+    figure: Any, *, left: float, bottom: float, top: float = 0.12, right: float = 0.15, hspace: float = 0.0
+) -> None:
     """Fixed margins in inches (a layout engine would double the render time)."""
     width, height = figure.get_size_inches()
-    figure.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
-                           hspace=hspace)
+    figure.subplots_adjust(
+        left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height, hspace=hspace
+    )
 
 
 def _percent(ax: Any, axis: str = "x", decimals: int = 0) -> None:
@@ -222,8 +231,13 @@ def funnel(stages: Sequence[str], shares: Mapping[str, Sequence[float]], colors:
         width = 0.8 / count
         x = np.arange(len(stages))
         for i, (variant, values) in enumerate(shares.items()):
-            ax.bar(x + (i - (count - 1) / 2) * width, values, width * 0.92, color=colors.get(variant, CONTROL_COLOR),
-                   label=variant)
+            ax.bar(
+                x + (i - (count - 1) / 2) * width,
+                values,
+                width * 0.92,
+                color=colors.get(variant, CONTROL_COLOR),
+                label=variant,
+            )
         ax.set_xticks(x, list(stages))
         ax.grid(axis="x", visible=False)
         _percent(ax, "y")
@@ -233,8 +247,15 @@ def funnel(stages: Sequence[str], shares: Mapping[str, Sequence[float]], colors:
         return _svg(figure, "funnel", "Funnel: share of exposed customers converting at each stage, per variant")
 
 
-def over_time(points: Sequence[DayPoint], colors: Mapping[str, str], *, stage: str, level: float,
-              ship_probability: float, harm_probability: float) -> str:
+def over_time(
+    points: Sequence[DayPoint],
+    colors: Mapping[str, str],
+    *,
+    stage: str,
+    level: float,
+    ship_probability: float,
+    harm_probability: float,
+) -> str:
     """Cumulative relative lift (with its interval) and P(better) of each treatment
     at ``stage`` by day, with the decision thresholds, to show whether a result is
     settling or still swinging."""

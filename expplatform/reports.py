@@ -194,8 +194,14 @@ class Report:
         return query
 
 
-def build_report(session: Session, experiment: Experiment, options: ReportOptions, *, now: datetime | None = None,
-                 wait: float | None = -1.0) -> Report:
+def build_report(
+    session: Session,
+    experiment: Experiment,
+    options: ReportOptions,
+    *,
+    now: datetime | None = None,
+    wait: float | None = -1.0,
+) -> Report:
     """The report of ``experiment`` (inside an app context: it uses the app's caches).
 
     ``wait`` bounds the wait for a first computation of the slow parts: the
@@ -207,7 +213,9 @@ def build_report(session: Session, experiment: Experiment, options: ReportOption
     stats = experiment_stats(session, experiment)
     quality = data_quality(session, experiment, now=now)
     version = _data_version(experiment, stats)
-    result = cache.results.get((experiment.id, version, prior, rule), lambda: analyze(stats, prior=prior, rule=rule, seed=SEED))
+    result = cache.results.get(
+        (experiment.id, version, prior, rule), lambda: analyze(stats, prior=prior, rule=rule, seed=SEED)
+    )
     series = None
     if options.series:
         series = cache.slow.get(
@@ -217,8 +225,10 @@ def build_report(session: Session, experiment: Experiment, options: ReportOption
     segments = None
     if options.segment:
         segments = cache.slow.get(
-            ("segments", experiment.id, options.segment, prior, rule), version,
-            lambda: _segments(database, experiment.id, options.segment, prior, rule), wait,
+            ("segments", experiment.id, options.segment, prior, rule),
+            version,
+            lambda: _segments(database, experiment.id, options.segment, prior, rule),
+            wait,
         )
     job = None
     if options.full_model:
@@ -277,47 +287,60 @@ def collect_warnings(
         note = next((n for n in result.notes if n.code == "sample_ratio_mismatch"), None)
         warnings.append(ReportWarning("sample_ratio_mismatch", note.message if note else "Sample-ratio mismatch."))
     if quality.mismatched_customers:
-        warnings.append(ReportWarning(
-            "multiple_exposures",
-            f"{quality.mismatched_customers:,} customers would since have been assigned another variant than the one "
-            f"recorded ({quality.mismatches:,} times in all); they are served and counted in their first variant. "
-            "Weights or salts may have been edited in the database.",
-        ))
+        warnings.append(
+            ReportWarning(
+                "multiple_exposures",
+                f"{quality.mismatched_customers:,} customers would since have been assigned another variant than the one "
+                f"recorded ({quality.mismatches:,} times in all); they are served and counted in their first variant. "
+                "Weights or salts may have been edited in the database.",
+            )
+        )
     unmatched = sum(q.unmatched + q.not_exposed for q in quality.stages.values())
     if unmatched:
         per_stage = _per_stage(quality, lambda q: q.unmatched + q.not_exposed)
-        warnings.append(ReportWarning(
-            "unmatched_events",
-            f"{unmatched:,} events at this experiment's stages matched no exposure ({per_stage}): clients may send "
-            "events for customers they never assigned, or with other customer ids.",
-        ))
+        warnings.append(
+            ReportWarning(
+                "unmatched_events",
+                f"{unmatched:,} events at this experiment's stages matched no exposure ({per_stage}): clients may send "
+                "events for customers they never assigned, or with other customer ids.",
+            )
+        )
     before = sum(q.before_exposure for q in quality.stages.values())
     if before:
-        warnings.append(ReportWarning(
-            "events_before_exposure",
-            f"{before:,} events happened before the customer's exposure ({_per_stage(quality, lambda q: q.before_exposure)}) "
-            "and are not counted: check that clients assign before they show the journey step.",
-        ))
+        warnings.append(
+            ReportWarning(
+                "events_before_exposure",
+                f"{before:,} events happened before the customer's exposure ({_per_stage(quality, lambda q: q.before_exposure)}) "
+                "and are not counted: check that clients assign before they show the journey step.",
+            )
+        )
     after = sum(q.after_stop for q in quality.stages.values())
     if after:
-        warnings.append(ReportWarning(
-            "events_after_stop", f"{after:,} events arrived after the experiment stopped and are not counted."
-        ))
+        warnings.append(
+            ReportWarning(
+                "events_after_stop", f"{after:,} events arrived after the experiment stopped and are not counted."
+            )
+        )
     if quality.forced_customers:
         forced_events = sum(q.forced for q in quality.stages.values())
-        warnings.append(ReportWarning(
-            "forced_customers_excluded",
-            f"{quality.forced_customers:,} forced (QA) customers and their {forced_events:,} events are excluded "
-            "from the analysis.",
-        ))
+        warnings.append(
+            ReportWarning(
+                "forced_customers_excluded",
+                f"{quality.forced_customers:,} forced (QA) customers and their {forced_events:,} events are excluded "
+                "from the analysis.",
+            )
+        )
     exposed = {v: stats.cells[stats.target_stage][v].exposed for v in stats.variants}
     short = [v for v, n in exposed.items() if n < rule.min_exposed]
     if short:
-        warnings.append(ReportWarning(
-            "not_enough_data",
-            "Not enough data yet: " + ", ".join(f"{v} has {exposed[v]:,}" for v in short)
-            + f" exposed customers; no decision is made below {rule.min_exposed:,} per variant.",
-        ))
+        warnings.append(
+            ReportWarning(
+                "not_enough_data",
+                "Not enough data yet: "
+                + ", ".join(f"{v} has {exposed[v]:,}" for v in short)
+                + f" exposed customers; no decision is made below {rule.min_exposed:,} per variant.",
+            )
+        )
     return warnings
 
 
@@ -344,8 +367,9 @@ def _series_points(day: date, stats: ExperimentStats, prior: Prior, rule: Decisi
     conversion = result.stage(stats.target_stage).metric("conversion")
     cells = stats.cells[stats.target_stage]
     return [
-        SeriesPoint(day, c.treatment, cells[c.treatment].exposed, cells[stats.control].exposed, c.relative_lift,
-                    c.p_better)
+        SeriesPoint(
+            day, c.treatment, cells[c.treatment].exposed, cells[stats.control].exposed, c.relative_lift, c.p_better
+        )
         for c in conversion.comparisons
     ]
 
@@ -375,7 +399,8 @@ def _segments(
         experiment = session.get(Experiment, experiment_id)
         by_value = segment_stats(session, experiment, attribute) if experiment is not None else {}
     segments = [
-        SegmentResult(value, stats, analyze(stats, prior=prior, rule=rule, seed=SEED)) for value, stats in by_value.items()
+        SegmentResult(value, stats, analyze(stats, prior=prior, rule=rule, seed=SEED))
+        for value, stats in by_value.items()
     ]
     return tuple(sorted(segments, key=lambda s: (-s.exposed, s.value is None, str(s.value))))
 
@@ -551,13 +576,22 @@ def metric_rows(stats: ExperimentStats, result: ExperimentResult, segment: str |
                 cell = stats.cells[stage_result.stage][arm.variant]
                 is_control = arm.variant == result.control
                 comparison = None if is_control else metric.comparison(arm.variant)
-                rows.append(_row(segment, stage_result.stage, metric.metric, metric.status, arm, comparison, cell,
-                                 is_control))
+                rows.append(
+                    _row(segment, stage_result.stage, metric.metric, metric.status, arm, comparison, cell, is_control)
+                )
     return rows
 
 
-def _row(segment, stage: str, metric: str, status: str, arm: ArmSummary, comparison: Comparison | None,
-         cell: CellStats, is_control: bool) -> MetricRow:
+def _row(
+    segment,
+    stage: str,
+    metric: str,
+    status: str,
+    arm: ArmSummary,
+    comparison: Comparison | None,
+    cell: CellStats,
+    is_control: bool,
+) -> MetricRow:
     posterior = arm.posterior
     lift = comparison.relative_lift if comparison else None
     diff = comparison.absolute_difference if comparison else None
@@ -659,8 +693,9 @@ def evidence(comparison: Comparison | None, rule: DecisionRule) -> str:
     return "unclear"
 
 
-def lift_map(stats: ExperimentStats, result: ExperimentResult, rule: DecisionRule, colors: Mapping[str, str]
-             ) -> list[LiftStage]:
+def lift_map(
+    stats: ExperimentStats, result: ExperimentResult, rule: DecisionRule, colors: Mapping[str, str]
+) -> list[LiftStage]:
     stages = []
     target_index = stats.stages.index(result.target_stage)
     for stage_result in result.stages:
@@ -671,32 +706,41 @@ def lift_map(stats: ExperimentStats, result: ExperimentResult, rule: DecisionRul
         for variant in stats.variants:
             is_control = variant == result.control
             lift = None if is_control else conversion.comparison(variant)
-            cells.append(LiftCell(
-                variant=variant,
-                color=colors.get(variant, plots.CONTROL_COLOR),
-                is_control=is_control,
-                exposed=stats.cells[stage_result.stage][variant].exposed,
-                conversion=conversion.arm(variant),
-                mean_rating=rating.arm(variant),
-                top_box=top_box.arm(variant),
-                lift=lift,
-                rating_lift=None if is_control else rating.comparison(variant),
-                evidence=evidence(lift, rule),
-            ))
-        stages.append(LiftStage(
-            stage_result.stage,
-            stage_result.stage == result.target_stage,
-            stats.stages.index(stage_result.stage) < target_index,
-            tuple(cells),
-        ))
+            cells.append(
+                LiftCell(
+                    variant=variant,
+                    color=colors.get(variant, plots.CONTROL_COLOR),
+                    is_control=is_control,
+                    exposed=stats.cells[stage_result.stage][variant].exposed,
+                    conversion=conversion.arm(variant),
+                    mean_rating=rating.arm(variant),
+                    top_box=top_box.arm(variant),
+                    lift=lift,
+                    rating_lift=None if is_control else rating.comparison(variant),
+                    evidence=evidence(lift, rule),
+                )
+            )
+        stages.append(
+            LiftStage(
+                stage_result.stage,
+                stage_result.stage == result.target_stage,
+                stats.stages.index(stage_result.stage) < target_index,
+                tuple(cells),
+            )
+        )
     return stages
 
 
 def render_plots(report: Report) -> dict[str, str]:
     """The page's SVG plots, kept per data version (rendering costs ~0.2 s)."""
     series = report.series.value if report.series is not None and report.series.status == "ready" else ()
-    key = (report.experiment.id, _data_version(report.experiment, report.stats), report.prior, report.rule,
-           tuple(series))
+    key = (
+        report.experiment.id,
+        _data_version(report.experiment, report.stats),
+        report.prior,
+        report.rule,
+        tuple(series),
+    )
     return _cache().plots.get(key, lambda: _draw(report, series))
 
 
@@ -707,8 +751,16 @@ def _draw(report: Report, series: Sequence[SeriesPoint]) -> dict[str, str]:
         for metric in ("conversion", "mean_rating"):
             for c in stage_result.metric(metric).comparisons:
                 if c.relative_lift is not None and c.relative_lift.mean is not None:
-                    rows.append(plots.LiftRow(stage_result.stage, METRIC_LABELS[metric], c.treatment,
-                                              c.relative_lift.mean, c.relative_lift.low, c.relative_lift.high))
+                    rows.append(
+                        plots.LiftRow(
+                            stage_result.stage,
+                            METRIC_LABELS[metric],
+                            c.treatment,
+                            c.relative_lift.mean,
+                            c.relative_lift.low,
+                            c.relative_lift.high,
+                        )
+                    )
     target = result.stage(result.target_stage).metric("conversion")
     curves = [
         plots.BetaCurve(arm.variant, *arm.conjugate_params[:2])
@@ -716,8 +768,10 @@ def _draw(report: Report, series: Sequence[SeriesPoint]) -> dict[str, str]:
         if arm.conjugate_params is not None and stats.cells[result.target_stage][arm.variant].exposed
     ]
     shares = {
-        v: [stats.cells[s][v].converted / stats.cells[s][v].exposed if stats.cells[s][v].exposed else 0.0
-            for s in stats.stages]
+        v: [
+            stats.cells[s][v].converted / stats.cells[s][v].exposed if stats.cells[s][v].exposed else 0.0
+            for s in stats.stages
+        ]
         for v in stats.variants
     }
     drawn = {
@@ -728,8 +782,12 @@ def _draw(report: Report, series: Sequence[SeriesPoint]) -> dict[str, str]:
     if series:
         points = [plots.DayPoint(p.day, p.variant, *_estimate(p.relative_lift), p.p_better) for p in series]
         drawn["over_time"] = plots.over_time(
-            points, colors, stage=result.target_stage, level=report.rule.credible_level,
-            ship_probability=report.rule.ship_probability, harm_probability=report.rule.harm_probability,
+            points,
+            colors,
+            stage=result.target_stage,
+            level=report.rule.credible_level,
+            ship_probability=report.rule.ship_probability,
+            harm_probability=report.rule.harm_probability,
         )
     return drawn
 
@@ -793,19 +851,28 @@ def report_dict(report: Report) -> dict[str, Any]:
         },
         "exposed": {v: report.stats.cells[report.stats.stages[0]][v].exposed for v in report.stats.variants},
         "result": report.result.to_dict(),
-        "time_series": None if series is None else {
+        "time_series": None
+        if series is None
+        else {
             "status": series.status,
             "stage": report.stats.target_stage,
             "metric": "conversion",
             "computed_at": _iso(series.computed_at),
             "points": [
-                {"day": p.day.isoformat(), "variant": p.variant, "exposed": p.exposed, "control_exposed": p.control_exposed,
-                 "relative_lift": p.relative_lift.to_dict() if p.relative_lift is not None else None,
-                 "p_better": p.p_better}
+                {
+                    "day": p.day.isoformat(),
+                    "variant": p.variant,
+                    "exposed": p.exposed,
+                    "control_exposed": p.control_exposed,
+                    "relative_lift": p.relative_lift.to_dict() if p.relative_lift is not None else None,
+                    "p_better": p.p_better,
+                }
                 for p in (series.value or ())
             ],
         },
-        "segments": None if segments is None else {
+        "segments": None
+        if segments is None
+        else {
             "attribute": report.options.segment,
             "status": segments.status,
             "computed_at": _iso(segments.computed_at),
@@ -859,8 +926,17 @@ def full_model_view(report: Report) -> FullModelView | None:
             for metric in ("conversion", "mean_rating"):
                 for c in stage_result.metric(metric).comparisons:
                     full = comparisons.get((stage_result.stage, metric, c.treatment), {})
-                    rows.append(FullModelRow(stage_result.stage, metric, c.treatment, c.relative_lift, c.p_better,
-                                             full.get("relative_lift"), full.get("p_better")))
+                    rows.append(
+                        FullModelRow(
+                            stage_result.stage,
+                            metric,
+                            c.treatment,
+                            c.relative_lift,
+                            c.p_better,
+                            full.get("relative_lift"),
+                            full.get("p_better"),
+                        )
+                    )
     stages = report.stats.stages
     return FullModelView(
         job=job,
@@ -889,9 +965,17 @@ def format_table(report: Report) -> str:
     header = ("variant", "exposed", "conv", f"lift [{level}]", "P(better)", "exp.loss", "rating", "top-box", "decision")
     widths = (max(8, *(len(v) for v in stats.variants)), 9, 7, 27, 9, 8, 6, 7, 15)
     for stage in lift_map(stats, result, report.rule, report.colors):
-        marker = "  <- under test" if stage.is_target else "  (before the tested step: a balance check)" if stage.before_target else ""
+        marker = (
+            "  <- under test"
+            if stage.is_target
+            else "  (before the tested step: a balance check)"
+            if stage.before_target
+            else ""
+        )
         lines += ["", f"{stage.stage}{marker}"]
-        lines.append("  " + "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths))))
+        lines.append(
+            "  " + "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))
+        )
         for cell in stage.cells:
             lift = cell.lift
             values = (
@@ -905,14 +989,17 @@ def format_table(report: Report) -> str:
                 _pct(cell.top_box.observed, 0),
                 "" if lift is None or lift.decision is None or stage.before_target else lift.decision.replace("_", " "),
             )
-            lines.append("  " + "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths))))
+            lines.append(
+                "  " + "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths)))
+            )
     if report.segments is not None and report.segments.status == "ready":
         lines += ["", f"By {report.options.segment}:"]
         for segment in report.segments.value:
             label = "(not recorded)" if segment.value is None else segment.value
             target = segment.result.stage(stats.target_stage).metric("conversion")
-            lifts = ", ".join(f"{c.treatment} {_lift_text(c.relative_lift)} P(better) {_prob(c.p_better)}"
-                              for c in target.comparisons)
+            lifts = ", ".join(
+                f"{c.treatment} {_lift_text(c.relative_lift)} P(better) {_prob(c.p_better)}" for c in target.comparisons
+            )
             lines.append(f"  {label}: {segment.exposed:,} exposed; {stats.target_stage} conversion {lifts}")
             lines.append(f"    {segment.result.recommendation.summary}")
     job = report.job
@@ -921,12 +1008,16 @@ def format_table(report: Report) -> str:
         view = full_model_view(report)
         if view is not None and view.rows:
             diagnostics = view.diagnostics or {}
-            lines.append(f"  diagnostics {'passed' if diagnostics.get('passed') else 'FAILED'}: "
-                         f"max R-hat {diagnostics.get('r_hat_max')}, {diagnostics.get('divergences')} divergences")
+            lines.append(
+                f"  diagnostics {'passed' if diagnostics.get('passed') else 'FAILED'}: "
+                f"max R-hat {diagnostics.get('r_hat_max')}, {diagnostics.get('divergences')} divergences"
+            )
             for row in view.rows:
                 if row.metric == "conversion":
-                    lines.append(f"  {row.stage:<14} {row.treatment:<10} conjugate {_lift_text(row.conjugate_lift):<28} "
-                                 f"full model {_lift_text(row.full_lift)}")
+                    lines.append(
+                        f"  {row.stage:<14} {row.treatment:<10} conjugate {_lift_text(row.conjugate_lift):<28} "
+                        f"full model {_lift_text(row.full_lift)}"
+                    )
     return "\n".join(lines) + "\n"
 
 

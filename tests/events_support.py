@@ -37,13 +37,19 @@ def make_experiment(
 ) -> Experiment:
     stages = list(stages)
     experiment = Experiment(
-        key=key, name=key.title(), stages=stages, target_stage=target_stage or stages[0], salt=key,
-        scale_min=scale[0], scale_max=scale[1], status=status, started_at=started_at, stopped_at=stopped_at,
+        key=key,
+        name=key.title(),
+        stages=stages,
+        target_stage=target_stage or stages[0],
+        salt=key,
+        scale_min=scale[0],
+        scale_max=scale[1],
+        status=status,
+        started_at=started_at,
+        stopped_at=stopped_at,
     )
     for position, variant in enumerate(variants):
-        experiment.variants.append(
-            Variant(key=variant, weight=1.0, position=position, is_control=position == 0)
-        )
+        experiment.variants.append(Variant(key=variant, weight=1.0, position=position, is_control=position == 0))
     session.add(experiment)
     session.flush()
     return experiment
@@ -62,8 +68,13 @@ def expose(
 ) -> Exposure:
     variant_id = next(v.id for v in experiment.variants if v.key == variant)
     exposure = Exposure(
-        experiment_id=experiment.id, variant_id=variant_id, customer_id=customer_id, exposed_at=exposed_at,
-        forced=forced, attributes=attributes or {}, mismatches=mismatches,
+        experiment_id=experiment.id,
+        variant_id=variant_id,
+        customer_id=customer_id,
+        exposed_at=exposed_at,
+        forced=forced,
+        attributes=attributes or {},
+        mismatches=mismatches,
     )
     session.add(exposure)
     session.flush()
@@ -85,8 +96,14 @@ def counts(session, experiment_id: int) -> dict[tuple, int]:
 def daily_counts(session, experiment_id: int) -> dict[tuple, int]:
     """Non-zero outcome counters as {(stage, variant key, day, kind, value): customers}."""
     rows = session.execute(
-        select(OutcomeCount.stage, Variant.key, OutcomeCount.day, OutcomeCount.kind, OutcomeCount.value,
-               OutcomeCount.customers)
+        select(
+            OutcomeCount.stage,
+            Variant.key,
+            OutcomeCount.day,
+            OutcomeCount.kind,
+            OutcomeCount.value,
+            OutcomeCount.customers,
+        )
         .join(Variant, Variant.id == OutcomeCount.variant_id)
         .where(OutcomeCount.experiment_id == experiment_id)
     )
@@ -104,4 +121,8 @@ def quality(session, experiment_id: int) -> dict[tuple, int]:
 
 def snapshot(session, experiment_id: int) -> tuple[list, dict, dict]:
     """Everything ingest maintains for one experiment, to compare with a rebuild."""
-    return stored_outcomes(session, experiment_id), daily_counts(session, experiment_id), quality(session, experiment_id)
+    return (
+        stored_outcomes(session, experiment_id),
+        daily_counts(session, experiment_id),
+        quality(session, experiment_id),
+    )

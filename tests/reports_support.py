@@ -34,35 +34,75 @@ class Seeded:
     rated: dict[tuple[str, str], list[int]] = field(default_factory=dict)
 
 
-def seed_journey(app, db, *, key: str = "checkout", customers: int = 900, seed: int = 7, days: int = 3,
-                 variants=("control", "bold", "plain"), **experiment) -> Seeded:
+def seed_journey(
+    app,
+    db,
+    *,
+    key: str = "checkout",
+    customers: int = 900,
+    seed: int = 7,
+    days: int = 3,
+    variants=("control", "bold", "plain"),
+    **experiment,
+) -> Seeded:
     """``customers`` exposed evenly over ``days`` days, each converting down the funnel
     of their variant and rating the last stage they reached."""
     rng = np.random.default_rng(seed)
     with db.write() as session:
-        made = make_experiment(session, key, stages=STAGES, target_stage="cart", variants=variants,
-                               started_at=START - timedelta(hours=1), **experiment)
+        made = make_experiment(
+            session,
+            key,
+            stages=STAGES,
+            target_stage="cart",
+            variants=variants,
+            started_at=START - timedelta(hours=1),
+            **experiment,
+        )
         seeded = Seeded(made.id, key)
         events = []
         for i in range(customers):
             variant = variants[i % len(variants)]
             at = START + timedelta(days=(i * days) // customers, minutes=i % 500)
-            expose(session, made, f"u{i}", variant, exposed_at=at,
-                   attributes={"platform": ("ios", "android", "web")[(i // 3) % 3], "persona": "new" if i % 2 else "loyal"})
+            expose(
+                session,
+                made,
+                f"u{i}",
+                variant,
+                exposed_at=at,
+                attributes={
+                    "platform": ("ios", "android", "web")[(i // 3) % 3],
+                    "persona": "new" if i % 2 else "loyal",
+                },
+            )
             seeded.exposed[variant] = seeded.exposed.get(variant, 0) + 1
             reached = None
             for stage, p in zip(STAGES, FUNNEL[variant]):
                 if rng.random() >= p / (FUNNEL[variant][STAGES.index(stage) - 1] if stage != STAGES[0] else 1):
                     break
-                events.append({"event_id": f"{key}-{i}-{stage}", "customer_id": f"u{i}", "stage": stage,
-                               "type": "conversion", "timestamp": iso(at + timedelta(minutes=5))})
+                events.append(
+                    {
+                        "event_id": f"{key}-{i}-{stage}",
+                        "customer_id": f"u{i}",
+                        "stage": stage,
+                        "type": "conversion",
+                        "timestamp": iso(at + timedelta(minutes=5)),
+                    }
+                )
                 seeded.converted[(stage, variant)] = seeded.converted.get((stage, variant), 0) + 1
                 reached = stage
             if reached is not None:
                 weights = np.array(RATINGS[variant], float)
                 rating = int(rng.choice(5, p=weights / weights.sum())) + 1
-                events.append({"event_id": f"{key}-{i}-rating", "customer_id": f"u{i}", "stage": reached,
-                               "type": "satisfaction", "value": rating, "timestamp": iso(at + timedelta(minutes=6))})
+                events.append(
+                    {
+                        "event_id": f"{key}-{i}-rating",
+                        "customer_id": f"u{i}",
+                        "stage": reached,
+                        "type": "satisfaction",
+                        "value": rating,
+                        "timestamp": iso(at + timedelta(minutes=6)),
+                    }
+                )
                 seeded.rated.setdefault((reached, variant), []).append(rating)
     settings = app.extensions["settings"]
     for start in range(0, len(events), settings.max_batch_events):

@@ -15,7 +15,13 @@ import pytest
 from expplatform.auth import role_at_least
 
 CALLERS = ["nobody", "client_key", "admin_key", "viewer", "editor", "admin"]
-PLACEHOLDERS = {"key": "no-such-experiment", "prefix": "xp_none", "user_id": "999999", "action": "start", "job_id": "999999"}
+PLACEHOLDERS = {
+    "key": "no-such-experiment",
+    "prefix": "xp_none",
+    "user_id": "999999",
+    "action": "start",
+    "job_id": "999999",
+}
 
 
 def _routes(app):

@@ -23,8 +23,14 @@ def conv(event_id, customer, stage, when):
 
 
 def rate(event_id, customer, stage, value, when):
-    return {"event_id": event_id, "customer_id": customer, "stage": stage, "type": "satisfaction", "value": value,
-            "timestamp": iso(when)}
+    return {
+        "event_id": event_id,
+        "customer_id": customer,
+        "stage": stage,
+        "type": "satisfaction",
+        "value": value,
+        "timestamp": iso(when),
+    }
 
 
 @pytest.fixture
@@ -32,15 +38,26 @@ def data(app, db):
     """Two variants over three days (1-3 May); 'qa' is forced. Day 1 ends at DAY1 + 2 s."""
     with db.write() as session:
         experiment = make_experiment(
-            session, "funnel", stages=("consideration", "purchase"), target_stage="purchase",
-            variants=("control", "treatment"), started_at=DAY1 - timedelta(days=1),
+            session,
+            "funnel",
+            stages=("consideration", "purchase"),
+            target_stage="purchase",
+            variants=("control", "treatment"),
+            started_at=DAY1 - timedelta(days=1),
         )
         expose(session, experiment, "a", "control", exposed_at=DAY1, attributes={"country": "fr", "vip": True})
         expose(session, experiment, "b", "control", exposed_at=DAY1, attributes={"country": "de"})
         expose(session, experiment, "c", "treatment", exposed_at=DAY1, attributes={"country": "fr", "vip": False})
         # Exposed just after midnight; converts 1 s before that (within the clock skew).
-        expose(session, experiment, "d", "treatment", exposed_at=DAY1 + timedelta(seconds=3),
-               attributes={"country": "fr"}, mismatches=2)
+        expose(
+            session,
+            experiment,
+            "d",
+            "treatment",
+            exposed_at=DAY1 + timedelta(seconds=3),
+            attributes={"country": "fr"},
+            mismatches=2,
+        )
         expose(session, experiment, "e", "treatment", exposed_at=DAY1 + timedelta(days=2))
         expose(session, experiment, "qa", "treatment", exposed_at=DAY1, forced=True)
         experiment_id = experiment.id
@@ -64,7 +81,12 @@ def data(app, db):
 
 def stats(cells: dict) -> ExperimentStats:
     return ExperimentStats(
-        ("consideration", "purchase"), "purchase", ("control", "treatment"), "control", (0.5, 0.5), Scale(1, 5),
+        ("consideration", "purchase"),
+        "purchase",
+        ("control", "treatment"),
+        "control",
+        (0.5, 0.5),
+        Scale(1, 5),
         cells,
     )
 

@@ -58,9 +58,13 @@ def json_safe(result) -> dict:
 
 
 def test_result_has_every_stage_metric_and_treatment():
-    stats = experiment(by_stage(A=funnel((0.5, 0.2, 0.1), ratings=(5, 5, 20, 40, 30)),
-                                B=funnel((0.5, 0.22, 0.1), ratings=(4, 6, 18, 42, 30)),
-                                C=funnel((0.5, 0.2, 0.09), ratings=(6, 5, 20, 40, 29))))
+    stats = experiment(
+        by_stage(
+            A=funnel((0.5, 0.2, 0.1), ratings=(5, 5, 20, 40, 30)),
+            B=funnel((0.5, 0.22, 0.1), ratings=(4, 6, 18, 42, 30)),
+            C=funnel((0.5, 0.2, 0.09), ratings=(6, 5, 20, 40, 29)),
+        )
+    )
     result = analyze(stats)
     assert [s.stage for s in result.stages] == list(STAGES)
     for stage in result.stages:
@@ -94,8 +98,12 @@ def test_nps_is_reported_on_the_zero_to_ten_scale():
 
 
 def test_seed_makes_the_result_reproducible_and_p_better_does_not_depend_on_it():
-    stats = experiment(by_stage(A=funnel((0.5, 0.2, 0.1), ratings=(5, 5, 20, 40, 30)),
-                                B=funnel((0.5, 0.21, 0.1), ratings=(5, 6, 19, 40, 31))))
+    stats = experiment(
+        by_stage(
+            A=funnel((0.5, 0.2, 0.1), ratings=(5, 5, 20, 40, 30)),
+            B=funnel((0.5, 0.21, 0.1), ratings=(5, 6, 19, 40, 31)),
+        )
+    )
     first, again, other = analyze(stats, seed=7), analyze(stats, seed=7), analyze(stats, seed=8)
     assert first.to_dict() == again.to_dict()
     a, b = first.stage("purchase").metric("conversion"), other.stage("purchase").metric("conversion")
@@ -107,8 +115,9 @@ def test_seed_makes_the_result_reproducible_and_p_better_does_not_depend_on_it()
 
 def test_every_p_better_meets_the_monte_carlo_error_bound():
     piled = (0, 0, 0, 2, 400)  # too skewed for the expansion: simulated, then topped up
-    stats = experiment(by_stage(A=funnel((0.5, 0.2, 0.1), ratings=piled),
-                                B=funnel((0.5, 0.2, 0.1), ratings=(0, 0, 1, 2, 399))))
+    stats = experiment(
+        by_stage(A=funnel((0.5, 0.2, 0.1), ratings=piled), B=funnel((0.5, 0.2, 0.1), ratings=(0, 0, 1, 2, 399)))
+    )
     result = analyze(stats)
     errors = [c.p_better_error for s in result.stages for m in s.metrics for c in m.comparisons]
     assert max(errors) <= 0.002
@@ -141,7 +150,9 @@ def test_decision_rule_settings_are_honoured():
     p = analyze(stats).stage("purchase").metric("conversion").comparison("B").p_better
     assert 0.8 < p < 0.95
     assert analyze(stats, rule=lenient).stage("purchase").metric("conversion").comparison("B").decision == "ship"
-    assert analyze(stats, rule=strict).stage("purchase").metric("conversion").comparison("B").decision == "not_enough_data"
+    assert (
+        analyze(stats, rule=strict).stage("purchase").metric("conversion").comparison("B").decision == "not_enough_data"
+    )
 
 
 def test_recommendation_ships_the_credible_winner():
@@ -207,8 +218,16 @@ def test_exposures_on_a_zero_weight_variant_are_a_mismatch():
 
 
 def test_journey_view():
-    a = {"consideration": (10_000, 5000, NO_RATINGS), "purchase": (10_000, 2000, NO_RATINGS), "retention": (10_000, 1000, NO_RATINGS)}
-    b = {"consideration": (10_000, 5500, NO_RATINGS), "purchase": (10_000, 2200, NO_RATINGS), "retention": (10_000, 880, NO_RATINGS)}
+    a = {
+        "consideration": (10_000, 5000, NO_RATINGS),
+        "purchase": (10_000, 2000, NO_RATINGS),
+        "retention": (10_000, 1000, NO_RATINGS),
+    }
+    b = {
+        "consideration": (10_000, 5500, NO_RATINGS),
+        "purchase": (10_000, 2200, NO_RATINGS),
+        "retention": (10_000, 880, NO_RATINGS),
+    }
     result = analyze(experiment(by_stage(A=a, B=b)))
     journey = result.journey
     assert journey.final_stage == "retention"
@@ -298,7 +317,9 @@ def test_histogram_outside_the_scale_raises():
         experiment({"s": {"A": (10, 5, (1, 2, 3))}}, target="s")
 
 
-@pytest.mark.parametrize("kwargs", [{"draws": 10}, {"draws": 1000.5}, {"max_p_better_error": 0.0}, {"max_p_better_error": 0.7}])
+@pytest.mark.parametrize(
+    "kwargs", [{"draws": 10}, {"draws": 1000.5}, {"max_p_better_error": 0.0}, {"max_p_better_error": 0.7}]
+)
 def test_bad_settings_raise(kwargs):
     with pytest.raises(AnalysisInputError):
         analyze(experiment({"s": {"A": (10, 5, NO_RATINGS)}}, target="s"), **kwargs)

@@ -15,12 +15,7 @@ from analysis.conjugate import _Dirichlet
 def miller_p_b_beats_a(a_a: int, b_a: int, a_b: int, b_b: int) -> float:
     """Evan Miller's closed form for P(p_B > p_A), Beta posteriors with integer a_B."""
     i = np.arange(a_b)
-    terms = (
-        special.betaln(a_a + i, b_a + b_b)
-        - np.log(b_b + i)
-        - special.betaln(1 + i, b_b)
-        - special.betaln(a_a, b_a)
-    )
+    terms = special.betaln(a_a + i, b_a + b_b) - np.log(b_b + i) - special.betaln(1 + i, b_b) - special.betaln(a_a, b_a)
     return float(np.exp(terms).sum())
 
 
@@ -64,7 +59,9 @@ def test_analyze_reports_the_closed_form_p_better_for_conversion():
     result = analyze(ExperimentStats(stages, stages[0], ("A", "B"), "A", (0.5, 0.5), Scale(), cells))
     for i, (ca, na, cb, nb) in enumerate(table):
         comparison = result.stage(f"s{i}").metric("conversion").comparison("B")
-        assert comparison.p_better == pytest.approx(miller_p_b_beats_a(1 + ca, 1 + na - ca, 1 + cb, 1 + nb - cb), abs=1e-4)
+        assert comparison.p_better == pytest.approx(
+            miller_p_b_beats_a(1 + ca, 1 + na - ca, 1 + cb, 1 + nb - cb), abs=1e-4
+        )
         assert comparison.p_better_error == 0.0
 
 

@@ -66,7 +66,9 @@ def test_full_model_summaries_have_the_conjugate_result_types(stats, monkeypatch
     assert result.status == messages.DIAGNOSTICS_FAILED
     assert any(n.code == messages.DIAGNOSTICS_FAILED and "1.080" in n.message for n in result.notes)
     assert result.diagnostics == failed
-    shape = lambda r: [(s.stage, [(m.metric, [c.treatment for c in m.comparisons]) for m in s.metrics]) for s in r.stages]  # noqa: E731
+    shape = lambda r: [
+        (s.stage, [(m.metric, [c.treatment for c in m.comparisons]) for m in s.metrics]) for s in r.stages
+    ]  # noqa: E731
     assert shape(result) == shape(conjugate)
     comparison = result.stage("purchase").metric("conversion").comparison("B")
     assert comparison.p_better_error is None  # MCMC draws: see the diagnostics instead
@@ -79,7 +81,9 @@ def test_full_model_summaries_have_the_conjugate_result_types(stats, monkeypatch
 
 def test_progress_is_reported_per_iteration_and_chains_any_callback():
     seen, chained = [], []
-    callback = hierarchical._progress_callback(lambda done, total: seen.append((done, total)), 6, lambda **kw: chained.append(kw))
+    callback = hierarchical._progress_callback(
+        lambda done, total: seen.append((done, total)), 6, lambda **kw: chained.append(kw)
+    )
     for _ in range(7):
         callback(trace=None, draw=None)
     assert seen == [(1, 6), (2, 6), (3, 6), (4, 6), (5, 6), (6, 6), (6, 6)]
@@ -103,7 +107,9 @@ def test_diagnostics_pass_on_well_mixed_chains_and_fail_otherwise():
         az.from_dict(posterior={"effect_mu": stuck}, sample_stats={"diverging": diverging}), "pymc", None, None
     )
     assert not bad.passed and bad.r_hat_max > 1.1 and bad.divergences == 5
-    single = hierarchical.diagnose(az.from_dict(posterior={"effect_mu": rng.normal(size=(1, 500, 2))}), "pymc", None, None)
+    single = hierarchical.diagnose(
+        az.from_dict(posterior={"effect_mu": rng.normal(size=(1, 500, 2))}), "pymc", None, None
+    )
     assert single.r_hat_max is None and not single.passed  # one chain cannot show convergence
 
 
@@ -133,9 +139,7 @@ def test_full_model_recovers_known_per_stage_effects():
     effect = np.array([[0, 0.15, -0.10], [0, 0.10, 0.00], [0, 0.20, -0.05], [0, 0.12, -0.08]])
     shift = np.array([[0, 0.20, 0.00], [0, 0.15, -0.10], [0, 0.25, 0.05], [0, 0.20, 0.00]])
     stats = simulate(rng, baseline, effect, shift, 8000, 1500)
-    idata, diagnostics = hierarchical.sample(
-        hierarchical.build_model(stats), draws=1000, tune=1000, chains=4, seed=11
-    )
+    idata, diagnostics = hierarchical.sample(hierarchical.build_model(stats), draws=1000, tune=1000, chains=4, seed=11)
     assert diagnostics.r_hat_max < 1.01 and diagnostics.divergences == 0
     level = (baseline[:, None] + effect).mean(axis=1)  # the model's level: mean log-odds over variants
     for name, truth in (("effect", effect[:, 1:]), ("shift", shift[:, 1:]), ("level", level)):
@@ -159,9 +163,7 @@ def test_full_model_agrees_with_the_conjugate_path_without_pooling():
     effect = np.array([[0, 0.02, -0.015], [0, -0.01, 0.02]])
     shift = np.array([[0, 0.04, -0.03], [0, 0.0, 0.03]])
     stats = simulate(rng, np.array([-1.0, -2.0]), effect, shift, 200_000, 20_000, stages=STAGES[:2])
-    full = hierarchical.fit_full_model(
-        stats, draws=1000, tune=1000, chains=4, seed=3, pooling=False
-    )
+    full = hierarchical.fit_full_model(stats, draws=1000, tune=1000, chains=4, seed=3, pooling=False)
     conjugate = analyze(stats)
     assert full.diagnostics.passed, full.diagnostics
     for stage in STAGES[:2]:

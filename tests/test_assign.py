@@ -39,8 +39,16 @@ def seed(
     service does); returns its split, to predict placements."""
     with db.write() as session:
         experiment = Experiment(
-            key=key, name=key, stages=[stage], target_stage=stage, salt=key, status=status, traffic=traffic,
-            targeting=targeting or [], layer=layer, layer_ranges=layer_ranges,
+            key=key,
+            name=key,
+            stages=[stage],
+            target_stage=stage,
+            salt=key,
+            status=status,
+            traffic=traffic,
+            targeting=targeting or [],
+            layer=layer,
+            layer_ranges=layer_ranges,
             layer_share=None if layer_ranges is None else sum(e - s for s, e in layer_ranges) / 10_000,
             forced_variants=forced or {},
         )
@@ -104,7 +112,9 @@ def statements(db) -> Iterator[list[str]]:
 def test_first_call_enrols_and_records_one_exposure_with_the_attributes(api, db):
     split = seed(db, "checkout-button")
     attributes = {"country": "FR", "platform": "ios", "visits": 3, "member": True}
-    response = api.post(URL, json={"customer_id": "c-1042", "attributes": attributes, "experiments": ["checkout-button"]})
+    response = api.post(
+        URL, json={"customer_id": "c-1042", "attributes": attributes, "experiments": ["checkout-button"]}
+    )
     assert response.status_code == 200
     assert response.headers["Cache-Control"] == "no-store"
     expected = ["control", "treatment"][place(split, "c-1042")]
@@ -195,7 +205,9 @@ def test_states_and_unknown_keys_are_reported_per_experiment_in_the_order_asked(
     seed(db, "on-hold", status="paused")
     seed(db, "planned", status="draft")
     seed(db, "over", status="stopped")
-    response = api.post(URL, json={"customer_id": "c1", "experiments": ["over", "nope", "on-hold", "live", "planned", "live"]})
+    response = api.post(
+        URL, json={"customer_id": "c1", "experiments": ["over", "nope", "on-hold", "live", "planned", "live"]}
+    )
     assert response.status_code == 200
     assignments = response.json["assignments"]
     assert [(a["experiment"], a.get("reason")) for a in assignments] == [
@@ -235,7 +247,9 @@ def test_get_is_the_same_assignment_as_post(api, db):
     got = api.get(f"{URL}?customer_id=g1&experiment=one&experiment=two&experiment=zzz")
     assert got.status_code == 200 and got.headers["Cache-Control"] == "no-store"
     assert [a.get("variant") for a in got.json["assignments"]] == [
-        ["control", "treatment"][place(one, "g1")], ["control", "treatment"][place(two, "g1")], None
+        ["control", "treatment"][place(one, "g1")],
+        ["control", "treatment"][place(two, "g1")],
+        None,
     ]
     posted = api.post(URL, json={"customer_id": "g1", "experiments": ["one", "two", "zzz"]})
     assert posted.json == got.json
@@ -294,8 +308,14 @@ def test_every_rule_must_match():
 
 
 def test_targeting_decides_enrolment_and_non_matching_customers_get_no_exposure(api, db):
-    seed(db, "fr-only", targeting=[{"attribute": "country", "op": "eq", "value": "FR"},
-                                   {"attribute": "visits", "op": "gte", "value": 2}])
+    seed(
+        db,
+        "fr-only",
+        targeting=[
+            {"attribute": "country", "op": "eq", "value": "FR"},
+            {"attribute": "visits", "op": "gte", "value": 2},
+        ],
+    )
     miss = api.post(URL, json={"customer_id": "t1", "attributes": {"country": "DE", "visits": 5}})
     assert miss.json["assignments"] == [{"experiment": "fr-only", "enrolled": False, "reason": "targeting"}]
     no_attributes = api.get(f"{URL}?customer_id=t1&experiment=fr-only")
@@ -310,12 +330,16 @@ def test_enrolled_customers_stay_when_targeting_changes(api, db):
     first = api.post(URL, json={"customer_id": "p1", "attributes": {"plan": "pro"}}).json
     with db.write() as session:
         session.execute(
-            update(Experiment).where(Experiment.key == "segment")
+            update(Experiment)
+            .where(Experiment.key == "segment")
             .values(targeting=[{"attribute": "plan", "op": "eq", "value": "enterprise"}])
         )
         bump_version(session)
     assert api.post(URL, json={"customer_id": "p1", "attributes": {"plan": "pro"}}).json == first
-    assert api.post(URL, json={"customer_id": "p2", "attributes": {"plan": "pro"}}).json["assignments"][0]["reason"] == "targeting"
+    assert (
+        api.post(URL, json={"customer_id": "p2", "attributes": {"plan": "pro"}}).json["assignments"][0]["reason"]
+        == "targeting"
+    )
     assert len(exposures(db)) == 1
 
 
@@ -337,14 +361,22 @@ def test_experiments_in_one_layer_never_share_a_customer(api, db):
 
 
 def test_forced_variant_is_served_marked_and_recorded_as_forced(api, db):
-    seed(db, "qa-test", traffic=0.1, targeting=[{"attribute": "country", "op": "eq", "value": "FR"}],
-                 forced={"qa-anna": "treatment", "qa-bob": "control"})
+    seed(
+        db,
+        "qa-test",
+        traffic=0.1,
+        targeting=[{"attribute": "country", "op": "eq", "value": "FR"}],
+        forced={"qa-anna": "treatment", "qa-bob": "control"},
+    )
     anna = api.post(URL, json={"customer_id": "qa-anna", "attributes": {"country": "US"}}).json["assignments"]
     bob = api.post(URL, json={"customer_id": "qa-bob"}).json["assignments"]
-    assert anna == [{"experiment": "qa-test", "variant": "treatment", "stage": "purchase", "enrolled": True, "forced": True}]
+    assert anna == [
+        {"experiment": "qa-test", "variant": "treatment", "stage": "purchase", "enrolled": True, "forced": True}
+    ]
     assert bob[0]["variant"] == "control" and bob[0]["forced"] is True
     assert {(e.customer_id, variant_key(db, e.variant_id), e.forced) for e in exposures(db)} == {
-        ("qa-anna", "treatment", True), ("qa-bob", "control", True)
+        ("qa-anna", "treatment", True),
+        ("qa-bob", "control", True),
     }
     assert api.post(URL, json={"customer_id": "qa-anna"}).json["assignments"] == anna  # repeat: same, no new row
     assert len(exposures(db)) == 2
@@ -368,7 +400,9 @@ def test_a_customer_forced_after_exposure_sees_the_forced_variant_and_counts_a_m
     cid = customer_where(split, lambda p: p == 0)
     api.post(URL, json={"customer_id": cid})
     with db.write() as session:
-        session.execute(update(Experiment).where(Experiment.key == "late-qa").values(forced_variants={cid: "treatment"}))
+        session.execute(
+            update(Experiment).where(Experiment.key == "late-qa").values(forced_variants={cid: "treatment"})
+        )
         bump_version(session)
     served = api.post(URL, json={"customer_id": cid}).json["assignments"][0]
     assert (served["variant"], served["forced"]) == ("treatment", True)
@@ -459,8 +493,13 @@ def test_bodies_that_are_not_a_json_object_are_400(client_api, data, content_typ
 
 @pytest.mark.parametrize(
     ("query", "field"),
-    [("", "customer_id"), ("experiment=x", "customer_id"), ("customer_id=a&attributes=x", "attributes"),
-     ("customer_id=a&experiment=x&stage=y", "stage"), (f"customer_id={'x' * 257}", "customer_id")],
+    [
+        ("", "customer_id"),
+        ("experiment=x", "customer_id"),
+        ("customer_id=a&attributes=x", "attributes"),
+        ("customer_id=a&experiment=x&stage=y", "stage"),
+        (f"customer_id={'x' * 257}", "customer_id"),
+    ],
 )
 def test_bad_query_strings_are_400(api, query, field):
     response = api.get(f"{URL}?{query}")

@@ -63,7 +63,8 @@ def test_concurrent_first_calls_from_many_workers_leave_exactly_one_exposure(db,
             assert all(result == results[0] for result in results)
             with db.sessionmaker() as session:
                 rows = session.execute(
-                    select(Exposure.experiment_id, func.count()).where(Exposure.customer_id == customer)
+                    select(Exposure.experiment_id, func.count())
+                    .where(Exposure.customer_id == customer)
                     .group_by(Exposure.experiment_id)
                 ).all()
             assert sorted(count for _, count in rows) == [1, 1, 1]

@@ -22,8 +22,14 @@ from .conftest import PASSWORD, make_test_app
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 CUSTOMERS = 600
 # Conversion at the stage under test: a lift no analysis can miss.
@@ -75,8 +81,11 @@ def send_traffic(base_url: str, client_key: str, key: str) -> dict[str, int]:
     for i in range(CUSTOMERS):
         customer = f"shopper-{i}"
         attributes = {"platform": ("ios", "android", "web")[i % 3]}
-        response = http.post(f"{base_url}/api/v1/assign",
-                             json={"customer_id": customer, "experiments": [key], "attributes": attributes}, timeout=30)
+        response = http.post(
+            f"{base_url}/api/v1/assign",
+            json={"customer_id": customer, "experiments": [key], "attributes": attributes},
+            timeout=30,
+        )
         assert response.status_code == 200, response.text
         (assignment,) = response.json()["assignments"]
         assert assignment["enrolled"], assignment
@@ -89,19 +98,28 @@ def send_traffic(base_url: str, client_key: str, key: str) -> dict[str, int]:
             if rank < CART_RATE[variant] / 3:
                 reached.append("purchase")
         for stage in reached:
-            events.append({"event_id": f"{customer}-{stage}", "customer_id": customer, "stage": stage,
-                           "type": "conversion"})
+            events.append(
+                {"event_id": f"{customer}-{stage}", "customer_id": customer, "stage": stage, "type": "conversion"}
+            )
         rating = 5 if variant == "treatment" and len(reached) > 1 else 3 + i % 2
-        events.append({"event_id": f"{customer}-rating", "customer_id": customer, "stage": reached[-1],
-                       "type": "satisfaction", "value": rating})
+        events.append(
+            {
+                "event_id": f"{customer}-rating",
+                "customer_id": customer,
+                "stage": reached[-1],
+                "type": "satisfaction",
+                "value": rating,
+            }
+        )
     for start in range(0, len(events), 500):
         response = http.post(f"{base_url}/api/v1/events", json={"events": events[start : start + 500]}, timeout=60)
         assert response.status_code == 200 and not response.json()["rejected"], response.text[:500]
     return exposed
 
 
-def test_an_editor_creates_starts_and_reads_an_experiment_in_a_browser(live_server, browser_context, make_user,
-                                                                        make_key):
+def test_an_editor_creates_starts_and_reads_an_experiment_in_a_browser(
+    live_server, browser_context, make_user, make_key
+):
     make_user("editor", "editor@example.com")
     client_key = make_key("client", "shop")
     page = browser_context.new_page()
@@ -141,7 +159,8 @@ def test_an_editor_creates_starts_and_reads_an_experiment_in_a_browser(live_serv
     stages = page.locator(".lm-stage h3").all_inner_texts()
     assert [s.split()[0] for s in stages] == ["browse", "cart", "purchase"] and "under test" in stages[1]
     assert page.locator(".lm-stage").nth(1).locator("[data-variant]").evaluate_all(
-        "cells => cells.map(c => c.dataset.variant)") == ["control", "treatment"]
+        "cells => cells.map(c => c.dataset.variant)"
+    ) == ["control", "treatment"]
     cart_treatment = page.locator(".lm-stage").nth(1).locator("[data-variant=treatment]").inner_text()
     assert re.search(r"Lift\s+\+\d+\.\d% \[[+-]\d+\.\d%, \+\d+\.\d%\]", cart_treatment), cart_treatment
     assert "Ship" in cart_treatment

@@ -117,7 +117,9 @@ def test_published_hash_vectors(case):
 @pytest.mark.parametrize("case", VECTORS["layer_buckets"], ids=lambda c: f"{c['layer']}-{c['customer_id']}")
 def test_published_layer_bucket_vectors(case):
     assert layer_bucket(case["layer"], case["customer_id"]) == case["bucket"]
-    assert math.floor(_reference_value(f"layer:{case['layer']}:{case['customer_id']}") * LAYER_BUCKETS) == case["bucket"]
+    assert (
+        math.floor(_reference_value(f"layer:{case['layer']}:{case['customer_id']}") * LAYER_BUCKETS) == case["bucket"]
+    )
 
 
 def _split(experiment: dict) -> Split:

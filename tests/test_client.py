@@ -95,7 +95,10 @@ def test_assign_returns_the_services_assignments(live_server, client_key, db):
             "checkout-button", ["control", "treatment"][place(split, "c-1")], True
         )
         assert got["nope"] == Assignment("nope", None, False, "unknown_experiment")
-        assert client.assign("c-2", ["checkout-button"], attributes={"country": "DE"})["checkout-button"].reason == "targeting"
+        assert (
+            client.assign("c-2", ["checkout-button"], attributes={"country": "DE"})["checkout-button"].reason
+            == "targeting"
+        )
         assert set(client.assign("c-1", stage="purchase")) == {"checkout-button"}
 
 
@@ -183,8 +186,15 @@ def test_a_batch_is_given_up_after_the_last_attempt(app, db, client_key):
 
 def test_a_full_queue_drops_new_events_and_says_so(client_key):
     failures: list[Failure] = []
-    with Client(f"http://127.0.0.1:{free_port()}", client_key, max_queue=2, batch_size=100, flush_interval=60,
-                max_attempts=1, on_error=failures.append) as client:
+    with Client(
+        f"http://127.0.0.1:{free_port()}",
+        client_key,
+        max_queue=2,
+        batch_size=100,
+        flush_interval=60,
+        max_attempts=1,
+        on_error=failures.append,
+    ) as client:
         for i in range(3):
             client.track(f"c{i}", "purchase")
         assert client.dropped == 1

@@ -53,7 +53,10 @@ def test_minimal_definition_gets_the_documented_defaults():
     assert definition.targeting == () and definition.layer is None and definition.layer_share is None
     assert definition.decision == DecisionRule() and definition.prior == Prior()
     assert dict(definition.forced_variants) == {} and definition.hypothesis == ""
-    assert [(v.key, v.weight, v.is_control) for v in definition.variants] == [("control", 0.5, True), ("green", 0.5, False)]
+    assert [(v.key, v.weight, v.is_control) for v in definition.variants] == [
+        ("control", 0.5, True),
+        ("green", 0.5, False),
+    ]
 
 
 def test_definition_is_frozen():
@@ -105,19 +108,30 @@ def test_slug_keys_are_accepted(key):
     assert parse_definition(minimal(key=key)).key == key
 
 
-@pytest.mark.parametrize(("name", "message"), [("", "must not be empty"), ("   ", "must not be empty"), ("x" * 201, "at most 200"), (5, "must be text")])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("", "must not be empty"), ("   ", "must not be empty"), ("x" * 201, "at most 200"), (5, "must be text")],
+)
 def test_name_must_be_short_non_empty_text(name, message):
     assert message in errors_of(minimal(name=name))["name"]
 
 
 def test_name_and_descriptions_are_trimmed():
-    definition = parse_definition(minimal(name="  Green  ", variants=[{"key": "a", "description": " grey\n"}, {"key": "b"}]))
+    definition = parse_definition(
+        minimal(name="  Green  ", variants=[{"key": "a", "description": " grey\n"}, {"key": "b"}])
+    )
     assert definition.name == "Green" and definition.variants[0].description == "grey"
 
 
 @pytest.mark.parametrize(
     ("stages", "path"),
-    [([], "stages"), ([f"s{i}" for i in range(21)], "stages"), ("purchase", "stages"), (["purchase", "Bad"], "stages.1"), (["purchase", "purchase"], "stages.1")],
+    [
+        ([], "stages"),
+        ([f"s{i}" for i in range(21)], "stages"),
+        ("purchase", "stages"),
+        (["purchase", "Bad"], "stages.1"),
+        (["purchase", "purchase"], "stages.1"),
+    ],
 )
 def test_stages_are_1_to_20_unique_slugs(stages, path):
     assert path in errors_of(minimal(stages=stages))
@@ -153,7 +167,10 @@ def test_variant_must_be_an_object_with_a_slug_key():
 
 @pytest.mark.parametrize("weight", [0, -1, "1", True, None, math.nan, math.inf])
 def test_weights_must_be_positive_numbers(weight):
-    assert errors_of(minimal(variants=[{"key": "a"}, {"key": "b", "weight": weight}]))["variants.1.weight"] == "must be a positive number"
+    assert (
+        errors_of(minimal(variants=[{"key": "a"}, {"key": "b", "weight": weight}]))["variants.1.weight"]
+        == "must be a positive number"
+    )
 
 
 def test_weights_are_normalised_to_sum_to_one_and_the_caller_is_told():
@@ -177,12 +194,19 @@ def test_normalisation_is_idempotent():
 
 def test_control_defaults_to_the_first_variant_or_is_the_one_marked():
     assert parse_definition(minimal()).control.key == "control"
-    marked = parse_definition(minimal(variants=[{"key": "a"}, {"key": "b", "control": True}, {"key": "c", "control": False}]))
+    marked = parse_definition(
+        minimal(variants=[{"key": "a"}, {"key": "b", "control": True}, {"key": "c", "control": False}])
+    )
     assert marked.control.key == "b" and [v.is_control for v in marked.variants] == [False, True, False]
 
 
 def test_only_one_control():
-    assert "only one" in errors_of(minimal(variants=[{"key": "a", "control": True}, {"key": "b", "control": True}]))["variants.1.control"]
+    assert (
+        "only one"
+        in errors_of(minimal(variants=[{"key": "a", "control": True}, {"key": "b", "control": True}]))[
+            "variants.1.control"
+        ]
+    )
 
 
 def test_control_must_be_boolean():
@@ -373,7 +397,19 @@ def test_toml_output_is_deterministic_and_ordered():
 
 @pytest.mark.parametrize(
     "value",
-    ["plain", 'q"uote', "back\\slash", "new\nline", "tab\t", "bell\x07", "del\x7f", "ünïcødé ✓", "", "'single'", "#not a comment"],
+    [
+        "plain",
+        'q"uote',
+        "back\\slash",
+        "new\nline",
+        "tab\t",
+        "bell\x07",
+        "del\x7f",
+        "ünïcødé ✓",
+        "",
+        "'single'",
+        "#not a comment",
+    ],
 )
 def test_toml_strings_round_trip(value):
     data = {"text": value, "list": [value, 1, 0.1, True], "table": {value or "empty-key": value}}

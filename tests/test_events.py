@@ -200,7 +200,9 @@ def test_too_many_events_is_413_json(app, api):
 
 def test_the_batch_limit_is_configurable(make_test_app_key):
     client, key = make_test_app_key(max_batch_events=2)
-    response = checked(client).post(URL, json={"events": [ev("a"), ev("b"), ev("c")]}, headers={"Authorization": f"Bearer {key}"})
+    response = checked(client).post(
+        URL, json={"events": [ev("a"), ev("b"), ev("c")]}, headers={"Authorization": f"Bearer {key}"}
+    )
     assert response.status_code == 413
 
 
@@ -292,8 +294,10 @@ def test_the_same_batch_sent_concurrently_counts_once(live_server, db, client_ke
     senders = 4
     batch = {
         "events": [ev(f"e{i}", customer_id=f"c{i % 10}", stage="purchase") for i in range(60)]
-        + [ev(f"r{i}", customer_id=f"c{i % 10}", type="satisfaction", value=1 + i % 5, timestamp=iso(at(i)))
-           for i in range(40)]
+        + [
+            ev(f"r{i}", customer_id=f"c{i % 10}", type="satisfaction", value=1 + i % 5, timestamp=iso(at(i)))
+            for i in range(40)
+        ]
     }
     barrier = threading.Barrier(senders)
     results: list[dict] = []

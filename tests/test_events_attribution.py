@@ -29,8 +29,12 @@ def send(app, db):
 
 def ev(event_id, customer_id, stage="purchase", type="conversion", seconds=60.0, **extra):
     return {
-        "event_id": event_id, "customer_id": customer_id, "stage": stage, "type": type,
-        "timestamp": iso(at(seconds)), **extra,
+        "event_id": event_id,
+        "customer_id": customer_id,
+        "stage": stage,
+        "type": type,
+        "timestamp": iso(at(seconds)),
+        **extra,
     }
 
 
@@ -99,8 +103,12 @@ def test_ratings_at_the_same_time_resolve_to_the_one_stored_last(db, send, exp):
     send(rate("a", "alice", 1, seconds=100))
     assert outcome(db, exp, "alice").rating == 1  # a later request
     # Without timestamps every event of a request happens when it arrives.
-    send(*[{"event_id": f"n{v}", "customer_id": "bob", "stage": "purchase", "type": "satisfaction", "value": v}
-           for v in (5, 2, 3)])
+    send(
+        *[
+            {"event_id": f"n{v}", "customer_id": "bob", "stage": "purchase", "type": "satisfaction", "value": v}
+            for v in (5, 2, 3)
+        ]
+    )
     assert outcome(db, exp, "bob").rating == 5
 
 
@@ -210,8 +218,12 @@ def test_a_paused_experiment_still_counts_its_exposed_customers(db, send, exp):
 
 
 def test_events_matching_no_exposure_are_stored_and_counted_per_stage_and_day(db, send, exp):
-    send(ev("u1", "nobody"), ev("u2", "nobody", stage="retention"), ev("u3", "nobody2"),
-         ev("u4", "nobody", stage="some-other-stage"))
+    send(
+        ev("u1", "nobody"),
+        ev("u2", "nobody", stage="retention"),
+        ev("u3", "nobody2"),
+        ev("u4", "nobody", stage="some-other-stage"),
+    )
     with db.sessionmaker() as session:
         assert session.scalar(select(Event.attributed).where(Event.event_id == "u1")) == 0
         rows = {(r.stage, r.day): r.events for r in session.scalars(select(UnmatchedEventCount))}
@@ -264,12 +276,19 @@ def test_rebuild_from_raw_events_equals_the_incrementally_kept_outcomes(db, app,
     customers = [f"k{i}" for i in range(40)]
     with db.write() as session:
         checkout = session.get(Experiment, exp)
-        onboarding = make_experiment(session, "onboarding", stages=("awareness", "purchase"), stopped_at=at(2000),
-                                     status="stopped")
+        onboarding = make_experiment(
+            session, "onboarding", stages=("awareness", "purchase"), stopped_at=at(2000), status="stopped"
+        )
         for i, customer in enumerate(customers):
             if i % 5 != 4:
-                expose(session, checkout, customer, rng.choice(["control", "treatment"]),
-                       exposed_at=at(rng.choice([0, 0, 20])), forced=i % 13 == 0)
+                expose(
+                    session,
+                    checkout,
+                    customer,
+                    rng.choice(["control", "treatment"]),
+                    exposed_at=at(rng.choice([0, 0, 20])),
+                    forced=i % 13 == 0,
+                )
             if i % 3 == 0:
                 expose(session, onboarding, customer, rng.choice(["control", "treatment"]))
         onboarding_id = onboarding.id

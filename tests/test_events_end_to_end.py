@@ -28,11 +28,21 @@ FORCED = {"qa-0": "treatment", "qa-1": "control"}
 def _seed(db) -> int:
     with db.write() as session:
         experiment = Experiment(
-            key="journey", name="Journey", stages=list(STAGES), target_stage="purchase", salt="journey",
-            status="running", traffic=0.8, scale_min=1, scale_max=5, forced_variants=dict(FORCED),
+            key="journey",
+            name="Journey",
+            stages=list(STAGES),
+            target_stage="purchase",
+            salt="journey",
+            status="running",
+            traffic=0.8,
+            scale_min=1,
+            scale_max=5,
+            forced_variants=dict(FORCED),
             started_at=datetime.now(timezone.utc),
         )
-        experiment.variants = [Variant(key=v, weight=1.0, position=i, is_control=i == 0) for i, v in enumerate(VARIANTS)]
+        experiment.variants = [
+            Variant(key=v, weight=1.0, position=i, is_control=i == 0) for i, v in enumerate(VARIANTS)
+        ]
         session.add(experiment)
         bump_version(session)
         session.flush()
@@ -45,11 +55,24 @@ def _plan(rng: random.Random, customer: str, start: datetime) -> list[dict]:
     events = []
     for s, stage in enumerate(STAGES):
         for k in range(rng.choice([0, 0, 1, 1, 2])):
-            events.append({"customer_id": customer, "stage": stage, "type": "conversion",
-                           "timestamp": iso(start + timedelta(seconds=60 + 10 * s + k))})
+            events.append(
+                {
+                    "customer_id": customer,
+                    "stage": stage,
+                    "type": "conversion",
+                    "timestamp": iso(start + timedelta(seconds=60 + 10 * s + k)),
+                }
+            )
         for k in range(rng.choice([0, 1, 1, 2, 3])):
-            events.append({"customer_id": customer, "stage": stage, "type": "satisfaction",
-                           "value": rng.randint(1, 5), "timestamp": iso(start + timedelta(seconds=100 + 10 * s + k))})
+            events.append(
+                {
+                    "customer_id": customer,
+                    "stage": stage,
+                    "type": "satisfaction",
+                    "value": rng.randint(1, 5),
+                    "timestamp": iso(start + timedelta(seconds=100 + 10 * s + k)),
+                }
+            )
     rng.shuffle(events)  # arrival order is not event order
     for n, event in enumerate(events):
         event["event_id"] = f"{customer}-{n}"
@@ -76,8 +99,9 @@ def test_aggregates_equal_exactly_what_was_sent(live_server, db, client_key):
 
         def flush() -> None:
             resend = local.sample(sent, k=min(len(sent), len(pending) // 10))  # re-sent: duplicates
-            response = http.post(f"{live_server}/api/v1/events", json={"events": pending + resend}, headers=headers,
-                                 timeout=120)
+            response = http.post(
+                f"{live_server}/api/v1/events", json={"events": pending + resend}, headers=headers, timeout=120
+            )
             body = response.json()
             if response.status_code != 200 or body["rejected"] or body["accepted"] != len(pending):
                 failures.append(f"events: {response.status_code} {body}")
@@ -86,8 +110,12 @@ def test_aggregates_equal_exactly_what_was_sent(live_server, db, client_key):
 
         barrier.wait(timeout=60)
         for customer in mine:
-            response = http.post(f"{live_server}/api/v1/assign",
-                                 json={"customer_id": customer, "experiments": ["journey"]}, headers=headers, timeout=60)
+            response = http.post(
+                f"{live_server}/api/v1/assign",
+                json={"customer_id": customer, "experiments": ["journey"]},
+                headers=headers,
+                timeout=60,
+            )
             if response.status_code != 200:
                 failures.append(f"assign: {response.status_code} {response.text[:200]}")
                 continue
@@ -132,7 +160,12 @@ def test_aggregates_equal_exactly_what_was_sent(live_server, db, client_key):
                 ratings[(stage, variant)][latest["value"] - 1] += 1
     assert 0 < sum(exposed.values()) < CUSTOMERS  # traffic 0.8: some customers were left out
     expected = ExperimentStats(
-        STAGES, "purchase", VARIANTS, "control", (0.5, 0.5), Scale(1, 5),
+        STAGES,
+        "purchase",
+        VARIANTS,
+        "control",
+        (0.5, 0.5),
+        Scale(1, 5),
         {s: {v: CellStats(exposed[v], converted[(s, v)], tuple(ratings[(s, v)])) for v in VARIANTS} for s in STAGES},
     )
     with db.write() as session:

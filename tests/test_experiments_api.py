@@ -43,7 +43,9 @@ def create(api):
     def _create(key: str = "checkout-button", status: str = "draft", **changes: Any) -> dict[str, Any]:
         response = api.post(BASE, json=definition(key, **changes))
         assert response.status_code == 201, response.json
-        for action in {"draft": [], "running": ["start"], "paused": ["start", "pause"], "stopped": ["start", "stop"]}[status]:
+        for action in {"draft": [], "running": ["start"], "paused": ["start", "pause"], "stopped": ["start", "stop"]}[
+            status
+        ]:
             response = api.post(f"{BASE}/{key}/{action}")
             assert response.status_code == 200, response.json
         return response.json
@@ -217,7 +219,9 @@ FROZEN = [
 @pytest.mark.parametrize(("field", "value"), FROZEN)
 def test_started_experiment_freezes_fields(api, create, status, field, value):
     create(status=status)
-    response = api.patch(f"{BASE}/checkout-button", json={field: value, **({"layer_share": 0.5} if field == "layer" else {})})
+    response = api.patch(
+        f"{BASE}/checkout-button", json={field: value, **({"layer_share": 0.5} if field == "layer" else {})}
+    )
     assert response.status_code == 409 and response.json["error"] == "frozen_field"
     assert field in response.json["fields"]
     assert api.get(f"{BASE}/checkout-button").json[field] != value
@@ -226,7 +230,9 @@ def test_started_experiment_freezes_fields(api, create, status, field, value):
 def test_layer_share_is_frozen_once_started(api, create):
     create(status="running", layer="checkout", layer_share=0.5)
     response = api.patch(f"{BASE}/checkout-button", json={"layer_share": 0.6})
-    assert response.status_code == 409 and response.json["fields"] == {"layer_share": "frozen since the experiment started"}
+    assert response.status_code == 409 and response.json["fields"] == {
+        "layer_share": "frozen since the experiment started"
+    }
 
 
 def test_traffic_may_rise_but_not_fall_once_started(api, create):
@@ -250,7 +256,9 @@ def test_started_experiment_may_change_descriptive_and_analysis_settings(api, cr
     response = api.patch(f"{BASE}/checkout-button", json=changes)
     assert response.status_code == 200, response.json
     assert response.json["variants"][0]["description"] == "the grey one"
-    assert response.json["decision"]["ship_probability"] == 0.99 and response.json["forced_variants"] == {"qa-1": "green"}
+    assert response.json["decision"]["ship_probability"] == 0.99 and response.json["forced_variants"] == {
+        "qa-1": "green"
+    }
     assert "notices" not in response.json
 
 
@@ -359,7 +367,18 @@ def test_clone_as_next_iteration(api, create):
     assert clone["key"] == "checkout-button-v2" and clone["salt"] == "checkout-button-v2"
     assert clone["status"] == "draft" and clone["cloned_from"] == "checkout-button" and clone["started_at"] is None
     source = api.get(f"{BASE}/checkout-button").json
-    skip = {"key", "salt", "status", "cloned_from", "created_at", "updated_at", "started_at", "stopped_at", "audit", "layer_ranges"}
+    skip = {
+        "key",
+        "salt",
+        "status",
+        "cloned_from",
+        "created_at",
+        "updated_at",
+        "started_at",
+        "stopped_at",
+        "audit",
+        "layer_ranges",
+    }
     assert {k: v for k, v in clone.items() if k not in skip} == {k: v for k, v in source.items() if k not in skip}
     assert source["audit"][0]["action"] == "cloned" and source["audit"][0]["details"] == {"to": "checkout-button-v2"}
     assert api.get(f"{BASE}/checkout-button-v2").json["audit"][0]["details"] == {"cloned_from": "checkout-button"}
@@ -423,7 +442,10 @@ def test_concurrent_patches_of_different_fields_all_survive(app, live_server, ad
     def patch(change: dict[str, Any]) -> None:
         barrier.wait()
         response = requests.patch(
-            f"{live_server}{BASE}/checkout-button", json=change, headers={"Authorization": f"Bearer {admin_key}"}, timeout=60
+            f"{live_server}{BASE}/checkout-button",
+            json=change,
+            headers={"Authorization": f"Bearer {admin_key}"},
+            timeout=60,
         )
         statuses.append(response.status_code)
 
@@ -433,9 +455,11 @@ def test_concurrent_patches_of_different_fields_all_survive(app, live_server, ad
     for thread in threads:
         thread.join()
     assert statuses == [200] * len(changes)
-    final = requests.get(f"{live_server}{BASE}/checkout-button", headers={"Authorization": f"Bearer {admin_key}"}, timeout=60).json()
+    final = requests.get(
+        f"{live_server}{BASE}/checkout-button", headers={"Authorization": f"Bearer {admin_key}"}, timeout=60
+    ).json()
     for change in changes:
-        (field, value), = change.items()
+        ((field, value),) = change.items()
         stored = final[field]
         if isinstance(value, dict) and field in ("decision", "prior"):
             stored = {k: stored[k] for k in value}
@@ -561,7 +585,9 @@ def test_with_csrf_protection_on_keys_and_json_sessions_work_and_forms_do_not(da
             _record, key = create_api_key(session, "admin", "ci", created_by="tests")
             user = create_user(session, "ed@example.com", PASSWORD, "editor")
         client = app.test_client()
-        assert client.post(BASE, json=definition("by-key"), headers={"Authorization": f"Bearer {key}"}).status_code == 201
+        assert (
+            client.post(BASE, json=definition("by-key"), headers={"Authorization": f"Bearer {key}"}).status_code == 201
+        )
         with client.session_transaction() as flask_session:
             flask_session["user_id"] = user.id
         assert client.post(BASE, json=definition("by-session")).status_code == 201

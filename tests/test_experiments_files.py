@@ -79,8 +79,15 @@ def canonical(db, key: str) -> dict[str, Any]:
     with db.sessionmaker() as session:
         experiment = experiments.get_experiment(session, key)
         stored = experiments.export_definition(experiment)
-        stored["variant_rows"] = [(v.position, v.key, v.description, v.weight, v.is_control) for v in experiment.variants]
-        stored["state"] = (experiment.status, experiment.salt == experiment.key, experiment.layer_ranges, experiment.cloned_from)
+        stored["variant_rows"] = [
+            (v.position, v.key, v.description, v.weight, v.is_control) for v in experiment.variants
+        ]
+        stored["state"] = (
+            experiment.status,
+            experiment.salt == experiment.key,
+            experiment.layer_ranges,
+            experiment.cloned_from,
+        )
     del stored["key"]
     return stored
 
@@ -111,10 +118,17 @@ def version(db) -> int:
 
 def test_api_and_toml_file_store_identical_experiments(db, admin_api, cli, tmp_path):
     assert admin_api.post("/api/v1/experiments", json=CHECKOUT_JSON).status_code == 201
-    result = cli("experiments", "apply", str(write(tmp_path, "copy.toml", CHECKOUT_TOML.replace('"checkout-button"', '"checkout-copy"'))))
+    result = cli(
+        "experiments",
+        "apply",
+        str(write(tmp_path, "copy.toml", CHECKOUT_TOML.replace('"checkout-button"', '"checkout-copy"'))),
+    )
     assert result.exit_code == 0, result.output
     assert canonical(db, "checkout-copy") == canonical(db, "checkout-button")
-    assert canonical(db, "checkout-button")["variant_rows"] == [(0, "control", "grey", 0.25, True), (1, "green", "green", 0.75, False)]
+    assert canonical(db, "checkout-button")["variant_rows"] == [
+        (0, "control", "grey", 0.25, True),
+        (1, "green", "green", 0.75, False),
+    ]
 
 
 def test_apply_creates_then_is_idempotent(db, cli, tmp_path):
@@ -160,10 +174,16 @@ def test_apply_only_updates_drafts_and_is_all_or_nothing(db, admin_api, cli, tmp
 
 def test_apply_reports_invalid_files_and_applies_nothing(db, cli, tmp_path):
     good = write(tmp_path, "good.toml", CHECKOUT_TOML)
-    bad = write(tmp_path, "bad.toml", CHECKOUT_TOML.replace('key = "checkout-button"', 'key = "other"').replace("weight = 3", "weight = -3"))
+    bad = write(
+        tmp_path,
+        "bad.toml",
+        CHECKOUT_TOML.replace('key = "checkout-button"', 'key = "other"').replace("weight = 3", "weight = -3"),
+    )
     result = cli("experiments", "apply", str(good), str(bad))
     assert result.exit_code == 1
-    assert f"{bad}: variants.1.weight: must be a positive number" in result.output and "nothing applied" in result.output
+    assert (
+        f"{bad}: variants.1.weight: must be a positive number" in result.output and "nothing applied" in result.output
+    )
     assert audit_count(db) == 0
 
 
@@ -172,7 +192,10 @@ def test_apply_needs_existing_paths(cli, tmp_path):
 
 
 def test_export_then_apply_round_trips(db, admin_api, cli, tmp_path):
-    admin_api.post("/api/v1/experiments", json={**CHECKOUT_JSON, "layer": "checkout", "layer_share": 0.3, "decision": {"min_exposed": 50}})
+    admin_api.post(
+        "/api/v1/experiments",
+        json={**CHECKOUT_JSON, "layer": "checkout", "layer_share": 0.3, "decision": {"min_exposed": 50}},
+    )
     exported = cli("experiments", "export", "checkout-button")
     assert exported.exit_code == 0
     assert exported.output == cli("experiments", "export", "checkout-button").output  # deterministic
@@ -197,8 +220,13 @@ def test_list_with_filters(admin_api, cli):
         admin_api.post("/api/v1/experiments", json={**CHECKOUT_JSON, "key": key})
     admin_api.post("/api/v1/experiments/beta/start")
     everything = cli("experiments", "list").output.splitlines()
-    assert [line.split()[:3] for line in everything] == [["beta", "running", "purchase"], ["alpha", "draft", "purchase"]]
-    assert [line.split()[0] for line in cli("experiments", "list", "--status", "draft").output.splitlines()] == ["alpha"]
+    assert [line.split()[:3] for line in everything] == [
+        ["beta", "running", "purchase"],
+        ["alpha", "draft", "purchase"],
+    ]
+    assert [line.split()[0] for line in cli("experiments", "list", "--status", "draft").output.splitlines()] == [
+        "alpha"
+    ]
     assert cli("experiments", "list", "--stage", "retention").output == ""
 
 

@@ -33,7 +33,11 @@ def script(client_key: str, admin_key: str) -> list[tuple[str, dict[str, Any]]]:
     bearer = {"Authorization": f"Bearer {client_key}"}
 
     def post(body: Any, **headers: str) -> dict[str, Any]:
-        return {"method": "POST", "data": json.dumps(body), "headers": {**bearer, "Content-Type": "application/json", **headers}}
+        return {
+            "method": "POST",
+            "data": json.dumps(body),
+            "headers": {**bearer, "Content-Type": "application/json", **headers},
+        }
 
     def raw(data: bytes | str, **headers: str) -> dict[str, Any]:
         return {"method": "POST", "data": data, "headers": {**bearer, **headers}}
@@ -45,7 +49,10 @@ def script(client_key: str, admin_key: str) -> list[tuple[str, dict[str, Any]]]:
         (HAPPY, post({"customer_id": "c2", "experiments": named, "attributes": {"platform": "web"}})),
         (HAPPY, post({"customer_id": "c2", "experiments": named})),
         (HAPPY, post({"customer_id": "c3", "stage": "consideration", "attributes": {"platform": "web"}})),
-        (HAPPY, post({"customer_id": "c4", "experiments": ["hero"], "attributes": {"platform": "android"}})),  # targeting
+        (
+            HAPPY,
+            post({"customer_id": "c4", "experiments": ["hero"], "attributes": {"platform": "android"}}),
+        ),  # targeting
         (HAPPY, post({"customer_id": "qa-1", "experiments": ["checkout-button"]})),  # forced
         (HAPPY, post({"customer_id": "c5", "attributes": {"member": True}}, **{"Content-Type": UTF8_JSON})),
         (HAPPY, post({"customer_id": "c1", "experiments": ["checkout-button"]})),  # mismatch counted (see below)
@@ -62,7 +69,10 @@ def script(client_key: str, admin_key: str) -> list[tuple[str, dict[str, Any]]]:
         (HANDED_OVER, post({"customer_id": "c7"}, Authorization=f"bearer {client_key}")),  # still fine, via Flask
         (HANDED_OVER, {**post({"customer_id": "c8"}), "cookies": {"session": "whatever"}}),
         (HANDED_OVER, {"method": "POST", "data": "", "headers": bearer}),
-        (HANDED_OVER, {"method": "GET", "query_string": {"customer_id": "c9", "experiment": "hero"}, "headers": bearer}),
+        (
+            HANDED_OVER,
+            {"method": "GET", "query_string": {"customer_id": "c9", "experiment": "hero"}, "headers": bearer},
+        ),
     ]
 
 
@@ -152,7 +162,9 @@ class _Disconnecting(io.BytesIO):
         raise OSError("client went away")
 
 
-@pytest.mark.parametrize("stream", [io.BytesIO(b'{"customer_id": "c1"'), _Disconnecting()], ids=["short body", "disconnect"])
+@pytest.mark.parametrize(
+    "stream", [io.BytesIO(b'{"customer_id": "c1"'), _Disconnecting()], ids=["short body", "disconnect"]
+)
 def test_a_body_cut_short_is_handed_to_flask_and_refused(app, seeded, client_key, stream):
     environ = EnvironBuilder(
         path=URL, method="POST", headers={"Authorization": f"Bearer {client_key}"}, content_type="application/json"

@@ -126,7 +126,9 @@ def test_workers_starting_together_on_a_file_not_yet_in_wal_mode_all_connect(tmp
             plain.execute("CREATE TABLE t (x)")
             plain.commit()
         barrier, results = context.Barrier(6), context.Queue()
-        workers = [context.Process(target=_connect_at_the_barrier, args=(str(path), barrier, results)) for _ in range(6)]
+        workers = [
+            context.Process(target=_connect_at_the_barrier, args=(str(path), barrier, results)) for _ in range(6)
+        ]
         for worker in workers:
             worker.start()
         outcomes = [results.get(timeout=60) for _ in workers]
@@ -196,7 +198,9 @@ def test_first_definition_changes_on_a_fresh_database_do_not_collide(db):
 
 def test_demo_setup_creates_login_key_and_demo_experiments_once(tmp_path):
     env = {"EXPPLATFORM_INSTANCE_PATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    run = lambda *args: subprocess.run([sys.executable, "-m", "expplatform.cli", *args], capture_output=True, text=True, env=env)  # noqa: E731
+    run = lambda *args: subprocess.run(
+        [sys.executable, "-m", "expplatform.cli", *args], capture_output=True, text=True, env=env
+    )  # noqa: E731
     assert run("db", "upgrade").returncode == 0
     first = run("demo", "setup")
     assert first.returncode == 0, first.stderr

@@ -104,7 +104,7 @@ def test_a_queued_fit_runs_in_the_background_and_stores_result_and_snapshot(fast
     assert row.snapshot["exposed"] == {"control": 20, "treatment": 10}
     assert row.snapshot["converted"] == snapshot_of(stats, utcnow())["converted"]
     assert row.snapshot["taken_at"] >= row.started_at.isoformat()[:19]
-    (stats_seen, params_seen, prior, rule), = fit.calls
+    ((stats_seen, params_seen, prior, rule),) = fit.calls
     assert stats_seen == stats and params_seen.draws == 200
     assert prior == Prior(conversion_alpha=2.0) and rule == DecisionRule(ship_probability=0.9)  # the experiment's own
 
@@ -198,7 +198,9 @@ def test_heartbeats_keep_the_jobs_of_a_live_worker_fresh(fast_app, experiment):
 def _age(app, job_id, seconds):
     with app.extensions["db"].write() as session:
         session.execute(
-            update(AnalysisJob).where(AnalysisJob.id == job_id).values(heartbeat_at=utcnow() - timedelta(seconds=seconds))
+            update(AnalysisJob)
+            .where(AnalysisJob.id == job_id)
+            .values(heartbeat_at=utcnow() - timedelta(seconds=seconds))
         )
 
 
@@ -206,8 +208,17 @@ def test_a_dead_workers_job_is_failed_when_looked_at_and_can_run_again(fast_app,
     database = fast_app.extensions["db"]
     # A job left "running" by a worker that no longer exists (no thread beats for it).
     with database.write() as session:
-        session.add(AnalysisJob(experiment_id=experiment.id, status="running", requested_by="user:a", params={},
-                                worker="gone:1:dead", started_at=utcnow(), heartbeat_at=utcnow()))
+        session.add(
+            AnalysisJob(
+                experiment_id=experiment.id,
+                status="running",
+                requested_by="user:a",
+                params={},
+                worker="gone:1:dead",
+                started_at=utcnow(),
+                heartbeat_at=utcnow(),
+            )
+        )
     with database.sessionmaker() as session:
         (job,) = recent_jobs(database, session, session.merge(experiment))
         assert job.status == "running"  # fresh heartbeat: not judged yet
@@ -227,8 +238,16 @@ def test_a_dead_workers_job_is_failed_when_looked_at_and_can_run_again(fast_app,
 def test_a_queued_job_whose_worker_died_is_failed_too(fast_app, experiment):
     database = fast_app.extensions["db"]
     with database.write() as session:
-        session.add(AnalysisJob(experiment_id=experiment.id, status="queued", requested_by="user:a", params={},
-                                worker="gone:1:dead", heartbeat_at=utcnow() - timedelta(seconds=61)))
+        session.add(
+            AnalysisJob(
+                experiment_id=experiment.id,
+                status="queued",
+                requested_by="user:a",
+                params={},
+                worker="gone:1:dead",
+                heartbeat_at=utcnow() - timedelta(seconds=61),
+            )
+        )
     runner = runner_with(fast_app, FakeFit())
     job, created = runner.queue("checkout", "user:a", FitParams())  # queueing looks at the jobs too
     assert created and runner.wait_idle(WAIT)
@@ -258,8 +277,9 @@ def test_only_one_of_two_workers_claims_a_job(database_url, tmp_path, fast_app, 
         workers = [get_runner(fast_app), get_runner(other_app)]
         assert workers[0].identity != workers[1].identity
         with fast_app.extensions["db"].write() as session:
-            job = AnalysisJob(experiment_id=experiment.id, status="queued", requested_by="user:a", params={},
-                              heartbeat_at=utcnow())
+            job = AnalysisJob(
+                experiment_id=experiment.id, status="queued", requested_by="user:a", params={}, heartbeat_at=utcnow()
+            )
             session.add(job)
         for attempt in range(5):  # several rounds, each a fresh race for a queued row
             with fast_app.extensions["db"].write() as session:
@@ -325,8 +345,12 @@ def test_the_real_full_model_runs_in_the_foreground_with_progress(tmp_path):
             for i in range(400):
                 expose(session, experiment, f"c{i}", "control" if i % 2 else "treatment")
         seen: list[tuple[int, int]] = []
-        job = get_runner(app).run_here("checkout", "cli", FitParams(draws=200, tune=200, chains=2, seed=3),
-                                       progress=lambda done, total: seen.append((done, total)))
+        job = get_runner(app).run_here(
+            "checkout",
+            "cli",
+            FitParams(draws=200, tune=200, chains=2, seed=3),
+            progress=lambda done, total: seen.append((done, total)),
+        )
         assert job.status == "finished", job.error
         assert job.result["method"] == "hierarchical" and job.result["draws"] == 400
         assert [s["stage"] for s in job.result["stages"]] == ["cart", "purchase"]

@@ -39,7 +39,10 @@ def test_every_api_route_is_documented_and_every_documented_route_exists(app):
         for method in rule.methods & ROUTE_METHODS
     }
     documented = {
-        (path, method) for path, item in document()["paths"].items() for method in item if method.upper() in ROUTE_METHODS
+        (path, method)
+        for path, item in document()["paths"].items()
+        for method in item
+        if method.upper() in ROUTE_METHODS
     }
     assert routes - documented == set(), "routes missing from the OpenAPI document"
     assert documented - routes == set(), "documented operations with no route"
@@ -60,7 +63,10 @@ EXAMPLES = list(request_examples())
 
 
 def test_there_are_request_examples():
-    assert {(path, method) for path, method, _, _ in EXAMPLES} >= {("/experiments", "post"), ("/experiments/{key}", "patch")}
+    assert {(path, method) for path, method, _, _ in EXAMPLES} >= {
+        ("/experiments", "post"),
+        ("/experiments/{key}", "patch"),
+    }
 
 
 @pytest.mark.parametrize(("path", "method", "name", "value"), EXAMPLES, ids=[f"{m} {p} {n}" for p, m, n, _ in EXAMPLES])
@@ -77,7 +83,9 @@ def test_experiment_examples_are_accepted_by_the_real_api(admin_api):
     patched = admin_api.patch(f"{API_PREFIX}/experiments/{key}", json=examples[("/experiments/{key}", "patch")])
     assert patched.status_code == 200
     assert_matches_openapi(patched)
-    cloned = admin_api.post(f"{API_PREFIX}/experiments/{key}/clone", json=examples[("/experiments/{key}/clone", "post")])
+    cloned = admin_api.post(
+        f"{API_PREFIX}/experiments/{key}/clone", json=examples[("/experiments/{key}/clone", "post")]
+    )
     assert cloned.status_code == 201
     assert_matches_openapi(cloned)
 

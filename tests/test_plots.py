@@ -44,8 +44,11 @@ def over_time(days: int = 10) -> str:
         day = date(2024, 5, 1) + timedelta(days=k)
         for variant in ("bold", "plain"):
             empty = k == 0 and variant == "plain"  # no data yet: a gap, not a crash
-            points.append(plots.DayPoint(day, variant, *(None,) * 4) if empty else
-                          plots.DayPoint(day, variant, 0.1 - 0.005 * k, -0.2, 0.3, 0.5 + 0.04 * k))
+            points.append(
+                plots.DayPoint(day, variant, *(None,) * 4)
+                if empty
+                else plots.DayPoint(day, variant, 0.1 - 0.005 * k, -0.2, 0.3, 0.5 + 0.04 * k)
+            )
     return plots.over_time(points, COLORS, stage="purchase", level=0.95, ship_probability=0.95, harm_probability=0.05)
 
 
@@ -91,11 +94,16 @@ def test_axes_are_labelled_and_names_are_text():
 
 def test_each_variant_has_one_colour_in_every_plot():
     assert COLORS == {"control": plots.CONTROL_COLOR, "bold": plots.PALETTE[0], "plain": plots.PALETTE[1]}
-    assert plots.variant_colors(("a", "ctl", "b"), "ctl") == {"a": plots.PALETTE[0], "b": plots.PALETTE[1],
-                                                              "ctl": plots.CONTROL_COLOR}
+    assert plots.variant_colors(("a", "ctl", "b"), "ctl") == {
+        "a": plots.PALETTE[0],
+        "b": plots.PALETTE[1],
+        "ctl": plots.CONTROL_COLOR,
+    }
     for name, make in ALL.items():
         svg = make()
-        expected = {COLORS["bold"], COLORS["plain"]} | ({COLORS["control"]} if name in {"densities", "funnel"} else set())
+        expected = {COLORS["bold"], COLORS["plain"]} | (
+            {COLORS["control"]} if name in {"densities", "funnel"} else set()
+        )
         used = {color for color in COLORS.values() if color in svg}
         assert used == expected, name
 
@@ -106,7 +114,10 @@ def test_names_are_escaped_and_dollars_are_not_mathtext():
     assert not [node for node in root.iter() if node.tag.endswith("}b")]
     assert {"<b>&co</b>", "$x$"} <= set(texts(svg))
     labelled = plots.densities([], {}, stage='"><script>alert(1)</script>')
-    assert "<script>" not in labelled and 'aria-label="Posterior densities of the conversion rate at &quot;&gt;&lt;script&gt;' in labelled
+    assert (
+        "<script>" not in labelled
+        and 'aria-label="Posterior densities of the conversion rate at &quot;&gt;&lt;script&gt;' in labelled
+    )
 
 
 def test_a_single_day_renders_without_warnings():

@@ -27,6 +27,7 @@ from .events_support import expose, iso, make_experiment
 from .openapi_check import checked
 from .reports_support import START, STAGES, WAIT, app, seed_journey, seeded  # noqa: F401  (fixtures)
 
+
 def roundtrip(value):
     return json.loads(json.dumps(value))
 
@@ -82,7 +83,10 @@ def test_the_experiments_own_settings_and_a_credible_level_override_are_used(app
         for w_metric, n_metric in zip(w_stage["metrics"], n_stage["metrics"]):
             for w, n in zip(w_metric["comparisons"], n_metric["comparisons"]):
                 if w["relative_lift"] is not None:
-                    assert n["relative_lift"]["high"] - n["relative_lift"]["low"] < w["relative_lift"]["high"] - w["relative_lift"]["low"]
+                    assert (
+                        n["relative_lift"]["high"] - n["relative_lift"]["low"]
+                        < w["relative_lift"]["high"] - w["relative_lift"]["low"]
+                    )
     session.close()
 
 
@@ -164,7 +168,9 @@ def test_the_csv_has_one_row_per_stage_variant_metric_matching_the_analysis(db, 
         comparison = metric.comparison(row["variant"])
         assert _number(row["relative_lift"]) == comparison.relative_lift.mean
         assert (_number(row["relative_lift_low"]), _number(row["relative_lift_high"])) == (
-            comparison.relative_lift.low, comparison.relative_lift.high)
+            comparison.relative_lift.low,
+            comparison.relative_lift.high,
+        )
         assert _number(row["absolute_difference"]) == comparison.absolute_difference.mean
         assert _number(row["p_better"]) == comparison.p_better
         assert _number(row["expected_loss"]) == comparison.expected_loss
@@ -185,7 +191,12 @@ def test_segments_split_the_report_by_a_recorded_attribute(db, admin_api, seeded
         assert segment["result"] == roundtrip(expected)
     # The CSV follows the whole experiment's rows with each segment's.
     rows = parse_csv(checked(admin_api).get("/api/v1/experiments/checkout/report.csv?segment=platform").data)
-    assert Counter(r["segment"] for r in rows) == {"": 27, "platform=android": 27, "platform=ios": 27, "platform=web": 27}
+    assert Counter(r["segment"] for r in rows) == {
+        "": 27,
+        "platform=android": 27,
+        "platform=ios": 27,
+        "platform=web": 27,
+    }
     ios = [r for r in rows if r["segment"] == "platform=ios" and r["metric"] == "conversion" and r["stage"] == "cart"]
     expected = analyze(by_value["ios"], prior=prior, rule=rule, seed=0).stage("cart").metric("conversion")
     assert [_number(r["observed"]) for r in ios] == [arm.observed for arm in expected.arms]
@@ -196,7 +207,13 @@ def test_customers_without_the_attribute_form_their_own_segment(app, db, admin_a
     with db.write() as session:
         experiment = make_experiment(session, "bare")
         for i in range(20):
-            expose(session, experiment, f"b{i}", ("control", "treatment")[i % 2], attributes={"tier": "gold"} if i < 6 else {})
+            expose(
+                session,
+                experiment,
+                f"b{i}",
+                ("control", "treatment")[i % 2],
+                attributes={"tier": "gold"} if i < 6 else {},
+            )
     body = admin_api.get("/api/v1/experiments/bare/report?segment=tier").get_json()
     assert {s["value"]: s["exposed"] for s in body["segments"]["values"]} == {None: 14, "gold": 6}
     rows = parse_csv(admin_api.get("/api/v1/experiments/bare/report.csv?segment=tier").data)
@@ -214,8 +231,12 @@ def test_the_daily_series_is_the_cumulative_analysis_of_each_day(db, admin_api, 
     for point in series["points"]:
         day_stats = by_day[date.fromisoformat(point["day"])]
         target = reports._target_only(day_stats)
-        comparison = analyze(target, prior=prior, rule=rule, seed=0, draws=FAST_DRAWS, max_p_better_error=None) \
-            .stage("cart").metric("conversion").comparison(point["variant"])
+        comparison = (
+            analyze(target, prior=prior, rule=rule, seed=0, draws=FAST_DRAWS, max_p_better_error=None)
+            .stage("cart")
+            .metric("conversion")
+            .comparison(point["variant"])
+        )
         assert point["relative_lift"] == roundtrip(comparison.relative_lift.to_dict())
         assert point["p_better"] == comparison.p_better
         assert point["exposed"] == day_stats.cells["cart"][point["variant"]].exposed
@@ -224,8 +245,12 @@ def test_the_daily_series_is_the_cumulative_analysis_of_each_day(db, admin_api, 
     assert bold == sorted(bold) and bold[-1] == seeded.exposed["bold"]
     # P(better) of conversion is exact, so the last point agrees with the full analysis.
     last = [p for p in series["points"] if p["day"] == days[-1]]
-    full = {c["treatment"]: c for m in body["result"]["stages"][1]["metrics"] if m["metric"] == "conversion"
-            for c in m["comparisons"]}
+    full = {
+        c["treatment"]: c
+        for m in body["result"]["stages"][1]["metrics"]
+        if m["metric"] == "conversion"
+        for c in m["comparisons"]
+    }
     for point in last:
         assert point["p_better"] == pytest.approx(full[point["variant"]]["p_better"], abs=1e-9)
     session.close()
@@ -275,23 +300,56 @@ def _send(app, db, events):
 def _unmatched(app, db):
     with db.write() as session:
         _balanced(session, make_experiment(session, "warn", started_at=datetime.now(timezone.utc) - timedelta(days=1)))
-    _send(app, db, [{"event_id": "u1", "customer_id": "stranger", "stage": "purchase", "type": "conversion"},
-                    {"event_id": "u2", "customer_id": "stranger2", "stage": "purchase", "type": "conversion",
-                     "experiment": "warn"}])
+    _send(
+        app,
+        db,
+        [
+            {"event_id": "u1", "customer_id": "stranger", "stage": "purchase", "type": "conversion"},
+            {
+                "event_id": "u2",
+                "customer_id": "stranger2",
+                "stage": "purchase",
+                "type": "conversion",
+                "experiment": "warn",
+            },
+        ],
+    )
 
 
 def _before(app, db):
     with db.write() as session:
         _balanced(session, make_experiment(session, "warn"))
-    _send(app, db, [{"event_id": "b1", "customer_id": "w1", "stage": "purchase", "type": "conversion",
-                     "timestamp": iso(T - timedelta(hours=1))}])
+    _send(
+        app,
+        db,
+        [
+            {
+                "event_id": "b1",
+                "customer_id": "w1",
+                "stage": "purchase",
+                "type": "conversion",
+                "timestamp": iso(T - timedelta(hours=1)),
+            }
+        ],
+    )
 
 
 def _after_stop(app, db):
     with db.write() as session:
         _balanced(session, make_experiment(session, "warn", status="stopped", stopped_at=T + timedelta(days=1)))
-    _send(app, db, [{"event_id": "a1", "customer_id": "w1", "stage": "purchase", "type": "conversion",
-                     "timestamp": iso(T + timedelta(days=2))}])
+    _send(
+        app,
+        db,
+        [
+            {
+                "event_id": "a1",
+                "customer_id": "w1",
+                "stage": "purchase",
+                "type": "conversion",
+                "timestamp": iso(T + timedelta(days=2)),
+            }
+        ],
+    )
 
 
 def _forced(app, db):
@@ -299,8 +357,19 @@ def _forced(app, db):
         experiment = make_experiment(session, "warn")
         _balanced(session, experiment)
         expose(session, experiment, "qa-1", "treatment", exposed_at=T, forced=True)
-    _send(app, db, [{"event_id": "f1", "customer_id": "qa-1", "stage": "purchase", "type": "conversion",
-                     "timestamp": iso(T + timedelta(minutes=1))}])
+    _send(
+        app,
+        db,
+        [
+            {
+                "event_id": "f1",
+                "customer_id": "qa-1",
+                "stage": "purchase",
+                "type": "conversion",
+                "timestamp": iso(T + timedelta(minutes=1)),
+            }
+        ],
+    )
 
 
 def _small(app, db):
@@ -310,7 +379,10 @@ def _small(app, db):
 
 WARNINGS = {
     "sample_ratio_mismatch": (_srm, "Sample-ratio mismatch"),
-    "multiple_exposures": (_mismatch, "2 customers would since have been assigned another variant than the one recorded (4 times in all)"),
+    "multiple_exposures": (
+        _mismatch,
+        "2 customers would since have been assigned another variant than the one recorded (4 times in all)",
+    ),
     "unmatched_events": (_unmatched, "2 events at this experiment's stages matched no exposure (purchase: 2)"),
     "events_before_exposure": (_before, "1 events happened before the customer's exposure (purchase: 1)"),
     "events_after_stop": (_after_stop, "1 events arrived after the experiment stopped"),
@@ -368,8 +440,19 @@ def test_a_report_whose_data_did_not_move_is_not_analysed_again(app, db, admin_a
     first = admin_api.get("/api/v1/experiments/checkout/report").get_json()
     second = admin_api.get("/api/v1/experiments/checkout/report").get_json()
     assert len(calls) == 1 and first["result"] == second["result"]
-    _send(app, db, [{"event_id": "new-1", "customer_id": "u0", "stage": "purchase", "type": "conversion",
-                     "timestamp": iso(START + timedelta(days=3))}])
+    _send(
+        app,
+        db,
+        [
+            {
+                "event_id": "new-1",
+                "customer_id": "u0",
+                "stage": "purchase",
+                "type": "conversion",
+                "timestamp": iso(START + timedelta(days=3)),
+            }
+        ],
+    )
     third = admin_api.get("/api/v1/experiments/checkout/report").get_json()
     assert len(calls) == 2 and third["result"] != first["result"]
 
@@ -384,6 +467,7 @@ def test_slow_parts_are_computed_in_the_background_and_reused_while_fresh():
             assert release.wait(WAIT)
             runs.append(value)
             return value
+
         return run
 
     assert slow.get("k", 1, compute("first"), wait=0).status == "computing"
@@ -424,10 +508,14 @@ def test_a_failing_slow_part_says_failed_and_is_tried_again():
 
 def test_the_series_point_of_today_comes_from_the_live_data(db, seeded):
     session, experiment, stats, prior, rule = current(db)
-    older = reports.Pending("ready", (
-        reports.SeriesPoint(date(2024, 5, 1), "bold", 1, 1, None, 0.5),
-        reports.SeriesPoint(date(2024, 5, 9), "bold", 2, 2, None, 0.5),
-    ), version="old")
+    older = reports.Pending(
+        "ready",
+        (
+            reports.SeriesPoint(date(2024, 5, 1), "bold", 1, 1, None, 0.5),
+            reports.SeriesPoint(date(2024, 5, 9), "bold", 2, 2, None, 0.5),
+        ),
+        version="old",
+    )
     now = datetime(2024, 5, 9, 12, tzinfo=timezone.utc)
     live = reports._with_live_point(older, "new", stats, prior, rule, now)
     assert [p.day for p in live.value] == [date(2024, 5, 1), date(2024, 5, 9), date(2024, 5, 9)]
@@ -443,9 +531,20 @@ def test_the_series_point_of_today_comes_from_the_live_data(db, seeded):
 
 def fake_fit(stats, params, *, prior, rule, progress):
     result = analyze(stats, prior=prior, rule=rule, seed=5).to_dict()
-    return {**result, "method": "hierarchical", "diagnostics": {"r_hat_max": 1.002, "ess_bulk_min": 900.0,
-            "ess_tail_min": 800.0, "divergences": 0, "draws": params.draws, "chains": params.chains,
-            "sampler": "fake", "passed": True}}
+    return {
+        **result,
+        "method": "hierarchical",
+        "diagnostics": {
+            "r_hat_max": 1.002,
+            "ess_bulk_min": 900.0,
+            "ess_tail_min": 800.0,
+            "divergences": 0,
+            "draws": params.draws,
+            "chains": params.chains,
+            "sampler": "fake",
+            "passed": True,
+        },
+    }
 
 
 def test_a_fit_is_queued_run_and_shown_in_the_report(app, admin_api, seeded):

@@ -26,12 +26,18 @@ def test_the_table_reads_in_a_terminal(runner, admin_api, seeded):
     assert lines[0] == "Checkout (checkout, running) - testing cart; 900 customers exposed"
     assert f"Recommendation: {api['result']['recommendation']['summary']}" in lines
     assert [line for line in lines if line.split("  ")[0] in STAGES or line.startswith("cart  <-")] == [
-        "browse  (before the tested step: a balance check)", "cart  <- under test", "purchase"]
+        "browse  (before the tested step: a balance check)",
+        "cart  <- under test",
+        "purchase",
+    ]
     assert max(len(line) for line in lines) <= 140
-    bold_cart = next(line for line in lines[lines.index("cart  <- under test"):] if line.strip().startswith("bold"))
+    bold_cart = next(line for line in lines[lines.index("cart  <- under test") :] if line.strip().startswith("bold"))
     cart = next(m for m in api["result"]["stages"][1]["metrics"] if m["metric"] == "conversion")
     comparison = cart["comparisons"][0]
-    assert f"{comparison['relative_lift']['mean'] * 100:+.1f}%" in bold_cart and f"{comparison['p_better']:.3f}" in bold_cart
+    assert (
+        f"{comparison['relative_lift']['mean'] * 100:+.1f}%" in bold_cart
+        and f"{comparison['p_better']:.3f}" in bold_cart
+    )
 
 
 def test_json_and_csv_are_the_apis(runner, admin_api, seeded):
@@ -50,7 +56,7 @@ def test_html_is_one_standalone_file(runner, seeded, tmp_path):
     assert result.exit_code == 0 and f"wrote {target}" in result.output
     page = target.read_text()
     assert page.startswith("<!doctype html>") and "<style>" in page and ".liftmap" in page
-    assert page.count("<svg class=\"plot") == 4
+    assert page.count('<svg class="plot') == 4
     assert 'rel="stylesheet"' not in page and "<script" not in page and "Run full model" not in page
 
 
@@ -91,4 +97,3 @@ def test_full_model_fits_with_a_progress_bar_and_stores_the_fit(app, runner, see
         session.execute(update(AnalysisJob).values(status="running"))
     again = runner.invoke(main, ["report", "checkout", "--full-model"])
     assert again.exit_code == 1 and "already running" in again.output
-

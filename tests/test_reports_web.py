@@ -49,7 +49,7 @@ def test_the_lift_map_shows_stages_in_journey_order_with_every_variant(client, l
     # Per treatment and stage: a lift with its interval, P(better), expected loss, a decision.
     assert len(LIFT.findall(body)) == 6
     cart = result.stage("cart").metric("conversion").comparison("bold")
-    lift = f"{cart.relative_lift.mean * 100:+.1f}%</strong> <span class=\"interval\">[{cart.relative_lift.low * 100:+.1f}%, {cart.relative_lift.high * 100:+.1f}%]"
+    lift = f'{cart.relative_lift.mean * 100:+.1f}%</strong> <span class="interval">[{cart.relative_lift.low * 100:+.1f}%, {cart.relative_lift.high * 100:+.1f}%]'
     assert lift in body and f"{cart.p_better:.3f}" in body
     # Decisions at the tested stage and after it; the stage before it is a balance check.
     lift_map = body.split('id="map-title"')[1].split("</section>")[0]
@@ -74,8 +74,17 @@ def test_evidence_colours_follow_p_better(client, login, db, seeded):
     for stage in STAGES:
         for treatment in ("bold", "plain"):
             p = result.stage(stage).metric("conversion").comparison(treatment).p_better
-            expected = ("strong-better" if p >= 0.95 else "strong-worse" if p <= 0.05 else "better" if p >= 0.75
-                        else "worse" if p <= 0.25 else "unclear")
+            expected = (
+                "strong-better"
+                if p >= 0.95
+                else "strong-worse"
+                if p <= 0.05
+                else "better"
+                if p >= 0.75
+                else "worse"
+                if p <= 0.25
+                else "unclear"
+            )
             assert f'class="lm-cell evidence-{expected}" style="--variant: ' in body
 
 
@@ -85,8 +94,13 @@ def test_user_text_is_escaped_everywhere(app, db, client, login):
         experiment = make_experiment(session, "xss")
         experiment.name = script
         for i in range(10):
-            expose(session, experiment, f"x{i}", ("control", "treatment")[i % 2],
-                   attributes={"persona": '<img src=x onerror="alert(1)">'})
+            expose(
+                session,
+                experiment,
+                f"x{i}",
+                ("control", "treatment")[i % 2],
+                attributes={"persona": '<img src=x onerror="alert(1)">'},
+            )
     login("viewer")
     body = page(client, "/experiments/xss/report?segment=persona")
     assert script not in body and "<img src=x" not in body
@@ -136,10 +150,12 @@ def test_the_button_queues_a_fit_whose_results_appear_beside_the_conjugate_ones(
     get_runner(app).fit = fake_fit
     login("editor")
     response = client.post("/experiments/checkout/report/full-model")
-    assert response.status_code == 302 and response.headers["Location"].endswith("/experiments/checkout/report#full-model")
+    assert response.status_code == 302 and response.headers["Location"].endswith(
+        "/experiments/checkout/report#full-model"
+    )
     assert get_runner(app).wait_idle(WAIT)
     body = page(client)
-    assert "Fit #1: <span class=\"status job-finished\">finished</span>" in body
+    assert 'Fit #1: <span class="status job-finished">finished</span>' in body
     assert "Diagnostics passed: max R-hat 1.002" in body
     # The snapshot it was fitted on, and a side-by-side row per stage x metric x treatment.
     assert "Fitted on the data of" in body and "control 300" in body
@@ -158,8 +174,17 @@ def test_a_running_fit_hides_the_button_and_a_failed_one_shows_its_error(app, db
     with db.sessionmaker() as session:
         experiment_id = session.scalars(select(Experiment.id)).one()
     with db.write() as session:
-        session.add(AnalysisJob(experiment_id=experiment_id, status="running", requested_by="user:x", params={"draws": 10, "chains": 1},
-                                worker="elsewhere", started_at=utcnow(), heartbeat_at=utcnow()))
+        session.add(
+            AnalysisJob(
+                experiment_id=experiment_id,
+                status="running",
+                requested_by="user:x",
+                params={"draws": 10, "chains": 1},
+                worker="elsewhere",
+                started_at=utcnow(),
+                heartbeat_at=utcnow(),
+            )
+        )
     body = page(client)
     assert "job-running" in body and "Run full model" not in body
     with db.write() as session:

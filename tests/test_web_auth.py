@@ -130,7 +130,11 @@ def probe(app):
 
 @pytest.mark.parametrize(
     ("header", "code"),
-    [("Basic abc", "invalid_authorization"), ("Bearer ", "invalid_authorization"), ("Bearer xp_unknown", "invalid_api_key")],
+    [
+        ("Basic abc", "invalid_authorization"),
+        ("Bearer ", "invalid_authorization"),
+        ("Bearer xp_unknown", "invalid_api_key"),
+    ],
 )
 def test_bad_credentials_are_401_json(probe, header, code):
     response = probe.get("/api/v1/_probe/client", headers={"Authorization": header})

@@ -197,12 +197,19 @@ def test_started_experiment_form_freezes_fields_and_refuses_lower_traffic(editor
     page = editor.get("/experiments/checkout-copy/edit")
     assert re.search(r'name="variants-0-weight"[^>]*readonly|readonly[^>]*name="variants-0-weight"', page.text)
     lower = editor.post(
-        "/experiments/checkout-copy/edit", data={**FORM, "layer": "", "layer_share_percent": "", "traffic_percent": "10"}
+        "/experiments/checkout-copy/edit",
+        data={**FORM, "layer": "", "layer_share_percent": "", "traffic_percent": "10"},
     )
     assert lower.status_code == 409 and any("at least 0.333" in m for m in _errors(lower.text))
     renamed = editor.post(
         "/experiments/checkout-copy/edit",
-        data={**FORM, "layer": "", "layer_share_percent": "", "name": "Checkout copy, round 1", "traffic_percent": "50"},
+        data={
+            **FORM,
+            "layer": "",
+            "layer_share_percent": "",
+            "name": "Checkout copy, round 1",
+            "traffic_percent": "50",
+        },
     )
     assert renamed.status_code == 302
     stored = _stored(db, "checkout-copy")
@@ -220,8 +227,15 @@ def test_clone_makes_a_new_draft_with_the_same_definition(editor, db):
 def test_list_filters_and_pages(editor, db):
     with db.write() as session:
         for number in range(30):
-            definition = parse_definition({**DEFINITION, "key": f"exp-{number:02d}", "layer": None, "layer_share": None,
-                                           "target_stage": "purchase" if number % 2 else "retention"})
+            definition = parse_definition(
+                {
+                    **DEFINITION,
+                    "key": f"exp-{number:02d}",
+                    "layer": None,
+                    "layer_share": None,
+                    "target_stage": "purchase" if number % 2 else "retention",
+                }
+            )
             service.create_experiment(session, definition, "tests")
         service.change_status(session, "exp-03", "start", "tests")
     first = editor.get("/experiments")
@@ -248,7 +262,9 @@ def test_list_filters_and_pages(editor, db):
 )
 def test_viewers_read_but_cannot_change(client, login, db, method, path):
     with db.write() as session:
-        service.create_experiment(session, parse_definition({**DEFINITION, "layer": None, "layer_share": None}), "tests")
+        service.create_experiment(
+            session, parse_definition({**DEFINITION, "layer": None, "layer_share": None}), "tests"
+        )
     login("viewer")
     assert client.get("/experiments").status_code == 200
     assert client.get("/experiments/checkout-copy").status_code == 200
@@ -272,10 +288,22 @@ def test_user_text_is_escaped_everywhere(editor, db):
     script = "<script>alert('x')</script>"
     response = editor.post(
         "/experiments/new",
-        data={**FORM, "name": script, "hypothesis": script, "variants-0-description": script, "layer": "", "layer_share_percent": ""},
+        data={
+            **FORM,
+            "name": script,
+            "hypothesis": script,
+            "variants-0-description": script,
+            "layer": "",
+            "layer_share_percent": "",
+        },
     )
     assert response.status_code == 302
-    for page in ("/experiments", "/experiments/checkout-copy", "/experiments/checkout-copy/edit", "/experiments/checkout-copy/stop"):
+    for page in (
+        "/experiments",
+        "/experiments/checkout-copy",
+        "/experiments/checkout-copy/edit",
+        "/experiments/checkout-copy/stop",
+    ):
         html = editor.get(page).text
         assert script not in html, page
         assert "&lt;script&gt;" in html, page

@@ -149,7 +149,10 @@ _RESPONSES = {
         "headers": {"Cache-Control": {"schema": {"type": "string", "const": "no-store"}, "required": True}},
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AssignResult"}}},
     },
-    "400": {"description": "Malformed request (validation_failed names the field; invalid_content_type; malformed_json)", **_ERROR},
+    "400": {
+        "description": "Malformed request (validation_failed names the field; invalid_content_type; malformed_json)",
+        **_ERROR,
+    },
     "401": {"description": "No or unknown key", **_ERROR},
     "403": {"description": "Not a client-scope key", **_ERROR},
     "413": {"description": "Body too large", **_ERROR},
@@ -192,8 +195,20 @@ OPENAPI: dict[str, Any] = {
                 "description": _SELECTION + " Repeat `experiment` for several. Without attributes, a "
                 "customer is never newly enrolled in a targeted experiment: use POST for those.",
                 "parameters": [
-                    {"name": "customer_id", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1, "maxLength": MAX_CUSTOMER_ID}},
-                    {"name": "experiment", "in": "query", "required": False, "style": "form", "explode": True, "schema": {"type": "array", "items": {"type": "string"}}},
+                    {
+                        "name": "customer_id",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_CUSTOMER_ID},
+                    },
+                    {
+                        "name": "experiment",
+                        "in": "query",
+                        "required": False,
+                        "style": "form",
+                        "explode": True,
+                        "schema": {"type": "array", "items": {"type": "string"}},
+                    },
                     {"name": "stage", "in": "query", "required": False, "schema": {"type": "string"}},
                 ],
                 "responses": {k: v for k, v in _RESPONSES.items() if k != "413"},
@@ -212,7 +227,11 @@ OPENAPI: dict[str, Any] = {
                     "maxProperties": MAX_ATTRIBUTES,
                     "propertyNames": {"minLength": 1, "maxLength": MAX_ATTRIBUTE},
                     "additionalProperties": {
-                        "oneOf": [{"type": "string", "maxLength": MAX_STRING_VALUE}, {"type": "number"}, {"type": "boolean"}]
+                        "oneOf": [
+                            {"type": "string", "maxLength": MAX_STRING_VALUE},
+                            {"type": "number"},
+                            {"type": "boolean"},
+                        ]
                     },
                     "description": "Flat values for targeting; stored with the first exposure for segment reports.",
                 },

@@ -53,9 +53,13 @@ def _handle_database_error(exc: DBAPIError):
         raise exc
     message = str(exc.orig).lower() if exc.orig is not None else ""
     if isinstance(exc, OperationalError) or exc.connection_invalidated or "locked" in message:
-        return error_response(
-            503, "database_unavailable", "The database is unavailable; nothing was stored. Retry the request."
-        ), 503, {"Retry-After": "1"}
+        return (
+            error_response(
+                503, "database_unavailable", "The database is unavailable; nothing was stored. Retry the request."
+            ),
+            503,
+            {"Retry-After": "1"},
+        )
     raise exc
 
 

@@ -49,12 +49,24 @@ _EVENT = {
     "required": ["event_id", "customer_id", "stage", "type"],
     "additionalProperties": False,
     "properties": {
-        "event_id": {"type": "string", "minLength": 1, "maxLength": 128, "description": "Client-generated idempotency key: a re-sent event_id counts once."},
+        "event_id": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 128,
+            "description": "Client-generated idempotency key: a re-sent event_id counts once.",
+        },
         "customer_id": {"type": "string", "minLength": 1, "maxLength": 256},
         "stage": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$", "description": "Journey stage slug."},
         "type": {"type": "string", "enum": ["conversion", "satisfaction"]},
-        "value": {"type": ["integer", "null"], "description": "The rating: required for satisfaction, within the scale of every experiment it counts for; absent for conversion."},
-        "timestamp": {"type": ["string", "null"], "format": "date-time", "description": "When it happened, ISO 8601 with a zone; default: when received. At most 24 h ahead."},
+        "value": {
+            "type": ["integer", "null"],
+            "description": "The rating: required for satisfaction, within the scale of every experiment it counts for; absent for conversion.",
+        },
+        "timestamp": {
+            "type": ["string", "null"],
+            "format": "date-time",
+            "description": "When it happened, ISO 8601 with a zone; default: when received. At most 24 h ahead.",
+        },
         "experiment": {"type": ["string", "null"], "description": "Count only for this experiment (key)."},
     },
 }
@@ -98,10 +110,20 @@ OPENAPI: dict[str, Any] = {
                             },
                             "example": {
                                 "events": [
-                                    {"event_id": "7f3c-1", "customer_id": "cust-42", "stage": "purchase",
-                                     "type": "conversion", "timestamp": "2024-05-01T12:30:00Z"},
-                                    {"event_id": "7f3c-2", "customer_id": "cust-42", "stage": "purchase",
-                                     "type": "satisfaction", "value": 4},
+                                    {
+                                        "event_id": "7f3c-1",
+                                        "customer_id": "cust-42",
+                                        "stage": "purchase",
+                                        "type": "conversion",
+                                        "timestamp": "2024-05-01T12:30:00Z",
+                                    },
+                                    {
+                                        "event_id": "7f3c-2",
+                                        "customer_id": "cust-42",
+                                        "stage": "purchase",
+                                        "type": "satisfaction",
+                                        "value": 4,
+                                    },
                                 ]
                             },
                         }
@@ -115,7 +137,10 @@ OPENAPI: dict[str, Any] = {
                     "400": {"description": "Not JSON, or not an event or batch", **_JSON_ERROR},
                     "401": {"description": "No or unknown key", **_JSON_ERROR},
                     "403": {"description": "Not a client-scope key", **_JSON_ERROR},
-                    "413": {"description": "Too many events (too_many_events) or body too large (payload_too_large)", **_JSON_ERROR},
+                    "413": {
+                        "description": "Too many events (too_many_events) or body too large (payload_too_large)",
+                        **_JSON_ERROR,
+                    },
                     "503": {"description": "Database unavailable; nothing was stored, retry", **_JSON_ERROR},
                 },
             }
@@ -128,7 +153,11 @@ OPENAPI: dict[str, Any] = {
             "required": ["accepted", "duplicates", "rejected"],
             "properties": {
                 "accepted": {"type": "integer", "minimum": 0, "description": "Events newly stored."},
-                "duplicates": {"type": "integer", "minimum": 0, "description": "Valid events whose event_id was already stored."},
+                "duplicates": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Valid events whose event_id was already stored.",
+                },
                 "rejected": {
                     "type": "array",
                     "items": {

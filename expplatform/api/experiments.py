@@ -262,13 +262,21 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "List experiments, newest first",
                 "parameters": [
-                    {"name": "status", "in": "query", "style": "form", "explode": True,
-                     "schema": {"type": "array", "items": {"type": "string", "enum": list(service.STATUSES)}}},
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "style": "form",
+                        "explode": True,
+                        "schema": {"type": "array", "items": {"type": "string", "enum": list(service.STATUSES)}},
+                    },
                     {"name": "stage", "in": "query", "description": "Target stage", "schema": _SLUG},
                     {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 1}},
-                    {"name": "per_page", "in": "query",
-                     "schema": {"type": "integer", "minimum": 1, "default": 50},
-                     "description": f"Clamped to {MAX_PER_PAGE}."},
+                    {
+                        "name": "per_page",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "default": 50},
+                        "description": f"Clamped to {MAX_PER_PAGE}.",
+                    },
                 ],
                 "responses": {"200": _json(_ref("ExperimentPage"), "One page"), **_errors(400, 401, 403)},
             },
@@ -276,12 +284,18 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Create a draft experiment",
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": _ref("ExperimentDefinition"),
-                                                     "examples": {"checkout": {"value": _EXAMPLE}}}},
+                    "content": {
+                        "application/json": {
+                            "schema": _ref("ExperimentDefinition"),
+                            "examples": {"checkout": {"value": _EXAMPLE}},
+                        }
+                    },
                 },
                 "responses": {
-                    "201": {**_json(_ref("Experiment"), "Created; `Location` points at it"),
-                            "headers": {"Location": {"required": True, "schema": {"type": "string"}}}},
+                    "201": {
+                        **_json(_ref("Experiment"), "Created; `Location` points at it"),
+                        "headers": {"Location": {"required": True, "schema": {"type": "string"}}},
+                    },
                     **_errors(400, 401, 403, 409, 422),
                 },
             },
@@ -299,8 +313,12 @@ OPENAPI: dict[str, Any] = {
                 "and traffic may only rise. A stopped experiment is read-only.",
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": _ref("ExperimentPatch"),
-                                                     "examples": {"raise-traffic": {"value": {"traffic": 0.8}}}}},
+                    "content": {
+                        "application/json": {
+                            "schema": _ref("ExperimentPatch"),
+                            "examples": {"raise-traffic": {"value": {"traffic": 0.8}}},
+                        }
+                    },
                 },
                 "responses": {"200": _json(_ref("Experiment"), "Updated"), **_errors(400, 401, 403, 404, 409, 422)},
             },
@@ -311,8 +329,10 @@ OPENAPI: dict[str, Any] = {
                 "post": {
                     "summary": summary,
                     "description": "No body needed (an empty JSON object is accepted).",
-                    "responses": {"200": _json(_ref("Experiment"), "The experiment in its new status"),
-                                  **_errors(400, 401, 403, 404, 409)},
+                    "responses": {
+                        "200": _json(_ref("Experiment"), "The experiment in its new status"),
+                        **_errors(400, 401, 403, 404, 409),
+                    },
                 },
             }
             for action, summary in _ACTIONS.items()
@@ -323,12 +343,18 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Clone as the next iteration: a new draft with the same definition",
                 "requestBody": {
                     "required": False,
-                    "content": {"application/json": {"schema": _ref("CloneRequest"),
-                                                     "examples": {"named": {"value": {"key": "checkout-button-2025"}}}}},
+                    "content": {
+                        "application/json": {
+                            "schema": _ref("CloneRequest"),
+                            "examples": {"named": {"value": {"key": "checkout-button-2025"}}},
+                        }
+                    },
                 },
                 "responses": {
-                    "201": {**_json(_ref("Experiment"), "The new draft"),
-                            "headers": {"Location": {"required": True, "schema": {"type": "string"}}}},
+                    "201": {
+                        **_json(_ref("Experiment"), "The new draft"),
+                        "headers": {"Location": {"required": True, "schema": {"type": "string"}}},
+                    },
                     **_errors(400, 401, 403, 404, 409, 422),
                 },
             },
@@ -349,8 +375,12 @@ OPENAPI: dict[str, Any] = {
             "properties": {
                 "key": _SLUG,
                 "description": {"type": "string", "default": ""},
-                "weight": {"type": "number", "exclusiveMinimum": 0, "default": 1,
-                           "description": "Any positive number; weights are normalised to sum to 1 on save."},
+                "weight": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "default": 1,
+                    "description": "Any positive number; weights are normalised to sum to 1 on save.",
+                },
                 "control": {"type": "boolean", "default": False, "description": "At most one; default the first."},
             },
         },
@@ -391,8 +421,17 @@ OPENAPI: dict[str, Any] = {
         "Experiment": {
             "type": "object",
             "additionalProperties": False,
-            "required": [*_DEFINITION_PROPERTIES, "status", "salt", "layer_ranges", "cloned_from",
-                         "created_at", "updated_at", "started_at", "stopped_at"],
+            "required": [
+                *_DEFINITION_PROPERTIES,
+                "status",
+                "salt",
+                "layer_ranges",
+                "cloned_from",
+                "created_at",
+                "updated_at",
+                "started_at",
+                "stopped_at",
+            ],
             "properties": {
                 **_DEFINITION_PROPERTIES,
                 "variants": {"type": "array", "items": _ref("StoredVariant")},
@@ -426,14 +465,19 @@ OPENAPI: dict[str, Any] = {
             "properties": {
                 "at": {"type": "string", "format": "date-time"},
                 "actor": {"type": "string", "description": "`user:<email>`, `key:<prefix>` or `cli`"},
-                "action": {"type": "string",
-                           "enum": ["created", "updated", "started", "paused", "resumed", "stopped", "cloned"]},
+                "action": {
+                    "type": "string",
+                    "enum": ["created", "updated", "started", "paused", "resumed", "stopped", "cloned"],
+                },
                 "experiment": {"type": "string"},
                 "details": {"type": "object", "description": "`updated`: {changes: {field: {from, to}}}"},
             },
         },
-        "AuditLog": {"type": "object", "required": ["items"],
-                     "properties": {"items": {"type": "array", "items": _ref("AuditEntry")}}},
+        "AuditLog": {
+            "type": "object",
+            "required": ["items"],
+            "properties": {"items": {"type": "array", "items": _ref("AuditEntry")}},
+        },
         "CloneRequest": {
             "type": "object",
             "additionalProperties": False,

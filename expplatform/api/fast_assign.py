@@ -82,7 +82,7 @@ class FastAssign:
 
     def _answer(self, environ: dict[str, Any], body: bytes) -> bytes | None:
         try:
-            key = environ["HTTP_AUTHORIZATION"][len(_BEARER):].strip()
+            key = environ["HTTP_AUTHORIZATION"][len(_BEARER) :].strip()
             principal = principal_for_key(key, self.app)
             environ[KEY_LOOKUP_ENVIRON] = (key, principal)
             if principal is None or principal.scope != "client":

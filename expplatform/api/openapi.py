@@ -31,14 +31,24 @@ COMMON_PATHS: dict[str, Any] = {
         "get": {
             "summary": "Liveness probe",
             "security": [],
-            "responses": {"200": {"description": "Alive", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}}}},
+            "responses": {
+                "200": {
+                    "description": "Alive",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
+                }
+            },
         }
     },
     "/openapi.json": {
         "get": {
             "summary": "This document",
             "security": [],
-            "responses": {"200": {"description": "The OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}},
+            "responses": {
+                "200": {
+                    "description": "The OpenAPI document",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            },
         }
     },
 }

@@ -40,7 +40,9 @@ def get_report(key: str):
 @read_access
 def get_report_csv(key: str):
     text = reports.to_csv(reports.report_rows(_report(key)))
-    return Response(text, mimetype="text/csv", headers={"Content-Disposition": f'attachment; filename="{key}-report.csv"'})
+    return Response(
+        text, mimetype="text/csv", headers={"Content-Disposition": f'attachment; filename="{key}-report.csv"'}
+    )
 
 
 @bp.post("/experiments/<key>/full-model")
@@ -86,12 +88,24 @@ _READ_ERRORS = {
 }
 _OPTIONS = [
     _KEY,
-    {"name": "segment", "in": "query", "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
-     "description": "Break the report down by this exposure attribute (persona, platform, country...)."},
-    {"name": "credible_level", "in": "query", "schema": {"type": "number", "minimum": 0.5, "maximum": 0.999},
-     "description": "Width of every credible interval (default: the experiment's, usually 0.95)."},
-    {"name": "full_model", "in": "query", "schema": {"type": "boolean", "default": True},
-     "description": "Include the latest full-model job and its results."},
+    {
+        "name": "segment",
+        "in": "query",
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+        "description": "Break the report down by this exposure attribute (persona, platform, country...).",
+    },
+    {
+        "name": "credible_level",
+        "in": "query",
+        "schema": {"type": "number", "minimum": 0.5, "maximum": 0.999},
+        "description": "Width of every credible interval (default: the experiment's, usually 0.95).",
+    },
+    {
+        "name": "full_model",
+        "in": "query",
+        "schema": {"type": "boolean", "default": True},
+        "description": "Include the latest full-model job and its results.",
+    },
 ]
 _JOB = {
     "type": "object",
@@ -100,7 +114,10 @@ _JOB = {
         "id": {"type": "integer"},
         "status": {"type": "string", "enum": ["queued", "running", "finished", "failed"]},
         "requested_by": {"type": "string"},
-        "params": {"type": "object", "properties": {k: {"type": "integer"} for k in ("draws", "tune", "chains", "seed")}},
+        "params": {
+            "type": "object",
+            "properties": {k: {"type": "integer"} for k in ("draws", "tune", "chains", "seed")},
+        },
         "created_at": {"type": "string", "format": "date-time"},
         "started_at": {"type": ["string", "null"], "format": "date-time"},
         "finished_at": {"type": ["string", "null"], "format": "date-time"},
@@ -110,14 +127,22 @@ _JOB = {
             "description": "The data the fit saw: when, and the counts.",
             "oneOf": [
                 {"type": "null"},
-                {"type": "object", "required": ["taken_at", "exposed", "converted", "rated"],
-                 "properties": {"taken_at": {"type": "string", "format": "date-time"},
-                                "exposed": {"type": "object", "additionalProperties": {"type": "integer"}},
-                                "converted": {"type": "object"}, "rated": {"type": "object"}}},
+                {
+                    "type": "object",
+                    "required": ["taken_at", "exposed", "converted", "rated"],
+                    "properties": {
+                        "taken_at": {"type": "string", "format": "date-time"},
+                        "exposed": {"type": "object", "additionalProperties": {"type": "integer"}},
+                        "converted": {"type": "object"},
+                        "rated": {"type": "object"},
+                    },
+                },
             ],
         },
-        "result": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/AnalysisResult"}],
-                   "description": "The full model's result, in the same shape as the conjugate one."},
+        "result": {
+            "oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/AnalysisResult"}],
+            "description": "The full model's result, in the same shape as the conjugate one.",
+        },
     },
 }
 
@@ -136,8 +161,10 @@ OPENAPI: dict[str, Any] = {
                 ),
                 "parameters": _OPTIONS,
                 "responses": {
-                    "200": {"description": "The report",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Report"}}}},
+                    "200": {
+                        "description": "The report",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Report"}}},
+                    },
                     "400": {"description": "A bad option (validation_failed, with fields)", **_ERROR},
                     **_READ_ERRORS,
                 },
@@ -146,10 +173,15 @@ OPENAPI: dict[str, Any] = {
         "/experiments/{key}/report.csv": {
             "get": {
                 "summary": "The report as CSV: one row per stage x variant x metric",
-                "description": "Columns: " + ", ".join(reports.CSV_COLUMNS) + ". With `segment`, each segment's rows follow.",
+                "description": "Columns: "
+                + ", ".join(reports.CSV_COLUMNS)
+                + ". With `segment`, each segment's rows follow.",
                 "parameters": _OPTIONS[:3],
                 "responses": {
-                    "200": {"description": "CSV with a header row", "content": {"text/csv": {"schema": {"type": "string"}}}},
+                    "200": {
+                        "description": "CSV with a header row",
+                        "content": {"text/csv": {"schema": {"type": "string"}}},
+                    },
                     "400": {"description": "A bad option", **_ERROR},
                     **_READ_ERRORS,
                 },
@@ -166,21 +198,32 @@ OPENAPI: dict[str, Any] = {
                 "parameters": [_KEY],
                 "requestBody": {
                     "required": False,
-                    "content": {"application/json": {
-                        "schema": {"type": "object", "additionalProperties": False, "properties": {
-                            "draws": {"type": "integer", "minimum": 100, "maximum": 10000},
-                            "tune": {"type": "integer", "minimum": 100, "maximum": 10000},
-                            "chains": {"type": "integer", "minimum": 1, "maximum": 8},
-                            "seed": {"type": "integer", "minimum": 0},
-                        }},
-                        "example": {"draws": 1000, "chains": 4},
-                    }},
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {
+                                    "draws": {"type": "integer", "minimum": 100, "maximum": 10000},
+                                    "tune": {"type": "integer", "minimum": 100, "maximum": 10000},
+                                    "chains": {"type": "integer", "minimum": 1, "maximum": 8},
+                                    "seed": {"type": "integer", "minimum": 0},
+                                },
+                            },
+                            "example": {"draws": 1000, "chains": 4},
+                        }
+                    },
                 },
                 "responses": {
-                    "202": {"description": "Queued", "headers": {"Location": {"required": True, "schema": {"type": "string"}}},
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FullModelJob"}}}},
-                    "200": {"description": "A fit is already queued or running: that job",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FullModelJob"}}}},
+                    "202": {
+                        "description": "Queued",
+                        "headers": {"Location": {"required": True, "schema": {"type": "string"}}},
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FullModelJob"}}},
+                    },
+                    "200": {
+                        "description": "A fit is already queued or running: that job",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FullModelJob"}}},
+                    },
                     "400": {"description": "Bad options or body", **_ERROR},
                     "401": _READ_ERRORS["401"],
                     "403": {"description": "Not an admin key or an editor", **_ERROR},
@@ -191,10 +234,23 @@ OPENAPI: dict[str, Any] = {
                 "summary": "The experiment's latest full-model jobs, newest first",
                 "parameters": [_KEY],
                 "responses": {
-                    "200": {"description": "Jobs", "content": {"application/json": {"schema": {
-                        "type": "object", "required": ["jobs"],
-                        "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/FullModelJob"}}},
-                    }}}},
+                    "200": {
+                        "description": "Jobs",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["jobs"],
+                                    "properties": {
+                                        "jobs": {
+                                            "type": "array",
+                                            "items": {"$ref": "#/components/schemas/FullModelJob"},
+                                        }
+                                    },
+                                }
+                            }
+                        },
+                    },
                     **_READ_ERRORS,
                 },
             },
@@ -204,8 +260,10 @@ OPENAPI: dict[str, Any] = {
                 "summary": "One full-model job: status, and when finished its result and data snapshot",
                 "parameters": [_KEY, {"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
                 "responses": {
-                    "200": {"description": "The job",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FullModelJob"}}}},
+                    "200": {
+                        "description": "The job",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FullModelJob"}}},
+                    },
                     **_READ_ERRORS,
                 },
             }
@@ -213,7 +271,8 @@ OPENAPI: dict[str, Any] = {
     },
     "schemas": {
         "Estimate": {
-            "type": "object", "required": ["mean", "low", "high"],
+            "type": "object",
+            "required": ["mean", "low", "high"],
             "properties": {"mean": _NUMBER, "low": _NUMBER, "high": _NUMBER},
             "description": "Posterior mean and equal-tailed credible interval.",
         },
@@ -221,27 +280,53 @@ OPENAPI: dict[str, Any] = {
             "type": "object",
             "required": ["variant", "n", "observed", "posterior", "p_best", "expected_loss", "expected_loss_relative"],
             "properties": {
-                "variant": {"type": "string"}, "n": {"type": "integer", "minimum": 0}, "observed": _NUMBER,
-                "posterior": _ESTIMATE, "p_best": _NUMBER, "expected_loss": _NUMBER, "expected_loss_relative": _NUMBER,
+                "variant": {"type": "string"},
+                "n": {"type": "integer", "minimum": 0},
+                "observed": _NUMBER,
+                "posterior": _ESTIMATE,
+                "p_best": _NUMBER,
+                "expected_loss": _NUMBER,
+                "expected_loss_relative": _NUMBER,
                 "conjugate_params": {"type": ["array", "null"], "items": {"type": "number"}},
             },
         },
         "Comparison": {
             "type": "object",
-            "required": ["treatment", "status", "relative_lift", "absolute_difference", "p_better", "expected_loss",
-                         "decision"],
+            "required": [
+                "treatment",
+                "status",
+                "relative_lift",
+                "absolute_difference",
+                "p_better",
+                "expected_loss",
+                "decision",
+            ],
             "properties": {
-                "treatment": {"type": "string"}, "status": {"type": "string"},
-                "relative_lift": _ESTIMATE, "absolute_difference": _ESTIMATE,
-                "p_better": _NUMBER, "p_better_error": _NUMBER, "expected_loss": _NUMBER,
+                "treatment": {"type": "string"},
+                "status": {"type": "string"},
+                "relative_lift": _ESTIMATE,
+                "absolute_difference": _ESTIMATE,
+                "p_better": _NUMBER,
+                "p_better_error": _NUMBER,
+                "expected_loss": _NUMBER,
                 "expected_loss_relative": _NUMBER,
                 "decision": {"enum": ["ship", "harmful", "keep_running", "not_enough_data", None]},
             },
         },
         "AnalysisResult": {
             "type": "object",
-            "required": ["method", "status", "control", "target_stage", "credible_level", "stages", "journey",
-                         "sample_ratio", "recommendation", "notes"],
+            "required": [
+                "method",
+                "status",
+                "control",
+                "target_stage",
+                "credible_level",
+                "stages",
+                "journey",
+                "sample_ratio",
+                "recommendation",
+                "notes",
+            ],
             "properties": {
                 "method": {"enum": ["conjugate", "hierarchical"]},
                 "status": {"type": "string"},
@@ -249,83 +334,165 @@ OPENAPI: dict[str, Any] = {
                 "target_stage": {"type": "string"},
                 "credible_level": {"type": "number"},
                 "draws": {"type": "integer"},
-                "stages": {"type": "array", "items": {
-                    "type": "object", "required": ["stage", "metrics"],
-                    "properties": {"stage": {"type": "string"}, "metrics": {"type": "array", "items": {
-                        "type": "object", "required": ["stage", "metric", "status", "arms", "comparisons"],
+                "stages": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["stage", "metrics"],
                         "properties": {
                             "stage": {"type": "string"},
-                            "metric": {"enum": ["conversion", "mean_rating", "top_box", "nps"]},
-                            "status": {"type": "string"},
-                            "arms": {"type": "array", "items": {"$ref": "#/components/schemas/Arm"}},
-                            "comparisons": {"type": "array", "items": {"$ref": "#/components/schemas/Comparison"}},
+                            "metrics": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["stage", "metric", "status", "arms", "comparisons"],
+                                    "properties": {
+                                        "stage": {"type": "string"},
+                                        "metric": {"enum": ["conversion", "mean_rating", "top_box", "nps"]},
+                                        "status": {"type": "string"},
+                                        "arms": {"type": "array", "items": {"$ref": "#/components/schemas/Arm"}},
+                                        "comparisons": {
+                                            "type": "array",
+                                            "items": {"$ref": "#/components/schemas/Comparison"},
+                                        },
+                                    },
+                                },
+                            },
                         },
-                    }}},
-                }},
+                    },
+                },
                 "journey": {"type": "object", "description": "End-to-end conversion, funnel steps and pain points."},
-                "sample_ratio": {"type": "object", "required": ["observed", "expected", "p_value", "flagged"],
-                                 "properties": {"observed": {"type": "array", "items": {"type": "integer"}},
-                                                "expected": {"type": "array", "items": {"type": "number"}},
-                                                "p_value": _NUMBER, "flagged": {"type": "boolean"}}},
-                "recommendation": {"type": "object", "required": ["action", "variant", "summary", "reasons"],
-                                   "properties": {
-                                       "action": {"enum": ["ship", "keep_control", "keep_running", "not_enough_data",
-                                                           "investigate"]},
-                                       "variant": {"type": ["string", "null"]},
-                                       "summary": {"type": "string"},
-                                       "reasons": {"type": "array", "items": {"type": "string"}},
-                                       "guardrails": {"type": "array"}}},
+                "sample_ratio": {
+                    "type": "object",
+                    "required": ["observed", "expected", "p_value", "flagged"],
+                    "properties": {
+                        "observed": {"type": "array", "items": {"type": "integer"}},
+                        "expected": {"type": "array", "items": {"type": "number"}},
+                        "p_value": _NUMBER,
+                        "flagged": {"type": "boolean"},
+                    },
+                },
+                "recommendation": {
+                    "type": "object",
+                    "required": ["action", "variant", "summary", "reasons"],
+                    "properties": {
+                        "action": {"enum": ["ship", "keep_control", "keep_running", "not_enough_data", "investigate"]},
+                        "variant": {"type": ["string", "null"]},
+                        "summary": {"type": "string"},
+                        "reasons": {"type": "array", "items": {"type": "string"}},
+                        "guardrails": {"type": "array"},
+                    },
+                },
                 "notes": {"type": "array", "items": {"type": "object", "required": ["code", "message"]}},
-                "diagnostics": {"type": ["object", "null"],
-                                "description": "Full model only: R-hat, ESS, divergences, sampler, timings."},
+                "diagnostics": {
+                    "type": ["object", "null"],
+                    "description": "Full model only: R-hat, ESS, divergences, sampler, timings.",
+                },
             },
         },
         "FullModelJob": _JOB,
         "Report": {
             "type": "object",
-            "required": ["experiment", "generated_at", "settings", "warnings", "data_quality", "exposed", "result",
-                         "time_series", "segments", "recorded_attributes", "full_model"],
+            "required": [
+                "experiment",
+                "generated_at",
+                "settings",
+                "warnings",
+                "data_quality",
+                "exposed",
+                "result",
+                "time_series",
+                "segments",
+                "recorded_attributes",
+                "full_model",
+            ],
             "properties": {
-                "experiment": {"type": "object", "required": ["key", "name", "status", "stages", "target_stage",
-                                                              "control", "variants"]},
+                "experiment": {
+                    "type": "object",
+                    "required": ["key", "name", "status", "stages", "target_stage", "control", "variants"],
+                },
                 "generated_at": {"type": "string", "format": "date-time"},
                 "settings": {"type": "object", "required": ["prior", "decision", "seed"]},
-                "warnings": {"type": "array", "items": {
-                    "type": "object", "required": ["code", "message"],
-                    "properties": {"code": {"enum": ["sample_ratio_mismatch", "multiple_exposures", "unmatched_events",
-                                                     "events_before_exposure", "events_after_stop",
-                                                     "forced_customers_excluded", "not_enough_data"]},
-                                   "message": {"type": "string"}},
-                }},
-                "data_quality": {"type": "object", "required": ["forced_customers", "mismatched_customers", "mismatches",
-                                                                "stages"]},
+                "warnings": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["code", "message"],
+                        "properties": {
+                            "code": {
+                                "enum": [
+                                    "sample_ratio_mismatch",
+                                    "multiple_exposures",
+                                    "unmatched_events",
+                                    "events_before_exposure",
+                                    "events_after_stop",
+                                    "forced_customers_excluded",
+                                    "not_enough_data",
+                                ]
+                            },
+                            "message": {"type": "string"},
+                        },
+                    },
+                },
+                "data_quality": {
+                    "type": "object",
+                    "required": ["forced_customers", "mismatched_customers", "mismatches", "stages"],
+                },
                 "exposed": {"type": "object", "additionalProperties": {"type": "integer"}},
                 "result": {"$ref": "#/components/schemas/AnalysisResult"},
-                "time_series": {"oneOf": [{"type": "null"}, {
-                    "type": "object", "required": ["status", "stage", "metric", "points"],
-                    "properties": {
-                        "status": {"enum": ["ready", "computing", "failed"]},
-                        "computed_at": {"type": ["string", "null"], "format": "date-time"},
-                        "points": {"type": "array", "items": {
-                            "type": "object", "required": ["day", "variant", "relative_lift", "p_better"],
-                            "properties": {"day": {"type": "string", "format": "date"}, "variant": {"type": "string"},
-                                           "exposed": {"type": "integer"}, "control_exposed": {"type": "integer"},
-                                           "relative_lift": _ESTIMATE, "p_better": _NUMBER},
-                        }},
-                    },
-                }]},
-                "segments": {"oneOf": [{"type": "null"}, {
-                    "type": "object", "required": ["attribute", "status", "values"],
-                    "properties": {
-                        "attribute": {"type": "string"},
-                        "status": {"enum": ["ready", "computing", "failed"]},
-                        "values": {"type": "array", "items": {
-                            "type": "object", "required": ["value", "exposed", "result"],
-                            "properties": {"value": {"type": ["string", "null"]}, "exposed": {"type": "integer"},
-                                           "result": {"$ref": "#/components/schemas/AnalysisResult"}},
-                        }},
-                    },
-                }]},
+                "time_series": {
+                    "oneOf": [
+                        {"type": "null"},
+                        {
+                            "type": "object",
+                            "required": ["status", "stage", "metric", "points"],
+                            "properties": {
+                                "status": {"enum": ["ready", "computing", "failed"]},
+                                "computed_at": {"type": ["string", "null"], "format": "date-time"},
+                                "points": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["day", "variant", "relative_lift", "p_better"],
+                                        "properties": {
+                                            "day": {"type": "string", "format": "date"},
+                                            "variant": {"type": "string"},
+                                            "exposed": {"type": "integer"},
+                                            "control_exposed": {"type": "integer"},
+                                            "relative_lift": _ESTIMATE,
+                                            "p_better": _NUMBER,
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    ]
+                },
+                "segments": {
+                    "oneOf": [
+                        {"type": "null"},
+                        {
+                            "type": "object",
+                            "required": ["attribute", "status", "values"],
+                            "properties": {
+                                "attribute": {"type": "string"},
+                                "status": {"enum": ["ready", "computing", "failed"]},
+                                "values": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["value", "exposed", "result"],
+                                        "properties": {
+                                            "value": {"type": ["string", "null"]},
+                                            "exposed": {"type": "integer"},
+                                            "result": {"$ref": "#/components/schemas/AnalysisResult"},
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    ]
+                },
                 "recorded_attributes": {"type": "array", "items": {"type": "string"}},
                 "full_model": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/FullModelJob"}]},
             },

@@ -15,8 +15,9 @@ def timestamp(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
-def experiment(row: Experiment, *, audit: Iterable[AuditEntry] | None = None,
-               notices: Iterable[str] = ()) -> dict[str, Any]:
+def experiment(
+    row: Experiment, *, audit: Iterable[AuditEntry] | None = None, notices: Iterable[str] = ()
+) -> dict[str, Any]:
     """The definition exactly as ``export_definition`` gives it (so API and files
     agree), with the layer fields always present, plus the lifecycle state."""
     body: dict[str, Any] = {"layer": None, "layer_share": None, **export_definition(row)}

@@ -77,7 +77,10 @@ def create_key():
     principal = current_principal()
     with get_db().write() as session:
         _record, plaintext = auth.create_api_key(
-            session, form.scope.data, (form.name.data or "").strip(), created_by=principal.actor if principal else "web"  # type: ignore[arg-type]
+            session,
+            form.scope.data,
+            (form.name.data or "").strip(),
+            created_by=principal.actor if principal else "web",  # type: ignore[arg-type]
         )
     # Rendered, not redirected: the key exists only in this response.
     return _keys_page(NewKeyForm(formdata=None), new_key=plaintext, status=201)

@@ -127,7 +127,11 @@ def _number_or_text(text: str) -> Any:
         return text
     if not number.is_finite():
         return text
-    return int(number) if number == number.to_integral_value() and "." not in text and "e" not in text.lower() else float(number)
+    return (
+        int(number)
+        if number == number.to_integral_value() and "." not in text and "e" not in text.lower()
+        else float(number)
+    )
 
 
 def _percent(text: str) -> Any:
@@ -265,13 +269,20 @@ def mapping_to_form_data(data: Mapping[str, Any]) -> dict[str, Any]:
     for group, names in (("decision", DECISION_FIELDS), ("prior", PRIOR_FIELDS)):
         for name in names:
             value = data.get(group, {}).get(name)
-            values[f"{group}_{name}"] = "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+            values[f"{group}_{name}"] = (
+                "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+            )
     return values
 
 
 def default_form_data() -> dict[str, Any]:
     """A new experiment's form, with the decision and prior defaults written out."""
-    values: dict[str, Any] = {"variants": [{"key": "control", "description": "", "weight": "1"}, {"key": "treatment", "description": "", "weight": "1"}]}
+    values: dict[str, Any] = {
+        "variants": [
+            {"key": "control", "description": "", "weight": "1"},
+            {"key": "treatment", "description": "", "weight": "1"},
+        ]
+    }
     for group, cls in (("decision", DecisionRule), ("prior", Prior)):
         default = cls()
         for f in fields(cls):

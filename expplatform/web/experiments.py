@@ -114,7 +114,9 @@ def create_experiment():
     except ValidationError as exc:
         return _render_form(form, errors=form.errors_by_name(exc.fields), status_code=422)
     except ApiError as exc:
-        return _render_form(form, errors=form.errors_by_name(exc.fields) or {"form": exc.message}, status_code=exc.status)
+        return _render_form(
+            form, errors=form.errors_by_name(exc.fields) or {"form": exc.message}, status_code=exc.status
+        )
     for notice in saved.notices:
         flash(notice, "info")
     flash(f"Experiment {key} created as a draft.", "info")
@@ -151,7 +153,9 @@ def edit_experiment(key: str):
     if found.status == "stopped":
         flash("A stopped experiment is read-only; clone it to run it again.", "error")
         return redirect(url_for("web.experiment", key=key))
-    return _render_form(ExperimentForm(data=mapping_to_form_data(service.export_definition(found))), experiment=found)[0]
+    return _render_form(ExperimentForm(data=mapping_to_form_data(service.export_definition(found))), experiment=found)[
+        0
+    ]
 
 
 @bp.post("/experiments/<key>/edit")
@@ -168,7 +172,10 @@ def update_experiment(key: str):
         return _render_form(form, experiment=found, errors=form.errors_by_name(exc.fields), status_code=422)
     except ApiError as exc:
         return _render_form(
-            form, experiment=found, errors=form.errors_by_name(exc.fields) or {"form": exc.message}, status_code=exc.status
+            form,
+            experiment=found,
+            errors=form.errors_by_name(exc.fields) or {"form": exc.message},
+            status_code=exc.status,
         )
     for notice in saved.notices:
         flash(notice, "info")

@@ -20,7 +20,14 @@ class ConfirmForm(FlaskForm):
 
 
 class NewUserForm(FlaskForm):
-    email = EmailField("Email", validators=[DataRequired(), Length(max=254), Regexp(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", message="Enter an email address.")])
+    email = EmailField(
+        "Email",
+        validators=[
+            DataRequired(),
+            Length(max=254),
+            Regexp(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", message="Enter an email address."),
+        ],
+    )
     password = PasswordField("Initial password", validators=[DataRequired(), Length(min=8, max=200)])
     role = SelectField("Role", choices=[SelectChoice(role, role) for role in ROLES], default="viewer")
 

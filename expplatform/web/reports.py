@@ -48,7 +48,9 @@ class Format:
         """A relative interval, from an analysis Estimate or its JSON form."""
         if estimate is None:
             return "—"
-        low, high = (estimate.get("low"), estimate.get("high")) if isinstance(estimate, dict) else (estimate.low, estimate.high)
+        low, high = (
+            (estimate.get("low"), estimate.get("high")) if isinstance(estimate, dict) else (estimate.low, estimate.high)
+        )
         if low is None or high is None:
             return "—"
         return f"[{Format.lift(low, digits)}, {Format.lift(high, digits)}]"
@@ -133,7 +135,9 @@ def run_full_model(key: str):
     principal = current_principal()
     assert principal is not None
     try:
-        job, created = get_runner(current_app).queue(key, principal.actor, FitParams.defaults(current_app.extensions["settings"]))
+        job, created = get_runner(current_app).queue(
+            key, principal.actor, FitParams.defaults(current_app.extensions["settings"])
+        )
     except ApiError as exc:
         if exc.status == 404:
             abort(404)
