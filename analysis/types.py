@@ -9,8 +9,9 @@ JSON-ready (no NaN or infinity: undefined numbers are None).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from .exceptions import AnalysisInputError
 

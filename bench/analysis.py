@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis import FAST_DRAWS, CellStats, ExperimentStats, Prior, Scale, analyze  # noqa: E402
+from analysis import FAST_DRAWS, CellStats, ExperimentStats, Prior, Scale, analyze
 
 STAGES = ("awareness", "consideration", "purchase", "retention", "advocacy")
 BASE_RATES = (0.6, 0.35, 0.12, 0.06, 0.03)

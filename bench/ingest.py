@@ -32,10 +32,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.orm import Session
@@ -51,7 +51,7 @@ from expplatform.events import rebuild_outcomes, stored_outcomes  # noqa: E402
 from expplatform.models import Event, Experiment, OutcomeCount, Variant  # noqa: E402
 
 STAGES = ("awareness", "consideration", "purchase", "retention", "advocacy")
-BASE = datetime(2024, 5, 1, tzinfo=timezone.utc)
+BASE = datetime(2024, 5, 1, tzinfo=UTC)
 PG_DB = "bench_ingest"
 
 
@@ -112,7 +112,7 @@ def _timestamp_sql(engine, seconds_expr: str) -> str:
 def bulk_exposures(
     engine, experiment_id: int, variant_ids: list[int], start: int, stop: int, *, forced_every: int
 ) -> None:
-    forced = "(i % {n} = 0)".format(n=forced_every)
+    forced = f"(i % {forced_every} = 0)"
     if engine.dialect.name == "sqlite":
         forced = f"CASE WHEN {forced} THEN 1 ELSE 0 END"
     countries = "CASE i % 4 WHEN 0 THEN 'fr' WHEN 1 THEN 'de' WHEN 2 THEN 'es' ELSE 'it' END"

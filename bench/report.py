@@ -33,10 +33,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Iterator
 
 from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.orm import Session
@@ -58,14 +58,14 @@ ingest = _load_ingest_bench()
 
 from expplatform import create_app  # noqa: E402
 from expplatform.auth import create_user  # noqa: E402
-from expplatform.events import rebuild_outcomes  # noqa: E402
 from expplatform.db import Base  # noqa: E402
+from expplatform.events import rebuild_outcomes  # noqa: E402
 from expplatform.models import Experiment  # noqa: E402
 
 ingest.PG_DB = "bench_report"
 # A running experiment: two weeks of data up to yesterday (the new events of the run
 # then land today), so the daily series spans the days a real one would.
-ingest.BASE = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=16)
+ingest.BASE = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=16)
 STAGES = ingest.STAGES
 # Conversion probability per stage for control; the treatment gains at purchase.
 FUNNEL = (0.60, 0.35, 0.10, 0.05)
@@ -124,7 +124,7 @@ def build(url: str, exposures: int, events: int) -> int:
             if recent and session.scalar(text("SELECT count(*) FROM events")) >= events:
                 print(f"  reusing the data set in {url}")
                 return found.id
-    except Exception:  # noqa: BLE001 - no schema yet: build it
+    except Exception:
         pass
     finally:
         engine.dispose()
@@ -252,7 +252,7 @@ def _stale(url: str) -> bool:
         with Session(engine) as session:
             started = session.scalar(select(Experiment.started_at).where(Experiment.key == "bench"))
         return started is None or started < ingest.BASE - timedelta(days=7)
-    except Exception:  # noqa: BLE001 - not even a schema: start over
+    except Exception:
         return True
     finally:
         engine.dispose()

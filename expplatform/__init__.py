@@ -6,13 +6,14 @@ PyMC is never imported here (only the full-model path loads it, lazily).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from flask import Flask
 
 from . import auth, db, jobs, migrations, reports
-from .cookie_session import CookieSessionInterface
 from .config import load_settings
+from .cookie_session import CookieSessionInterface
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:

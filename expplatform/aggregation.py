@@ -19,9 +19,9 @@ Forced (QA) exposures are never in a denominator, and their events never in outc
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Mapping
 
 from sqlalchemy import Integer, String, and_, case, cast, false, func, literal, null, or_, select, text, true, union_all
 from sqlalchemy.orm import Session

@@ -32,8 +32,9 @@ import json
 import logging
 import threading
 import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 from flask import Flask, current_app
 from sqlalchemy import event, select
@@ -321,7 +322,7 @@ def _resolve(store: ExposureStore, request: AssignRequest, pending: dict[int, _P
 class _ThreadConnection:
     """One thread's driver connection, closed when the thread (and so this holder) goes."""
 
-    __slots__ = ("connection", "cursor", "__weakref__")
+    __slots__ = ("__weakref__", "connection", "cursor")
 
     def __init__(self, connection: Any) -> None:
         self.connection = connection
@@ -330,7 +331,7 @@ class _ThreadConnection:
     def close(self) -> None:
         try:
             self.connection.close()
-        except Exception:  # noqa: BLE001 - closing a connection that is already gone
+        except Exception:
             log.debug("closing an exposure connection failed", exc_info=True)
 
     def __del__(self) -> None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
-from typing import Callable, Literal
+from typing import Literal
 
 from flask import Flask, abort, current_app, g, redirect, request, session, url_for
 from sqlalchemy import select

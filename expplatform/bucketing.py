@@ -17,10 +17,10 @@ moves) and never changes anyone's variant (which does not depend on traffic).
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from hashlib import sha256
 from itertools import compress
-from typing import Iterable, Sequence
 
 import numpy as np
 

@@ -29,9 +29,10 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable, Literal, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ class Client:
         self,
         customer_id: str,
         stage: str,
-        type: EventType = "conversion",  # noqa: A002 - the wire name
+        type: EventType = "conversion",
         *,
         value: int | None = None,
         experiment: str | None = None,
@@ -178,7 +179,7 @@ class Client:
             "customer_id": customer_id,
             "stage": stage,
             "type": type,
-            "timestamp": (timestamp or datetime.now(timezone.utc)).isoformat(),
+            "timestamp": (timestamp or datetime.now(UTC)).isoformat(),
         }
         if value is not None:
             event["value"] = value

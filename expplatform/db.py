@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from flask import Flask, current_app, g
 from sqlalchemy import MetaData, create_engine, event
@@ -56,7 +56,7 @@ def make_engine(settings: Settings) -> Engine:
 
 def _configure_sqlite(engine: Engine, busy_timeout_ms: int, *, wal: bool) -> None:
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record):  # noqa: ANN001 - DB-API objects
+    def _on_connect(dbapi_connection, _record):
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
         cursor = dbapi_connection.cursor()
         if wal:
@@ -67,12 +67,12 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int, *, wal: bool) -> Non
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(connection):  # noqa: ANN001
+    def _on_begin(connection):
         mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
         connection.exec_driver_sql(f"BEGIN {mode}")
 
 
-def _ensure_wal(cursor) -> None:  # noqa: ANN001 - a sqlite3 cursor
+def _ensure_wal(cursor) -> None:
     """Put the file in WAL mode unless it is already (WAL is a property of the file,
     normally set once by `db upgrade`). Changing the mode needs an exclusive lock, and
     SQLite refuses it at once ("database is locked", no busy wait) while another

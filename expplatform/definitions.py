@@ -18,10 +18,11 @@ from __future__ import annotations
 import math
 import re
 import tomllib
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterable, Literal, Mapping, Union
+from typing import Any, Literal, Union
 
 from analysis.exceptions import AnalysisInputError
 from analysis.types import DecisionRule, Prior
@@ -570,8 +571,8 @@ def dump_toml(data: Mapping[str, Any]) -> str:
 
 __all__ = [
     "DEFAULT_STAGES",
-    "DefinitionFileError",
     "OPERATORS",
+    "DefinitionFileError",
     "ExperimentDefinition",
     "TargetingRule",
     "VariantDefinition",

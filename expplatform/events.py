@@ -39,10 +39,11 @@ import fcntl
 import json
 import re
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
-from typing import Any, Iterator, Literal, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 from sqlalchemy import Date, and_, case, cast, delete, func, insert, literal, or_, select
 from sqlalchemy.orm import Session
@@ -58,7 +59,6 @@ from .models import (
     Exposure,
     Outcome,
     OutcomeCount,
-    UnmatchedEventCount,
     utcnow,
 )
 
@@ -161,7 +161,7 @@ def _timestamp(raw: Any, now: datetime, max_future: timedelta) -> datetime:
     if parsed.tzinfo is None:
         raise _Invalid("invalid_timestamp", "timestamp must carry a zone (Z or +hh:mm)")
     try:
-        occurred = parsed.astimezone(timezone.utc)
+        occurred = parsed.astimezone(UTC)
     except OverflowError:
         raise _Invalid("invalid_timestamp", "timestamp is out of range") from None
     if occurred > now + max_future:
@@ -260,12 +260,12 @@ class _Driver:
             return None
         if not self.sqlite:
             return value.isoformat()  # read back by ::timestamptz, zone included
-        return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(" ", "microseconds")
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
     def time_out(self, value: Any) -> datetime | None:
         if value is None or not isinstance(value, str):
             return value
-        return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
     def _run(self, statement: str, params: Sequence[Any], fetch: bool) -> list[tuple]:
         result = self.connection.exec_driver_sql(statement, tuple(params))

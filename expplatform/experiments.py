@@ -24,9 +24,10 @@ Rules, in one place:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
@@ -428,10 +429,10 @@ def clone_experiment(session: Session, key: str, actor: str, *, new_key: str | N
 
 
 __all__ = [
-    "Page",
     "STATUSES",
-    "Saved",
     "TRANSITIONS",
+    "Page",
+    "Saved",
     "apply_definition",
     "audit_log",
     "change_status",

@@ -28,9 +28,10 @@ import socket
 import threading
 import uuid
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
 from flask import Flask
 from sqlalchemy import or_, select, update
@@ -289,7 +290,7 @@ class JobRunner:
                 job_id = self._pending.popleft()
             try:
                 self.run(job_id)
-            except Exception:  # noqa: BLE001 - the thread must outlive one bad job
+            except Exception:
                 log.exception("full-model job %s could not be run", job_id)
 
     def _own(self, job_id: int) -> None:
@@ -329,7 +330,7 @@ class JobRunner:
                     )
                     .values(heartbeat_at=utcnow())
                 )
-        except Exception:  # noqa: BLE001 - a missed beat is retried; the timeout allows many
+        except Exception:
             log.warning("could not record the heartbeat of jobs %s", owned, exc_info=True)
 
     def claim(self, job_id: int) -> bool:
@@ -357,7 +358,7 @@ class JobRunner:
                 if result is None:  # the experiment was deleted meanwhile
                     return None
                 return self._update(job_id, "finished", result=result, finished_at=utcnow())
-            except Exception as exc:  # noqa: BLE001 - any failure is the job's outcome
+            except Exception as exc:
                 log.exception("full-model job %s failed", job_id)
                 return self._update(job_id, "failed", error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=utcnow())
         finally:

@@ -17,7 +17,7 @@ class SchemaOutOfDate(RuntimeError):
     pass
 
 
-def alembic_config(database_url: str, connection=None) -> Config:  # noqa: ANN001
+def alembic_config(database_url: str, connection=None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))

@@ -21,9 +21,10 @@ import io
 import math
 import re
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 CONTROL_COLOR = "#6b7280"
 PALETTE = ("#2952cc", "#d97706", "#0f9d58", "#9333ea", "#dc2626", "#0891b2", "#be185d", "#65a30d")

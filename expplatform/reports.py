@@ -30,11 +30,12 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime
-from typing import Any, Callable, Generic, Hashable, Mapping, Sequence, TypeVar
+from typing import Any, Generic, TypeVar
 
 from flask import Flask, current_app
 from sqlalchemy import select
@@ -468,7 +469,7 @@ class _Slow:
             return Pending("computing")
         except ApiError:
             raise  # the caller's mistake (e.g. an attribute with too many values): say so
-        except Exception:  # noqa: BLE001 - logged by the worker; the page says so
+        except Exception:
             return Pending("failed")
         with self._lock:
             return _ready(self._entries[key])
@@ -509,7 +510,7 @@ class _Slow:
                 future.result(timeout=timeout)
             except FutureTimeout:
                 return False
-            except Exception:  # noqa: BLE001 - a failure is still done
+            except Exception:
                 pass
         return True
 

@@ -15,7 +15,7 @@ config = context.config
 target_metadata = Base.metadata
 
 
-def render_item(type_, obj, autogen_context):  # noqa: ANN001
+def render_item(type_, obj, autogen_context):
     """Render our UTC wrapper as the plain column type it stores, so migrations do
     not depend on application code."""
     if type_ == "type" and isinstance(obj, UTCDateTime):
@@ -23,12 +23,12 @@ def render_item(type_, obj, autogen_context):  # noqa: ANN001
     return False
 
 
-def _skip_empty(context_, revision, directives):  # noqa: ANN001
+def _skip_empty(context_, revision, directives):
     if getattr(config.cmd_opts, "autogenerate", False) and directives and directives[0].upgrade_ops.is_empty():
         directives[:] = []
 
 
-def _configure(connection) -> None:  # noqa: ANN001
+def _configure(connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

@@ -4,15 +4,16 @@ these tests only need them to exist)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 
 from expplatform.events import stored_outcomes
 from expplatform.models import EventQualityCount, Experiment, Exposure, OutcomeCount, Variant
 
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
 def iso(moment: datetime) -> str:

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from functools import lru_cache
-from typing import Any, Iterator
+from typing import Any
 
 from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
@@ -125,7 +126,7 @@ def assert_example_valid(template: str, method: str, value: Any) -> None:
     validate(value, "paths", template, method, "requestBody", "content", "application/json", "schema")
 
 
-class checked:  # noqa: N801 - reads as a function at the call site
+class checked:
     """Wrap a ``conftest.Api`` (or a test client) so every response it returns is
     checked against the document before the test sees it."""
 

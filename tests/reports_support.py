@@ -5,7 +5,7 @@ seeding meant to produce, to check the report against."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -18,7 +18,7 @@ from .events_support import expose, iso, make_experiment
 
 WAIT = 60
 
-START = datetime(2024, 5, 1, 9, 0, tzinfo=timezone.utc)
+START = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
 STAGES = ("browse", "cart", "purchase")
 # Conversion probability per stage (cumulative funnel) and rating weights per variant.
 FUNNEL = {"control": (0.7, 0.35, 0.10), "bold": (0.7, 0.40, 0.18), "plain": (0.7, 0.34, 0.09)}

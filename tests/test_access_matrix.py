@@ -10,8 +10,6 @@ it means the guard let the caller through).
 
 from __future__ import annotations
 
-import pytest
-
 from expplatform.auth import role_at_least
 
 CALLERS = ["nobody", "client_key", "admin_key", "viewer", "editor", "admin"]

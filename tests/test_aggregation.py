@@ -3,7 +3,7 @@ days that add up to the whole, data-quality figures, index use."""
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from sqlalchemy import event as sa_event
@@ -15,7 +15,7 @@ from expplatform.events import record_events
 from expplatform.models import Experiment
 from tests.events_support import expose, iso, make_experiment
 
-DAY1 = datetime(2024, 5, 1, 23, 59, 58, tzinfo=timezone.utc)
+DAY1 = datetime(2024, 5, 1, 23, 59, 58, tzinfo=UTC)
 
 
 def conv(event_id, customer, stage, when):
@@ -125,7 +125,7 @@ def test_an_experiment_without_data_has_zero_cells(db):
 def statements(db):
     executed: list[str] = []
 
-    def record(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+    def record(conn, cursor, statement, parameters, context, executemany):
         executed.append(statement)
 
     sa_event.listen(db.engine, "before_cursor_execute", record)

@@ -68,7 +68,7 @@ def test_full_model_summaries_have_the_conjugate_result_types(stats, monkeypatch
     assert result.diagnostics == failed
     shape = lambda r: [
         (s.stage, [(m.metric, [c.treatment for c in m.comparisons]) for m in s.metrics]) for s in r.stages
-    ]  # noqa: E731
+    ]
     assert shape(result) == shape(conjugate)
     comparison = result.stage("purchase").metric("conversion").comparison("B")
     assert comparison.p_better_error is None  # MCMC draws: see the diagnostics instead

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import event, select, update
@@ -88,12 +89,12 @@ def statements(db) -> Iterator[list[str]]:
     driver connections (the only SQL that bypasses SQLAlchemy)."""
     seen: list[str] = []
 
-    def record(_conn, _cursor, statement, *_args):  # noqa: ANN001
+    def record(_conn, _cursor, statement, *_args):
         seen.append(statement)
 
     original = ExposureStore._run
 
-    def run(self, sql, params, **kwargs):  # noqa: ANN001
+    def run(self, sql, params, **kwargs):
         seen.append(sql)
         return original(self, sql, params, **kwargs)
 

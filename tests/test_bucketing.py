@@ -31,7 +31,6 @@ from expplatform.bucketing import (
     variant_for,
 )
 
-
 # -- layer allocation -------------------------------------------------------------------
 
 

@@ -4,7 +4,7 @@ sends), all-or-nothing storage, request-level errors."""
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
@@ -18,7 +18,7 @@ from tests.events_support import at, counts, expose, iso, make_experiment
 from tests.openapi_check import assert_example_valid, checked
 
 URL = "/api/v1/events"
-NOW = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 
 
 def ev(event_id: str = "e1", customer_id: str = "c1", stage: str = "purchase", type: str = "conversion", **extra):
@@ -100,7 +100,7 @@ def test_valid_events_parse_into_typed_objects():
         max_future_seconds=24 * 3600,
     )
     assert rejected == []
-    assert valid[0].occurred_at == datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
+    assert valid[0].occurred_at == datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
     assert (valid[1].value, valid[1].experiment, valid[1].occurred_at) == (4, "checkout", None)
     assert valid[2].occurred_at == NOW + timedelta(hours=24)
 
@@ -167,11 +167,11 @@ def test_a_single_event_object_is_accepted(api, db, checkout):
 
 
 def test_an_event_without_timestamp_happens_when_received(api, db, checkout):
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     assert api.post(URL, json=ev()).get_json()["accepted"] == 1
     with db.sessionmaker() as session:
         row = session.scalar(select(Event))
-    assert before <= row.occurred_at == row.received_at <= datetime.now(timezone.utc)
+    assert before <= row.occurred_at == row.received_at <= datetime.now(UTC)
 
 
 def test_a_resent_batch_is_all_duplicates_and_counts_once(api, db, checkout):
@@ -269,7 +269,7 @@ def make_test_app_key(database_url, tmp_path):
 def test_a_database_failure_mid_request_stores_nothing_and_is_503(api, db, checkout, failing_table):
     calls = {"n": 0}
 
-    def fail_on_write(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+    def fail_on_write(conn, cursor, statement, parameters, context, executemany):
         if statement.lstrip().upper().startswith(f"INSERT INTO {failing_table.upper()} "):
             calls["n"] += 1
             raise OperationalError(statement, parameters, Exception("injected fault: disk gone"))
@@ -311,7 +311,7 @@ def test_the_same_batch_sent_concurrently_counts_once(live_server, db, client_ke
             )
             assert response.status_code == 200, response.text
             results.append(response.json())
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=send) for _ in range(senders)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 import threading
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import requests
 
@@ -38,7 +38,7 @@ def _seed(db) -> int:
             scale_min=1,
             scale_max=5,
             forced_variants=dict(FORCED),
-            started_at=datetime.now(timezone.utc),
+            started_at=datetime.now(UTC),
         )
         experiment.variants = [
             Variant(key=v, weight=1.0, position=i, is_control=i == 0) for i, v in enumerate(VARIANTS)
@@ -81,7 +81,7 @@ def _plan(rng: random.Random, customer: str, start: datetime) -> list[dict]:
 
 def test_aggregates_equal_exactly_what_was_sent(live_server, db, client_key):
     experiment_id = _seed(db)
-    start = datetime.now(timezone.utc)
+    start = datetime.now(UTC)
     rng = random.Random(4)
     customers = [f"u{i}" for i in range(CUSTOMERS)] + list(FORCED)
     plans = {c: _plan(rng, c, start) for c in customers}

@@ -148,7 +148,7 @@ def test_a_database_error_on_the_fast_path_is_answered_by_the_flask_view(app, se
 
     from expplatform.assignment import ExposureStore
 
-    def unavailable(self, sql, params, **_kwargs):  # noqa: ANN001
+    def unavailable(self, sql, params, **_kwargs):
         raise OperationalError(sql, params, Exception("connection refused"))
 
     monkeypatch.setattr(ExposureStore, "_run", unavailable)

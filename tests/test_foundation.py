@@ -19,7 +19,7 @@ from expplatform.config import ConfigError, load_settings
 from expplatform.db import Base
 from expplatform.migrations import SchemaOutOfDate
 
-from .conftest import POSTGRES_URL, process_tag, drop_postgres_schema, fresh_postgres_schema, make_test_app
+from .conftest import POSTGRES_URL, drop_postgres_schema, fresh_postgres_schema, make_test_app, process_tag
 
 
 def test_settings_parse_typed_values(tmp_path):
@@ -100,7 +100,7 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path):
         assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == db.settings.sqlite_busy_timeout_ms
 
 
-def _connect_at_the_barrier(path: str, barrier, results) -> None:  # noqa: ANN001 - multiprocessing objects
+def _connect_at_the_barrier(path: str, barrier, results) -> None:
     from sqlalchemy import text
 
     from expplatform.db import make_engine
@@ -111,7 +111,7 @@ def _connect_at_the_barrier(path: str, barrier, results) -> None:  # noqa: ANN00
         with engine.connect() as connection:
             connection.execute(text("SELECT count(*) FROM t"))
         results.put("ok")
-    except Exception as exc:  # noqa: BLE001 - reported to the test
+    except Exception as exc:
         results.put(repr(exc))
 
 
@@ -183,7 +183,7 @@ def test_first_definition_changes_on_a_fresh_database_do_not_collide(db):
             barrier.wait()
             with db.write() as session:
                 bump_version(session)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             failures.append(exc)
 
     threads = [threading.Thread(target=bump) for _ in range(4)]
@@ -200,7 +200,7 @@ def test_demo_setup_creates_login_key_and_demo_experiments_once(tmp_path):
     env = {"EXPPLATFORM_INSTANCE_PATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
     run = lambda *args: subprocess.run(
         [sys.executable, "-m", "expplatform.cli", *args], capture_output=True, text=True, env=env
-    )  # noqa: E731
+    )
     assert run("db", "upgrade").returncode == 0
     first = run("demo", "setup")
     assert first.returncode == 0, first.stderr

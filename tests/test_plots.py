@@ -93,7 +93,7 @@ def test_axes_are_labelled_and_names_are_text():
 
 
 def test_each_variant_has_one_colour_in_every_plot():
-    assert COLORS == {"control": plots.CONTROL_COLOR, "bold": plots.PALETTE[0], "plain": plots.PALETTE[1]}
+    assert {"control": plots.CONTROL_COLOR, "bold": plots.PALETTE[0], "plain": plots.PALETTE[1]} == COLORS
     assert plots.variant_colors(("a", "ctl", "b"), "ctl") == {
         "a": plots.PALETTE[0],
         "b": plots.PALETTE[1],

@@ -10,7 +10,7 @@ import json
 import threading
 from collections import Counter
 from dataclasses import replace
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from sqlalchemy import select, text
@@ -25,7 +25,7 @@ from expplatform.models import Experiment
 
 from .events_support import expose, iso, make_experiment
 from .openapi_check import checked
-from .reports_support import START, STAGES, WAIT, app, seed_journey, seeded  # noqa: F401  (fixtures)
+from .reports_support import STAGES, START, WAIT, app, seed_journey, seeded  # noqa: F401  (fixtures)
 
 
 def roundtrip(value):
@@ -299,7 +299,7 @@ def _send(app, db, events):
 
 def _unmatched(app, db):
     with db.write() as session:
-        _balanced(session, make_experiment(session, "warn", started_at=datetime.now(timezone.utc) - timedelta(days=1)))
+        _balanced(session, make_experiment(session, "warn", started_at=datetime.now(UTC) - timedelta(days=1)))
     _send(
         app,
         db,
@@ -516,7 +516,7 @@ def test_the_series_point_of_today_comes_from_the_live_data(db, seeded):
         ),
         version="old",
     )
-    now = datetime(2024, 5, 9, 12, tzinfo=timezone.utc)
+    now = datetime(2024, 5, 9, 12, tzinfo=UTC)
     live = reports._with_live_point(older, "new", stats, prior, rule, now)
     assert [p.day for p in live.value] == [date(2024, 5, 1), date(2024, 5, 9), date(2024, 5, 9)]
     today = {p.variant: p for p in live.value[1:]}

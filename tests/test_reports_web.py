@@ -7,7 +7,6 @@ import html
 import re
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import select
 
 from analysis import analyze

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import BadRequest
@@ -30,7 +31,7 @@ RESPONSE_HEADERS = {"Cache-Control": "no-store"}
 
 
 @bp.record_once
-def _setup(state) -> None:  # noqa: ANN001 - Flask's BlueprintSetupState
+def _setup(state) -> None:
     assignment.init_app(state.app)
 
 

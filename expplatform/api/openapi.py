@@ -57,7 +57,7 @@ COMMON_PATHS: dict[str, Any] = {
 def _feature_fragments() -> list[dict[str, Any]]:
     from importlib import import_module
 
-    return [getattr(import_module(f"{__package__}.{name}"), "OPENAPI") for name in FEATURE_MODULES]
+    return [import_module(f"{__package__}.{name}").OPENAPI for name in FEATURE_MODULES]
 
 
 @lru_cache(maxsize=1)

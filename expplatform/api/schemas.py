@@ -4,8 +4,9 @@ to be checked against."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any
 
 from ..experiments import Page, export_definition
 from ..models import AuditEntry, Experiment

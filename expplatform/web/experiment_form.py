@@ -11,9 +11,10 @@ without JavaScript.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import fields
 from decimal import Decimal, InvalidOperation
-from typing import Any, Mapping
+from typing import Any
 
 from flask_wtf import FlaskForm
 from wtforms import FieldList, Form, FormField, RadioField, SelectField, StringField, TextAreaField
@@ -88,7 +89,7 @@ class ExperimentForm(FlaskForm):
         if head == "targeting" and rest:
             return self._row_field(self.targeting, getattr(self, "rule_rows", []), rest)
         if head in {"decision", "prior"} and rest:
-            return getattr(self, f"{head}_{rest}", None) or getattr(self, "decision_ship_probability")
+            return getattr(self, f"{head}_{rest}", None) or self.decision_ship_probability
         return {
             "traffic": self.traffic_percent,
             "layer_share": self.layer_share_percent,
