@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from analysis.types import CellStats, ExperimentStats, Scale
 
-from .errors import ValidationError
+from .errors import MalformedRequest
 from .events import utc_day
 from .models import (
     EventQualityCount,
@@ -170,7 +170,7 @@ def segment_stats(session: Session, experiment: Experiment, attribute: str) -> d
     """Statistics per value of one exposure attribute (given at assignment); customers
     without it are under None. The segments add up to :func:`experiment_stats`."""
     if not SEGMENT_ATTRIBUTE.match(attribute):
-        raise ValidationError({"segment": "must be an attribute name: letters, digits, '_' or '-' (1-64)"}, status=400)
+        raise MalformedRequest(fields={"segment": "must be an attribute name: letters, digits, '_' or '-' (1-64)"})
     shape = _Shape.of(experiment)
     segment = _segment_value(session, attribute).label("segment")
     exposed = (
@@ -200,9 +200,8 @@ def segment_stats(session: Session, experiment: Experiment, attribute: str) -> d
         totals = by_segment.get(value)
         if totals is None:
             if len(by_segment) == MAX_SEGMENTS:
-                raise ValidationError(
-                    {"segment": f"has more than {MAX_SEGMENTS} distinct values; choose a coarser attribute"},
-                    status=400,
+                raise MalformedRequest(
+                    fields={"segment": f"has more than {MAX_SEGMENTS} distinct values; choose a coarser attribute"}
                 )
             totals = by_segment[value] = _Accumulator(shape)
         if stage is None:

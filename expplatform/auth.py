@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .db import get_db, get_session
-from .errors import ApiError
+from .errors import AuthenticationRequired, Forbidden
 from .models import ApiKey, User, utcnow
 from .versioning import VersionedCache, bump_version
 
@@ -153,12 +153,14 @@ def current_principal() -> Principal | None:
     if header:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "invalid_authorization", "Send the key as 'Authorization: Bearer <key>'.")
+            raise AuthenticationRequired(
+                code="invalid_authorization", message="Send the key as 'Authorization: Bearer <key>'."
+            )
         token = token.strip()
         looked_up = request.environ.get(KEY_LOOKUP_ENVIRON)
         principal = looked_up[1] if looked_up is not None and looked_up[0] == token else principal_for_key(token)
         if principal is None:
-            raise ApiError(401, "invalid_api_key", "The API key is unknown or revoked.")
+            raise AuthenticationRequired(code="invalid_api_key", message="The API key is unknown or revoked.")
     else:
         user = current_user()
         if user is not None:
@@ -186,12 +188,14 @@ def api_access(*, scope: Scope, session_role: Role | None = None) -> Callable:
         def wrapped(*args, **kwargs):
             principal = current_principal()
             if principal is None:
-                raise ApiError(401, "authentication_required", "Send an API key as 'Authorization: Bearer <key>'.")
+                raise AuthenticationRequired(
+                    code="authentication_required", message="Send an API key as 'Authorization: Bearer <key>'."
+                )
             if principal.kind == "key":
                 if principal.scope != scope:
-                    raise ApiError(403, "forbidden", f"This endpoint needs a key with the '{scope}' scope.")
+                    raise Forbidden(f"This endpoint needs a key with the '{scope}' scope.")
             elif session_role is None or not role_at_least(principal.role, session_role):
-                raise ApiError(403, "forbidden", "Your account may not use this endpoint.")
+                raise Forbidden("Your account may not use this endpoint.")
             return view(*args, **kwargs)
 
         return wrapped

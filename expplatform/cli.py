@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from . import auth, definitions, experiments, migrations
 from .db import get_db
-from .errors import ApiError
+from .errors import DomainError
 from .models import ApiKey
 
 
@@ -150,7 +150,7 @@ def experiments_apply(paths: tuple[Path, ...]) -> None:
     except definitions.DefinitionFileError as exc:
         click.echo("\n".join(exc.problems) + "\nnothing applied", err=True)
         sys.exit(1)
-    except ApiError as exc:
+    except DomainError as exc:
         click.echo(f"{exc.message}\nnothing applied", err=True)
         sys.exit(1)
     for saved in results:
@@ -172,7 +172,7 @@ def experiments_export(key: str, output: Path | None) -> None:
     with get_db().sessionmaker() as session:
         try:
             text = definitions.dump_toml(experiments.export_definition(experiments.get_experiment(session, key)))
-        except ApiError as exc:
+        except DomainError as exc:
             click.echo(exc.message, err=True)
             sys.exit(1)
     if output is None:
@@ -247,7 +247,7 @@ def report_command(
                 text = render_standalone(built)
             else:
                 text = reports.format_table(built)
-    except ApiError as exc:
+    except DomainError as exc:
         click.echo(exc.message, err=True)
         sys.exit(1)
     if output is None:

@@ -3,7 +3,7 @@ API, the TOML files and the web form, so the three cannot drift apart.
 
 A definition arrives as a mapping (a JSON object, a parsed TOML file, or a form
 turned into a mapping) and leaves :func:`parse_definition` as a frozen
-:class:`ExperimentDefinition`, or as one :class:`~expplatform.errors.ValidationError`
+:class:`ExperimentDefinition`, or as one :class:`~expplatform.errors.InvalidInput`
 naming every bad field by its dotted path (``variants.1.weight``: lists are
 counted from 0). :func:`definition_to_mapping` is the inverse, and
 :func:`dump_toml` writes it in a fixed order so an exported file diffs cleanly.
@@ -28,7 +28,7 @@ from analysis.exceptions import AnalysisInputError
 from analysis.types import DecisionRule, Prior
 
 from .bucketing import LAYER_BUCKETS
-from .errors import ValidationError
+from .errors import InvalidInput, MalformedRequest
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 DEFAULT_STAGES: tuple[str, ...] = ("awareness", "consideration", "purchase", "retention", "advocacy")
@@ -359,9 +359,9 @@ def _forced(errors: _Errors, value: Any, variant_keys: set[str] | None) -> Mappi
 
 
 def parse_definition(data: Any) -> ExperimentDefinition:
-    """Validate a definition mapping; raise ValidationError naming every bad field."""
+    """Validate a definition mapping; raise InvalidInput naming every bad field."""
     if not isinstance(data, Mapping):
-        raise ValidationError({"definition": "must be an object"}, status=400)
+        raise MalformedRequest(fields={"definition": "must be an object"})
     errors = _Errors()
     _unknown(errors, "", data, TOP_LEVEL_FIELDS)
     values: dict[str, Any] = {}
@@ -415,7 +415,7 @@ def parse_definition(data: Any) -> ExperimentDefinition:
         values["forced_variants"] = _forced(errors, data["forced_variants"], known)
 
     if errors.fields:
-        raise ValidationError(errors.fields)
+        raise InvalidInput(errors.fields)
     return ExperimentDefinition(**values, notices=notices)
 
 
@@ -459,7 +459,7 @@ def parse_toml(text: str) -> ExperimentDefinition:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ValidationError({"toml": str(exc)}, f"not valid TOML: {exc}") from None
+        raise InvalidInput({"toml": str(exc)}, f"not valid TOML: {exc}") from None
     return parse_definition(data)
 
 
@@ -487,7 +487,7 @@ def load_files(paths: Iterable[Path]) -> list[tuple[Path, ExperimentDefinition]]
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(f"{path}: cannot read: {exc}")
             continue
-        except ValidationError as exc:
+        except InvalidInput as exc:
             problems.extend(f"{path}: {name}: {why}" for name, why in exc.fields.items())
             continue
         if definition.key in seen:

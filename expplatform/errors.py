@@ -1,7 +1,9 @@
-"""Errors that service code raises and the API turns into JSON.
+"""What can go wrong in the domain, said in the domain's words.
 
-Every API error has a stable machine-readable ``error`` code, a human ``message``
-and, for validation errors, ``fields`` naming what was wrong with which input.
+Services raise these and know nothing of HTTP; ``api/errors.py`` is the one table that
+turns each kind into a status, and the web pages and the CLI turn them into a flash or a
+line of text. Every error carries a stable machine-readable ``code`` and a human
+``message``; input errors also carry ``fields``, naming what was wrong with which input.
 """
 
 from __future__ import annotations
@@ -9,19 +11,21 @@ from __future__ import annotations
 from typing import Any
 
 
-class ApiError(Exception):
+class DomainError(Exception):
+    """Base of every error a service raises on purpose (anything else is a bug)."""
+
+    default_code = "error"
+
     def __init__(
         self,
-        status: int,
-        code: str,
         message: str,
         *,
+        code: str | None = None,
         fields: dict[str, str] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
-        self.status = status
-        self.code = code
+        self.code = code or self.default_code
         self.message = message
         self.fields = fields or {}
         self.extra = extra or {}
@@ -34,19 +38,62 @@ class ApiError(Exception):
         return body
 
 
-class ValidationError(ApiError):
-    """Input that cannot be accepted; ``fields`` maps each bad field to why."""
-
-    def __init__(self, fields: dict[str, str], message: str | None = None, *, status: int = 422) -> None:
-        summary = message or "; ".join(f"{name}: {why}" for name, why in fields.items())
-        super().__init__(status, "validation_failed", summary, fields=fields)
+def _summary(fields: dict[str, str]) -> str:
+    return "; ".join(f"{name}: {why}" for name, why in fields.items())
 
 
-class NotFound(ApiError):
+class InvalidInput(DomainError):
+    """A document (a definition, a setting) that breaks the rules; ``fields`` says where."""
+
+    default_code = "validation_failed"
+
+    def __init__(self, fields: dict[str, str], message: str | None = None) -> None:
+        super().__init__(message or _summary(fields), fields=fields)
+
+
+class MalformedRequest(DomainError):
+    """A request whose shape or options are wrong before any rule is looked at: a body that
+    is not JSON, an unknown parameter, an option out of range."""
+
+    default_code = "validation_failed"
+
+    def __init__(
+        self, message: str | None = None, *, fields: dict[str, str] | None = None, code: str | None = None
+    ) -> None:
+        if message is None:
+            message = _summary(fields or {})
+        super().__init__(message, code=code, fields=fields)
+
+
+class NotFound(DomainError):
+    default_code = "not_found"
+
     def __init__(self, message: str, code: str = "not_found") -> None:
-        super().__init__(404, code, message)
+        super().__init__(message, code=code)
 
 
-class Conflict(ApiError):
+class Conflict(DomainError):
+    """The request is valid but the state of things forbids it (a lifecycle move, a frozen field)."""
+
+    default_code = "conflict"
+
     def __init__(self, code: str, message: str, *, fields: dict[str, str] | None = None) -> None:
-        super().__init__(409, code, message, fields=fields)
+        super().__init__(message, code=code, fields=fields)
+
+
+class TooLarge(DomainError):
+    """More input than one request may carry (a batch over the limit)."""
+
+    default_code = "payload_too_large"
+
+
+class AuthenticationRequired(DomainError):
+    """No credentials, or credentials that are not (or no longer) valid."""
+
+    default_code = "authentication_required"
+
+
+class Forbidden(DomainError):
+    """Valid credentials that may not do this."""
+
+    default_code = "forbidden"

@@ -51,7 +51,7 @@ from sqlalchemy.sql import Select
 
 from .config import Settings
 from .db import Database, retry_on_lock
-from .errors import ApiError
+from .errors import MalformedRequest, TooLarge
 from .models import (
     Event,
     EventQualityCount,
@@ -110,17 +110,19 @@ def batch_items(payload: Any, *, max_events: int) -> list[Any]:
     if isinstance(payload, dict) and "events" in payload:
         extra = sorted(set(payload) - {"events"})
         if extra:
-            raise ApiError(400, "invalid_body", f"A batch has only 'events'; unexpected: {', '.join(extra)}.")
+            raise MalformedRequest(
+                code="invalid_body", message=f"A batch has only 'events'; unexpected: {', '.join(extra)}."
+            )
         items = payload["events"]
         if not isinstance(items, list):
-            raise ApiError(400, "invalid_body", "'events' must be a list of event objects.")
+            raise MalformedRequest(code="invalid_body", message="'events' must be a list of event objects.")
     elif isinstance(payload, dict):
         items = [payload]
     else:
-        raise ApiError(400, "invalid_body", 'The body must be an event object or {"events": [...]}.')
+        raise MalformedRequest(code="invalid_body", message='The body must be an event object or {"events": [...]}.')
     if len(items) > max_events:
-        raise ApiError(
-            413, "too_many_events", f"A batch may hold at most {max_events} events; this one has {len(items)}."
+        raise TooLarge(
+            code="too_many_events", message=f"A batch may hold at most {max_events} events; this one has {len(items)}."
         )
     return items
 

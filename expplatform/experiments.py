@@ -43,7 +43,7 @@ from .definitions import (
     definition_to_mapping,
     parse_definition,
 )
-from .errors import Conflict, NotFound, ValidationError
+from .errors import Conflict, InvalidInput, NotFound
 from .models import AuditEntry, Experiment, Variant, utcnow
 from .versioning import bump_version
 
@@ -418,7 +418,7 @@ def next_iteration_key(session: Session, key: str) -> str:
 def clone_experiment(session: Session, key: str, actor: str, *, new_key: str | None = None) -> Saved:
     """Copy the definition into a new draft: the way to change what is frozen."""
     if new_key is not None and not SLUG.match(new_key):
-        raise ValidationError({"key": "must be a slug: 1-64 lowercase letters, digits, '-' or '_'"})
+        raise InvalidInput({"key": "must be a slug: 1-64 lowercase letters, digits, '-' or '_'"})
     bump_version(session)
     source = get_experiment(session, key, fresh=True)
     new_key = new_key or next_iteration_key(session, source.key)

@@ -42,7 +42,7 @@ from analysis.types import DecisionRule, ExperimentStats, Prior
 from .aggregation import experiment_stats
 from .config import Settings
 from .db import Database
-from .errors import Conflict, ValidationError
+from .errors import Conflict, MalformedRequest
 from .models import AnalysisJob, Experiment, utcnow
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class FitParams:
             else:
                 chosen[name] = number
         if errors:
-            raise ValidationError(errors, status=400)
+            raise MalformedRequest(fields=errors)
         return cls(**chosen)
 
     @classmethod

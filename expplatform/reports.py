@@ -55,7 +55,7 @@ from analysis.types import (
 from . import plots
 from .aggregation import SEGMENT_ATTRIBUTE, DataQuality, daily_stats, data_quality, experiment_stats, segment_stats
 from .db import Database, get_db
-from .errors import ApiError, ValidationError
+from .errors import DomainError, MalformedRequest
 from .jobs import experiment_settings, recent_jobs
 from .models import AnalysisJob, Experiment, Exposure, utcnow
 
@@ -98,7 +98,7 @@ class ReportOptions:
                 errors["credible_level"] = f"must be a number from {CREDIBLE_LEVELS[0]} to {CREDIBLE_LEVELS[1]}"
         full_model = _flag(args.get("full_model"), default=True, name="full_model", errors=errors)
         if errors:
-            raise ValidationError(errors, status=400)
+            raise MalformedRequest(fields=errors)
         return cls(segment=segment, credible_level=level, full_model=full_model)
 
 
@@ -467,7 +467,7 @@ class _Slow:
             future.result(timeout=wait)
         except FutureTimeout:
             return Pending("computing")
-        except ApiError:
+        except DomainError:
             raise  # the caller's mistake (e.g. an attribute with too many values): say so
         except Exception:
             return Pending("failed")
@@ -483,7 +483,7 @@ class _Slow:
         def run() -> None:
             try:
                 value = compute()
-            except ApiError:
+            except DomainError:
                 raise
             except Exception:
                 log.exception("report part %r failed", key[:2])

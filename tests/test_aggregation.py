@@ -165,13 +165,13 @@ def test_segments_split_the_experiment_and_add_up_to_it(data):
 
 
 @pytest.mark.parametrize("attribute", ["", "a.b", "x' OR 1=1", "$.country"])
-def test_a_bad_segment_attribute_is_a_400(data, attribute):
+def test_a_bad_segment_attribute_is_a_malformed_request(data, attribute):
     session, experiment = data
-    from expplatform.errors import ValidationError
+    from expplatform.errors import MalformedRequest
 
-    with pytest.raises(ValidationError) as raised:
+    with pytest.raises(MalformedRequest) as raised:
         aggregation.segment_stats(session, experiment, attribute)
-    assert raised.value.status == 400
+    assert set(raised.value.fields) == {"segment"}
 
 
 def test_daily_series_is_cumulative_and_ends_at_the_whole(data):

@@ -22,7 +22,7 @@ from expplatform.definitions import (
     parse_definition,
     parse_toml,
 )
-from expplatform.errors import ValidationError
+from expplatform.errors import InvalidInput, MalformedRequest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,7 +39,7 @@ def minimal(**changes) -> dict:
 
 
 def errors_of(data) -> dict[str, str]:
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(InvalidInput) as info:
         parse_definition(data)
     assert info.value.code == "validation_failed"
     return info.value.fields
@@ -67,10 +67,10 @@ def test_definition_is_frozen():
         definition.forced_variants["x"] = "green"  # type: ignore[index]
 
 
-def test_body_that_is_not_an_object_is_a_400():
-    with pytest.raises(ValidationError) as info:
+def test_body_that_is_not_an_object_is_a_malformed_request():
+    with pytest.raises(MalformedRequest) as info:
         parse_definition(["not", "an", "object"])
-    assert info.value.status == 400
+    assert info.value.fields == {"definition": "must be an object"}
 
 
 @pytest.mark.parametrize("field", ["key", "name", "target_stage", "variants"])
@@ -428,14 +428,14 @@ def test_empty_targeting_and_forced_variants_survive_toml():
 
 
 def test_toml_syntax_errors_are_reported_as_a_field():
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(InvalidInput) as info:
         parse_toml('key = "unterminated\n')
     assert "toml" in info.value.fields
 
 
 def test_toml_validation_errors_use_the_same_field_paths():
     text = 'key = "a"\nname = "A"\ntarget_stage = "purchase"\n[[variants]]\nkey = "x"\n[[variants]]\nkey = "y"\nweight = -1\n'
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(InvalidInput) as info:
         parse_toml(text)
     assert set(info.value.fields) == {"variants.1.weight"}
 

@@ -211,3 +211,16 @@ def test_demo_setup_creates_login_key_and_demo_experiments_once(tmp_path):
     listed = run("experiments", "list")
     assert "checkout-page" in listed.stdout and "draft" in listed.stdout
     assert run("keys", "list").stdout.count("demo client app") == 1
+
+
+def test_every_domain_error_has_one_http_status():
+    """A new kind of domain error must get a row in the one table at the edge."""
+    from expplatform import errors
+    from expplatform.api.errors import status_for
+
+    kinds = [cls for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.DomainError)]
+    statuses = {cls: status_for(cls.__new__(cls)) for cls in kinds if cls is not errors.DomainError}
+    assert len(statuses) == len(kinds) - 1
+    assert all(400 <= status < 500 for status in statuses.values())
+    with pytest.raises(TypeError):
+        status_for(errors.DomainError("unmapped"))

@@ -19,7 +19,7 @@ from werkzeug.exceptions import BadRequest
 from .. import assignment
 from ..auth import api_access
 from ..definitions import MAX_ATTRIBUTE, MAX_CUSTOMER_ID, MAX_STRING_VALUE
-from ..errors import ApiError, ValidationError
+from ..errors import MalformedRequest
 from . import bp
 
 MAX_ATTRIBUTES = 50
@@ -35,8 +35,8 @@ def _setup(state) -> None:
     assignment.init_app(state.app)
 
 
-def _invalid(field: str, why: str) -> ValidationError:
-    return ValidationError({field: why}, status=400)
+def _invalid(field: str, why: str) -> MalformedRequest:
+    return MalformedRequest(fields={field: why})
 
 
 def _text(field: str, value: Any, limit: int) -> str:
@@ -74,7 +74,7 @@ def parse_body(body: Any) -> assignment.AssignRequest:
         raise _invalid("body", "must be a JSON object")
     unknown = sorted(set(body) - _FIELDS)
     if unknown:
-        raise ValidationError({name: "unknown field" for name in unknown}, status=400)
+        raise MalformedRequest(fields={name: "unknown field" for name in unknown})
     if "customer_id" not in body:
         raise _invalid("customer_id", "is required")
     if "experiments" in body and "stage" in body:
@@ -91,7 +91,7 @@ def parse_query(args: Any) -> assignment.AssignRequest:
     """The same request as a query string; it carries no attributes."""
     unknown = sorted(set(args) - _QUERY_FIELDS)
     if unknown:
-        raise ValidationError({name: "unknown parameter" for name in unknown}, status=400)
+        raise MalformedRequest(fields={name: "unknown parameter" for name in unknown})
     body: dict[str, Any] = {"customer_id": args["customer_id"]} if "customer_id" in args else {}
     if "experiment" in args:
         body["experiments"] = args.getlist("experiment")
@@ -126,11 +126,13 @@ def _respond(parsed: assignment.AssignRequest) -> Response:
 @api_access(scope="client")
 def post_assign():
     if not request.is_json:
-        raise ApiError(400, "invalid_content_type", "Send a JSON body with 'Content-Type: application/json'.")
+        raise MalformedRequest(
+            code="invalid_content_type", message="Send a JSON body with 'Content-Type: application/json'."
+        )
     try:
         body = request.get_json()
     except BadRequest:
-        raise ApiError(400, "malformed_json", "The body is not valid JSON.") from None
+        raise MalformedRequest(code="malformed_json", message="The body is not valid JSON.") from None
     return _respond(parse_body(body))
 
 

@@ -8,7 +8,7 @@ from flask import request
 from werkzeug.exceptions import BadRequest
 
 from ..auth import current_principal
-from ..errors import ApiError
+from ..errors import MalformedRequest
 
 
 def json_object(*, optional: bool = False) -> dict[str, Any]:
@@ -24,13 +24,15 @@ def json_object(*, optional: bool = False) -> dict[str, Any]:
         if principal is not None and principal.kind == "key":
             return {}
     if not request.is_json:
-        raise ApiError(400, "invalid_content_type", "Send a JSON body with 'Content-Type: application/json'.")
+        raise MalformedRequest(
+            code="invalid_content_type", message="Send a JSON body with 'Content-Type: application/json'."
+        )
     if empty and optional:
         return {}
     try:
         body = request.get_json()
     except BadRequest:
-        raise ApiError(400, "malformed_json", "The body is not valid JSON.") from None
+        raise MalformedRequest(code="malformed_json", message="The body is not valid JSON.") from None
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_body", "The body must be a JSON object.")
+        raise MalformedRequest(code="invalid_body", message="The body must be a JSON object.")
     return body

@@ -7,7 +7,26 @@ from flask import Flask, current_app, jsonify, request
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
-from ..errors import ApiError
+from .. import errors as domain
+
+# The one place where the domain's errors become HTTP statuses.
+STATUS_FOR: dict[type[domain.DomainError], int] = {
+    domain.MalformedRequest: 400,
+    domain.AuthenticationRequired: 401,
+    domain.Forbidden: 403,
+    domain.NotFound: 404,
+    domain.Conflict: 409,
+    domain.TooLarge: 413,
+    domain.InvalidInput: 422,
+}
+
+
+def status_for(exc: domain.DomainError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_FOR:
+            return STATUS_FOR[cls]
+    raise TypeError(f"no HTTP status for {type(exc).__name__}")  # a new DomainError needs a row above
+
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -33,10 +52,10 @@ def error_response(status: int, code: str, message: str, **extra):
     return response
 
 
-def _handle_api_error(exc: ApiError):
+def _handle_domain_error(exc: domain.DomainError):
     response = jsonify(exc.to_dict())
-    response.status_code = exc.status
-    if exc.status == 401:
+    response.status_code = status_for(exc)
+    if response.status_code == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="expplatform"'
     return response
 
@@ -71,7 +90,7 @@ def _handle_unexpected(exc: Exception):
 
 
 def init_app(app: Flask) -> None:
-    app.register_error_handler(ApiError, _handle_api_error)
+    app.register_error_handler(domain.DomainError, _handle_domain_error)
     app.register_error_handler(HTTPException, _handle_http_exception)
     app.register_error_handler(DBAPIError, _handle_database_error)
     app.register_error_handler(Exception, _handle_unexpected)

@@ -14,18 +14,20 @@ from werkzeug.exceptions import BadRequest
 
 from ..auth import api_access
 from ..db import get_db
-from ..errors import ApiError
+from ..errors import MalformedRequest
 from ..events import IngestResult, batch_items, record_events
 from . import bp
 
 
 def _json_body() -> Any:
     if not request.is_json:
-        raise ApiError(400, "invalid_content_type", "Send a JSON body with 'Content-Type: application/json'.")
+        raise MalformedRequest(
+            code="invalid_content_type", message="Send a JSON body with 'Content-Type: application/json'."
+        )
     try:
         return request.get_json()
     except BadRequest:
-        raise ApiError(400, "malformed_json", "The body is not valid JSON.") from None
+        raise MalformedRequest(code="malformed_json", message="The body is not valid JSON.") from None
 
 
 def _result_json(result: IngestResult) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from ..definitions import (
     SLUG,
     parse_definition,
 )
-from ..errors import ValidationError
+from ..errors import InvalidInput, MalformedRequest
 from . import bp, schemas
 from .bodies import json_object
 
@@ -47,7 +47,7 @@ def _int_arg(name: str, default: int) -> int:
     if raw is None:
         return default
     if not raw.isdigit() or int(raw) < 1:
-        raise ValidationError({name: "must be a whole number of at least 1"}, status=400)
+        raise MalformedRequest(fields={name: "must be a whole number of at least 1"})
     return int(raw)
 
 
@@ -60,7 +60,7 @@ def list_experiments():
     if stage is not None and not SLUG.match(stage):
         bad["stage"] = "must be a stage slug"
     if bad:
-        raise ValidationError(bad, status=400)
+        raise MalformedRequest(fields=bad)
     page = service.list_experiments(
         get_session(),
         statuses=statuses,
@@ -134,10 +134,10 @@ def clone_experiment(key: str):
     body = json_object(optional=True)
     unknown = {name: "unknown field" for name in body if name != "key"}
     if unknown:
-        raise ValidationError(unknown)
+        raise InvalidInput(unknown)
     new_key = body.get("key")
     if new_key is not None and not isinstance(new_key, str):
-        raise ValidationError({"key": "must be a slug"})
+        raise InvalidInput({"key": "must be a slug"})
     with get_db().write() as session:
         saved = service.clone_experiment(session, key, _actor(), new_key=new_key)
         body = schemas.experiment(saved.experiment)

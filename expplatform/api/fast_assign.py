@@ -30,7 +30,7 @@ from flask import Flask
 from sqlalchemy.exc import DBAPIError
 
 from ..auth import KEY_LOOKUP_ENVIRON, principal_for_key
-from ..errors import ApiError
+from ..errors import DomainError
 from .assign import RESPONSE_HEADERS, answer, parse_body
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ PATH = "/api/v1/assign"
 _BEARER = "Bearer "
 _STATIC_HEADERS = [("Content-Type", "application/json"), *RESPONSE_HEADERS.items()]
 # Refusals the Flask view gives again, with its own error body: not worth a log line.
-_EXPECTED = (ApiError, ValueError, DBAPIError)
+_EXPECTED = (DomainError, ValueError, DBAPIError)
 
 WSGIApp = Callable[[dict[str, Any], Callable], Iterable[bytes]]
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, render_template
+from flask import Blueprint, Flask, abort, render_template
 from flask_wtf import CSRFProtect
 from flask_wtf.csrf import CSRFError
 
+from .. import experiments as experiments_service
 from ..auth import current_user
+from ..db import get_session
+from ..errors import NotFound
+from ..models import Experiment
 
 bp = Blueprint("web", __name__, template_folder="templates")
 
@@ -18,6 +22,14 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
     app.context_processor(lambda: {"current_user": current_user()})
     app.register_error_handler(CSRFError, _csrf_failed)
+
+
+def experiment_or_404(key: str) -> Experiment:
+    """The experiment with ``key``, or the 404 page."""
+    try:
+        return experiments_service.get_experiment(get_session(), key)
+    except NotFound:
+        abort(404)
 
 
 def _csrf_failed(error: CSRFError):

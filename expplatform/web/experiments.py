@@ -13,11 +13,12 @@ from __future__ import annotations
 from flask import abort, flash, redirect, render_template, request, url_for
 
 from .. import experiments as service
+from ..api.errors import status_for
 from ..auth import current_principal, login_required, role_at_least
 from ..db import get_db, get_session
 from ..definitions import parse_definition
-from ..errors import ApiError, ValidationError
-from . import bp
+from ..errors import DomainError, InvalidInput, NotFound
+from . import bp, experiment_or_404
 from .experiment_form import (
     MAX_RULE_ROWS,
     ExperimentForm,
@@ -111,11 +112,11 @@ def create_experiment():
         with get_db().write() as session:
             saved = service.create_experiment(session, parse_definition(form_to_mapping(form)), _actor())
             key = saved.experiment.key
-    except ValidationError as exc:
+    except InvalidInput as exc:
         return _render_form(form, errors=form.errors_by_name(exc.fields), status_code=422)
-    except ApiError as exc:
+    except DomainError as exc:
         return _render_form(
-            form, errors=form.errors_by_name(exc.fields) or {"form": exc.message}, status_code=exc.status
+            form, errors=form.errors_by_name(exc.fields) or {"form": exc.message}, status_code=status_for(exc)
         )
     for notice in saved.notices:
         flash(notice, "info")
@@ -127,7 +128,7 @@ def create_experiment():
 @login_required("viewer")
 def experiment(key: str):
     session = get_session()
-    found = _get_or_404(key)
+    found = experiment_or_404(key)
     return render_template(
         "experiments/detail.html",
         experiment=found,
@@ -139,17 +140,10 @@ def experiment(key: str):
     )
 
 
-def _get_or_404(key: str):
-    try:
-        return service.get_experiment(get_session(), key)
-    except ApiError:
-        abort(404)
-
-
 @bp.get("/experiments/<key>/edit")
 @login_required("editor")
 def edit_experiment(key: str):
-    found = _get_or_404(key)
+    found = experiment_or_404(key)
     if found.status == "stopped":
         flash("A stopped experiment is read-only; clone it to run it again.", "error")
         return redirect(url_for("web.experiment", key=key))
@@ -161,21 +155,21 @@ def edit_experiment(key: str):
 @bp.post("/experiments/<key>/edit")
 @login_required("editor")
 def update_experiment(key: str):
-    found = _get_or_404(key)
+    found = experiment_or_404(key)
     form = ExperimentForm()
     if _grow_rows(form):
         return _render_form(form, experiment=found)
     try:
         with get_db().write() as session:
             saved = service.update_experiment(session, key, parse_definition(form_to_mapping(form)), _actor())
-    except ValidationError as exc:
+    except InvalidInput as exc:
         return _render_form(form, experiment=found, errors=form.errors_by_name(exc.fields), status_code=422)
-    except ApiError as exc:
+    except DomainError as exc:
         return _render_form(
             form,
             experiment=found,
             errors=form.errors_by_name(exc.fields) or {"form": exc.message},
-            status_code=exc.status,
+            status_code=status_for(exc),
         )
     for notice in saved.notices:
         flash(notice, "info")
@@ -188,7 +182,7 @@ def update_experiment(key: str):
 def confirm_action(key: str, action: str):
     if action not in service.TRANSITIONS:
         abort(404)
-    found = _get_or_404(key)
+    found = experiment_or_404(key)
     return render_template(
         "experiments/confirm.html", experiment=found, action=action, help=ACTION_HELP[action], form=ConfirmForm()
     )
@@ -202,9 +196,9 @@ def change_status(key: str, action: str):
     try:
         with get_db().write() as session:
             service.change_status(session, key, action, _actor())  # type: ignore[arg-type]
-    except ApiError as exc:
-        if exc.status == 404:
-            abort(404)
+    except NotFound:
+        abort(404)
+    except DomainError as exc:
         flash(exc.message, "error")
     else:
         flash(f"Experiment {key} is now {service.TRANSITIONS[action][1]}.", "info")
@@ -218,9 +212,9 @@ def clone_experiment(key: str):
         with get_db().write() as session:
             saved = service.clone_experiment(session, key, _actor())
             new_key = saved.experiment.key
-    except ApiError as exc:
-        if exc.status == 404:
-            abort(404)
+    except NotFound:
+        abort(404)
+    except DomainError as exc:
         flash(exc.message, "error")
         return redirect(url_for("web.experiment", key=key))
     flash(f"Cloned as {new_key}: a new draft with the same definition. Change it, then start it.", "info")

@@ -13,13 +13,12 @@ from typing import Any
 
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
 
-from .. import experiments as experiments_service
 from .. import reports
 from ..auth import current_principal, login_required, role_at_least
 from ..db import get_session
-from ..errors import ApiError, ValidationError
+from ..errors import MalformedRequest, NotFound
 from ..jobs import FitParams, get_runner
-from . import bp
+from . import bp, experiment_or_404
 from .forms import ConfirmForm
 
 CREDIBLE_LEVELS = (0.8, 0.9, 0.95, 0.99)
@@ -86,18 +85,15 @@ DECISIONS = {
 @login_required("viewer")
 def report(key: str):
     session = get_session()
-    try:
-        experiment = experiments_service.get_experiment(session, key)
-    except ApiError:
-        abort(404)
+    experiment = experiment_or_404(key)
     try:
         options = reports.ReportOptions.parse(request.args)
-    except ValidationError as exc:
+    except MalformedRequest as exc:
         flash("Ignored: " + exc.message, "error")
         options = reports.ReportOptions()
     try:
         built = reports.build_report(session, experiment, options)
-    except ValidationError as exc:  # e.g. an attribute with too many values to break down by
+    except MalformedRequest as exc:  # e.g. an attribute with too many values to break down by
         flash("Ignored: " + exc.message, "error")
         built = reports.build_report(session, experiment, replace(options, segment=None))
     principal = current_principal()
@@ -138,10 +134,8 @@ def run_full_model(key: str):
         job, created = get_runner(current_app).queue(
             key, principal.actor, FitParams.defaults(current_app.extensions["settings"])
         )
-    except ApiError as exc:
-        if exc.status == 404:
-            abort(404)
-        raise
+    except NotFound:
+        abort(404)
     if created:
         flash(f"Full-model fit #{job.id} queued; this page shows its progress (reload to update).", "info")
     else:
