@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from analysis.types import DecisionRule, Prior
@@ -107,7 +107,7 @@ def list_experiments(
     per_page: int = 50,
 ) -> Page:
     """Newest first. ``stage`` filters on the target stage (the stage being tested)."""
-    conditions = []
+    conditions: list[ColumnElement[bool]] = []
     statuses = tuple(statuses)
     if statuses:
         conditions.append(Experiment.status.in_(statuses))

@@ -36,7 +36,7 @@ def create_user():
         form.email.errors.append("An account with this email exists already.")
         return _users_page(form, 409)
     with get_db().write() as session:
-        auth.create_user(session, email, form.password.data or "", form.role.data)  # type: ignore[arg-type]
+        auth.create_user(session, email, form.password.data or "", form.role.data)
     flash(f"Created {form.role.data} {email}.", "info")
     return redirect(url_for("web.users"))
 
@@ -80,7 +80,7 @@ def create_key():
             session,
             form.scope.data,
             (form.name.data or "").strip(),
-            created_by=principal.actor if principal else "web",  # type: ignore[arg-type]
+            created_by=principal.actor if principal else "web",
         )
     # Rendered, not redirected: the key exists only in this response.
     return _keys_page(NewKeyForm(formdata=None), new_key=plaintext, status=201)

@@ -107,7 +107,7 @@ class ExperimentForm(FlaskForm):
         row = rows[indices[position]] if position < len(indices) else rows[-1]
         if name == "control":
             return row.key
-        return row.form[name] if name in row.form._fields else row.key  # type: ignore[attr-defined]
+        return row.form[name] if name in row.form._fields else row.key
 
     def errors_by_name(self, field_errors: Mapping[str, str]) -> dict[str, str]:
         """Parser messages keyed by the ``name`` of the input they belong to."""
