@@ -56,6 +56,7 @@ def script(client_key: str, admin_key: str) -> list[tuple[str, dict[str, Any]]]:
         (HAPPY, post({"customer_id": "qa-1", "experiments": ["checkout-button"]})),  # forced
         (HAPPY, post({"customer_id": "c5", "attributes": {"member": True}}, **{"Content-Type": UTF8_JSON})),
         (HAPPY, post({"customer_id": "c1", "experiments": ["checkout-button"]})),  # mismatch counted (see below)
+        (HAPPY, post({"customer_id": "c7"}, Authorization=f"bearer {client_key}")),  # the guards' own parsing
         # Everything below is handed to the Flask view, which gives its answer.
         (HANDED_OVER, raw(b'{"customer_id": ', **{"Content-Type": "application/json"})),
         (HANDED_OVER, raw(b'\xff\xfe{"x', **{"Content-Type": "application/json"})),
@@ -66,7 +67,8 @@ def script(client_key: str, admin_key: str) -> list[tuple[str, dict[str, Any]]]:
         (HANDED_OVER, post({"customer_id": "c6"}, Authorization=f"Bearer {admin_key}")),
         (HANDED_OVER, post({"customer_id": "c6"}, Authorization="Bearer xp_not-a-key")),
         (HANDED_OVER, raw(json.dumps({"customer_id": "c6"}), **{"Content-Type": "text/plain"})),
-        (HANDED_OVER, post({"customer_id": "c7"}, Authorization=f"bearer {client_key}")),  # still fine, via Flask
+        (HANDED_OVER, post({"customer_id": "c6"}, Authorization=f"Basic {client_key}")),
+        (HANDED_OVER, post({"customer_id": "c6"}, Authorization="Bearer  ")),
         (HANDED_OVER, {**post({"customer_id": "c8"}), "cookies": {"session": "whatever"}}),
         (HANDED_OVER, {"method": "POST", "data": "", "headers": bearer}),
         (
@@ -142,19 +144,54 @@ def test_fast_path_and_flask_view_give_identical_answers_and_exposures(app, seed
     assert {"200 OK", "400 BAD REQUEST", "401 UNAUTHORIZED", "403 FORBIDDEN"} <= statuses
 
 
-def test_a_database_error_on_the_fast_path_is_answered_by_the_flask_view(app, seeded, client_api, monkeypatch):
-    """An outage: the fast path hands the call over and Flask gives its 503 (JSON, Retry-After)."""
+def _call(wsgi_app, key: str, customer_id: str) -> tuple[str, list[tuple[str, str]], bytes]:
+    response = Client(wsgi_app).post(URL, json={"customer_id": customer_id}, headers={"Authorization": f"Bearer {key}"})
+    return response.status, sorted(response.headers.items()), response.data
+
+
+def test_an_unreachable_database_is_answered_by_the_fast_path_as_flask_answers_it(app, seeded, client_key, monkeypatch):
+    """An outage: the fast path gives the same 503 (JSON, Retry-After) itself, without
+    running the assignment a second time in the Flask view."""
     from sqlalchemy.exc import OperationalError
 
-    from expplatform.assignment import ExposureStore
+    from expplatform import assignment
 
-    def unavailable(self, sql, params, **_kwargs):
-        raise OperationalError(sql, params, Exception("connection refused"))
+    attempts: list[str] = []
 
-    monkeypatch.setattr(ExposureStore, "_run", unavailable)
-    response = client_api.post(URL, json={"customer_id": "c1"})
-    assert response.status_code == 503
-    assert response.json["error"] == "database_unavailable" and response.headers["Retry-After"] == "1"
+    def unavailable(store, definitions, request):
+        attempts.append(request.customer_id)
+        raise OperationalError("INSERT INTO exposures ...", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(assignment, "assign", unavailable)
+    served = app.wsgi_app
+    by_flask = _call(served.flask_wsgi_app, client_key, "c1")
+    assert attempts == ["c1"]
+    by_fast_path = _call(served, client_key, "c2")
+    assert attempts == ["c1", "c2"]  # the Flask view did not run it again
+    assert by_fast_path == by_flask
+    status, headers, body = by_fast_path
+    assert status == "503 SERVICE UNAVAILABLE" and ("Retry-After", "1") in headers
+    assert json.loads(body)["error"] == "database_unavailable"
+
+
+def test_any_other_database_error_is_handed_to_flask(app, seeded, client_key, monkeypatch, caplog):
+    """Not an outage (a bug, say): Flask answers it, logged, as it answers any such error."""
+    from sqlalchemy.exc import IntegrityError
+
+    from expplatform import assignment
+
+    attempts: list[str] = []
+
+    def broken(store, definitions, request):
+        attempts.append(request.customer_id)
+        raise IntegrityError("INSERT INTO exposures ...", {}, Exception("constraint"))
+
+    monkeypatch.setattr(assignment, "assign", broken)
+    monkeypatch.setitem(app.config, "PROPAGATE_EXCEPTIONS", False)  # as served, not as tested
+    status, _headers, body = _call(app.wsgi_app, client_key, "c1")
+    assert attempts == ["c1", "c1"]
+    assert status == "500 INTERNAL SERVER ERROR" and "error" in json.loads(body)
+    assert any(r.exc_info and r.exc_info[0] is IntegrityError and r.name == "expplatform" for r in caplog.records)
 
 
 class _Disconnecting(io.BytesIO):
