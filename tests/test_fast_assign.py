@@ -15,10 +15,14 @@ import re
 from typing import Any
 
 import pytest
+from flask import signals
 from sqlalchemy import delete, select, update
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.test import Client, EnvironBuilder
 from werkzeug.wrappers import Response
 
+from expplatform.api import fast_assign
+from expplatform.api.fast_assign import SKIPPED
 from expplatform.models import Exposure, Variant
 
 from .test_assign import URL, exposures, seed
@@ -222,3 +226,65 @@ def test_a_refused_key_is_looked_up_once_not_again_by_the_flask_view(app, seeded
         assert response.status_code == status
         lookups = [s for s in seen if re.search(r"FROM api_keys\s+WHERE api_keys.key_hash =", s)]
         assert len(lookups) == (1 if key == unknown else 0)
+
+
+def test_the_app_runs_nothing_around_the_view_that_the_fast_path_does_not_know_it_may_skip(app):
+    """Fails when something is added to the app that the fast path would skip: a request
+    hook, an error handler, a signal receiver, a WSGI middleware. Handle it in
+    api/fast_assign.py, then list it in SKIPPED with why skipping it is safe."""
+    assert isinstance(app.wsgi_app, fast_assign.FastAssign)
+    assert fast_assign.around_the_view(app) == SKIPPED.keys()
+
+
+def _request_id(response):  # what a later change might add
+    response.headers["X-Request-Id"] = "r-1"
+    return response
+
+
+@pytest.mark.parametrize(
+    "add",
+    [
+        lambda app: app.before_request(lambda: None),
+        lambda app: app.after_request(_request_id),
+        lambda app: app.teardown_request(lambda exc: None),
+        lambda app: app.teardown_appcontext(lambda exc: None),
+        lambda app: app.register_error_handler(TimeoutError, lambda exc: ("late", 504)),
+        lambda app: app.before_request_funcs.setdefault("api", []).append(lambda: None),
+        lambda app: signals.request_started.connect(_request_id, app),
+        lambda app: setattr(app, "wsgi_app", ProxyFix(app.wsgi_app)),
+    ],
+    ids=[
+        "before_request",
+        "after_request",
+        "teardown_request",
+        "teardown_appcontext",
+        "error_handler",
+        "blueprint before_request",
+        "signal",
+        "middleware",
+    ],
+)
+def test_something_new_around_the_view_is_noticed_and_keeps_the_fast_path_out(tmp_path, add):
+    from .conftest import make_test_app
+
+    app = make_test_app("sqlite://", tmp_path)
+    served = app.wsgi_app
+    app.wsgi_app = served.flask_wsgi_app  # as before fast_assign.init_app
+    try:
+        add(app)
+        assert not fast_assign.around_the_view(app) <= SKIPPED.keys()
+        fast_assign.init_app(app)
+        assert not isinstance(app.wsgi_app, fast_assign.FastAssign)
+    finally:
+        signals.request_started.disconnect(_request_id)
+        app.extensions["db"].engine.dispose()
+
+
+def test_a_hook_of_another_blueprint_is_not_around_the_view(app):
+    app.before_request_funcs.setdefault("web", []).append(lambda: None)
+    assert fast_assign.around_the_view(app) == SKIPPED.keys()
+
+
+def test_the_fast_path_serves_the_route_of_the_view_from_the_url_map(app):
+    assert app.wsgi_app.path == "/api/v1/assign" == URL
+    assert app.wsgi_app.access == {"scope": "client", "session_role": None}
