@@ -157,7 +157,7 @@ def around_the_view(app: Flask) -> frozenset[str]:
     parts = endpoint.split(".")[:-1]
     scopes: list[str | None] = [None, *(".".join(parts[:i]) for i in range(1, len(parts) + 1))]
     found: set[str] = set()
-    hooks = {
+    hooks: dict[str, Mapping[str | None, Iterable[Callable]]] = {
         "before_request": app.before_request_funcs,
         "after_request": app.after_request_funcs,
         "teardown_request": app.teardown_request_funcs,
@@ -211,5 +211,5 @@ def init_app(app: Flask) -> None:
         )
         return
     rule = _assign_rule(app)
-    access = post_assign.required_access  # type: ignore[attr-defined]  (set by auth.api_access)
+    access = post_assign.required_access  # type: ignore[attr-defined]  # set by auth.api_access
     app.wsgi_app = FastAssign(app, app.wsgi_app, rule.rule, access)  # type: ignore[method-assign]
