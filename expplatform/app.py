@@ -1,7 +1,8 @@
 """The app factory: what the app is made of, in the order it is put together.
 
-Every part wires itself with ``init_app``; nothing is registered by importing a module
-for its side effects, and nothing is done at import time. PyMC is never imported here
+Every part wires itself into the app with its ``init_app``, called here and nowhere
+else (no ``record_once``, no module imported for what importing it does), so this list
+is the whole of it. Nothing is done at import time, and PyMC is never imported here
 (only the full-model path loads it, lazily).
 """
 
