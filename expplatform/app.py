@@ -1,9 +1,9 @@
 """The app factory: what the app is made of, in the order it is put together.
 
 Every part wires itself into the app with its ``init_app``, called here and nowhere
-else (no ``record_once``, no module imported for what importing it does), so this list
-is the whole of it. Nothing is done at import time, and PyMC is never imported here
-(only the full-model path loads it, lazily).
+else (no ``record_once``; the web and API packages' ``init_app`` list their route
+modules), so this list is the whole of it. Nothing is done at import time, and PyMC is
+never imported here (only the full-model path loads it, lazily).
 """
 
 from __future__ import annotations
