@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
-from typing import Literal
+from typing import Any, Literal
 
 from flask import Flask, abort, current_app, g, redirect, request, session, url_for
 from sqlalchemy import select
@@ -30,8 +30,8 @@ ROLES: tuple[Role, ...] = ("viewer", "editor", "admin")
 SCOPES: tuple[Scope, ...] = ("client", "admin")
 _ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}
 KEY_PREFIX = "xp_"
-# (key, principal or None) of a key the assignment fast path (api/fast_assign.py) has
-# looked up already before handing the call to Flask: looked up once, not twice.
+# (key, principal or None) of the key a request's Authorization header named, once
+# looked up (see key_principal): the assignment fast path's look-up travels to Flask.
 KEY_LOOKUP_ENVIRON = "expplatform.key_lookup"
 
 
@@ -151,21 +151,53 @@ def current_principal() -> Principal | None:
     principal: Principal | None = None
     header = request.headers.get("Authorization", "")
     if header:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise AuthenticationRequired(
-                code="invalid_authorization", message="Send the key as 'Authorization: Bearer <key>'."
-            )
-        token = token.strip()
-        looked_up = request.environ.get(KEY_LOOKUP_ENVIRON)
-        principal = looked_up[1] if looked_up is not None and looked_up[0] == token else principal_for_key(token)
-        if principal is None:
-            raise AuthenticationRequired(code="invalid_api_key", message="The API key is unknown or revoked.")
+        principal = key_principal(header, request.environ)
     else:
         user = current_user()
         if user is not None:
             principal = Principal(kind="user", id=user.id, label=user.email, role=user.role)  # type: ignore[arg-type]
     g.principal = principal
+    return principal
+
+
+def key_principal(authorization: str, environ: dict[str, Any], app: Flask | None = None) -> Principal:
+    """The principal of the key in an ``Authorization: Bearer <key>`` header.
+
+    Shared by every guard (through ``current_principal``) and the assignment fast
+    path, which calls it before Flask does: the look-up is kept in ``environ``, so a
+    call the fast path hands to Flask is not looked up twice.
+    """
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationRequired(
+            code="invalid_authorization", message="Send the key as 'Authorization: Bearer <key>'."
+        )
+    key = token.strip()
+    looked_up = environ.get(KEY_LOOKUP_ENVIRON)
+    if looked_up is not None and looked_up[0] == key:
+        principal = looked_up[1]
+    else:
+        principal = principal_for_key(key, app)
+        environ[KEY_LOOKUP_ENVIRON] = (key, principal)
+    if principal is None:
+        raise AuthenticationRequired(code="invalid_api_key", message="The API key is unknown or revoked.")
+    return principal
+
+
+def check_access(principal: Principal | None, scope: Scope, session_role: Role | None = None) -> Principal:
+    """The one rule of the API guards (``api_access``) and of the assignment fast
+    path: a key with ``scope``, or (when ``session_role`` is given) a logged-in user
+    with at least that role. AuthenticationRequired without credentials, Forbidden
+    with the wrong ones."""
+    if principal is None:
+        raise AuthenticationRequired(
+            code="authentication_required", message="Send an API key as 'Authorization: Bearer <key>'."
+        )
+    if principal.kind == "key":
+        if principal.scope != scope:
+            raise Forbidden(f"This endpoint needs a key with the '{scope}' scope.")
+    elif session_role is None or not role_at_least(principal.role, session_role):
+        raise Forbidden("Your account may not use this endpoint.")
     return principal
 
 
@@ -186,16 +218,7 @@ def api_access(*, scope: Scope, session_role: Role | None = None) -> Callable:
 
         @wraps(view)
         def wrapped(*args, **kwargs):
-            principal = current_principal()
-            if principal is None:
-                raise AuthenticationRequired(
-                    code="authentication_required", message="Send an API key as 'Authorization: Bearer <key>'."
-                )
-            if principal.kind == "key":
-                if principal.scope != scope:
-                    raise Forbidden(f"This endpoint needs a key with the '{scope}' scope.")
-            elif session_role is None or not role_at_least(principal.role, session_role):
-                raise Forbidden("Your account may not use this endpoint.")
+            check_access(current_principal(), scope, session_role)
             return view(*args, **kwargs)
 
         return wrapped

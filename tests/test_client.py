@@ -6,10 +6,13 @@ from __future__ import annotations
 import io
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -82,6 +85,41 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# -- the import --------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("module", ["expplatform.client", "expplatform"])
+def test_importing_the_client_loads_nothing_but_the_standard_library(module):
+    """The client runs inside client apps, which must not pay for (or even have)
+    Flask, SQLAlchemy, numpy or scipy. A fresh interpreter, isolated from the
+    environment's settings (-I), imports it from this checkout."""
+    code = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+before = set(sys.modules)
+import {module}
+import expplatform
+assert expplatform.__file__.startswith({str(ROOT)!r}), expplatform.__file__
+loaded = {{name.partition(".")[0] for name in set(sys.modules) - before}}
+print(sorted(loaded - set(sys.stdlib_module_names) - {{"expplatform"}}))
+assert not {{"flask", "sqlalchemy", "numpy", "scipy"}} & set(sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_app_factory_is_still_imported_from_the_package():
+    from expplatform import create_app
+    from expplatform.app import create_app as factory
+
+    assert create_app is factory
+    with pytest.raises(ImportError, match="no_such_thing"):
+        from expplatform import no_such_thing  # noqa: F401
 
 
 # -- assign ------------------------------------------------------------------------------------

@@ -14,13 +14,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, current_app, request
-from werkzeug.exceptions import BadRequest
 
 from .. import assignment
 from ..auth import api_access
 from ..definitions import MAX_ATTRIBUTE, MAX_CUSTOMER_ID, MAX_STRING_VALUE
 from ..errors import MalformedRequest
 from . import bp
+from .bodies import json_body
 
 MAX_ATTRIBUTES = 50
 MAX_EXPERIMENTS = 100
@@ -28,11 +28,6 @@ MAX_KEY = 64
 _FIELDS = frozenset({"customer_id", "attributes", "experiments", "stage"})
 _QUERY_FIELDS = frozenset({"customer_id", "experiment", "stage"})
 RESPONSE_HEADERS = {"Cache-Control": "no-store"}
-
-
-@bp.record_once
-def _setup(state) -> None:
-    assignment.init_app(state.app)
 
 
 def _invalid(field: str, why: str) -> MalformedRequest:
@@ -125,15 +120,7 @@ def _respond(parsed: assignment.AssignRequest) -> Response:
 @bp.post("/assign")
 @api_access(scope="client")
 def post_assign():
-    if not request.is_json:
-        raise MalformedRequest(
-            code="invalid_content_type", message="Send a JSON body with 'Content-Type: application/json'."
-        )
-    try:
-        body = request.get_json()
-    except BadRequest:
-        raise MalformedRequest(code="malformed_json", message="The body is not valid JSON.") from None
-    return _respond(parse_body(body))
+    return _respond(parse_body(json_body()))
 
 
 @bp.get("/assign")

@@ -3,7 +3,7 @@ for bad input, and a 503 the client may retry when the database is unreachable."
 
 from __future__ import annotations
 
-from flask import Flask, current_app, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
@@ -67,19 +67,24 @@ def _handle_http_exception(exc: HTTPException):
     return error_response(status, _HTTP_CODES.get(status, "http_error"), exc.description or exc.name)
 
 
-def _handle_database_error(exc: DBAPIError):
-    if not _is_api_request():
-        raise exc
+def database_unavailable(exc: DBAPIError) -> Response | None:
+    """The 503 (retry) for a database that cannot be reached or is locked, else None.
+    The assignment fast path (api/fast_assign.py) answers with it too."""
     message = str(exc.orig).lower() if exc.orig is not None else ""
     if isinstance(exc, OperationalError) or exc.connection_invalidated or "locked" in message:
-        return (
-            error_response(
-                503, "database_unavailable", "The database is unavailable; nothing was stored. Retry the request."
-            ),
-            503,
-            {"Retry-After": "1"},
+        response = error_response(
+            503, "database_unavailable", "The database is unavailable; nothing was stored. Retry the request."
         )
-    raise exc
+        response.headers["Retry-After"] = "1"
+        return response
+    return None
+
+
+def _handle_database_error(exc: DBAPIError):
+    response = database_unavailable(exc) if _is_api_request() else None
+    if response is None:
+        raise exc
+    return response
 
 
 def _handle_unexpected(exc: Exception):

@@ -9,25 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app, request
-from werkzeug.exceptions import BadRequest
+from flask import current_app
 
 from ..auth import api_access
 from ..db import get_db
-from ..errors import MalformedRequest
 from ..events import IngestResult, batch_items, record_events
 from . import bp
-
-
-def _json_body() -> Any:
-    if not request.is_json:
-        raise MalformedRequest(
-            code="invalid_content_type", message="Send a JSON body with 'Content-Type: application/json'."
-        )
-    try:
-        return request.get_json()
-    except BadRequest:
-        raise MalformedRequest(code="malformed_json", message="The body is not valid JSON.") from None
+from .bodies import json_body
 
 
 def _result_json(result: IngestResult) -> dict[str, Any]:
@@ -42,7 +30,7 @@ def _result_json(result: IngestResult) -> dict[str, Any]:
 @api_access(scope="client")
 def post_events():
     settings = current_app.extensions["settings"]
-    items = batch_items(_json_body(), max_events=settings.max_batch_events)
+    items = batch_items(json_body(), max_events=settings.max_batch_events)
     return _result_json(record_events(get_db(), items, settings))
 
 

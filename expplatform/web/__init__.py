@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from flask import Blueprint, Flask, abort, render_template
-from flask_wtf import CSRFProtect
 from flask_wtf.csrf import CSRFError
 
 from .. import experiments as experiments_service
@@ -16,8 +15,9 @@ bp = Blueprint("web", __name__, template_folder="templates")
 
 
 def init_app(app: Flask) -> None:
-    CSRFProtect(app)  # before the API registers, so that it can exempt itself
-    from . import account, admin, experiments, reports  # noqa: F401  (register routes on bp)
+    # The routes: each page module's handlers put theirs on bp as it is imported
+    # (imported here, not at the top, because they import bp from this package).
+    from . import account, admin, experiments, reports  # noqa: F401
 
     app.register_blueprint(bp)
     app.context_processor(lambda: {"current_user": current_user()})

@@ -1,0 +1,54 @@
+"""The app factory: what the app is made of, in the order it is put together.
+
+Every part wires itself into the app with its ``init_app``, called here and nowhere
+else (no ``record_once``; the web and API packages' ``init_app`` list their route
+modules), so this list is the whole of it. Nothing is done at import time, and PyMC is
+never imported here (only the full-model path loads it, lazily).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+from flask_wtf import CSRFProtect
+
+from . import api, assignment, auth, db, jobs, migrations, reports, web
+from .api import fast_assign
+from .config import load_settings
+from .cookie_session import CookieSessionInterface
+
+
+def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
+    settings = load_settings(overrides)
+    # Named after the package, not this module: the name is the logger's ("expplatform").
+    app = Flask("expplatform", instance_path=str(settings.instance_path), instance_relative_config=False)
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        TESTING=settings.testing,
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        WTF_CSRF_ENABLED=settings.wtf_csrf_enabled,
+        WTF_CSRF_TIME_LIMIT=None,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        JSON_SORT_KEYS=False,
+    )
+    app.extensions["settings"] = settings
+    app.session_interface = CookieSessionInterface()
+
+    database = db.init_app(app, settings)
+    if settings.check_migrations:
+        migrations.require_current(database.engine)
+    auth.init_app(app)
+    assignment.init_app(app)
+    jobs.init_app(app)
+    reports.init_app(app)
+
+    csrf = CSRFProtect(app)  # every form post; the API exempts itself
+    web.init_app(app)
+    api.init_app(app, csrf)
+    # Last: it answers assignment calls in front of everything above, so it checks
+    # that nothing was added that it would skip.
+    fast_assign.init_app(app)
+    return app
