@@ -56,7 +56,8 @@ from . import plots
 from .aggregation import SEGMENT_ATTRIBUTE, DataQuality, daily_stats, data_quality, experiment_stats, segment_stats
 from .db import Database, get_db
 from .errors import DomainError, MalformedRequest
-from .jobs import experiment_settings, recent_jobs
+from .experiment_settings import experiment_settings
+from .job_records import recent_jobs
 from .models import AnalysisJob, Experiment, Exposure, utcnow
 
 log = logging.getLogger(__name__)

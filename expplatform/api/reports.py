@@ -16,7 +16,8 @@ from .. import reports
 from ..auth import api_access, current_principal
 from ..db import get_db, get_session
 from ..errors import NotFound
-from ..jobs import FitParams, get_job, get_runner, recent_jobs
+from ..job_records import get_job, recent_jobs
+from ..jobs import FitParams, get_runner
 from . import bp
 from .bodies import json_object
 
