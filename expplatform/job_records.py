@@ -8,9 +8,9 @@ its threads and the PyMC fit), which queues through the same reaping.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.orm import Session
 
 from .config import Settings
@@ -36,7 +36,7 @@ def reap_stale(session: Session, settings: Settings, *, now: datetime | None = N
         .where(*_stale_condition(now, settings.job_timeout_seconds))
         .values(status="failed", error=DEAD_WORKER, finished_at=now)
     )
-    return result.rowcount
+    return cast(CursorResult[Any], result).rowcount  # an UPDATE's result is a cursor's
 
 
 def recent_jobs(

@@ -37,15 +37,11 @@ def _draw(report: Report, series: Sequence[SeriesPoint]) -> dict[str, str]:
     for stage_result in result.stages:
         for metric in ("conversion", "mean_rating"):
             for c in stage_result.metric(metric).comparisons:
-                if c.relative_lift is not None and c.relative_lift.mean is not None:
+                lift = c.relative_lift  # all three or none are known (see analysis.summarize)
+                if lift is not None and lift.mean is not None and lift.low is not None and lift.high is not None:
                     rows.append(
                         plots.LiftRow(
-                            stage_result.stage,
-                            METRIC_LABELS[metric],
-                            c.treatment,
-                            c.relative_lift.mean,
-                            c.relative_lift.low,
-                            c.relative_lift.high,
+                            stage_result.stage, METRIC_LABELS[metric], c.treatment, lift.mean, lift.low, lift.high
                         )
                     )
     target = result.stage(result.target_stage).metric("conversion")
