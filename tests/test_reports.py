@@ -4,6 +4,7 @@ and the caches that keep it fast."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
@@ -11,12 +12,14 @@ import threading
 from collections import Counter
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
 
 from analysis import FAST_DRAWS, analyze
 from analysis.types import DecisionRule, Prior
+from expplatform import reports
 from expplatform.aggregation import daily_stats, data_quality, experiment_stats, segment_stats
 from expplatform.events import record_events
 from expplatform.jobs import get_runner
@@ -613,3 +616,39 @@ def test_the_statistics_handed_to_the_analysis_are_plain_integers(db, seeded):
             for cell in cells.values():
                 assert {type(cell.exposed), type(cell.converted), *map(type, cell.ratings)} == {int}
     session.close()
+
+
+# -- the package's layering ----------------------------------------------------------------------
+
+LAYERS = ("options", "background", "series", "warnings", "build", "views", "figures", "render", "table")
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(level, dotted name) of every import in a module: level 1 is this package."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [(0, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.module is None:
+                found += [(node.level, alias.name) for alias in node.names]
+            else:
+                found.append((node.level, node.module))
+    return found
+
+
+def test_report_modules_import_only_down_the_data_flow():
+    """Each module of the package imports only the ones before it in LAYERS, and
+    nothing of the fit runner (jobs) or the web and API edges."""
+    package = Path(reports.__file__).parent
+    assert sorted(p.stem for p in package.glob("*.py")) == sorted((*LAYERS, "__init__"))
+    for index, name in enumerate(LAYERS):
+        for level, imported in _imports(package / f"{name}.py"):
+            top = imported.split(".")[0]
+            if level == 1:
+                assert top in LAYERS[:index], f"reports.{name} imports reports.{top}, not before it"
+            elif level == 2 or imported.startswith("expplatform."):
+                outside = imported.removeprefix("expplatform.").split(".")[0]
+                assert outside not in {"jobs", "api", "web", "reports", "cli"}, f"reports.{name} imports {imported}"
+            else:
+                assert level == 0, f"reports.{name}: import {'.' * level}{imported} leaves expplatform"
