@@ -17,7 +17,7 @@ report cache.
 
 from __future__ import annotations
 
-from .background import ReportCache, init_app
+from .background import init_app
 from .build import Report, build_report
 from .figures import render_plots
 from .options import SEED, ReportOptions
@@ -30,7 +30,6 @@ __all__ = [
     "METRIC_LABELS",
     "SEED",
     "Report",
-    "ReportCache",
     "ReportOptions",
     "build_report",
     "format_table",

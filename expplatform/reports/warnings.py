@@ -18,6 +18,8 @@ from ..aggregation import DataQuality, StageQuality
 
 @dataclass(frozen=True)
 class ReportWarning:
+    """One warning: a stable code for programs and a sentence for people."""
+
     code: str
     message: str
 

@@ -128,6 +128,7 @@ def render_standalone(app: Flask, built: Report) -> str:
     request) built from the app's URL map."""
     static = Path(app.static_folder or "")
     stylesheet = "\n".join((static / name).read_text(encoding="utf-8") for name in ("app.css", "reports.css"))
+    # The host name only matters to absolute URLs, which these links are not.
     urls = app.url_map.bind("localhost", script_name=app.config["APPLICATION_ROOT"])
 
     def link(endpoint: str, **values: Any) -> str:
