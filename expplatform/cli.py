@@ -225,28 +225,32 @@ def report_command(
 
     from flask import current_app
 
-    from . import reports
     from .jobs import FitParams, get_runner
+    from .reports.build import build_report
+    from .reports.options import ReportOptions
+    from .reports.render import report_dict, to_csv
+    from .reports.table import format_table
+    from .reports.views import report_rows
 
     try:
-        options = reports.ReportOptions.parse({"segment": segment, "credible_level": credible_level})
+        options = ReportOptions.parse({"segment": segment, "credible_level": credible_level})
         if full_model:
             job = _fit_with_progress(
                 get_runner(current_app), key, FitParams.defaults(current_app.extensions["settings"])
             )
             click.echo(f"full model: fit #{job.id} {job.status}" + (f": {job.error}" if job.error else ""), err=True)
         with get_db().sessionmaker() as session:
-            built = reports.build_report(session, experiments.get_experiment(session, key), options, wait=None)
+            built = build_report(session, experiments.get_experiment(session, key), options, wait=None)
             if output_format == "json":
-                text = json.dumps(reports.report_dict(built), indent=2) + "\n"
+                text = json.dumps(report_dict(built), indent=2) + "\n"
             elif output_format == "csv":
-                text = reports.to_csv(reports.report_rows(built))
+                text = to_csv(report_rows(built))
             elif output_format == "html":
                 from .web.reports import render_standalone
 
-                text = render_standalone(built)
+                text = render_standalone(current_app, built)
             else:
-                text = reports.format_table(built)
+                text = format_table(built)
     except DomainError as exc:
         click.echo(exc.message, err=True)
         sys.exit(1)

@@ -29,13 +29,12 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timedelta
+from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from flask import Flask
-from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import select, update
 
 from analysis.types import DecisionRule, ExperimentStats, Prior
 
@@ -43,13 +42,13 @@ from .aggregation import experiment_stats
 from .config import Settings
 from .db import Database
 from .errors import Conflict, MalformedRequest
+from .experiment_settings import experiment_settings
+from .job_records import ACTIVE, reap_stale
 from .models import AnalysisJob, Experiment, utcnow
 
 log = logging.getLogger(__name__)
 
-ACTIVE = ("queued", "running")
 STATUSES = ("queued", "running", "finished", "failed")
-DEAD_WORKER = "The worker running this fit stopped responding (restarted or crashed); run it again."
 Progress = Callable[[int, int], None]
 
 
@@ -124,15 +123,6 @@ def full_model_fit(
     return result.to_dict()
 
 
-def experiment_settings(experiment: Experiment, credible_level: float | None = None) -> tuple[Prior, DecisionRule]:
-    """The experiment's own prior and decision rule (validated when it was defined),
-    with the credible level overridden if asked."""
-    rule = DecisionRule.from_mapping(experiment.decision)
-    if credible_level is not None:
-        rule = replace(rule, credible_level=credible_level)
-    return Prior.from_mapping(experiment.prior), rule
-
-
 def snapshot_of(stats: ExperimentStats, taken_at: datetime) -> dict[str, Any]:
     """The counts a fit saw, to show next to its result."""
     return {
@@ -143,48 +133,7 @@ def snapshot_of(stats: ExperimentStats, taken_at: datetime) -> dict[str, Any]:
     }
 
 
-# -- reading and queueing ----------------------------------------------------------------
-
-
-def _stale_condition(now: datetime, timeout: float):
-    limit = now - timedelta(seconds=timeout)
-    return AnalysisJob.status.in_(ACTIVE), or_(
-        AnalysisJob.heartbeat_at < limit, AnalysisJob.heartbeat_at.is_(None) & (AnalysisJob.created_at < limit)
-    )
-
-
-def reap_stale(session: Session, settings: Settings, *, now: datetime | None = None) -> int:
-    """Mark failed every active job whose worker stopped beating; returns how many."""
-    now = now or utcnow()
-    result = session.execute(
-        update(AnalysisJob)
-        .where(*_stale_condition(now, settings.job_timeout_seconds))
-        .values(status="failed", error=DEAD_WORKER, finished_at=now)
-    )
-    return result.rowcount
-
-
-def recent_jobs(
-    database: Database, session: Session, experiment: Experiment, *, limit: int = 5, now: datetime | None = None
-) -> list[AnalysisJob]:
-    """An experiment's latest jobs, newest first, dead workers' jobs marked failed.
-
-    Looking is a read; only when a stale job is seen does it take a write transaction
-    to fail it (conditionally, so a heartbeat that just arrived still wins)."""
-    now = now or utcnow()
-    query = select(AnalysisJob).where(AnalysisJob.experiment_id == experiment.id)
-    stale = session.scalar(query.where(*_stale_condition(now, database.settings.job_timeout_seconds)).limit(1))
-    if stale is not None:
-        with database.write() as writer:
-            reap_stale(writer, database.settings, now=now)
-        session.rollback()  # end the read snapshot (SQLite WAL keeps it) to see the verdict
-    fresh = query.order_by(AnalysisJob.id.desc()).limit(limit).execution_options(populate_existing=True)
-    return list(session.scalars(fresh))
-
-
-def get_job(session: Session, experiment: Experiment, job_id: int) -> AnalysisJob | None:
-    job = session.get(AnalysisJob, job_id, populate_existing=True)
-    return job if job is not None and job.experiment_id == experiment.id else None
+# -- queueing (reading the rows: job_records.py) ----------------------------------------
 
 
 def queue_fit(

@@ -15,7 +15,8 @@ from analysis.types import DecisionRule, Prior
 from expplatform.aggregation import experiment_stats
 from expplatform.db import Base
 from expplatform.errors import MalformedRequest
-from expplatform.jobs import DEAD_WORKER, FitParams, JobRunner, get_runner, recent_jobs, snapshot_of
+from expplatform.job_records import DEAD_WORKER, recent_jobs
+from expplatform.jobs import FitParams, JobRunner, get_runner, snapshot_of
 from expplatform.models import AnalysisJob, utcnow
 
 from .conftest import make_test_app

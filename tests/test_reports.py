@@ -4,6 +4,7 @@ and the caches that keep it fast."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
@@ -11,6 +12,7 @@ import threading
 from collections import Counter
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
@@ -22,6 +24,11 @@ from expplatform.aggregation import daily_stats, data_quality, experiment_stats,
 from expplatform.events import record_events
 from expplatform.jobs import get_runner
 from expplatform.models import Experiment
+from expplatform.reports import build
+from expplatform.reports.background import Pending, SlowParts
+from expplatform.reports.options import SEED
+from expplatform.reports.render import CSV_COLUMNS
+from expplatform.reports.series import SeriesPoint, series_points, target_only, with_live_point
 
 from .events_support import expose, iso, make_experiment
 from .openapi_check import checked
@@ -55,7 +62,7 @@ def test_the_json_report_is_the_analysis_of_the_stored_data(db, admin_api, seede
             histogram = Counter(seeded.rated.get((stage, variant), []))
             assert cell.ratings == tuple(histogram[r] for r in range(1, 6))
     # ...and the report's numbers are the analysis of them, exactly.
-    assert body["result"] == roundtrip(analyze(stats, prior=prior, rule=rule, seed=reports.SEED).to_dict())
+    assert body["result"] == roundtrip(analyze(stats, prior=prior, rule=rule, seed=SEED).to_dict())
     assert body["settings"] == {"prior": roundtrip(vars(prior)), "decision": roundtrip(vars(rule)), "seed": 0}
     assert body["experiment"]["stages"] == list(STAGES) and body["experiment"]["target_stage"] == "cart"
     assert [v["key"] for v in body["experiment"]["variants"]] == ["control", "bold", "plain"]
@@ -147,7 +154,7 @@ def test_the_csv_has_one_row_per_stage_variant_metric_matching_the_analysis(db, 
     assert response.status_code == 200 and response.mimetype == "text/csv"
     assert response.headers["Content-Disposition"] == 'attachment; filename="checkout-report.csv"'
     rows = parse_csv(response.data)
-    assert tuple(rows[0]) == reports.CSV_COLUMNS
+    assert tuple(rows[0]) == CSV_COLUMNS
     session, experiment, stats, prior, rule = current(db)
     result = analyze(stats, prior=prior, rule=rule, seed=0)
     metrics = ("conversion", "mean_rating", "top_box")  # no NPS on a 1-5 scale
@@ -230,7 +237,7 @@ def test_the_daily_series_is_the_cumulative_analysis_of_each_day(db, admin_api, 
     by_day = dict(daily_stats(session, experiment))
     for point in series["points"]:
         day_stats = by_day[date.fromisoformat(point["day"])]
-        target = reports._target_only(day_stats)
+        target = target_only(day_stats)
         comparison = (
             analyze(target, prior=prior, rule=rule, seed=0, draws=FAST_DRAWS, max_p_better_error=None)
             .stage("cart")
@@ -429,14 +436,13 @@ def test_data_quality_reads_flagged_exposures_through_the_partial_index(db, seed
 
 def test_a_report_whose_data_did_not_move_is_not_analysed_again(app, db, admin_api, seeded, monkeypatch):
     calls: list[int] = []
-    real = reports.analyze
+    real = build.analyze
 
-    def counting(stats, **kwargs):
-        if len(stats.stages) > 1:  # the whole report, not a series point
-            calls.append(1)
+    def counting(stats, **kwargs):  # the whole report's analysis (series points have their own)
+        calls.append(1)
         return real(stats, **kwargs)
 
-    monkeypatch.setattr(reports, "analyze", counting)
+    monkeypatch.setattr(build, "analyze", counting)
     first = admin_api.get("/api/v1/experiments/checkout/report").get_json()
     second = admin_api.get("/api/v1/experiments/checkout/report").get_json()
     assert len(calls) == 1 and first["result"] == second["result"]
@@ -458,7 +464,7 @@ def test_a_report_whose_data_did_not_move_is_not_analysed_again(app, db, admin_a
 
 
 def test_slow_parts_are_computed_in_the_background_and_reused_while_fresh():
-    slow = reports._Slow(refresh=3600)
+    slow = SlowParts(refresh=3600)
     release = threading.Event()
     runs: list[str] = []
 
@@ -482,7 +488,7 @@ def test_slow_parts_are_computed_in_the_background_and_reused_while_fresh():
 
 
 def test_a_stale_slow_part_is_shown_while_it_is_recomputed():
-    slow = reports._Slow(refresh=0)
+    slow = SlowParts(refresh=0)
     assert slow.get("k", 1, lambda: "v1", wait=WAIT).value == "v1"
     release = threading.Event()
 
@@ -497,7 +503,7 @@ def test_a_stale_slow_part_is_shown_while_it_is_recomputed():
 
 
 def test_a_failing_slow_part_says_failed_and_is_tried_again():
-    slow = reports._Slow(refresh=3600)
+    slow = SlowParts(refresh=3600)
 
     def broken():
         raise RuntimeError("database went away")
@@ -508,21 +514,21 @@ def test_a_failing_slow_part_says_failed_and_is_tried_again():
 
 def test_the_series_point_of_today_comes_from_the_live_data(db, seeded):
     session, experiment, stats, prior, rule = current(db)
-    older = reports.Pending(
+    older = Pending(
         "ready",
         (
-            reports.SeriesPoint(date(2024, 5, 1), "bold", 1, 1, None, 0.5),
-            reports.SeriesPoint(date(2024, 5, 9), "bold", 2, 2, None, 0.5),
+            SeriesPoint(date(2024, 5, 1), "bold", 1, 1, None, 0.5),
+            SeriesPoint(date(2024, 5, 9), "bold", 2, 2, None, 0.5),
         ),
         version="old",
     )
     now = datetime(2024, 5, 9, 12, tzinfo=UTC)
-    live = reports._with_live_point(older, "new", stats, prior, rule, now)
+    live = with_live_point(older, "new", stats, prior, rule, now)
     assert [p.day for p in live.value] == [date(2024, 5, 1), date(2024, 5, 9), date(2024, 5, 9)]
     today = {p.variant: p for p in live.value[1:]}
-    expected = reports._series_points(now.date(), stats, prior, rule)
+    expected = series_points(now.date(), stats, prior, rule)
     assert today == {p.variant: p for p in expected} and today["bold"].exposed == seeded.exposed["bold"]
-    assert reports._with_live_point(older, "old", stats, prior, rule, now) is older  # up to date: untouched
+    assert with_live_point(older, "old", stats, prior, rule, now) is older  # up to date: untouched
     session.close()
 
 
@@ -610,3 +616,39 @@ def test_the_statistics_handed_to_the_analysis_are_plain_integers(db, seeded):
             for cell in cells.values():
                 assert {type(cell.exposed), type(cell.converted), *map(type, cell.ratings)} == {int}
     session.close()
+
+
+# -- the package's layering ----------------------------------------------------------------------
+
+LAYERS = ("options", "background", "series", "warnings", "build", "views", "figures", "render", "table")
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(level, dotted name) of every import in a module: level 1 is this package."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [(0, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.module is None:
+                found += [(node.level, alias.name) for alias in node.names]
+            else:
+                found.append((node.level, node.module))
+    return found
+
+
+def test_report_modules_import_only_down_the_data_flow():
+    """Each module of the package imports only the ones before it in LAYERS, and
+    nothing of the fit runner (jobs) or the web and API edges."""
+    package = Path(reports.__file__).parent
+    assert sorted(p.stem for p in package.glob("*.py")) == sorted((*LAYERS, "__init__"))
+    for index, name in enumerate(LAYERS):
+        for level, imported in _imports(package / f"{name}.py"):
+            top = imported.split(".")[0]
+            if level == 1:
+                assert top in LAYERS[:index], f"reports.{name} imports reports.{top}, not before it"
+            elif level == 2 or imported.startswith("expplatform."):
+                outside = imported.removeprefix("expplatform.").split(".")[0]
+                assert outside not in {"jobs", "api", "web", "reports", "cli"}, f"reports.{name} imports {imported}"
+            else:
+                assert level == 0, f"reports.{name}: import {'.' * level}{imported} leaves expplatform"

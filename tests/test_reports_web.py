@@ -11,7 +11,8 @@ from sqlalchemy import select
 
 from analysis import analyze
 from expplatform.aggregation import experiment_stats
-from expplatform.jobs import experiment_settings, get_runner
+from expplatform.experiment_settings import experiment_settings
+from expplatform.jobs import get_runner
 from expplatform.models import AnalysisJob, Experiment, utcnow
 
 from .conftest import make_test_app

@@ -12,11 +12,15 @@ from typing import Any
 from flask import Response, current_app, request, url_for
 
 from .. import experiments as experiments_service
-from .. import reports
 from ..auth import api_access, current_principal
 from ..db import get_db, get_session
 from ..errors import NotFound
-from ..jobs import FitParams, get_job, get_runner, recent_jobs
+from ..job_records import get_job, recent_jobs
+from ..jobs import FitParams, get_runner
+from ..reports.build import Report, build_report
+from ..reports.options import ReportOptions
+from ..reports.render import CSV_COLUMNS, job_dict, report_dict, to_csv
+from ..reports.views import report_rows
 from . import bp
 from .bodies import json_object
 
@@ -24,22 +28,22 @@ read_access = api_access(scope="admin", session_role="viewer")
 fit_access = api_access(scope="admin", session_role="editor")
 
 
-def _report(key: str) -> reports.Report:
-    options = reports.ReportOptions.parse(request.args)
+def _report(key: str) -> Report:
+    options = ReportOptions.parse(request.args)
     session = get_session()
-    return reports.build_report(session, experiments_service.get_experiment(session, key), options)
+    return build_report(session, experiments_service.get_experiment(session, key), options)
 
 
 @bp.get("/experiments/<key>/report")
 @read_access
 def get_report(key: str):
-    return reports.report_dict(_report(key))
+    return report_dict(_report(key))
 
 
 @bp.get("/experiments/<key>/report.csv")
 @read_access
 def get_report_csv(key: str):
-    text = reports.to_csv(reports.report_rows(_report(key)))
+    text = to_csv(report_rows(_report(key)))
     return Response(
         text, mimetype="text/csv", headers={"Content-Disposition": f'attachment; filename="{key}-report.csv"'}
     )
@@ -52,7 +56,7 @@ def queue_full_model(key: str):
     principal = current_principal()
     job, created = get_runner(current_app).queue(key, principal.actor, params)  # type: ignore[union-attr]
     location = url_for("api.get_full_model_job", key=key, job_id=job.id)
-    return reports.job_dict(job), 202 if created else 200, {"Location": location}
+    return job_dict(job), 202 if created else 200, {"Location": location}
 
 
 @bp.get("/experiments/<key>/full-model")
@@ -60,7 +64,7 @@ def queue_full_model(key: str):
 def list_full_model_jobs(key: str):
     session = get_session()
     experiment = experiments_service.get_experiment(session, key)
-    return {"jobs": [reports.job_dict(job) for job in recent_jobs(get_db(), session, experiment, limit=10)]}
+    return {"jobs": [job_dict(job) for job in recent_jobs(get_db(), session, experiment, limit=10)]}
 
 
 @bp.get("/experiments/<key>/full-model/<int:job_id>")
@@ -72,7 +76,7 @@ def get_full_model_job(key: str, job_id: int):
     job = get_job(session, experiment, job_id)
     if job is None:
         raise NotFound(f"No full-model job {job_id} for experiment {key!r}.", code="job_not_found")
-    return reports.job_dict(job)
+    return job_dict(job)
 
 
 # -- OpenAPI -------------------------------------------------------------------------------
@@ -173,9 +177,7 @@ OPENAPI: dict[str, Any] = {
         "/experiments/{key}/report.csv": {
             "get": {
                 "summary": "The report as CSV: one row per stage x variant x metric",
-                "description": "Columns: "
-                + ", ".join(reports.CSV_COLUMNS)
-                + ". With `segment`, each segment's rows follow.",
+                "description": "Columns: " + ", ".join(CSV_COLUMNS) + ". With `segment`, each segment's rows follow.",
                 "parameters": _OPTIONS[:3],
                 "responses": {
                     "200": {

@@ -11,13 +11,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from flask import abort, current_app, flash, redirect, render_template, request, url_for
+from flask import Flask, abort, current_app, flash, redirect, render_template, request, url_for
 
-from .. import reports
 from ..auth import current_principal, login_required, role_at_least
 from ..db import get_session
 from ..errors import MalformedRequest, NotFound
 from ..jobs import FitParams, get_runner
+from ..reports.build import Report, build_report
+from ..reports.figures import render_plots
+from ..reports.options import ReportOptions
+from ..reports.views import METRIC_LABELS, full_model_view, lift_map
 from . import bp, experiment_or_404
 from .forms import ConfirmForm
 
@@ -87,42 +90,52 @@ def report(key: str):
     session = get_session()
     experiment = experiment_or_404(key)
     try:
-        options = reports.ReportOptions.parse(request.args)
+        options = ReportOptions.parse(request.args)
     except MalformedRequest as exc:
         flash("Ignored: " + exc.message, "error")
-        options = reports.ReportOptions()
+        options = ReportOptions()
     try:
-        built = reports.build_report(session, experiment, options)
+        built = build_report(session, experiment, options)
     except MalformedRequest as exc:  # e.g. an attribute with too many values to break down by
         flash("Ignored: " + exc.message, "error")
-        built = reports.build_report(session, experiment, replace(options, segment=None))
+        built = build_report(session, experiment, replace(options, segment=None))
     principal = current_principal()
     can_fit = principal is not None and role_at_least(principal.role, "editor")
     return render_template("reports/report.html", **_context(built, can_fit=can_fit))
 
 
-def _context(built: reports.Report, *, can_fit: bool) -> dict[str, Any]:
+def _context(built: Report, *, can_fit: bool) -> dict[str, Any]:
     return {
         "report": built,
-        "lift_map": reports.lift_map(built.stats, built.result, built.rule, built.colors),
-        "plots": reports.render_plots(built),
-        "full_model": reports.full_model_view(built),
+        "lift_map": lift_map(built.stats, built.result, built.rule, built.colors),
+        "plots": render_plots(built),
+        "full_model": full_model_view(built),
         "fmt": Format,
         "decisions": DECISIONS,
-        "metric_labels": reports.METRIC_LABELS,
+        "metric_labels": METRIC_LABELS,
         "levels": CREDIBLE_LEVELS,
         "can_fit": can_fit,
         "confirm": ConfirmForm() if can_fit else None,
     }
 
 
-def render_standalone(built: reports.Report) -> str:
+def render_standalone(app: Flask, built: Report) -> str:
     """The report as one self-contained HTML file (styles inline, plots inline), for
-    ``expplatform report --format html``."""
-    static = Path(current_app.static_folder or "")
+    ``expplatform report --format html`` (inside an app context, for the plot cache).
+
+    No request is needed: the template is rendered by the app's Jinja environment,
+    with the links the page has (root-relative, as ``url_for`` gives them in a
+    request) built from the app's URL map."""
+    static = Path(app.static_folder or "")
     stylesheet = "\n".join((static / name).read_text(encoding="utf-8") for name in ("app.css", "reports.css"))
-    with current_app.test_request_context():
-        return render_template("reports/standalone.html", stylesheet=stylesheet, **_context(built, can_fit=False))
+    # The host name only matters to absolute URLs, which these links are not.
+    urls = app.url_map.bind("localhost", script_name=app.config["APPLICATION_ROOT"])
+
+    def link(endpoint: str, **values: Any) -> str:
+        return urls.build(endpoint, values)
+
+    template = app.jinja_env.get_template("reports/standalone.html")
+    return template.render(url_for=link, stylesheet=stylesheet, **_context(built, can_fit=False))
 
 
 @bp.post("/experiments/<key>/report/full-model")

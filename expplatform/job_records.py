@@ -1,0 +1,62 @@
+"""Reading full-model job rows, and failing those whose worker died.
+
+Reports show an experiment's latest fit and the API lists its fits; neither runs
+one. They read the rows here, so that they need nothing of ``jobs`` (the runner,
+its threads and the PyMC fit), which queues through the same reaping.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, or_, select, update
+from sqlalchemy.orm import Session
+
+from .config import Settings
+from .db import Database
+from .models import AnalysisJob, Experiment, utcnow
+
+ACTIVE = ("queued", "running")
+DEAD_WORKER = "The worker running this fit stopped responding (restarted or crashed); run it again."
+
+
+def _stale_condition(now: datetime, timeout: float) -> tuple[Any, ...]:
+    limit = now - timedelta(seconds=timeout)
+    return AnalysisJob.status.in_(ACTIVE), or_(
+        AnalysisJob.heartbeat_at < limit, AnalysisJob.heartbeat_at.is_(None) & (AnalysisJob.created_at < limit)
+    )
+
+
+def reap_stale(session: Session, settings: Settings, *, now: datetime | None = None) -> int:
+    """Mark failed every active job whose worker stopped beating; returns how many."""
+    now = now or utcnow()
+    result = session.execute(
+        update(AnalysisJob)
+        .where(*_stale_condition(now, settings.job_timeout_seconds))
+        .values(status="failed", error=DEAD_WORKER, finished_at=now)
+    )
+    return cast(CursorResult[Any], result).rowcount  # an UPDATE's result is a cursor's
+
+
+def recent_jobs(
+    database: Database, session: Session, experiment: Experiment, *, limit: int = 5, now: datetime | None = None
+) -> list[AnalysisJob]:
+    """An experiment's latest jobs, newest first, dead workers' jobs marked failed.
+
+    Looking is a read; only when a stale job is seen does it take a write transaction
+    to fail it (conditionally, so a heartbeat that just arrived still wins)."""
+    now = now or utcnow()
+    query = select(AnalysisJob).where(AnalysisJob.experiment_id == experiment.id)
+    stale = session.scalar(query.where(*_stale_condition(now, database.settings.job_timeout_seconds)).limit(1))
+    if stale is not None:
+        with database.write() as writer:
+            reap_stale(writer, database.settings, now=now)
+        session.rollback()  # end the read snapshot (SQLite WAL keeps it) to see the verdict
+    fresh = query.order_by(AnalysisJob.id.desc()).limit(limit).execution_options(populate_existing=True)
+    return list(session.scalars(fresh))
+
+
+def get_job(session: Session, experiment: Experiment, job_id: int) -> AnalysisJob | None:
+    job = session.get(AnalysisJob, job_id, populate_existing=True)
+    return job if job is not None and job.experiment_id == experiment.id else None

@@ -1,0 +1,128 @@
+"""The report for machines: JSON-ready values (the API's ``Report`` and
+``FullModelJob``, and ``expplatform report --format json``) and CSV.
+
+Both forms are a contract with scripts: the keys, columns and number formats here
+are what ``api/reports.py`` documents in the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from ..models import AnalysisJob
+from .build import Report
+from .options import SEED
+from .views import MetricRow
+
+CSV_COLUMNS = tuple(f for f in MetricRow.__dataclass_fields__)
+
+
+def job_dict(job: AnalysisJob | None) -> dict[str, Any] | None:
+    if job is None:
+        return None
+    return {
+        "id": job.id,
+        "status": job.status,
+        "requested_by": job.requested_by,
+        "params": job.params,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "heartbeat_at": _iso(job.heartbeat_at),
+        "error": job.error,
+        "snapshot": job.snapshot,
+        "result": job.result,
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
+
+
+def report_dict(report: Report) -> dict[str, Any]:
+    """The whole report as JSON-ready values (documented as ``Report`` in the API)."""
+    experiment = report.experiment
+    series = report.series
+    segments = report.segments
+    return {
+        "experiment": {
+            "key": experiment.key,
+            "name": experiment.name,
+            "status": experiment.status,
+            "stages": list(report.stats.stages),
+            "target_stage": report.stats.target_stage,
+            "control": report.stats.control,
+            "variants": [
+                {"key": v.key, "weight": v.weight, "control": v.key == report.stats.control}
+                for v in sorted(experiment.variants, key=lambda v: v.position)
+            ],
+            "started_at": _iso(experiment.started_at),
+            "stopped_at": _iso(experiment.stopped_at),
+        },
+        "generated_at": _iso(report.generated_at),
+        "settings": {"prior": asdict(report.prior), "decision": asdict(report.rule), "seed": SEED},
+        "warnings": [asdict(w) for w in report.warnings],
+        "data_quality": {
+            "forced_customers": report.quality.forced_customers,
+            "mismatched_customers": report.quality.mismatched_customers,
+            "mismatches": report.quality.mismatches,
+            "stages": {stage: asdict(q) for stage, q in report.quality.stages.items()},
+        },
+        "exposed": {v: report.stats.cells[report.stats.stages[0]][v].exposed for v in report.stats.variants},
+        "result": report.result.to_dict(),
+        "time_series": None
+        if series is None
+        else {
+            "status": series.status,
+            "stage": report.stats.target_stage,
+            "metric": "conversion",
+            "computed_at": _iso(series.computed_at),
+            "points": [
+                {
+                    "day": p.day.isoformat(),
+                    "variant": p.variant,
+                    "exposed": p.exposed,
+                    "control_exposed": p.control_exposed,
+                    "relative_lift": p.relative_lift.to_dict() if p.relative_lift is not None else None,
+                    "p_better": p.p_better,
+                }
+                for p in (series.value or ())
+            ],
+        },
+        "segments": None
+        if segments is None
+        else {
+            "attribute": report.options.segment,
+            "status": segments.status,
+            "computed_at": _iso(segments.computed_at),
+            "values": [
+                {"value": s.value, "exposed": s.exposed, "result": s.result.to_dict()} for s in (segments.value or ())
+            ],
+        },
+        "recorded_attributes": list(report.attributes),
+        "full_model": job_dict(report.job) if report.options.full_model else None,
+    }
+
+
+def to_csv(rows: Sequence[MetricRow]) -> str:
+    """A header of ``CSV_COLUMNS`` and a line per row."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        writer.writerow(["" if value is None else _csv_safe(value) for value in asdict(row).values()])
+    return buffer.getvalue()
+
+
+def _csv_safe(value: Any) -> Any:
+    """Floats at full precision (repr round-trips), booleans as true/false."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return value
