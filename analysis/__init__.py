@@ -10,6 +10,7 @@ same result types from a partially pooled PyMC model.
 
 from .conjugate import DEFAULT_DRAWS, FAST_DRAWS, MAX_P_BETTER_ERROR, analyze
 from .exceptions import AnalysisInputError
+from .sequential import SequentialDesign
 from .types import (
     ArmSummary,
     CellStats,
@@ -55,6 +56,7 @@ __all__ = [
     "Recommendation",
     "SampleRatio",
     "Scale",
+    "SequentialDesign",
     "StageResult",
     "analyze",
 ]
