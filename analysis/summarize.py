@@ -332,9 +332,7 @@ def _anytime(stats, rule, counts, spec, control, treatments, design) -> _Anytime
 
         scale = "relative_lift"
     else:
-        estimate, variance = seq.mean_effect(
-            counts.ratings[:, treatments], counts.ratings[:, [control]], spec.weights
-        )
+        estimate, variance = seq.mean_effect(counts.ratings[:, treatments], counts.ratings[:, [control]], spec.weights)
         tau = design.rating_tau(stats.scale.max - stats.scale.min)
 
         def show(x: np.ndarray) -> np.ndarray:
