@@ -166,7 +166,7 @@ def shifted(probs: FloatArray, values: FloatArray, relative: float) -> FloatArra
     target = mean * (1 + relative)
     end = values[-1] if relative > 0 else values[0]
     w = (target - mean) / (end - mean)
-    out = (1 - w) * p
+    out: FloatArray = (1 - w) * p
     out[-1 if relative > 0 else 0] += w
     return out
 

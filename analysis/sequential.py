@@ -94,7 +94,8 @@ def log_evidence(deviation: Any, variance: Any, tau: Any) -> FloatArray:
     ``theta0``, where ``deviation = d - theta0`` (closed form, see the module doc)."""
     d, v, t2 = _array(deviation), _array(variance), _array(tau) ** 2
     u = d * np.sqrt(t2 / (v * (v + t2)))
-    return np.log(2.0) + 0.5 * np.log(v / (v + t2)) + u**2 / 2 + special.log_ndtr(u)
+    out: FloatArray = np.log(2.0) + 0.5 * np.log(v / (v + t2)) + u**2 / 2 + special.log_ndtr(u)
+    return out
 
 
 def radius(variance: Any, tau: Any, alpha: Any) -> FloatArray:

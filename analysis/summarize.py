@@ -16,7 +16,7 @@ import numpy as np
 from . import messages
 from . import sequential as seq
 from .checks import sample_ratio
-from .decision import GuardBounds, decide, recommend, guardrail_checks
+from .decision import GuardBounds, decide, guardrail_checks, recommend
 from .types import (
     DECIDING_METRICS,
     ArmSummary,
@@ -307,7 +307,15 @@ class _Anytime:
         return 1.0 - self.alpha_ship - self.alpha_harm
 
 
-def _anytime(stats, rule, counts, spec, control, treatments, design) -> _Anytime | None:
+def _anytime(
+    stats: ExperimentStats,
+    rule: DecisionRule,
+    counts: Counts,
+    spec: MetricSpec,
+    control: int,
+    treatments: list[int],
+    design: seq.SequentialDesign | None,
+) -> _Anytime | None:
     """Anytime-valid bounds for conversion (log relative risk, shown as a relative
     lift) and the mean rating (difference in means); None for the other metrics or
     without a sequential design. The ship and harm budgets are split over the
@@ -328,7 +336,8 @@ def _anytime(stats, rule, counts, spec, control, treatments, design) -> _Anytime
         tau = design.conversion_mixture_sd
 
         def show(x: np.ndarray) -> np.ndarray:
-            return np.expm1(x)
+            out: np.ndarray = np.expm1(x)
+            return out
 
         scale = "relative_lift"
     else:
