@@ -17,6 +17,7 @@ anyway), first such look first. For the mean rating they are taken as met, so th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,9 +58,11 @@ class Calls:
         return float(((d > 0) & (d <= day)).mean())
 
     def median_ship_day(self, treatment: int = 0) -> float:
-        """Median first ship day; infinite when half the experiments never ship."""
-        d = np.where(self.ship_day[:, treatment] > 0, self.ship_day[:, treatment], np.inf).astype(float)
-        return float(np.median(d))
+        """Median first ship day (the lower middle order statistic); infinite when
+        half the experiments never ship."""
+        d = np.sort(np.where(self.ship_day[:, treatment] > 0, self.ship_day[:, treatment], np.iinfo(np.int64).max))
+        value = d[max((d.size + 1) // 2 - 1, 0)]
+        return math.inf if value == np.iinfo(np.int64).max else float(value)
 
 
 def binomial_interval(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:

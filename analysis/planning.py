@@ -68,6 +68,15 @@ class Forecast(_Serialisable):
     decided_now: bool
 
 
+def _day_quantile(first: np.ndarray, q: float) -> int | None:
+    """The ``q`` quantile (an order statistic) of first-call days, 0 meaning never:
+    None when it falls on a never."""
+    never = np.iinfo(np.int64).max
+    ordered = np.sort(np.where(first > 0, first, never))
+    value = int(ordered[max(math.ceil(q * ordered.size) - 1, 0)])
+    return None if value == never else value
+
+
 def _check_rate(name: str, value: float) -> None:
     if not 0 < value < 1:
         raise AnalysisInputError(f"{name} must be between 0 and 1")
@@ -137,17 +146,16 @@ def plan(
         n >= rule.min_exposed,
     )
     day = ship if lift > 0 else harm
-    when = np.where(day > 0, day, np.inf)
-    median = float(np.median(when))
-    at_power = float(np.quantile(when, power))
+    median = _day_quantile(day, 0.5)
+    at_power = _day_quantile(day, power)
     return Plan(
         baseline=baseline,
         lift=lift,
         arms=arms,
         per_arm_per_day=per_arm_per_day,
-        median_days=int(median) if math.isfinite(median) else None,
-        median_customers_per_arm=round(median * per_arm_per_day) if math.isfinite(median) else None,
-        days_for_power=math.ceil(at_power) if math.isfinite(at_power) else None,
+        median_days=median,
+        median_customers_per_arm=round(median * per_arm_per_day) if median is not None else None,
+        days_for_power=at_power,
         power=power,
         p_decision_by_max_days=float((day > 0).mean()),
         max_days=max_days,
@@ -204,12 +212,12 @@ def forecast(
     else:
         first_ship, first_harm = run(np.full(simulations, math.log1p(assumed_lift)))
     first = np.where((first_ship > 0) & ((first_harm == 0) | (first_ship <= first_harm)), first_ship, first_harm)
-    median = float(np.median(np.where(first > 0, first, np.inf)))
-    by = int(median) if math.isfinite(median) else horizon_days
+    median = _day_quantile(first, 0.5)
+    by = median if median is not None else horizon_days
     ship_by = (ship > 0) & (ship <= by)
     harm_by = (harm > 0) & (harm <= by)
     return Forecast(
-        more_days=int(median) if math.isfinite(median) else None,
+        more_days=median,
         p_decision_by_then=float((ship_by | harm_by).mean()),
         p_ship_by_then=float(ship_by.mean()),
         p_harmful_by_then=float(harm_by.mean()),

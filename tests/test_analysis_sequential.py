@@ -236,12 +236,10 @@ def test_design_settings_are_validated():
 def test_operating_simulation_decides_like_analyze():
     """One simulated experiment, replayed through ``analyze`` look by look: the same
     first ship day."""
-    rng = np.random.default_rng(11)
-    daily = rng.binomial(400, [0.10, 0.13], size=(20, 2))
     calls = simulate_conversion(
         np.random.default_rng(0), baseline=0.1, lifts=(0.3,), per_day=400, days=20, simulations=1
     )
-    # replay the simulation's own draws: regenerate them with the same seed
+    # replay the simulation's own draws (its first use of the generator)
     rng = np.random.default_rng(0)
     daily = rng.binomial(400, np.array([0.1, 0.13]), size=(1, 20, 2))[0]
     cumulative = daily.cumsum(axis=0)
@@ -263,14 +261,10 @@ def test_operating_simulation_decides_like_analyze():
 def test_conversion_a_a_and_worse_are_rarely_shipped_however_often_looked_at(baseline, per_day, days):
     rng = np.random.default_rng(int(baseline * 1000) + per_day + days)
     for lifts, limit in (((0.0,), 0.05), ((0.0, 0.0), 0.05), ((-0.03,), 0.01)):
-        calls = simulate_conversion(
-            rng, baseline=baseline, lifts=lifts, per_day=per_day, days=days, simulations=1000
-        )
+        calls = simulate_conversion(rng, baseline=baseline, lifts=lifts, per_day=per_day, days=days, simulations=1000)
         assert calls.ever_ship() <= limit, (lifts, calls.ever_ship())
     for lifts, limit in (((0.0,), 0.05), ((0.03,), 0.01)):  # roles swapped
-        calls = simulate_conversion(
-            rng, baseline=baseline, lifts=lifts, per_day=per_day, days=days, simulations=1000
-        )
+        calls = simulate_conversion(rng, baseline=baseline, lifts=lifts, per_day=per_day, days=days, simulations=1000)
         assert calls.ever_harmful() <= limit, (lifts, calls.ever_harmful())
 
 
@@ -280,7 +274,9 @@ def test_conversion_a_a_and_worse_are_rarely_shipped_however_often_looked_at(bas
 def test_mean_rating_a_a_and_worse_are_rarely_called_however_often_looked_at(probs, values, per_day):
     rng = np.random.default_rng(per_day + values.size)
     for lifts in ((0.0,), (0.0, 0.0)):
-        calls = simulate_rating(rng, probs=probs, values=values, lifts=lifts, per_day=per_day, days=60, simulations=1000)
+        calls = simulate_rating(
+            rng, probs=probs, values=values, lifts=lifts, per_day=per_day, days=60, simulations=1000
+        )
         assert calls.ever_ship() <= 0.05 and calls.ever_harmful() <= 0.05
     worse = simulate_rating(rng, probs=probs, values=values, lifts=(-0.03,), per_day=per_day, days=60, simulations=1000)
     better = simulate_rating(rng, probs=probs, values=values, lifts=(0.03,), per_day=per_day, days=60, simulations=1000)
