@@ -19,7 +19,7 @@ import pytest
 from numpy.testing import assert_allclose
 from scipy import integrate
 
-from analysis import CellStats, DecisionRule, ExperimentStats, Scale, SequentialDesign, analyze, messages
+from analysis import CellStats, ExperimentStats, Scale, SequentialDesign, analyze, messages
 from analysis import sequential as seq
 from analysis.operating import binomial_interval, shifted, simulate_conversion, simulate_rating
 
