@@ -87,12 +87,14 @@ def simulate_conversion(
     days: int,
     simulations: int,
     rule: DecisionRule = DecisionRule(),
-    design: seq.SequentialDesign = seq.SequentialDesign(),
+    design: seq.SequentialDesign | None = seq.SequentialDesign(),
     prior: Prior = Prior(),
     loss_draws: int = 2000,
 ) -> Calls:
     """Experiments with a control at ``baseline`` and one treatment per relative lift,
-    ``per_day`` customers per arm per day, a look every day for ``days`` days."""
+    ``per_day`` customers per arm per day, a look every day for ``days`` days.
+    ``design`` None: the fixed-horizon Bayesian rule alone (``analyze(...,
+    sequential=None)``), to measure what peeking does to it."""
     rates = baseline * (1 + np.array((0.0, *lifts)))
     converted = rng.binomial(per_day, rates, size=(simulations, days, rates.size)).cumsum(axis=1)
     exposed = per_day * np.arange(1, days + 1)[None, :]
@@ -105,9 +107,13 @@ def simulate_conversion(
     for k in range(1, treatments + 1):
         xt = converted[..., k]
         estimate, variance = seq.conversion_effect(exposed, xt, exposed, xc)
-        b = seq.bounds(estimate, variance, design.conversion_mixture_sd, alpha_ship, alpha_harm)
+        if design is not None:
+            b = seq.bounds(estimate, variance, design.conversion_mixture_sd, alpha_ship, alpha_harm)
+            sides = ((1, b.low > 0), (2, b.high < 0))
+        else:
+            sides = ((1, np.ones(xt.shape, dtype=bool)), (2, np.ones(xt.shape, dtype=bool)))
         days_found = []
-        for code_wanted, candidate in ((1, b.low > 0), (2, b.high < 0)):
+        for code_wanted, candidate in sides:
             candidate = candidate & (n >= rule.min_exposed)
             found = np.zeros(simulations, dtype=np.int64)
             # Walk each experiment's candidate looks in order until the whole rule
@@ -135,8 +141,8 @@ def simulate_conversion(
                     harm_probability=rule.harm_probability,
                     loss_relative=loss,
                     max_expected_loss=rule.max_expected_loss,
-                    low=b.low[rows, cols],
-                    high=b.high[rows, cols],
+                    low=b.low[rows, cols] if design is not None else None,
+                    high=b.high[rows, cols] if design is not None else None,
                 )
                 hit = code == code_wanted
                 found[rows[hit]] = cols[hit] + 1

@@ -250,6 +250,15 @@ def decision_figures(simulations: int = 1000) -> None:
                     + "  ".join(text[3:]),
                     flush=True,
                 )
+    fixed = [
+        simulate_conversion(rng, baseline=0.1, lifts=lifts, per_day=400, days=14, simulations=simulations, design=None)
+        for lifts in ((0.0,), (0.0, 0.0), (-0.03,))
+    ]
+    print(
+        "  before (fixed-horizon rule, analyze(..., sequential=None)), 14 looks, 10%, 400 per arm per day: ship ever "
+        f"A/A {_cell(*_rate(fixed[0], False))}, A/A/A {_cell(*_rate(fixed[1], False))}, "
+        f"3% worse {_cell(*_rate(fixed[2], False))}"
+    )
     print("  worst cells (conversion): " + ", ".join(f"{k} {_cell(*v)}" for k, v in worst.items()))
 
     csat = np.array(CSAT)
