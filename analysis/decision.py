@@ -110,12 +110,14 @@ def recommend(
         broken += mine
         lift = f"{c.relative_lift.mean:+.1%}" if c.relative_lift and c.relative_lift.mean is not None else "n/a"
         p_text = f"{c.p_better:.3f}" if c.p_better is not None else "n/a"
+        interval = c.always_valid_interval
+        anytime = ""
+        if interval is not None and interval.low is not None and interval.high is not None:
+            anytime = f", anytime-valid {interval.low:+.1%} to {interval.high:+.1%}"
         reasons.append(
             f"{t} at {stats.target_stage} conversion: {_DECISION_TEXT[c.decision or 'not_enough_data']} "
-            f"(lift {lift}, P(better) {p_text})."
+            f"(lift {lift}, P(better) {p_text}{anytime})."
         )
-        if c.decision_basis:
-            reasons.append(c.decision_basis)
         for g in mine:
             reasons.append(
                 f"{t} breaks a guardrail: {g.metric.replace('_', ' ')} at {g.stage} has P(better) {g.p_better:.3f}."
