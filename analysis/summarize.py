@@ -21,6 +21,7 @@ from .types import (
     DECIDING_METRICS,
     ArmSummary,
     Comparison,
+    Decision,
     DecisionRule,
     Diagnostics,
     Estimate,
@@ -357,7 +358,16 @@ def _anytime(
 
 
 def _comparison(
-    stats, rule, spec, v: _Vectors, anytime: _Anytime | None, i: int, k: int, j: int, control: int, notes: list[Note]
+    stats: ExperimentStats,
+    rule: DecisionRule,
+    spec: MetricSpec,
+    v: _Vectors,
+    anytime: _Anytime | None,
+    i: int,
+    k: int,
+    j: int,
+    control: int,
+    notes: list[Note],
 ) -> Comparison:
     """Treatment ``j`` (the ``k``-th treatment) against the control at stage ``i``."""
     stage, variant = stats.stages[i], stats.variants[j]
@@ -426,7 +436,15 @@ def _comparison(
     )
 
 
-def _basis(rule, spec, decision, p: float, loss: float | None, anytime: _Anytime | None, iv: Estimate | None) -> str:
+def _basis(
+    rule: DecisionRule,
+    spec: MetricSpec,
+    decision: Decision,
+    p: float,
+    loss: float | None,
+    anytime: _Anytime | None,
+    iv: Estimate | None,
+) -> str:
     """The decision in words: which conditions hold and which do not."""
     what = "ratings" if spec.from_ratings else "exposed customers"
     if decision == "not_enough_data":
