@@ -19,7 +19,7 @@ import pytest
 from numpy.testing import assert_allclose
 from scipy import integrate
 
-from analysis import CellStats, ExperimentStats, Scale, SequentialDesign, analyze, messages
+from analysis import CellStats, DecisionRule, ExperimentStats, Scale, SequentialDesign, analyze, messages
 from analysis import sequential as seq
 from analysis.operating import binomial_interval, shifted, simulate_conversion, simulate_rating
 
@@ -320,3 +320,36 @@ def test_the_old_fixed_horizon_rule_fails_under_peeking_as_issue_12_measured():
     ]
     aa, aaa, worse = (r.ever_ship() for r in runs)
     assert 0.13 <= aa <= 0.23 and 0.26 <= aaa <= 0.38 and 0.06 <= worse <= 0.13
+
+
+@pytest.mark.slow
+def test_a_harmless_treatment_is_rarely_vetoed_by_guardrails_on_several_stages():
+    """Three stages with the target first: five guardrails per treatment (two
+    downstream conversions, three mean ratings), each at a fifth of the 5% budget.
+    A harmless treatment, looked at daily for 60 days, is vetoed by any of them in at
+    most 5% of experiments (the Bayesian half of each guardrail taken as met for the
+    ratings, so this is an upper bound). Streams are simulated independently; the
+    Bonferroni bound does not depend on their correlation."""
+    checks, budget, experiments = 5, 0.05, 1000
+    rule = DecisionRule(harm_probability=budget / checks)  # the guardrail's share, one treatment
+    rng = np.random.default_rng(5)
+    vetoed = np.zeros(experiments, dtype=bool)
+    for baseline in (0.3, 0.1):
+        calls = simulate_conversion(
+            rng, baseline=baseline, lifts=(0.0,), per_day=400, days=60, simulations=experiments, rule=rule
+        )
+        vetoed |= calls.harm_day[:, 0] > 0
+    for _ in range(3):
+        calls = simulate_rating(
+            rng, probs=CSAT, values=ONE_TO_FIVE, lifts=(0.0,), per_day=80, days=60, simulations=experiments, rule=rule
+        )
+        vetoed |= calls.harm_day[:, 0] > 0
+    assert vetoed.mean() <= budget
+    # Without the split, the five streams at 5% each veto far more often.
+    loose = np.zeros(experiments, dtype=bool)
+    for _ in range(5):
+        calls = simulate_rating(
+            rng, probs=CSAT, values=ONE_TO_FIVE, lifts=(0.0,), per_day=80, days=60, simulations=experiments
+        )
+        loose |= calls.harm_day[:, 0] > 0
+    assert loose.mean() > vetoed.mean()
