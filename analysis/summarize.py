@@ -10,13 +10,14 @@ draw.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
 from . import messages
 from . import sequential as seq
 from .checks import sample_ratio
-from .decision import GuardBounds, decide, guardrail_checks, recommend
+from .decision import GuardBounds, guardrail_checks, recommend
 from .types import (
     DECIDING_METRICS,
     ArmSummary,
@@ -250,6 +251,7 @@ def _metric(
     treatments = [j for j in range(len(stats.variants)) if j != control]
     v = _Vectors.of(rule, counts, spec, posterior, control, treatments)
     anytime = _anytime(stats, rule, counts, spec, control, treatments, design)
+    codes = _decisions(rule, spec, v, anytime, control, treatments)
     if anytime is not None and guard is not None:
         for i, stage in enumerate(stats.stages):
             for k, j in enumerate(treatments):
@@ -274,7 +276,7 @@ def _metric(
             for j, variant in enumerate(stats.variants)
         )
         comparisons = tuple(
-            _comparison(stats, rule, spec, v, anytime, i, k, j, control, notes) for k, j in enumerate(treatments)
+            _comparison(stats, rule, spec, v, anytime, codes, i, k, j, control, notes) for k, j in enumerate(treatments)
         )
         with_data = [stats.variants[j] for j in range(len(stats.variants)) if v.has_data[i, j]]
         if not with_data:
@@ -287,6 +289,29 @@ def _metric(
             status = messages.OK
         results.append(MetricResult(stage, spec.name, status, arms, comparisons))
     return results
+
+
+def _decisions(
+    rule: DecisionRule, spec: MetricSpec, v: _Vectors, anytime: _Anytime | None, control: int, treatments: list[int]
+) -> np.ndarray | None:
+    """The rule for every stage and treatment at once (``sequential.decisions``, the
+    function the simulations of ``analysis.operating`` apply): codes into
+    ``sequential.DECISION_CODES``, (stages, treatments); None for metrics that do not
+    decide. Comparisons without data are overridden by the caller."""
+    if spec.name not in DECIDING_METRICS or not treatments:
+        return None
+    loss = v.shortfall_relative if v.shortfall_relative is not None else np.full(v.p_better.shape, np.nan)
+    return seq.decisions(
+        smallest_n=np.minimum(v.n[:, treatments], v.n[:, [control]]),
+        min_exposed=rule.min_exposed,
+        p_better=v.p_better,
+        ship_probability=rule.ship_probability,
+        harm_probability=rule.harm_probability,
+        loss_relative=loss,
+        max_expected_loss=rule.max_expected_loss,
+        low=anytime.low if anytime is not None else None,
+        high=anytime.high if anytime is not None else None,
+    )
 
 
 @dataclass
@@ -363,6 +388,7 @@ def _comparison(
     spec: MetricSpec,
     v: _Vectors,
     anytime: _Anytime | None,
+    codes: np.ndarray | None,
     i: int,
     k: int,
     j: int,
@@ -407,14 +433,14 @@ def _comparison(
                 notes.append(messages.note(status, what=what, **where))
     p = float(v.p_better[i, k])
     loss_relative = _num(v.shortfall_relative[i, k]) if v.shortfall_relative is not None else None
-    smallest = min(int(v.n[i, j]), int(v.n[i, control]))
     interval = None
-    decision = None
+    decision: Decision | None = None
     basis = None
     if deciding:
         low = float(anytime.low[i, k]) if anytime is not None else None
         high = float(anytime.high[i, k]) if anytime is not None else None
-        decision = decide(rule, p, loss_relative, smallest, low=low, high=high)
+        assert codes is not None  # computed for every deciding metric
+        decision = cast(Decision, seq.DECISION_CODES[int(codes[i, k])])
         if anytime is not None:
             interval = Estimate(_num(anytime.estimate[i, k]), _num(low), _num(high))
         basis = _basis(rule, spec, decision, p, loss_relative, anytime, interval)
