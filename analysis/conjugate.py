@@ -20,6 +20,7 @@ import numpy as np
 
 from . import exact
 from .exceptions import AnalysisInputError
+from .sequential import SequentialDesign
 from .summarize import Counts, Posterior, metric_specs, summarize
 from .types import DecisionRule, ExperimentResult, ExperimentStats, Prior
 
@@ -42,12 +43,17 @@ def analyze(
     seed: int = 0,
     draws: int = DEFAULT_DRAWS,
     max_p_better_error: float | None = MAX_P_BETTER_ERROR,
+    sequential: SequentialDesign | None = SequentialDesign(),
 ) -> ExperimentResult:
     """Analyse an experiment (or a segment, or the cumulative data up to a day).
 
     Reproducible: the same statistics, settings and ``seed`` give the same result.
     ``max_p_better_error`` bounds the Monte Carlo standard error of every P(better)
     estimated from draws (mean rating, NPS); None keeps ``draws`` whatever the error.
+    ``sequential`` makes ``ship`` and ``harmful`` peeking-safe (``analysis.sequential``:
+    they also need an anytime-valid bound of the effect past 0, so they stay valid
+    however often the result is looked at); None gives the fixed-horizon Bayesian rule
+    alone, valid for a single look.
     """
     if not isinstance(draws, int) or draws < 100:
         raise AnalysisInputError("draws must be a whole number of at least 100")
@@ -75,7 +81,7 @@ def analyze(
         p = exact.p_better(spec.weights, rating_alpha, control)
         posterior.p_better[spec.name] = (p, np.zeros_like(p))
     _simulate_missing_p_better(rng, rating_alpha, stats, posterior, control, max_p_better_error)
-    return summarize(stats, rule, posterior, method="conjugate", draws=draws)
+    return summarize(stats, rule, posterior, method="conjugate", draws=draws, sequential=sequential)
 
 
 class _Dirichlet:

@@ -6,26 +6,65 @@ stage's mean rating are guardrails that can veto a treatment but never ship one.
 
 from __future__ import annotations
 
+from typing import cast
+
+from .sequential import DECISION_CODES, decisions
 from .types import Decision, DecisionRule, ExperimentStats, Guardrail, Recommendation, SampleRatio, StageResult
 
+GuardBounds = dict[tuple[str, str, str], tuple[float, float]]
+"""(stage, metric, treatment) -> (anytime-valid upper bound of the effect at the
+guardrail budget's share, that share)."""
 
-def decide(rule: DecisionRule, p_better: float, expected_loss_relative: float | None, smallest_n: int) -> Decision:
-    """``DecisionRule`` in code: not enough data first, then ship, harmful, keep running."""
-    if smallest_n < rule.min_exposed:
-        return "not_enough_data"
-    safe = expected_loss_relative is not None and expected_loss_relative < rule.max_expected_loss
-    if p_better >= rule.ship_probability and safe:
-        return "ship"
-    if p_better <= rule.harm_probability:
-        return "harmful"
-    return "keep_running"
+
+def decide(
+    rule: DecisionRule,
+    p_better: float,
+    expected_loss_relative: float | None,
+    smallest_n: int,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+) -> Decision:
+    """``DecisionRule`` in code: not enough data first, then ship, harmful, keep running.
+
+    ``low``/``high`` are the anytime-valid bounds of the effect (``analysis.sequential``):
+    ship also needs ``low > 0``, harmful ``high < 0``; None leaves the Bayesian rule
+    alone. The same vectorised function decides in the simulations that check the rule.
+    """
+    code = decisions(
+        smallest_n=smallest_n,
+        min_exposed=rule.min_exposed,
+        p_better=p_better,
+        ship_probability=rule.ship_probability,
+        harm_probability=rule.harm_probability,
+        loss_relative=float("nan") if expected_loss_relative is None else expected_loss_relative,
+        max_expected_loss=rule.max_expected_loss,
+        low=low,
+        high=high,
+    )
+    return cast(Decision, DECISION_CODES[int(code)])
+
+
+def guardrail_checks(stats: ExperimentStats) -> int:
+    """How many guardrails watch one treatment: the mean rating at every stage and the
+    conversion at every stage after the target. The guardrail budget
+    (``guardrail_probability``) is split evenly over them (Bonferroni), so a treatment
+    that harms nothing is vetoed, at any look, with probability at most that budget."""
+    target = stats.stages.index(stats.target_stage)
+    return len(stats.stages) + (len(stats.stages) - target - 1)
 
 
 def guardrails(
-    stats: ExperimentStats, rule: DecisionRule, stages: tuple[StageResult, ...], treatment: str
+    stats: ExperimentStats,
+    rule: DecisionRule,
+    stages: tuple[StageResult, ...],
+    treatment: str,
+    guard: GuardBounds | None = None,
 ) -> list[Guardrail]:
-    """Where the treatment is credibly worse: P(better) <= guardrail_probability with
-    enough data, on a downstream stage's conversion or on any stage's mean rating."""
+    """Where the treatment is credibly worse, with enough data, on a downstream stage's
+    conversion or on any stage's mean rating: P(better) <= guardrail_probability and,
+    with ``guard`` (the peeking-safe rule), the anytime-valid upper bound of the effect
+    at the guardrail budget's share below 0."""
     target = stats.stages.index(stats.target_stage)
     broken = []
     for i, stage in enumerate(stages):
@@ -34,8 +73,14 @@ def guardrails(
             c = stage.metric(metric).comparison(treatment)
             if c.decision in (None, "not_enough_data") or c.p_better is None:
                 continue
-            if c.p_better <= rule.guardrail_probability:
-                broken.append(Guardrail(treatment, stage.stage, metric, c.p_better))
+            if c.p_better > rule.guardrail_probability:
+                continue
+            if guard is None:
+                broken.append(Guardrail(treatment, stage.stage, metric, c.p_better))  # type: ignore[arg-type]
+                continue
+            high, alpha = guard[(stage.stage, metric, treatment)]
+            if high < 0:
+                broken.append(Guardrail(treatment, stage.stage, metric, c.p_better, high, alpha))  # type: ignore[arg-type]
     return broken
 
 
@@ -46,6 +91,7 @@ def recommend(
     srm: SampleRatio,
     *,
     no_data: bool,
+    guard: GuardBounds | None = None,
 ) -> Recommendation:
     target = stages[stats.stages.index(stats.target_stage)].metric("conversion")
     treatments = [v for v in stats.variants if v != stats.control]
@@ -60,12 +106,17 @@ def recommend(
     for t in treatments:
         c = target.comparison(t)
         decisions[t] = c.decision
-        mine = guardrails(stats, rule, stages, t)
+        mine = guardrails(stats, rule, stages, t, guard)
         broken += mine
         lift = f"{c.relative_lift.mean:+.1%}" if c.relative_lift and c.relative_lift.mean is not None else "n/a"
+        p_text = f"{c.p_better:.3f}" if c.p_better is not None else "n/a"
+        interval = c.always_valid_interval
+        anytime = ""
+        if interval is not None and interval.low is not None and interval.high is not None:
+            anytime = f", anytime-valid {interval.low:+.1%} to {interval.high:+.1%}"
         reasons.append(
-            f"{t} at {stats.target_stage} conversion: {_DECISION_TEXT[c.decision]} "
-            f"(lift {lift}, P(better) {c.p_better:.3f})."
+            f"{t} at {stats.target_stage} conversion: {_DECISION_TEXT[c.decision or 'not_enough_data']} "
+            f"(lift {lift}, P(better) {p_text}{anytime})."
         )
         for g in mine:
             reasons.append(

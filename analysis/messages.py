@@ -11,6 +11,7 @@ from .types import Note
 OK = "ok"
 # A stage x metric comparison, or a stage x metric as a whole:
 NO_DATA = "no_data"
+NOT_ENOUGH_DATA = "not_enough_data"  # segments: below the rule's min_exposed
 SINGLE_VARIANT = "single_variant"
 ZERO_BASELINE = "zero_baseline"
 BOUNDARY_RATE = "boundary_rate"
@@ -22,6 +23,7 @@ DIAGNOSTICS_FAILED = "diagnostics_failed"
 TEXT = {
     OK: "Enough data for every estimate.",
     NO_DATA: "No {what} for {variant}{at} yet: comparisons there are left empty.",
+    NOT_ENOUGH_DATA: "Fewer than the rule's minimum {what} for {variant}{at}: no comparison yet.",
     SINGLE_VARIANT: "Only {variant} has {what}{at}: there is nothing to compare it with.",
     ZERO_BASELINE: (
         "The control has no {what} at {stage}, so the relative lift of {variant} is undefined; "

@@ -10,16 +10,19 @@ draw.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
 from . import messages
+from . import sequential as seq
 from .checks import sample_ratio
-from .decision import decide, recommend
+from .decision import GuardBounds, guardrail_checks, recommend
 from .types import (
     DECIDING_METRICS,
     ArmSummary,
     Comparison,
+    Decision,
     DecisionRule,
     Diagnostics,
     Estimate,
@@ -106,12 +109,20 @@ def summarize(
     method: Method,
     draws: int,
     diagnostics: Diagnostics | None = None,
+    sequential: seq.SequentialDesign | None = seq.SequentialDesign(),
 ) -> ExperimentResult:
-    """The result of either path; its status is the most serious experiment-level code."""
+    """The result of either path; its status is the most serious experiment-level code.
+
+    ``sequential`` is the design of the peeking-safe decisions (``analysis.sequential``);
+    None gives the fixed-horizon Bayesian rule alone (valid for one look only)."""
     counts = Counts.of(stats)
     control = stats.variants.index(stats.control)
     notes: list[Note] = []
-    metrics = {spec.name: _metric(stats, rule, counts, spec, posterior, control, notes) for spec in metric_specs(stats)}
+    guard: GuardBounds | None = {} if sequential is not None else None
+    metrics = {
+        spec.name: _metric(stats, rule, counts, spec, posterior, control, notes, sequential, guard)
+        for spec in metric_specs(stats)
+    }
     stages = tuple(
         StageResult(stage, tuple(metrics[name][i] for name in metrics)) for i, stage in enumerate(stats.stages)
     )
@@ -122,7 +133,7 @@ def summarize(
     codes = {n.code for n in raised}
     status = next(code for code in messages.SEVERITY if code in codes or code == messages.OK)
     no_data = bool(codes & {messages.NO_EXPOSURES, messages.SINGLE_VARIANT})
-    recommendation = recommend(stats, rule, stages, srm, no_data=no_data)
+    recommendation = recommend(stats, rule, stages, srm, no_data=no_data, guard=guard)
     return ExperimentResult(
         method=method,
         status=status,
@@ -233,10 +244,21 @@ def _metric(
     posterior: Posterior,
     control: int,
     notes: list[Note],
+    design: seq.SequentialDesign | None,
+    guard: GuardBounds | None,
 ) -> list[MetricResult]:
     """This metric at every stage."""
     treatments = [j for j in range(len(stats.variants)) if j != control]
     v = _Vectors.of(rule, counts, spec, posterior, control, treatments)
+    anytime = _anytime(stats, rule, counts, spec, control, treatments, design)
+    codes = _decisions(rule, spec, v, anytime, control, treatments)
+    if anytime is not None and guard is not None:
+        for i, stage in enumerate(stats.stages):
+            for k, j in enumerate(treatments):
+                guard[(stage, spec.name, stats.variants[j])] = (
+                    float(anytime.guard_high[i, k]),
+                    anytime.guard_alpha,
+                )
     params = posterior.conjugate_params.get(spec.name)
     results = []
     for i, stage in enumerate(stats.stages):
@@ -254,7 +276,7 @@ def _metric(
             for j, variant in enumerate(stats.variants)
         )
         comparisons = tuple(
-            _comparison(stats, rule, spec, v, i, k, j, control, notes) for k, j in enumerate(treatments)
+            _comparison(stats, rule, spec, v, anytime, codes, i, k, j, control, notes) for k, j in enumerate(treatments)
         )
         with_data = [stats.variants[j] for j in range(len(stats.variants)) if v.has_data[i, j]]
         if not with_data:
@@ -269,13 +291,116 @@ def _metric(
     return results
 
 
-def _comparison(stats, rule, spec, v: _Vectors, i: int, k: int, j: int, control: int, notes: list[Note]) -> Comparison:
+def _decisions(
+    rule: DecisionRule, spec: MetricSpec, v: _Vectors, anytime: _Anytime | None, control: int, treatments: list[int]
+) -> np.ndarray | None:
+    """The rule for every stage and treatment at once (``sequential.decisions``, the
+    function the simulations of ``analysis.operating`` apply): codes into
+    ``sequential.DECISION_CODES``, (stages, treatments); None for metrics that do not
+    decide. Comparisons without data are overridden by the caller."""
+    if spec.name not in DECIDING_METRICS or not treatments:
+        return None
+    loss = v.shortfall_relative if v.shortfall_relative is not None else np.full(v.p_better.shape, np.nan)
+    return seq.decisions(
+        smallest_n=np.minimum(v.n[:, treatments], v.n[:, [control]]),
+        min_exposed=rule.min_exposed,
+        p_better=v.p_better,
+        ship_probability=rule.ship_probability,
+        harm_probability=rule.harm_probability,
+        loss_relative=loss,
+        max_expected_loss=rule.max_expected_loss,
+        low=anytime.low if anytime is not None else None,
+        high=anytime.high if anytime is not None else None,
+    )
+
+
+@dataclass
+class _Anytime:
+    """Peeking-safe bounds of one deciding metric, (stages, treatments), on the
+    display scale (relative lift for conversion, difference for the mean rating)."""
+
+    scale: str
+    estimate: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    guard_high: np.ndarray
+    alpha_ship: float
+    alpha_harm: float
+    guard_alpha: float
+
+    @property
+    def level(self) -> float:
+        return 1.0 - self.alpha_ship - self.alpha_harm
+
+
+def _anytime(
+    stats: ExperimentStats,
+    rule: DecisionRule,
+    counts: Counts,
+    spec: MetricSpec,
+    control: int,
+    treatments: list[int],
+    design: seq.SequentialDesign | None,
+) -> _Anytime | None:
+    """Anytime-valid bounds for conversion (log relative risk, shown as a relative
+    lift) and the mean rating (difference in means); None for the other metrics or
+    without a sequential design. The ship and harm budgets are split over the
+    treatments (Bonferroni), the guardrail budget over one treatment's guardrails."""
+    if design is None or spec.name not in DECIDING_METRICS or not treatments:
+        return None
+    k = len(treatments)
+    alpha_ship = seq.split(1.0 - rule.ship_probability, k)
+    alpha_harm = seq.split(rule.harm_probability, k)
+    guard_alpha = seq.split(rule.guardrail_probability, guardrail_checks(stats))
+    if spec.name == "conversion":
+        estimate, variance = seq.conversion_effect(
+            counts.exposed[:, treatments],
+            counts.converted[:, treatments],
+            counts.exposed[:, [control]],
+            counts.converted[:, [control]],
+        )
+        tau = design.conversion_mixture_sd
+
+        def show(x: np.ndarray) -> np.ndarray:
+            out: np.ndarray = np.expm1(x)
+            return out
+
+        scale = "relative_lift"
+    else:
+        estimate, variance = seq.mean_effect(counts.ratings[:, treatments], counts.ratings[:, [control]], spec.weights)
+        tau = design.rating_tau(stats.scale.max - stats.scale.min)
+
+        def show(x: np.ndarray) -> np.ndarray:
+            return x
+
+        scale = "absolute_difference"
+    b = seq.bounds(estimate, variance, tau, alpha_ship, alpha_harm)
+    guard_high = estimate + seq.radius(variance, tau, guard_alpha)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _Anytime(
+            scale, show(b.estimate), show(b.low), show(b.high), show(guard_high), alpha_ship, alpha_harm, guard_alpha
+        )
+
+
+def _comparison(
+    stats: ExperimentStats,
+    rule: DecisionRule,
+    spec: MetricSpec,
+    v: _Vectors,
+    anytime: _Anytime | None,
+    codes: np.ndarray | None,
+    i: int,
+    k: int,
+    j: int,
+    control: int,
+    notes: list[Note],
+) -> Comparison:
     """Treatment ``j`` (the ``k``-th treatment) against the control at stage ``i``."""
     stage, variant = stats.stages[i], stats.variants[j]
     deciding = spec.name in DECIDING_METRICS
     if not (v.has_data[i, j] and v.has_data[i, control]):
+        missing = variant if not v.has_data[i, j] else stats.control
         if v.has_data[i].any():  # a stage without any data gets one note for the metric
-            missing = variant if not v.has_data[i, j] else stats.control
             notes.append(
                 messages.note(messages.NO_DATA, stage=stage, variant=missing, metric=spec.name, what=spec.what)
             )
@@ -284,11 +409,15 @@ def _comparison(stats, rule, spec, v: _Vectors, i: int, k: int, j: int, control:
             status=messages.NO_DATA,
             relative_lift=None,
             absolute_difference=None,
-            p_better=0.5,
+            p_better=None,
             p_better_error=None,
             expected_loss=None,
             expected_loss_relative=None,
             decision="not_enough_data" if deciding else None,
+            has_data=False,
+            decision_basis=f"No data: {missing} has no {spec.what} at {stage}; nothing to compare or decide."
+            if deciding
+            else None,
         )
     status = messages.OK
     relative = v.lift[i][k] if v.lift is not None else None
@@ -304,7 +433,17 @@ def _comparison(stats, rule, spec, v: _Vectors, i: int, k: int, j: int, control:
                 notes.append(messages.note(status, what=what, **where))
     p = float(v.p_better[i, k])
     loss_relative = _num(v.shortfall_relative[i, k]) if v.shortfall_relative is not None else None
-    smallest = min(int(v.n[i, j]), int(v.n[i, control]))
+    interval = None
+    decision: Decision | None = None
+    basis = None
+    if deciding:
+        low = float(anytime.low[i, k]) if anytime is not None else None
+        high = float(anytime.high[i, k]) if anytime is not None else None
+        assert codes is not None  # computed for every deciding metric
+        decision = cast(Decision, seq.DECISION_CODES[int(codes[i, k])])
+        if anytime is not None:
+            interval = Estimate(_num(anytime.estimate[i, k]), _num(low), _num(high))
+        basis = _basis(rule, spec, decision, p, loss_relative, anytime, interval)
     return Comparison(
         treatment=variant,
         status=status,
@@ -314,8 +453,52 @@ def _comparison(stats, rule, spec, v: _Vectors, i: int, k: int, j: int, control:
         p_better_error=_num(v.p_error[i, k]) if v.p_error is not None else None,
         expected_loss=_num(v.shortfall[i, k]),
         expected_loss_relative=loss_relative,
-        decision=decide(rule, p, loss_relative, smallest) if deciding else None,
+        decision=decision,
+        has_data=True,
+        always_valid_interval=interval,
+        always_valid_scale=anytime.scale if anytime is not None else None,
+        always_valid_level=anytime.level if anytime is not None else None,
+        decision_basis=basis,
     )
+
+
+def _basis(
+    rule: DecisionRule,
+    spec: MetricSpec,
+    decision: Decision,
+    p: float,
+    loss: float | None,
+    anytime: _Anytime | None,
+    iv: Estimate | None,
+) -> str:
+    """The decision in words: which conditions hold and which do not."""
+    what = "ratings" if spec.from_ratings else "exposed customers"
+    if decision == "not_enough_data":
+        return f"Not enough data: fewer than {rule.min_exposed} {what} in an arm; no call before that."
+    loss_text = f"{loss:.2%}" if loss is not None else "n/a"
+    bayes = (
+        f"P(better) {p:.3f} (ship at >= {rule.ship_probability:g}, harmful at <= {rule.harm_probability:g}), "
+        f"expected relative loss {loss_text} (ship below {rule.max_expected_loss:.0%})"
+    )
+    if anytime is None or iv is None:
+        return f"Fixed-horizon Bayesian rule (valid for a single look only): {bayes}."
+    fmt = "{:+.1%}" if anytime.scale == "relative_lift" else "{:+.3f}"
+    low = fmt.format(iv.low) if iv.low is not None else "-inf"
+    high = fmt.format(iv.high) if iv.high is not None else "+inf"
+    name = "relative lift" if anytime.scale == "relative_lift" else "difference"
+    cs = (
+        f"anytime-valid {anytime.level:.0%} interval of the {name} {low} to {high} "
+        f"(ends at {1 - anytime.alpha_ship:.2%} / {1 - anytime.alpha_harm:.2%}, valid at every look)"
+    )
+    if decision == "ship":
+        return f"Ship: the {cs} lies above 0, and {bayes}."
+    if decision == "harmful":
+        return f"Harmful: the {cs} lies below 0, and {bayes}."
+    if iv.low is not None and iv.low > 0:
+        return f"Keep running: the {cs} lies above 0 but the Bayesian condition is not met: {bayes}."
+    if iv.high is not None and iv.high < 0:
+        return f"Keep running: the {cs} lies below 0 but P(better) is not low enough: {bayes}."
+    return f"Keep running: the {cs} still contains 0; {bayes}."
 
 
 def _successes(spec: MetricSpec) -> str:

@@ -279,6 +279,17 @@ class Comparison(_Serialisable):
     ``expected_loss`` is E[max(control - treatment, 0)], the expected cost of shipping
     the treatment, and ``expected_loss_relative`` E[max(1 - treatment/control, 0)].
     ``decision`` is None for metrics that do not decide (top-box share, NPS).
+
+    Peeking-safe fields (``analysis.sequential``), for the deciding metrics:
+    ``always_valid_interval`` is the anytime-valid interval of the effect on
+    ``always_valid_scale`` (``relative_lift`` for conversion, ``absolute_difference``
+    for the mean rating): its mean is the point estimate, its ends hold at every look
+    at once with probability ``always_valid_level`` (each end alone: the rule's ship
+    or harm budget after the split over treatments). ``ship`` needs the low end above
+    0, ``harmful`` the high end below 0. ``decision_basis`` says in words why the
+    decision is what it is. ``has_data`` is False when an arm has no exposed customers
+    (conversion) or no ratings (rating metrics): then no number here means anything
+    (P(better) and the estimates are None) and there is no decision.
     """
 
     treatment: str
@@ -290,6 +301,11 @@ class Comparison(_Serialisable):
     expected_loss: float | None
     expected_loss_relative: float | None
     decision: Decision | None
+    has_data: bool = True
+    always_valid_interval: Estimate | None = None
+    always_valid_scale: str | None = None
+    always_valid_level: float | None = None
+    decision_basis: str | None = None
 
 
 @dataclass(frozen=True)
@@ -365,12 +381,16 @@ class SampleRatio(_Serialisable):
 @dataclass(frozen=True)
 class Guardrail(_Serialisable):
     """A guardrail a treatment breaks: P(better) at or below guardrail_probability on
-    a downstream stage's conversion or on a stage's mean rating."""
+    a downstream stage's conversion or on a stage's mean rating, and (peeking-safe
+    rule) the anytime-valid upper bound ``always_valid_high`` of the effect below 0 at
+    level ``alpha``: the guardrail budget split over the treatment's guardrails."""
 
     variant: str
     stage: str
     metric: Metric
     p_better: float
+    always_valid_high: float | None = None
+    alpha: float | None = None
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,19 @@
   process with that cache filled), split into compile and sampling, with R-hat,
   ESS and divergences;
 - calibration: 95% interval coverage of the relative lift and the calibration of
-  P(better) over simulated experiments whose truths are drawn from the prior.
+  P(better) over simulated experiments whose truths are drawn from the prior;
+- peeking-safe decisions (issue 12): how often ``ship`` / ``harmful`` is ever called
+  over 14 or 60 daily looks for A/A, A/A/A, 3% worse and 3% better treatments, on
+  conversion (baselines 2%, 10%, 50%; 100, 400, 5000 customers per arm per day) and on
+  the mean rating (1-5 and 0-10 scales), 1,000 simulated experiments each, with the
+  Monte Carlo 95% interval (Clopper-Pearson) of the worst cell; the power at a 10%
+  baseline with 400 per arm per day; the planned median days against simulation.
 
 The machine has 2 cores shared with everything else running on it: figures are noisy.
 
     .venv/bin/python bench/analysis.py             # everything (a few minutes)
     .venv/bin/python bench/analysis.py --no-full   # skip the full model
+    .venv/bin/python bench/analysis.py --no-full --no-decisions   # timing and calibration only
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis import FAST_DRAWS, CellStats, ExperimentStats, Prior, Scale, analyze
+from analysis.operating import Calls, binomial_interval, simulate_conversion, simulate_rating
+from analysis.planning import plan
 
 STAGES = ("awareness", "consideration", "purchase", "retention", "advocacy")
 BASE_RATES = (0.6, 0.35, 0.12, 0.06, 0.03)
@@ -186,12 +195,140 @@ def calibration_figures(experiments: int = 1000, stages_each: int = 3) -> None:
         )
 
 
+def _rate(calls: Calls, harmful: bool) -> tuple[int, int]:
+    days = calls.harm_day if harmful else calls.ship_day
+    return int((days > 0).any(axis=1).sum()), calls.simulations
+
+
+def _cell(hits: int, n: int) -> str:
+    low, high = binomial_interval(hits, n)
+    return f"{hits / n:5.1%} [{low:4.1%},{high:4.1%}]"
+
+
+def decision_figures(simulations: int = 1000) -> None:
+    """The targets of issue 12, measured with ``analysis.operating`` (the functions
+    ``analyze`` decides with, applied to simulated cumulative counts at every look)."""
+    rng = np.random.default_rng(12)
+    print(
+        f"Peeking-safe decisions, {simulations} simulated experiments per cell, a look every day; "
+        "share of experiments where the call is EVER made [Monte Carlo 95% interval]:"
+    )
+    header = (
+        "  looks base  per/day | ship: A/A (<=5%)        A/A/A (<=5%)        3% worse (<=1%)    "
+        "| harmful: A/A (<=5%)     A/A/A (<=5%)        3% better (<=1%)"
+    )
+    print(header)
+    worst = {"aa": (0, 1), "aaa": (0, 1), "worse": (0, 1), "haa": (0, 1), "haaa": (0, 1), "better": (0, 1)}
+
+    def keep(key: str, value: tuple[int, int]) -> tuple[int, int]:
+        if value[0] / value[1] > worst[key][0] / worst[key][1]:
+            worst[key] = value
+        return value
+
+    for days in (14, 60):
+        for baseline in (0.02, 0.10, 0.50):
+            for per_day in (100, 400, 5000):
+                runs = {
+                    lifts: simulate_conversion(
+                        rng, baseline=baseline, lifts=lifts, per_day=per_day, days=days, simulations=simulations
+                    )
+                    for lifts in ((0.0,), (0.0, 0.0), (-0.03,), (0.03,))
+                }
+                cells = [
+                    keep("aa", _rate(runs[(0.0,)], False)),
+                    keep("aaa", _rate(runs[(0.0, 0.0)], False)),
+                    keep("worse", _rate(runs[(-0.03,)], False)),
+                    keep("haa", _rate(runs[(0.0,)], True)),
+                    keep("haaa", _rate(runs[(0.0, 0.0)], True)),
+                    keep("better", _rate(runs[(0.03,)], True)),
+                ]
+                text = [_cell(*c) for c in cells]
+                print(
+                    f"  {days:5d} {baseline:4.0%} {per_day:6d}   | "
+                    + "  ".join(text[:3])
+                    + " | "
+                    + "  ".join(text[3:]),
+                    flush=True,
+                )
+    fixed = [
+        simulate_conversion(rng, baseline=0.1, lifts=lifts, per_day=400, days=14, simulations=simulations, design=None)
+        for lifts in ((0.0,), (0.0, 0.0), (-0.03,))
+    ]
+    print(
+        "  before (fixed-horizon rule, analyze(..., sequential=None)), 14 looks, 10%, 400 per arm per day: ship ever "
+        f"A/A {_cell(*_rate(fixed[0], False))}, A/A/A {_cell(*_rate(fixed[1], False))}, "
+        f"3% worse {_cell(*_rate(fixed[2], False))}"
+    )
+    print("  worst cells (conversion): " + ", ".join(f"{k} {_cell(*v)}" for k, v in worst.items()))
+
+    csat = np.array(CSAT)
+    nps = np.array([1, 1, 1, 1, 2, 3, 5, 10, 20, 25, 31]) / 100
+    print("  Mean rating (per/day = ratings per arm per day; Bayesian conditions taken as met: upper bounds):")
+    for label, probs, values in (("1-5 ", csat, np.arange(1, 6.0)), ("0-10", nps, np.arange(0, 11.0))):
+        for days in (14, 60):
+            for per_day in (20, 100, 400, 5000):
+                runs = {
+                    lifts: simulate_rating(
+                        rng,
+                        probs=probs,
+                        values=values,
+                        lifts=lifts,
+                        per_day=per_day,
+                        days=days,
+                        simulations=simulations,
+                    )
+                    for lifts in ((0.0,), (0.0, 0.0), (-0.03,), (0.03,))
+                }
+                text = [
+                    _cell(*_rate(runs[(0.0,)], False)),
+                    _cell(*_rate(runs[(0.0, 0.0)], False)),
+                    _cell(*_rate(runs[(-0.03,)], False)),
+                    _cell(*_rate(runs[(0.0,)], True)),
+                    _cell(*_rate(runs[(0.0, 0.0)], True)),
+                    _cell(*_rate(runs[(0.03,)], True)),
+                ]
+                print(f"  {label} {days:3d} {per_day:6d}    | " + "  ".join(text[:3]) + " | " + "  ".join(text[3:]))
+
+    print("  Power at a 10% baseline, 400 customers per arm per day (2,000 experiments each):")
+    plus15 = simulate_conversion(rng, baseline=0.1, lifts=(0.15,), per_day=400, days=28, simulations=2000)
+    plus30 = simulate_conversion(rng, baseline=0.1, lifts=(0.30,), per_day=400, days=28, simulations=2000)
+    print(
+        f"    +15%: ship within 28 days {_cell(int(plus15.ship_by(28) * 2000), 2000)} (target >= 80%); "
+        f"median day {plus15.median_ship_day():.0f}"
+    )
+    print(
+        f"    +30%: median day of ship {plus30.median_ship_day():.0f} (target <= 7); by day 28 {plus30.ship_by(28):.1%}"
+    )
+
+    print("  Planning (analysis.planning.plan) against 1,000 simulated experiments (target: within 25%):")
+    for baseline, lift, per_day, arms in (
+        (0.1, 0.15, 400, 2),
+        (0.1, 0.3, 400, 2),
+        (0.02, 0.2, 2000, 2),
+        (0.5, 0.05, 1000, 2),
+        (0.1, 0.1, 400, 3),
+    ):
+        planned = plan(baseline=baseline, lift=lift, per_arm_per_day=per_day, arms=arms, max_days=150)
+        lifts = (lift,) + (0.0,) * (arms - 2)
+        calls = simulate_conversion(rng, baseline=baseline, lifts=lifts, per_day=per_day, days=150, simulations=1000)
+        simulated = calls.median_ship_day(0)
+        print(
+            f"    baseline {baseline:4.0%} lift {lift:+4.0%} {per_day:5d}/arm/day {arms} arms: planned median day "
+            f"{planned.median_days}, simulated {simulated:.0f} ({planned.median_days / simulated - 1:+.0%}); "
+            f"80% decided by day {planned.days_for_power} "
+            f"(~{planned.median_customers_per_arm:,} customers per arm at the median)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-full", action="store_true", help="skip the full model (minutes)")
+    parser.add_argument("--no-decisions", action="store_true", help="skip the decision simulations (minutes)")
     args = parser.parse_args()
     conjugate_figures()
     calibration_figures()
+    if not args.no_decisions:
+        decision_figures()
     if not args.no_full:
         full_model_figures()
 
