@@ -94,6 +94,40 @@ def test_invalid_definition_is_a_422_naming_the_fields(api):
 
 
 @pytest.mark.parametrize(
+    ("changes", "fields"),
+    [
+        ({"name": "Green \ud800"}, {"name"}),
+        ({"hypothesis": "\udfff because"}, {"hypothesis"}),
+        ({"name": "Green\x00button"}, {"name"}),
+        ({"forced_variants": {"qa-\ud800": "green"}}, {"forced_variants.qa-?"}),
+        ({"forced_variants": {"qa-\x00": "green"}}, {"forced_variants.qa-?"}),
+        (
+            {"variants": [{"key": "control", "weight": 1e308}, {"key": "green", "weight": 1e308}]},
+            {"variants.0.weight", "variants.1.weight"},
+        ),
+        ({"variants": [{"key": "control", "weight": 1e-320}, {"key": "green"}]}, {"variants.0.weight"}),
+        ({"key": "checkout-button\n"}, {"key"}),
+        ({"prior": {"conversion_alpha": 1e308}}, {"prior.conversion_alpha"}),
+        ({"decision": {"min_exposed": 2**70}}, {"decision.min_exposed"}),
+    ],
+)
+def test_hostile_definitions_are_422_naming_the_field_on_every_database(api, changes, fields):
+    response = api.post(BASE, json=definition(**changes))
+    assert response.status_code == 422, response.json
+    assert response.json["error"] == "validation_failed" and set(response.json["fields"]) == fields
+    assert api.get(f"{BASE}/checkout-button").status_code == 404  # nothing was stored
+
+
+def test_hostile_patches_and_clone_keys_are_422(api, create):
+    create()
+    for body in ({"name": "x\ud800"}, {"hypothesis": "a\x00b"}, {"forced_variants": {"\ud800": "green"}}):
+        response = api.patch(f"{BASE}/checkout-button", json=body)
+        assert response.status_code == 422 and response.json["error"] == "validation_failed", body
+    clone = api.post(f"{BASE}/checkout-button/clone", json={"key": "green-2\n"})
+    assert clone.status_code == 422 and set(clone.json["fields"]) == {"key"}
+
+
+@pytest.mark.parametrize(
     ("kwargs", "code"),
     [
         ({"data": "{not json", "content_type": "application/json"}, "malformed_json"),
