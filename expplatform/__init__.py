@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Flask
 
-from . import auth, db, jobs, migrations, reports
+from . import auth, db, jobs, migrations, reports, security
 from .config import load_settings
 from .cookie_session import CookieSessionInterface
 
@@ -31,6 +31,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     )
     app.extensions["settings"] = settings
     app.session_interface = CookieSessionInterface()
+    security.init_app(app)
 
     database = db.init_app(app, settings)
     if settings.check_migrations:

@@ -12,6 +12,7 @@ import requests
 
 from expplatform.versioning import read_version
 
+from .conftest import sign_in
 from .openapi_check import assert_matches_openapi, checked
 
 BASE = "/api/v1/experiments"
@@ -569,8 +570,7 @@ def test_access_table(app, admin_api, make_key, make_user, method, suffix, body,
             headers["Authorization"] = f"Bearer {admin_api.key}"
         elif caller != "nobody":
             user = make_user(caller, f"{caller}-{n}@example.com")
-            with client.session_transaction() as flask_session:
-                flask_session["user_id"] = user.id
+            sign_in(client, app, user)
         payload = definition(f"new-{n}") if body == "create" else body
         path = BASE + suffix.replace("/exp", f"/{key}")
         response = getattr(client, method)(path, json=payload, headers=headers)
@@ -622,8 +622,7 @@ def test_with_csrf_protection_on_keys_and_json_sessions_work_and_forms_do_not(da
         assert (
             client.post(BASE, json=definition("by-key"), headers={"Authorization": f"Bearer {key}"}).status_code == 201
         )
-        with client.session_transaction() as flask_session:
-            flask_session["user_id"] = user.id
+        sign_in(client, app, user)
         assert client.post(BASE, json=definition("by-session")).status_code == 201
         form = client.post(f"{BASE}/by-session/start", data={"confirm": "1"})
         assert form.status_code == 400 and form.json["error"] == "invalid_content_type"

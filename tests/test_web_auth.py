@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from .conftest import PASSWORD, make_test_app
+from .conftest import PASSWORD, make_test_app, sign_in
 
 
 def _csrf(html: str) -> str:
@@ -156,8 +156,7 @@ def test_guards_tell_401_from_403(probe, make_key):
 @pytest.mark.parametrize(("role", "status"), [("viewer", 403), ("editor", 200), ("admin", 200)])
 def test_session_users_need_the_role(app, probe, make_user, role, status):
     user = make_user(role, f"{role}@example.com")
-    with probe.session_transaction() as flask_session:
-        flask_session["user_id"] = user.id
+    sign_in(probe, app, user)
     assert probe.get("/api/v1/_probe/admin").status_code == status
     # A session never satisfies a key-only endpoint.
     assert probe.get("/api/v1/_probe/client").status_code == 403
