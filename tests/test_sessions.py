@@ -85,6 +85,18 @@ def test_a_password_change_needs_the_current_password(client, make_user):
     assert client.get("/account/password").status_code == 200
 
 
+def test_guessing_the_current_password_is_throttled_like_a_login(client, make_user):
+    from expplatform.auth import MAX_FAILURES_PER_ACCOUNT
+
+    make_user("viewer", "ana@example.com")
+    _log_in(client)
+    form = {"new": "x" * 12, "confirm": "x" * 12}
+    for _ in range(MAX_FAILURES_PER_ACCOUNT):
+        assert client.post("/account/password", data={**form, "current": "guess-guess"}).status_code == 422
+    locked = client.post("/account/password", data={**form, "current": PASSWORD})
+    assert locked.status_code == 429 and int(locked.headers["Retry-After"]) > 0
+
+
 def test_an_expired_session_is_refused_and_forgotten(client, make_user, db):
     make_user("viewer", "ana@example.com")
     _log_in(client)

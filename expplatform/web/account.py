@@ -16,7 +16,7 @@ from werkzeug.wrappers import Response
 
 from .. import auth
 from ..auth import current_user, login_required, public
-from ..db import get_db, get_session
+from ..db import get_db
 from ..errors import TooManyAttempts
 from ..models import User
 from . import bp
@@ -102,7 +102,13 @@ def password_post():
     assert user is not None
     if not form.validate_on_submit():
         return render_template("password.html", form=form), 422
-    if auth.authenticate_user(get_session(), user.email, form.current.data or "") is None:
+    try:  # throttled like a login: a borrowed session must not become a password oracle
+        checked = auth.log_in(get_db(), user.email, form.current.data or "", request.remote_addr or "")
+    except TooManyAttempts as exc:
+        form.current.errors.append(exc.message)
+        page = render_template("password.html", form=form)
+        return Response(page, 429, {"Retry-After": str(exc.retry_after)}, content_type="text/html; charset=utf-8")
+    if checked is None:
         form.current.errors.append("This is not your current password.")
         return render_template("password.html", form=form), 422
     with get_db().write() as db:
