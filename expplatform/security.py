@@ -1,5 +1,5 @@
-"""Browser-facing hardening: security headers on every response, and the session
-cookie's lifetime and ``Secure`` flag from the settings.
+"""Browser-facing hardening: security headers on every page (every response outside
+``/api/``), and the session cookie's lifetime and ``Secure`` flag from the settings.
 
 The pages need no JavaScript, so the Content-Security-Policy allows none, nor any
 framing (``frame-ancestors 'none'``, clickjacking of the start/stop confirmations).
@@ -41,6 +41,10 @@ HSTS = "max-age=31536000"
 
 
 def _add_headers(response: Response) -> Response:
+    if request.path.startswith("/api/"):
+        # JSON for programs, not pages; and the assignment fast path
+        # (api/fast_assign.py) must answer exactly as the Flask view does.
+        return response
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     if request_is_https(request):
