@@ -14,7 +14,7 @@ from typing import Any
 from flask import Flask
 from flask_wtf import CSRFProtect
 
-from . import api, assignment, auth, db, jobs, migrations, reports, web
+from . import api, assignment, auth, db, jobs, migrations, reports, security, web
 from .api import fast_assign
 from .config import load_settings
 from .cookie_session import CookieSessionInterface
@@ -36,6 +36,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     )
     app.extensions["settings"] = settings
     app.session_interface = CookieSessionInterface()
+    security.init_app(app)
 
     database = db.init_app(app, settings)
     if settings.check_migrations:

@@ -8,20 +8,24 @@ Roles are ordered: viewer < editor < admin. Scopes are separate capabilities: a
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import wraps
+from datetime import datetime, timedelta
+from functools import cache, wraps
 from typing import Any, Literal
 
-from flask import Flask, abort, current_app, g, redirect, request, session, url_for
-from sqlalchemy import select
+from flask import Flask, abort, current_app, g, has_request_context, redirect, request, session, url_for
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from .db import get_db, get_session
-from .errors import AuthenticationRequired, Forbidden
-from .models import ApiKey, User, utcnow
+from .db import Database, get_db, get_session
+from .errors import AuthenticationRequired, Conflict, Forbidden, TooManyAttempts
+from .models import ApiKey, LoginAttempt, LoginSession, User, utcnow
 from .versioning import VersionedCache, bump_version
 
 Role = Literal["viewer", "editor", "admin"]
@@ -52,26 +56,192 @@ class Principal:
 
 # -- passwords and users ----------------------------------------------------------
 
+MIN_PASSWORD, MAX_PASSWORD = 8, 1024
+MAX_EMAIL = 254
+# Characters no e-mail may hold: PostgreSQL refuses NUL, UTF-8 lone surrogates.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
 
 def hash_password(password: str) -> str:
     return generate_password_hash(password)
 
 
+@cache
+def _dummy_hash() -> str:
+    """A hash of a password nobody knows, checked when the e-mail is unknown so that
+    the answer takes as long as for a known one (the timing tells nothing)."""
+    return hash_password(secrets.token_urlsafe(24))
+
+
+def normalise_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def _check_password(password: str) -> None:
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise ValueError(f"password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+
+
 def create_user(db: Session, email: str, password: str, role: Role) -> User:
+    """Raise ValueError for a bad role, e-mail or password, Conflict when the e-mail
+    has an account already."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
-    if len(password) < 8:
-        raise ValueError("password must be at least 8 characters")
-    user = User(email=email.strip().lower(), password_hash=hash_password(password), role=role)
+    email = normalise_email(email)
+    if not email or len(email) > MAX_EMAIL or _UNSTORABLE.search(email) or "@" not in email:
+        raise ValueError(f"email must be an address of at most {MAX_EMAIL} characters")
+    _check_password(password)
+    if db.scalar(select(User.id).where(User.email == email)) is not None:
+        raise Conflict("email_taken", f"an account with the email {email} exists already")
+    user = User(email=email, password_hash=hash_password(password), role=role)
     db.add(user)
-    db.flush()
+    try:
+        db.flush()
+    except IntegrityError:  # created a moment ago by someone else
+        raise Conflict("email_taken", f"an account with the email {email} exists already") from None
     return user
 
 
 def authenticate_user(db: Session, email: str, password: str) -> User | None:
-    user = db.scalar(select(User).where(User.email == email.strip().lower()))
-    if user is None or not user.active or not check_password_hash(user.password_hash, password):
+    """The active user with this e-mail and password, else None. A password hash is
+    checked whether or not the e-mail exists (or the account is active), so the time
+    taken does not tell which e-mails have accounts."""
+    email = normalise_email(email)
+    user = None
+    if len(email) <= MAX_EMAIL and not _UNSTORABLE.search(email):
+        user = db.scalar(select(User).where(User.email == email))
+    if len(password) > MAX_PASSWORD:
+        password = ""  # checked anyway (constant time), and never right
+    if user is None:
+        check_password_hash(_dummy_hash(), password)
         return None
+    if not check_password_hash(user.password_hash, password) or not user.active or not password:
+        return None
+    return user
+
+
+def change_password(db: Session, user: User, password: str) -> None:
+    """Set a new password and end every session of the user: a stolen cookie (or a
+    forgotten login elsewhere) stops working with the old password."""
+    _check_password(password)
+    user.password_hash = hash_password(password)
+    end_user_sessions(db, user.id)
+
+
+# -- login throttling -----------------------------------------------------------------
+
+LOGIN_WINDOW = timedelta(minutes=15)
+MAX_FAILURES_PER_ACCOUNT = 10
+MAX_FAILURES_PER_ADDRESS = 50
+
+
+def _attempts_over(
+    db: Session, column: Any, value: str, limit: int, since: datetime, own_id: int, now: datetime
+) -> int | None:
+    """Seconds until ``value`` has fewer than ``limit`` attempts in the window, or None
+    if it is not over the limit (counting this attempt)."""
+    recent = select(LoginAttempt.at).where(column == value, LoginAttempt.at > since)
+    count = db.scalar(select(func.count()).select_from(recent.subquery()))
+    if not count or count <= limit:
+        return None
+    # Once the limit-th newest of the others leaves the window, one more try is allowed.
+    oldest_kept = db.scalar(
+        recent.where(LoginAttempt.id != own_id)
+        .order_by(LoginAttempt.at.desc(), LoginAttempt.id.desc())
+        .offset(limit - 1)
+        .limit(1)
+    )
+    if oldest_kept is None:
+        return 1
+    return max(1, math.ceil((oldest_kept + LOGIN_WINDOW - now).total_seconds()))
+
+
+def log_in(database: Database, email: str, password: str, address: str, *, now: datetime | None = None) -> User | None:
+    """Check a login, throttled per account and per client address.
+
+    The attempt is recorded first (in its own transaction, so that every worker and
+    machine counts it) and counted with the others of the last ``LOGIN_WINDOW``: over
+    ``MAX_FAILURES_PER_ACCOUNT`` for the e-mail or ``MAX_FAILURES_PER_ADDRESS`` for the
+    address, it is taken back and TooManyAttempts raised, before any password is
+    checked. A success deletes the account's attempts; a failure leaves its row.
+    """
+    now = now or utcnow()
+    key = _UNSTORABLE.sub("?", normalise_email(email))[:MAX_EMAIL]
+    address = address[:64]
+    with database.write() as db:
+        if db.get_bind().dialect.name == "postgresql":
+            # Serialise the attempts on one account (then one address), so that
+            # concurrent guesses cannot all pass the count at once.
+            db.execute(text("SELECT pg_advisory_xact_lock(1, hashtext(:key))"), {"key": key})
+            db.execute(text("SELECT pg_advisory_xact_lock(2, hashtext(:key))"), {"key": address})
+        db.execute(delete(LoginAttempt).where(LoginAttempt.at < now - LOGIN_WINDOW))
+        attempt = LoginAttempt(email=key, address=address, at=now)
+        db.add(attempt)
+        db.flush()
+        since = now - LOGIN_WINDOW
+        waits = [
+            _attempts_over(db, LoginAttempt.email, key, MAX_FAILURES_PER_ACCOUNT, since, attempt.id, now),
+            _attempts_over(db, LoginAttempt.address, address, MAX_FAILURES_PER_ADDRESS, since, attempt.id, now),
+        ]
+        retry_after = max((wait for wait in waits if wait is not None), default=None)
+        if retry_after is not None:
+            raise TooManyAttempts(retry_after)  # rolls back: this attempt is not counted
+    with database.sessionmaker() as db:
+        user = authenticate_user(db, email, password)
+    if user is not None:
+        with database.write() as db:
+            db.execute(delete(LoginAttempt).where(LoginAttempt.email == key))
+    return user
+
+
+# -- login sessions -------------------------------------------------------------------
+
+# The key of the login token in Flask's signed cookie session.
+SESSION_TOKEN = "login_token"
+
+
+def start_session(db: Session, user: User, lifetime: timedelta, *, now: datetime | None = None) -> str:
+    """Open a server-side session for ``user``; return the token for the cookie (only
+    its digest is stored). Expired sessions of anyone are pruned on the way."""
+    now = now or utcnow()
+    db.execute(delete(LoginSession).where(LoginSession.expires_at <= now))
+    token = secrets.token_urlsafe(32)
+    db.add(LoginSession(token_hash=_digest(token), user_id=user.id, created_at=now, expires_at=now + lifetime))
+    db.flush()
+    return token
+
+
+def end_session(db: Session, token: str) -> None:
+    db.execute(delete(LoginSession).where(LoginSession.token_hash == _digest(token)))
+
+
+def end_user_sessions(db: Session, user_id: int) -> None:
+    db.execute(delete(LoginSession).where(LoginSession.user_id == user_id))
+
+
+def session_user(database: Database, token: str, lifetime: timedelta, *, now: datetime | None = None) -> User | None:
+    """The active user of a live session, renewing the session (sliding expiry).
+    To spare a write per request, it is renewed only once a tenth of the lifetime (at
+    most five minutes) has passed since the last renewal."""
+    now = now or utcnow()
+    db = get_session() if has_request_context() else database.sessionmaker()
+    found = db.execute(
+        select(LoginSession.id, LoginSession.expires_at, User)
+        .join(User, User.id == LoginSession.user_id)
+        .where(LoginSession.token_hash == _digest(token))
+    ).first()
+    if found is None:
+        return None
+    session_id, expires_at, user = found
+    if expires_at <= now or not user.active:
+        return None
+    if now + lifetime - expires_at >= min(lifetime / 10, timedelta(minutes=5)):
+        with database.write() as writer:
+            writer.execute(
+                update(LoginSession)
+                .where(LoginSession.id == session_id, LoginSession.expires_at > now)
+                .values(expires_at=now + lifetime)
+            )
     return user
 
 
@@ -137,11 +307,21 @@ def principal_for_key(key: str, app: Flask | None = None) -> Principal | None:
 
 
 def current_user() -> User | None:
+    """The user of this request's live login session (None when logged out, expired,
+    ended on the server or deactivated)."""
     if "user" not in g:
-        user_id = session.get("user_id")
-        user = get_session().get(User, user_id) if user_id is not None else None
-        g.user = user if user is not None and user.active else None
+        token = session.get(SESSION_TOKEN)
+        user = None
+        if isinstance(token, str):
+            user = session_user(get_db(), token, session_lifetime())
+            if user is None:
+                session.pop(SESSION_TOKEN)  # a dead token: the browser forgets it too
+        g.user = user
     return g.user
+
+
+def session_lifetime(app: Flask | None = None) -> timedelta:
+    return timedelta(seconds=(app or current_app).extensions["settings"].session_lifetime_seconds)
 
 
 def current_principal() -> Principal | None:

@@ -81,12 +81,15 @@ def users() -> None:
 @with_appcontext
 def users_create(email: str, role: str, password: str) -> None:
     """Create a web login."""
-    with get_db().write() as session:
-        try:
+    try:
+        with get_db().write() as session:
             user = auth.create_user(session, email, password, role)  # type: ignore[arg-type]
-        except ValueError as exc:
-            raise click.UsageError(str(exc)) from None
-        click.echo(f"created {user.role} {user.email}")
+            click.echo(f"created {user.role} {user.email}")
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    except DomainError as exc:  # e.g. the e-mail is taken: one line, never a traceback
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(1)
 
 
 @main.group()

@@ -82,6 +82,10 @@ class Settings:
     # new data arrives, and waited for at most this long by the request that starts one.
     report_refresh_seconds: float = 600.0
     report_wait_seconds: float = 0.5
+    # Web logins: an idle session ends after this long (each use renews it); the
+    # session cookie is marked Secure when this is set or the request came over TLS.
+    session_lifetime_seconds: float = 8 * 3600
+    secure_cookies: bool = False
 
     @property
     def is_sqlite(self) -> bool:
@@ -106,6 +110,8 @@ _PARSERS: dict[str, Any] = {
     "full_model_chains": lambda n, r: _parse_int(n, r, minimum=1),
     "report_refresh_seconds": _parse_float,
     "report_wait_seconds": _parse_float,
+    "session_lifetime_seconds": lambda n, r: _parse_float(n, r, minimum=60.0),
+    "secure_cookies": _parse_bool,
 }
 
 

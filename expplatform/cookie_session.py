@@ -7,12 +7,17 @@ on assignment calls before they got their own path, ``api/fast_assign.py``). So 
 serializer is built once per set of keys, and a request without a Cookie header gets
 an empty session straight away.
 Behaviour is otherwise Flask's own: same cookie format, same signing, same rotation
-through ``SECRET_KEY_FALLBACKS``.
+through ``SECRET_KEY_FALLBACKS``, except that the cookie is marked ``Secure`` also when
+the request itself came over TLS, directly or (``X-Forwarded-Proto: https``) through a
+proxy, not only when ``SESSION_COOKIE_SECURE`` (``EXPPLATFORM_SECURE_COOKIES``) says so.
+
+The cookie itself proves nothing on its own: it carries the token of a server-side
+login session (``auth.SESSION_TOKEN``), which logout and password changes end.
 """
 
 from __future__ import annotations
 
-from flask import Flask, Request
+from flask import Flask, Request, has_request_context, request
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from itsdangerous import URLSafeTimedSerializer
 
@@ -32,3 +37,14 @@ class CookieSessionInterface(SecureCookieSessionInterface):
         if "HTTP_COOKIE" not in request.environ and app.secret_key:
             return self.session_class()
         return super().open_session(app, request)
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return super().get_cookie_secure(app) or (has_request_context() and request_is_https(request))
+
+
+def request_is_https(req: Request) -> bool:
+    """Whether the browser reached us over TLS: directly, or through a proxy saying so.
+    Trusting the proxy header costs nothing here: a client that forges it only makes
+    its own cookie Secure."""
+    forwarded = req.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return req.is_secure or forwarded == "https"

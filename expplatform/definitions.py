@@ -8,9 +8,15 @@ naming every bad field by its dotted path (``variants.1.weight``: lists are
 counted from 0). :func:`definition_to_mapping` is the inverse, and
 :func:`dump_toml` writes it in a fixed order so an exported file diffs cleanly.
 
-Weights: any positive numbers are accepted and normalised to sum to 1 on save (the
-caller is told through ``ExperimentDefinition.notices``); weights that already sum to
-1 within 1e-9 are kept exactly as given, so export -> apply is a no-op.
+Weights: any positive numbers within bounds are accepted and normalised to sum to 1 on
+save (the caller is told through ``ExperimentDefinition.notices``); weights that already
+sum to 1 within 1e-9 are kept exactly as given, so export -> apply is a no-op.
+
+Hostile input: every text (names, descriptions, attribute names and values, customer
+ids) is refused if it holds a NUL or a lone surrogate, which PostgreSQL, JSON encoders
+or UTF-8 cannot store; every number is bounded to a range where it means something
+(see ``WEIGHT_*``, ``SETTING_BOUNDS``), so nothing overflows, underflows or turns
+the analysis into a constant.
 """
 
 from __future__ import annotations
@@ -30,7 +36,12 @@ from analysis.types import DecisionRule, Prior
 from .bucketing import LAYER_BUCKETS
 from .errors import InvalidInput, MalformedRequest
 
+# Always matched whole (``SLUG.fullmatch``): with ``match``, ``$`` also accepts a
+# trailing newline. The anchors stay for the OpenAPI ``pattern``, which searches.
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# Characters no text field may hold: NUL (PostgreSQL refuses it) and lone surrogates
+# (not encodable as UTF-8).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 DEFAULT_STAGES: tuple[str, ...] = ("awareness", "consideration", "purchase", "retention", "advocacy")
 Operator = Literal["eq", "ne", "in", "not_in", "lt", "lte", "gt", "gte"]
 OPERATORS: tuple[str, ...] = ("eq", "ne", "in", "not_in", "lt", "lte", "gt", "gte")
@@ -50,6 +61,32 @@ MAX_FORCED = 1_000
 MAX_CUSTOMER_ID = 256
 MAX_SCALE_SPAN = 10
 WEIGHT_TOLERANCE = 1e-9
+# Weights are relative, but bounded so that normalising can neither overflow nor
+# underflow, and so that every variant gets a share the bucketing can resolve.
+WEIGHT_MIN, WEIGHT_MAX = 1e-6, 1e6
+WEIGHT_MAX_RATIO = 1e6
+# Whole numbers beyond this lose precision as floats (and overflow database integers).
+MAX_EXACT_INTEGER = 2**53
+SCALE_BOUND = 1000
+# Meaningful ranges of the analysis settings (inclusive), checked on top of the
+# analysis' own rules (``analysis.types``): a Beta(1e308, 1) prior gives a posterior
+# mean of 1 whatever the data, and min_exposed = 2**70 can never be reached.
+SETTING_BOUNDS: dict[str, dict[str, tuple[float, float]]] = {
+    "decision": {
+        "ship_probability": (0.5, 0.9999),
+        "harm_probability": (0.0001, 0.5),
+        "guardrail_probability": (0.0001, 0.5),
+        "credible_level": (0.5, 0.9999),
+        "srm_alpha": (1e-9, 0.1),
+        "max_expected_loss": (0.0, 1.0),
+        "min_exposed": (0, 1_000_000_000),
+    },
+    "prior": {
+        "conversion_alpha": (0.01, 10_000.0),
+        "conversion_beta": (0.01, 10_000.0),
+        "rating_concentration": (0.01, 10_000.0),
+    },
+}
 
 TOP_LEVEL_FIELDS: tuple[str, ...] = (
     "key",
@@ -132,7 +169,20 @@ class _Errors:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite number (not true/false); whole numbers only up to 2**53, since a larger
+    one cannot even be converted to a float without losing it (or overflowing)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) <= MAX_EXACT_INTEGER
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _storable(value: str) -> bool:
+    return _UNSTORABLE.search(value) is None
+
+
+_UNSTORABLE_MESSAGE = "must not contain NUL characters or unpaired surrogates"
 
 
 def _is_scalar(value: Any) -> bool:
@@ -140,7 +190,7 @@ def _is_scalar(value: Any) -> bool:
 
 
 def _slug(errors: _Errors, path: str, value: Any) -> str | None:
-    if not isinstance(value, str) or not SLUG.match(value):
+    if not isinstance(value, str) or not SLUG.fullmatch(value):
         errors.add(
             path,
             "must be a slug: 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit",
@@ -152,6 +202,9 @@ def _slug(errors: _Errors, path: str, value: Any) -> str | None:
 def _text(errors: _Errors, path: str, value: Any, *, max_length: int, required: bool) -> str | None:
     if not isinstance(value, str):
         errors.add(path, "must be text")
+        return None
+    if not _storable(value):
+        errors.add(path, _UNSTORABLE_MESSAGE)
         return None
     value = value.strip()
     if required and not value:
@@ -173,6 +226,9 @@ def _fraction(errors: _Errors, path: str, value: Any) -> float | None:
 def _whole(errors: _Errors, path: str, value: Any) -> int | None:
     if not _is_number(value) or float(value) != int(value):
         errors.add(path, "must be a whole number")
+        return None
+    if abs(value) > SCALE_BOUND:
+        errors.add(path, f"must be between -{SCALE_BOUND} and {SCALE_BOUND}")
         return None
     return int(value)
 
@@ -217,6 +273,8 @@ def _variants(errors: _Errors, value: Any) -> tuple[tuple[VariantDefinition, ...
         weight = item.get("weight", 1)
         if not _is_number(weight) or weight <= 0:
             errors.add(f"{path}.weight", "must be a positive number")
+        elif not WEIGHT_MIN <= weight <= WEIGHT_MAX:
+            errors.add(f"{path}.weight", f"must be between {WEIGHT_MIN:g} and {WEIGHT_MAX:g}")
         control = item.get("control", False)
         if not isinstance(control, bool):
             errors.add(f"{path}.control", "must be true or false")
@@ -224,7 +282,7 @@ def _variants(errors: _Errors, value: Any) -> tuple[tuple[VariantDefinition, ...
             key is not None
             and description is not None
             and _is_number(weight)
-            and weight > 0
+            and WEIGHT_MIN <= weight <= WEIGHT_MAX
             and isinstance(control, bool)
         ):
             parsed.append((key, description, float(weight), control))
@@ -240,6 +298,11 @@ def _variants(errors: _Errors, value: Any) -> tuple[tuple[VariantDefinition, ...
         errors.add(f"variants.{controls[1]}.control", "only one variant can be the control")
         return None
     control_index = controls[0] if controls else 0
+    largest = max(weight for _, _, weight, _ in parsed)
+    for i, (*_, weight, _) in enumerate(parsed):
+        if weight * WEIGHT_MAX_RATIO < largest:
+            errors.add(f"variants.{i}.weight", f"must be at least 1/{WEIGHT_MAX_RATIO:g} of the largest weight")
+            return None
     total = math.fsum(weight for _, _, weight, _ in parsed)
     notices: tuple[str, ...] = ()
     if abs(total - 1) > WEIGHT_TOLERANCE:
@@ -261,6 +324,9 @@ def _rule(errors: _Errors, path: str, item: Any) -> TargetingRule | None:
     if not isinstance(attribute, str) or not 1 <= len(attribute.strip()) <= MAX_ATTRIBUTE:
         errors.add(f"{path}.attribute", f"must be an attribute name of 1 to {MAX_ATTRIBUTE} characters")
         attribute = None
+    elif not _storable(attribute):
+        errors.add(f"{path}.attribute", _UNSTORABLE_MESSAGE)
+        attribute = None
     op = item.get("op")
     if op not in OPERATORS:
         errors.add(f"{path}.op", f"must be one of {', '.join(OPERATORS)}")
@@ -277,6 +343,9 @@ def _rule(errors: _Errors, path: str, item: Any) -> TargetingRule | None:
             if not _is_scalar(element) or (isinstance(element, str) and len(element) > MAX_STRING_VALUE):
                 errors.add(f"{path}.value.{j}", "must be text, a number or true/false")
                 return None
+            if isinstance(element, str) and not _storable(element):
+                errors.add(f"{path}.value.{j}", _UNSTORABLE_MESSAGE)
+                return None
         value = tuple(value)
     elif op in NUMERIC_OPERATORS:
         if not _is_number(value):
@@ -284,6 +353,9 @@ def _rule(errors: _Errors, path: str, item: Any) -> TargetingRule | None:
             return None
     elif op is not None and (not _is_scalar(value) or (isinstance(value, str) and len(value) > MAX_STRING_VALUE)):
         errors.add(f"{path}.value", f"must be text, a number or true/false for '{op}'")
+        return None
+    elif isinstance(value, str) and not _storable(value):
+        errors.add(f"{path}.value", _UNSTORABLE_MESSAGE)
         return None
     if attribute is None or op is None:
         return None
@@ -324,12 +396,23 @@ def _settings(errors: _Errors, name: str, value: Any, cls: type) -> Any:
     if not isinstance(value, Mapping):
         errors.add(name, "must be an object of settings")
         return None
+    bounds = SETTING_BOUNDS[name]
     for setting, setting_value in value.items():
+        path = f"{name}.{setting}"
+        numeric = isinstance(setting_value, (int, float)) and not isinstance(setting_value, bool)
+        if numeric and not _is_number(setting_value):
+            errors.add(path, "must be a finite number")
+            continue
         try:
             cls.from_mapping({setting: setting_value})
         except AnalysisInputError as exc:
             message = str(exc)
-            errors.add(f"{name}.{setting}", "unknown setting" if message.startswith("unknown") else message)
+            errors.add(path, "unknown setting" if message.startswith("unknown") else message)
+            continue
+        if setting in bounds:
+            low, high = bounds[setting]
+            if not low <= setting_value <= high:
+                errors.add(path, f"must be between {low:g} and {high:g}")
     if errors.has_under(name):
         return None
     try:
@@ -349,6 +432,9 @@ def _forced(errors: _Errors, value: Any, variant_keys: set[str] | None) -> Mappi
         path = f"forced_variants.{customer}"
         if not isinstance(customer, str) or not 1 <= len(customer) <= MAX_CUSTOMER_ID:
             errors.add(path, f"customer ids must be 1 to {MAX_CUSTOMER_ID} characters")
+        elif not _storable(customer):
+            # The path itself would carry the character into the error response.
+            errors.add(f"forced_variants.{_UNSTORABLE.sub('?', customer)}", f"customer ids {_UNSTORABLE_MESSAGE}")
         elif not isinstance(variant, str):
             errors.add(path, "must be a variant key")
         elif variant_keys is not None and variant not in variant_keys:
@@ -519,7 +605,7 @@ def _toml_string(value: str) -> str:
 
 
 def _toml_key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else _toml_string(key)
+    return key if _BARE_KEY.fullmatch(key) else _toml_string(key)
 
 
 def _toml_value(value: Any) -> str:

@@ -8,6 +8,7 @@ line of text. Every error carries a stable machine-readable ``code`` and a human
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -97,3 +98,18 @@ class Forbidden(DomainError):
     """Valid credentials that may not do this."""
 
     default_code = "forbidden"
+
+
+class TooManyAttempts(DomainError):
+    """Too many recent attempts (e.g. failed logins); ``retry_after`` says in how many
+    seconds to try again."""
+
+    default_code = "too_many_attempts"
+
+    def __init__(self, retry_after: int, message: str | None = None) -> None:
+        minutes = max(1, math.ceil(retry_after / 60))
+        super().__init__(
+            message or f"Too many failed attempts. Try again in {minutes} minute{'s' if minutes > 1 else ''}.",
+            extra={"retry_after": retry_after},
+        )
+        self.retry_after = retry_after

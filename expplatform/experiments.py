@@ -417,7 +417,7 @@ def next_iteration_key(session: Session, key: str) -> str:
 
 def clone_experiment(session: Session, key: str, actor: str, *, new_key: str | None = None) -> Saved:
     """Copy the definition into a new draft: the way to change what is frozen."""
-    if new_key is not None and not SLUG.match(new_key):
+    if new_key is not None and not (isinstance(new_key, str) and SLUG.fullmatch(new_key)):
         raise InvalidInput({"key": "must be a slug: 1-64 lowercase letters, digits, '-' or '_'"})
     bump_version(session)
     source = get_experiment(session, key, fresh=True)

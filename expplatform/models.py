@@ -75,6 +75,37 @@ class User(Base):
     __table_args__ = (CheckConstraint("role IN ('viewer', 'editor', 'admin')", name="role"),)
 
 
+class LoginSession(Base):
+    """A logged-in browser. The cookie carries a random token and this table only its
+    SHA-256, so a session can be ended on the server (logout, password change, expiry)
+    and a copied cookie stops working with it. ``expires_at`` slides forward while
+    the session is used."""
+
+    __tablename__ = "login_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class LoginAttempt(Base):
+    """A login attempt that failed (or is being checked): counted per account and per
+    client address over a recent window to throttle password guessing, in the database
+    so that every worker and machine sees the same counts. A success deletes its
+    account's rows; rows older than the window are pruned."""
+
+    __tablename__ = "login_attempts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    email: Mapped[str] = mapped_column(String(254))
+    address: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+    __table_args__ = (Index(None, "email", "at"), Index(None, "address", "at"))
+
+
 class ApiKey(Base):
     """A bearer key. Only a SHA-256 digest is stored: keys are 256-bit random, so a
     fast digest is safe and keeps authentication off the assignment hot path's

@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from werkzeug.serving import make_server
 
 from expplatform import create_app
-from expplatform.auth import create_api_key, create_user
+from expplatform.auth import SESSION_TOKEN, create_api_key, create_user, session_lifetime, start_session
 from expplatform.db import Base
 
 POSTGRES_URL = os.environ.get("EXPPLATFORM_TEST_POSTGRES_URL")
@@ -141,14 +141,21 @@ def make_user(db):
     return _make
 
 
+def sign_in(client, app, user) -> None:
+    """Log ``client`` in as ``user`` with a real server-side login session."""
+    with app.extensions["db"].write() as session:
+        token = start_session(session, user, session_lifetime(app))
+    with client.session_transaction() as flask_session:
+        flask_session[SESSION_TOKEN] = token
+
+
 @pytest.fixture
-def login(client, make_user):
+def login(app, client, make_user):
     """Log the test client in as a fresh user with ``role``; returns the user."""
 
     def _login(role: str = "editor"):
         user = make_user(role, f"{role}-{os.urandom(3).hex()}@example.com")
-        with client.session_transaction() as flask_session:
-            flask_session["user_id"] = user.id
+        sign_in(client, app, user)
         return user
 
     return _login

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from expplatform.auth import role_at_least
 
+from .conftest import sign_in
+
 CALLERS = ["nobody", "client_key", "admin_key", "viewer", "editor", "admin"]
 PLACEHOLDERS = {
     "key": "no-such-experiment",
@@ -59,8 +61,7 @@ def test_access_matrix_over_every_route(app, make_key, make_user):
         headers = {"Authorization": f"Bearer {keys[caller]}"} if caller in keys else {}
         for path, method, access, role in routes:
             if caller in users:  # again before every request: POST /logout ends the session
-                with client.session_transaction() as flask_session:
-                    flask_session["user_id"] = users[caller].id
+                sign_in(client, app, users[caller])
             response = client.open(path, method=method, headers=headers, json={} if method != "GET" else None)
             status = response.status_code
             admitted = _admits(caller, access, role)

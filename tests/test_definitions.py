@@ -323,7 +323,7 @@ def test_decision_settings_merge_with_the_documented_defaults():
         ({"ship_probability": "high"}, "decision.ship_probability", "must be a number"),
         ({"ship_probability": 1.2}, "decision.ship_probability", "between 0 and 1"),
         ({"min_exposed": 10.5}, "decision.min_exposed", "whole number"),
-        ({"ship_probability": 0.6, "harm_probability": 0.7}, "decision.harm_probability", "below ship_probability"),
+        ({"ship_probability": 0.5, "harm_probability": 0.5}, "decision.harm_probability", "below ship_probability"),
         ("strict", "decision", "must be an object"),
     ],
 )
@@ -481,3 +481,138 @@ def test_load_files_with_nothing_to_load(tmp_path):
 def test_settings_are_stored_in_full():
     data = definition_to_mapping(parse_definition(minimal(decision={"min_exposed": 7})))
     assert data["decision"] == asdict(DecisionRule(min_exposed=7)) and data["prior"] == asdict(Prior())
+
+
+# -- hostile input (issue 11) ----------------------------------------------------------
+
+UNSTORABLE = ["\ud800", "a\x00b", "x\udfff"]
+# The same strings with each unstorable character replaced by "?".
+SHOWN = {"\ud800": "?", "a\x00b": "a?b", "x\udfff": "x?"}
+
+
+@pytest.mark.parametrize("key", ["key\n", "checkout\n", "a\r\n"])
+def test_slugs_are_matched_whole_so_a_trailing_newline_is_refused(key):
+    fields = errors_of(minimal(key=key, stages=["purchase", "b\n"], layer="l\n", layer_share=0.5))
+    assert {"key", "stages.1", "layer"} <= set(fields)
+
+
+@pytest.mark.parametrize("bad", UNSTORABLE)
+def test_nul_and_lone_surrogates_are_refused_in_every_text_field(bad):
+    fields = errors_of(
+        minimal(
+            name=f"Name {bad}",
+            hypothesis=f"Because {bad}",
+            variants=[{"key": "control", "description": bad}, {"key": "green"}],
+            targeting=[
+                {"attribute": f"country{bad}", "op": "eq", "value": "FR"},
+                {"attribute": "platform", "op": "eq", "value": bad},
+                {"attribute": "persona", "op": "in", "value": ["new", bad]},
+            ],
+        )
+    )
+    message = "must not contain NUL characters or unpaired surrogates"
+    for path in (
+        "name",
+        "hypothesis",
+        "variants.0.description",
+        "targeting.0.attribute",
+        "targeting.1.value",
+        "targeting.2.value.1",
+    ):
+        assert fields[path] == message, path
+
+
+@pytest.mark.parametrize("bad", UNSTORABLE)
+def test_nul_and_lone_surrogates_are_refused_in_forced_customer_ids(bad):
+    fields = errors_of(minimal(forced_variants={f"qa{bad}": "green"}))
+    assert list(fields) == [f"forced_variants.qa{SHOWN[bad]}"]
+    (message,) = fields.values()
+    assert "NUL" in message
+    # The error can be encoded as UTF-8 JSON: no unstorable character travels back.
+    assert all(name.encode() for name in fields)
+
+
+@pytest.mark.parametrize(
+    "weight", [1e308, 1e-320, 1e-7, 2e6, pytest.param(10**400, id="10**400"), pytest.param(2**60, id="2**60")]
+)
+def test_weights_are_bounded(weight):
+    fields = errors_of(minimal(variants=[{"key": "a"}, {"key": "b", "weight": weight}]))
+    assert set(fields) == {"variants.1.weight"}
+
+
+def test_weights_of_1e308_each_are_refused_not_overflowed():
+    fields = errors_of(minimal(variants=[{"key": "a", "weight": 1e308}, {"key": "b", "weight": 1e308}]))
+    assert set(fields) == {"variants.0.weight", "variants.1.weight"}
+
+
+def test_weights_need_a_sane_ratio():
+    fields = errors_of(minimal(variants=[{"key": "a", "weight": 1e6}, {"key": "b", "weight": 1e-6}]))
+    assert "largest weight" in fields["variants.1.weight"]
+    fine = parse_definition(minimal(variants=[{"key": "a", "weight": 1e6}, {"key": "b", "weight": 1}]))
+    assert math.isclose(sum(v.weight for v in fine.variants), 1.0) and fine.variants[1].weight > 0
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("conversion_alpha", 1e308),
+        ("conversion_beta", 1e-300),
+        ("rating_concentration", 1e6),
+        ("conversion_alpha", math.inf),
+        ("conversion_alpha", math.nan),
+        pytest.param("conversion_alpha", 10**400, id="alpha-10**400"),
+    ],
+)
+def test_priors_are_bounded_to_meaningful_pseudo_counts(setting, value):
+    assert set(errors_of(minimal(prior={setting: value}))) == {f"prior.{setting}"}
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        pytest.param("min_exposed", 2**70, id="min_exposed-2**70"),
+        pytest.param("min_exposed", 10**400, id="min_exposed-10**400"),
+        ("min_exposed", math.inf),
+        ("min_exposed", math.nan),
+        ("max_expected_loss", 1e308),
+        ("ship_probability", 0.3),
+        ("harm_probability", 1e-300),
+        ("credible_level", 0.99999999),
+        ("srm_alpha", 0.9),
+    ],
+)
+def test_decision_thresholds_are_bounded(setting, value):
+    assert set(errors_of(minimal(decision={setting: value}))) == {f"decision.{setting}"}
+
+
+def test_bounded_settings_at_their_limits_are_accepted():
+    definition = parse_definition(
+        minimal(
+            prior={"conversion_alpha": 0.5, "conversion_beta": 10_000, "rating_concentration": 0.01},
+            decision={"min_exposed": 1_000_000_000, "ship_probability": 0.9999, "max_expected_loss": 0},
+        )
+    )
+    assert definition.prior.conversion_beta == 10_000 and definition.decision.min_exposed == 1_000_000_000
+
+
+@pytest.mark.parametrize("scale", [{"min": 2**60, "max": 2**60 + 5}, {"min": -5000, "max": -4995}])
+def test_satisfaction_scale_bounds(scale):
+    assert any(name.startswith("satisfaction_scale") for name in errors_of(minimal(satisfaction_scale=scale)))
+
+
+def test_huge_numbers_in_targeting_and_traffic_are_errors_not_crashes():
+    fields = errors_of(minimal(traffic=10**400, targeting=[{"attribute": "age", "op": "gt", "value": 10**400}]))
+    assert {"traffic", "targeting.0.value"} <= set(fields)
+
+
+def test_toml_inf_and_nul_escapes_are_field_errors():
+    text = dump_toml(definition_to_mapping(parse_definition(minimal())))
+    text = text.replace('name = "Green checkout button"', 'name = "Green\\u0000"')
+    text = text.replace("min_exposed = 100", "min_exposed = inf")
+    with pytest.raises(InvalidInput) as info:
+        parse_toml(text)
+    assert {"name", "decision.min_exposed"} <= set(info.value.fields)
+
+
+def test_toml_keys_with_a_trailing_newline_are_quoted():
+    assert dump_toml({"forced_variants": {"qa\n": "a"}}).splitlines()[-1] == '"qa\\n" = "a"'

@@ -12,6 +12,7 @@ import requests
 
 from expplatform.versioning import read_version
 
+from .conftest import sign_in
 from .openapi_check import assert_matches_openapi, checked
 
 BASE = "/api/v1/experiments"
@@ -91,6 +92,40 @@ def test_invalid_definition_is_a_422_naming_the_fields(api):
     response = api.post(BASE, json=definition(traffic=0, variants=[{"key": "a"}, {"key": "a"}]))
     assert response.status_code == 422 and response.json["error"] == "validation_failed"
     assert set(response.json["fields"]) == {"traffic", "variants.1.key"}
+
+
+@pytest.mark.parametrize(
+    ("changes", "fields"),
+    [
+        ({"name": "Green \ud800"}, {"name"}),
+        ({"hypothesis": "\udfff because"}, {"hypothesis"}),
+        ({"name": "Green\x00button"}, {"name"}),
+        ({"forced_variants": {"qa-\ud800": "green"}}, {"forced_variants.qa-?"}),
+        ({"forced_variants": {"qa-\x00": "green"}}, {"forced_variants.qa-?"}),
+        (
+            {"variants": [{"key": "control", "weight": 1e308}, {"key": "green", "weight": 1e308}]},
+            {"variants.0.weight", "variants.1.weight"},
+        ),
+        ({"variants": [{"key": "control", "weight": 1e-320}, {"key": "green"}]}, {"variants.0.weight"}),
+        ({"key": "checkout-button\n"}, {"key"}),
+        ({"prior": {"conversion_alpha": 1e308}}, {"prior.conversion_alpha"}),
+        ({"decision": {"min_exposed": 2**70}}, {"decision.min_exposed"}),
+    ],
+)
+def test_hostile_definitions_are_422_naming_the_field_on_every_database(api, changes, fields):
+    response = api.post(BASE, json=definition(**changes))
+    assert response.status_code == 422, response.json
+    assert response.json["error"] == "validation_failed" and set(response.json["fields"]) == fields
+    assert api.get(f"{BASE}/checkout-button").status_code == 404  # nothing was stored
+
+
+def test_hostile_patches_and_clone_keys_are_422(api, create):
+    create()
+    for body in ({"name": "x\ud800"}, {"hypothesis": "a\x00b"}, {"forced_variants": {"\ud800": "green"}}):
+        response = api.patch(f"{BASE}/checkout-button", json=body)
+        assert response.status_code == 422 and response.json["error"] == "validation_failed", body
+    clone = api.post(f"{BASE}/checkout-button/clone", json={"key": "green-2\n"})
+    assert clone.status_code == 422 and set(clone.json["fields"]) == {"key"}
 
 
 @pytest.mark.parametrize(
@@ -535,8 +570,7 @@ def test_access_table(app, admin_api, make_key, make_user, method, suffix, body,
             headers["Authorization"] = f"Bearer {admin_api.key}"
         elif caller != "nobody":
             user = make_user(caller, f"{caller}-{n}@example.com")
-            with client.session_transaction() as flask_session:
-                flask_session["user_id"] = user.id
+            sign_in(client, app, user)
         payload = definition(f"new-{n}") if body == "create" else body
         path = BASE + suffix.replace("/exp", f"/{key}")
         response = getattr(client, method)(path, json=payload, headers=headers)
@@ -588,8 +622,7 @@ def test_with_csrf_protection_on_keys_and_json_sessions_work_and_forms_do_not(da
         assert (
             client.post(BASE, json=definition("by-key"), headers={"Authorization": f"Bearer {key}"}).status_code == 201
         )
-        with client.session_transaction() as flask_session:
-            flask_session["user_id"] = user.id
+        sign_in(client, app, user)
         assert client.post(BASE, json=definition("by-session")).status_code == 201
         form = client.post(f"{BASE}/by-session/start", data={"confirm": "1"})
         assert form.status_code == 400 and form.json["error"] == "invalid_content_type"

@@ -156,7 +156,7 @@ def test_cli_upgrades_a_fresh_database_and_manages_keys(tmp_path):
     exe = [sys.executable, "-m", "expplatform.cli"]
     run = lambda *args: subprocess.run([*exe, *args], capture_output=True, text=True, env=env)  # noqa: E731
     upgraded = run("db", "upgrade")
-    assert upgraded.returncode == 0 and "0001" in upgraded.stdout, upgraded.stderr
+    assert upgraded.returncode == 0 and f"revision {migrations.head_revision()}" in upgraded.stdout, upgraded.stderr
     created = run("keys", "create", "--scope", "client", "--name", "web shop")
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip().splitlines()[-1]

@@ -15,7 +15,7 @@ from expplatform.experiment_settings import experiment_settings
 from expplatform.jobs import get_runner
 from expplatform.models import AnalysisJob, Experiment, utcnow
 
-from .conftest import make_test_app
+from .conftest import make_test_app, sign_in
 from .events_support import expose, make_experiment
 from .reports_support import STAGES, WAIT, app, seed_journey, seeded  # noqa: F401  (fixtures)
 from .test_reports import fake_fit
@@ -203,8 +203,7 @@ def test_the_button_needs_a_csrf_token(database_url, tmp_path, make_user):
             from expplatform.auth import create_user
 
             user = create_user(session, "ed@example.com", "correct horse battery", "editor")
-        with client.session_transaction() as flask_session:
-            flask_session["user_id"] = user.id
+        sign_in(client, app, user)
         assert client.post("/experiments/checkout/report/full-model").status_code == 400
         token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page(client)).group(1)
         get_runner(app).fit = fake_fit

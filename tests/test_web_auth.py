@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from .conftest import PASSWORD, make_test_app
+from .conftest import PASSWORD, make_test_app, sign_in
 
 
 def _csrf(html: str) -> str:
@@ -156,8 +156,7 @@ def test_guards_tell_401_from_403(probe, make_key):
 @pytest.mark.parametrize(("role", "status"), [("viewer", 403), ("editor", 200), ("admin", 200)])
 def test_session_users_need_the_role(app, probe, make_user, role, status):
     user = make_user(role, f"{role}@example.com")
-    with probe.session_transaction() as flask_session:
-        flask_session["user_id"] = user.id
+    sign_in(probe, app, user)
     assert probe.get("/api/v1/_probe/admin").status_code == status
     # A session never satisfies a key-only endpoint.
     assert probe.get("/api/v1/_probe/client").status_code == 403
@@ -187,3 +186,35 @@ def test_key_created_in_another_worker_is_accepted(database_url, tmp_path, make_
     second = make_key("client")
     assert client_a.get("/api/v1/_probe", headers={"Authorization": f"Bearer {second}"}).status_code == 200
     worker_a.extensions["db"].engine.dispose()
+
+
+# -- the users command --------------------------------------------------------------
+
+
+def test_users_create_with_a_taken_email_prints_one_line_and_exits_1(runner, make_user):
+    from expplatform.cli import main
+
+    make_user("viewer", "ana@example.com")
+    result = runner.invoke(
+        main, ["users", "create", "--email", "Ana@Example.com", "--role", "editor", "--password", "new-secret-pass"]
+    )
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: an account with the email ana@example.com exists already"
+    assert "Traceback" not in result.output and "scrypt" not in result.output and "pbkdf2" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_users_create_refuses_unstorable_emails_without_a_traceback(runner):
+    from expplatform.cli import main
+
+    result = runner.invoke(main, ["users", "create", "--email", "a\x00@b.c", "--role", "viewer", "--password", "x" * 9])
+    assert result.exit_code == 2 and "email must be" in result.output
+
+
+def test_users_create_still_creates(runner):
+    from expplatform.cli import main
+
+    result = runner.invoke(
+        main, ["users", "create", "--email", "new@example.com", "--role", "viewer", "--password", "x" * 9]
+    )
+    assert result.exit_code == 0 and result.output.strip() == "created viewer new@example.com"

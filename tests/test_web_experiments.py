@@ -14,7 +14,7 @@ from expplatform.cli import main
 from expplatform.definitions import dump_toml, parse_definition
 from expplatform.models import Experiment
 
-from .conftest import make_test_app
+from .conftest import make_test_app, sign_in
 
 DEFINITION = {
     "key": "checkout-copy",
@@ -313,8 +313,7 @@ def test_form_without_csrf_token_is_refused(database_url, tmp_path, make_user):
     app = make_test_app(database_url, tmp_path, wtf_csrf_enabled=True)
     client = app.test_client()
     user = make_user("editor", "csrf@example.com")
-    with client.session_transaction() as flask_session:
-        flask_session["user_id"] = user.id
+    sign_in(client, app, user)
     refused = client.post("/experiments/new", data=FORM)
     assert refused.status_code == 400 and "expired" in refused.text and "CSRF token is missing" in refused.text
     page = client.get("/experiments/new")

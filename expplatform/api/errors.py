@@ -18,6 +18,7 @@ STATUS_FOR: dict[type[domain.DomainError], int] = {
     domain.Conflict: 409,
     domain.TooLarge: 413,
     domain.InvalidInput: 422,
+    domain.TooManyAttempts: 429,
 }
 
 
@@ -57,6 +58,8 @@ def _handle_domain_error(exc: domain.DomainError):
     response.status_code = status_for(exc)
     if response.status_code == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="expplatform"'
+    if isinstance(exc, domain.TooManyAttempts):
+        response.headers["Retry-After"] = str(exc.retry_after)
     return response
 
 

@@ -59,6 +59,9 @@ SKIPPED: dict[str, str] = {
     "before_request flask_wtf.csrf.CSRFProtect.init_app.<locals>.csrf_protect": (
         "the API blueprint is exempt from CSRF (api/__init__.py)"
     ),
+    "after_request expplatform.security._add_headers": (
+        "it adds the pages' security headers, and leaves every response under /api/ as it is"
+    ),
     "teardown_appcontext expplatform.db._close_session": (
         "it closes the request's session (db.get_session), which this path never opens"
     ),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask_wtf import FlaskForm
 from wtforms import EmailField, PasswordField, SelectField, StringField
 from wtforms.fields.choices import SelectChoice
-from wtforms.validators import DataRequired, Length, Regexp
+from wtforms.validators import DataRequired, EqualTo, Length, Regexp
 
 from ..auth import ROLES
 
@@ -42,3 +42,9 @@ class NewKeyForm(FlaskForm):
         ],
         default="client",
     )
+
+
+class PasswordForm(FlaskForm):
+    current = PasswordField("Current password", validators=[DataRequired()])
+    new = PasswordField("New password", validators=[DataRequired(), Length(min=8, max=1024)])
+    confirm = PasswordField("New password again", validators=[DataRequired(), EqualTo("new", "Passwords differ.")])
