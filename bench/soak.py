@@ -127,7 +127,8 @@ class Fault:
     kind: str
     at: float  # planned start
     duration: float = 0.0
-    start: float | None = None  # actual, seconds since the load began
+    begun: float | None = None  # when we began to apply it, seconds since the load began
+    start: float | None = None  # when it took effect
     end: float | None = None
     note: str = ""
     detail: dict[str, Any] = field(default_factory=dict)
@@ -338,15 +339,17 @@ class Client(threading.Thread):
 
 
 def plan(seconds: float, timeout: float) -> list[Fault]:
-    """The timeline: the two database faults and the master restart at fixed shares of
-    the run, worker kills every few seconds around them."""
+    """The timeline: the database made unavailable, then the table lock, then the
+    master restart, each at least 3 s after the previous one ended (so that each
+    recovery is its own); worker kills every few seconds throughout, except around the
+    master restart."""
     scale = min(1.0, seconds / 60)
-    unavailable = Fault("db_unavailable", at=0.15 * seconds, duration=10 * scale)
-    restart = Fault("master_restart", at=0.45 * seconds)
+    unavailable = Fault("db_unavailable", at=0.08 * seconds, duration=10 * scale)
     lock_duration = max(15 * scale, timeout + 3)
-    lock = Fault("table_lock", at=min(0.55 * seconds, seconds - lock_duration - 1), duration=lock_duration)
-    faults = [unavailable, restart, lock]
-    interval = max(2.5, seconds / 12)
+    lock = Fault("table_lock", at=max(0.3 * seconds, unavailable.at + unavailable.duration + 3), duration=lock_duration)
+    restart = Fault("master_restart", at=max(0.75 * seconds, lock.at + lock.duration + 3))
+    faults = [unavailable, lock, restart]
+    interval = max(3.0, seconds / 12)
     at = 1.0
     while at < seconds:
         if not restart.at - 1 <= at <= restart.at + 3:
@@ -389,6 +392,7 @@ class Faults(threading.Thread):
             thread.join(timeout=max(0.0, self.load.hard_end - self.load.now()) + 30)
 
     def apply(self, fault: Fault) -> None:
+        fault.begun = self.load.now()
         try:
             getattr(self, fault.kind)(fault)
         except Exception as exc:  # a fault that could not be applied is reported, not fatal
@@ -424,7 +428,7 @@ class Faults(threading.Thread):
         fault.end = self.load.now()
         fault.detail.update(old_master=old, launches=1)
         # Like a supervisor: start it again while it exits (e.g. the port still held).
-        deadline = self.load.now() + 20
+        deadline = self.load.hard_end
         while self.load.now() < deadline and not self.abort.is_set():
             if self.server.master_exited():
                 fault.detail["launches"] += 1
@@ -630,7 +634,7 @@ def _run_on(backend: str, url: str, instance: Path, args: argparse.Namespace) ->
         if not server.wait_ready(90):
             raise RuntimeError(f"gunicorn did not start; its log: {log_path.read_text()[-2000:]}")
         load.t0 = time.monotonic()
-        load.load_end = args.seconds + SETTLE_SECONDS
+        load.load_end = max(args.seconds, *(f.at + f.duration for f in faults)) + SETTLE_SECONDS
         load.hard_end = load.load_end + client_timeout + 10
         injector = Faults(load, server, backend, url, faults)
         injector.admin_url = args.pg_url or benchlib.PG_ADMIN_URL
@@ -648,6 +652,13 @@ def _run_on(backend: str, url: str, instance: Path, args: argparse.Namespace) ->
             injector.abort.set()
         server.stop()
     log_text = log_path.read_text(errors="replace") if log_path.exists() else ""
+    if args.log_dir is not None:
+        args.log_dir.mkdir(parents=True, exist_ok=True)
+        (args.log_dir / f"{backend}-gunicorn.log").write_text(log_text)
+        rows = [
+            f"{a.start:.3f},{a.end:.3f},{a.endpoint},{a.kind}" for a in sorted(load.attempts, key=lambda a: a.start)
+        ]
+        (args.log_dir / f"{backend}-requests.csv").write_text("start,end,endpoint,kind\n" + "\n".join(rows) + "\n")
     return summarise(
         backend,
         args,
@@ -766,11 +777,21 @@ def recovery(
         for a in attempts
         if end <= a.start < window_end and (not a.ok or a.end - a.start > bound) and not killed_in_flight(a)
     ]
-    answered = [a.end for a in attempts if a.ok and a.end >= end and a.end - a.start <= bound]
+    answered = [a.end for a in attempts if a.ok and a.end >= end]
     if not answered:
         return None
     last_failure = max((a.end for a in failed), default=end)
     return round(max(min(answered), last_failure) - end, 2)
+
+
+def settled(fault: Fault) -> float:
+    """When a fault's own effect was over: its end, or for the master restart the moment
+    the new master first answered."""
+    assert fault.end is not None
+    serving = fault.detail.get("serving_after_seconds")
+    if fault.start is not None and serving is not None:
+        return max(fault.end, fault.start + serving)
+    return fault.end
 
 
 def summarise(
@@ -847,9 +868,12 @@ def summarise(
             row["judged"] = False
             fault_rows.append(row)
             continue
-        later = [f.start for f in faults if f.start is not None and f.start > fault.end + 1e-6]
-        if fault.kind != "worker_kill":
-            later = [f.start for f in major if f.start is not None and f.start > fault.end + 1e-6]
+        # The window ends when the next fault (a major one, for a major fault) began to be applied.
+        later = [
+            f.begun
+            for f in (faults if fault.kind == "worker_kill" else major)
+            if f.begun is not None and f.begun > fault.end + 1e-6
+        ]
         window_end = min([*later, load.load_end])
         inside = [
             f.kind
@@ -857,7 +881,7 @@ def summarise(
             if f is not fault
             and f.start is not None
             and f.end is not None
-            and f.start <= fault.end <= f.end + KILL_QUIET_AFTER
+            and f.start <= fault.end <= settled(f) + KILL_QUIET_AFTER
         ]
         row["judged"] = not (fault.kind == "worker_kill" and inside)
         if inside and fault.kind == "worker_kill":
@@ -1068,6 +1092,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg-url", default=None, help="PostgreSQL server to create the soak's database on")
     parser.add_argument("--pg-database", default=None, help="name of the soak's own database (dropped after)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--log-dir", type=Path, default=None, help="keep each run's requests (CSV) and gunicorn log here"
+    )
     args = parser.parse_args(argv)
     if args.seconds < 20:
         parser.error("--seconds must be at least 20 (the faults need the room)")
