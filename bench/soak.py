@@ -116,6 +116,7 @@ class Attempt:
     start: float
     end: float
     kind: str
+    detail: str = ""  # the error code of a JSON error, or the exception's class
 
     @property
     def ok(self) -> bool:
@@ -178,7 +179,7 @@ class Load:
         if body is not None:
             headers["Content-Type"] = "application/json"
         start = self.now()
-        kind, payload = "ok", None
+        kind, payload, detail = "ok", None, ""
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.client_timeout)
         try:
             connection.request(method, path, body=body, headers=headers)
@@ -190,6 +191,7 @@ class Load:
             elif response.status != 200:
                 kind = f"http_{response.status}"
                 payload = raw[:300]
+                detail = error_code(raw)
             else:
                 try:
                     payload = json.loads(raw)
@@ -199,13 +201,21 @@ class Load:
             kind = "refused"
         except TimeoutError:
             kind = "client_timeout"
-        except (ConnectionError, http.client.HTTPException, OSError):
-            kind = "reset"  # reset, broken pipe, closed without an answer
+        except (ConnectionError, http.client.HTTPException, OSError) as exc:
+            kind, detail = "reset", type(exc).__name__  # reset, broken pipe, closed without an answer
         finally:
             connection.close()
         with self.lock:
-            self.attempts.append(Attempt(endpoint, start, self.now(), kind))
+            self.attempts.append(Attempt(endpoint, start, self.now(), kind, detail))
         return kind, payload
+
+
+def error_code(raw: bytes) -> str:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return raw[:60].decode(errors="replace")
+    return str(body.get("error")) if isinstance(body, dict) else str(body)[:60]
 
 
 class Client(threading.Thread):
@@ -656,9 +666,11 @@ def _run_on(backend: str, url: str, instance: Path, args: argparse.Namespace) ->
         args.log_dir.mkdir(parents=True, exist_ok=True)
         (args.log_dir / f"{backend}-gunicorn.log").write_text(log_text)
         rows = [
-            f"{a.start:.3f},{a.end:.3f},{a.endpoint},{a.kind}" for a in sorted(load.attempts, key=lambda a: a.start)
+            f"{a.start:.3f},{a.end:.3f},{a.endpoint},{a.kind},{a.detail}"
+            for a in sorted(load.attempts, key=lambda a: a.start)
         ]
-        (args.log_dir / f"{backend}-requests.csv").write_text("start,end,endpoint,kind\n" + "\n".join(rows) + "\n")
+        header = "start,end,endpoint,kind,detail\n"
+        (args.log_dir / f"{backend}-requests.csv").write_text(header + "\n".join(rows) + "\n")
     return summarise(
         backend,
         args,
@@ -963,6 +975,9 @@ def summarise(
         "served_code": code,
         "requests": {"total": len(attempts), **dict(by_endpoint), "ok": sum(a.ok for a in attempts)},
         "errors": dict(sorted(kinds.items())),
+        "error_details": dict(
+            Counter(f"{a.endpoint} {a.kind} {a.detail}".rstrip() for a in attempts if not a.ok).most_common(12)
+        ),
         "events": {
             "acknowledged": len(events),
             "stored": sum(len(r) for r in stored_events.values()),
@@ -1018,6 +1033,8 @@ def print_summary(summary: dict[str, Any], out: Any) -> None:
     r = s["requests"]
     p(f"  requests: {r['total']} ({', '.join(f'{k} {v}' for k, v in r.items() if k != 'total')})")
     p(f"  errors by kind: {s['errors'] or 'none'}")
+    if s["error_details"]:
+        p(f"  errors by endpoint and detail: {s['error_details']}")
     e = s["events"]
     p(
         f"  events: acknowledged {e['acknowledged']}, stored {e['stored']}, LOST {e['lost']}, DUPLICATED "
