@@ -150,6 +150,7 @@ class Ledger:
     resent_batches: int = 0
     variant_changed: int = 0
     not_enrolled: Counter[str] = field(default_factory=Counter)
+    malformed: list[str] = field(default_factory=list)  # 200 answers the client could not use
 
 
 # -- the clients ----------------------------------------------------------------------------
@@ -236,12 +237,15 @@ class Client(threading.Thread):
     def run(self) -> None:
         while self.load.now() < self.load.load_end:
             roll = self.rng.random()
-            if len(self.customers) < 5 or roll < 0.25:
-                self.assign_new()
-            elif roll < 0.40:
-                self.assign_again()
-            else:
-                self.send_events()
+            try:
+                if len(self.customers) < 5 or roll < 0.25:
+                    self.assign_new()
+                elif roll < 0.40:
+                    self.assign_again()
+                else:
+                    self.send_events()
+            except (KeyError, IndexError, TypeError, ValueError) as exc:  # a 200 of an unexpected shape
+                self.ledger.malformed.append(repr(exc)[:200])
             time.sleep(self.rng.uniform(0.01, 0.04))
 
     def call(self, endpoint: str, path: str, body: bytes) -> Any | None:
@@ -661,6 +665,9 @@ def _run_on(backend: str, url: str, instance: Path, args: argparse.Namespace) ->
         if injector is not None:
             injector.abort.set()
         server.stop()
+        if backend == "sqlite":  # in case the read-only fault was cut short
+            database = make_url(url).database or ""
+            subprocess.run(["chattr", "-i", database, f"{database}-wal"], capture_output=True, check=False)
     log_text = log_path.read_text(errors="replace") if log_path.exists() else ""
     if args.log_dir is not None:
         args.log_dir.mkdir(parents=True, exist_ok=True)
@@ -827,6 +834,7 @@ def summarise(
     unresolved_events: set[str] = set()
     rejected: set[str] = set()
     not_enrolled: Counter[str] = Counter()
+    malformed: list[str] = []
     accepted = duplicates_reported = resent = resent_batches = variant_changed = 0
     for client in clients:
         ledger = client.ledger
@@ -836,6 +844,7 @@ def summarise(
         unresolved_events |= ledger.unresolved_events
         rejected |= ledger.rejected_events
         not_enrolled += ledger.not_enrolled
+        malformed += ledger.malformed
         accepted += ledger.accepted
         duplicates_reported += ledger.duplicates
         resent += ledger.resent
@@ -939,9 +948,10 @@ def summarise(
     target("report_matches_ledger", report_matches, report_error or "report counts against the ledger")
     target(
         "all_answered",
-        not unresolved_assign and not unresolved_events and not still_running and not rejected,
+        not (unresolved_assign or unresolved_events or still_running or rejected or malformed or not_enrolled),
         f"{len(unresolved_assign)} assigns and {len(unresolved_events)} events never answered, {len(rejected)} events "
-        f"rejected, clients still running: {still_running}",
+        f"rejected, {sum(not_enrolled.values())} not enrolled, {len(malformed)} unusable answers {malformed[:2]}, "
+        f"clients still running: {still_running}",
     )
     longest_seconds = 0.0 if longest is None else longest.end - longest.start
     target(
