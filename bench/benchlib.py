@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -126,10 +127,14 @@ class GunicornServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.groups: list[int] = []
         self.starts = 0
+        self.stopped = False
+        self._lock = threading.Lock()  # a start from a supervising thread never follows stop()
 
     def start(self) -> int:
         """Launch a master (not waiting for it to serve); return its pid."""
-        with self.log_path.open("ab") as log:
+        with self._lock, self.log_path.open("ab") as log:
+            if self.stopped:
+                raise RuntimeError("this server was stopped")
             self.process = subprocess.Popen(
                 self.command,
                 cwd=self.cwd,
@@ -138,9 +143,9 @@ class GunicornServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.groups.append(self.process.pid)
-        self.starts += 1
-        return self.process.pid
+            self.groups.append(self.process.pid)
+            self.starts += 1
+            return self.process.pid
 
     @property
     def master(self) -> int | None:
@@ -148,6 +153,17 @@ class GunicornServer:
 
     def master_exited(self) -> bool:
         return self.process is None or self.process.poll() is not None
+
+    def bound(self) -> bool:
+        """Whether the current master has said it listens (its own line in the log),
+        as opposed to orphaned workers of an earlier one still holding the socket."""
+        if self.master_exited():
+            return False
+        try:
+            log = self.log_path.read_text(errors="replace")
+        except OSError:
+            return False
+        return any("Listening at:" in line and f"({self.master})" in line for line in log.splitlines())
 
     def wait_ready(self, seconds: float) -> bool:
         deadline = time.monotonic() + seconds
@@ -181,6 +197,8 @@ class GunicornServer:
     def stop(self) -> None:
         """SIGTERM the live master and wait; then SIGKILL whatever is left in any
         process group this server started (orphaned workers of a killed master)."""
+        with self._lock:
+            self.stopped = True
         if self.process is not None and not self.master_exited():
             self.process.send_signal(signal.SIGTERM)
             try:

@@ -440,19 +440,22 @@ class Faults(threading.Thread):
         self.kill_times.append(fault.start)
         self.server.start()
         fault.end = self.load.now()
-        fault.detail.update(old_master=old, launches=1)
-        # Like a supervisor: start it again while it exits (e.g. the port still held).
-        deadline = self.load.hard_end
-        while self.load.now() < deadline and not self.abort.is_set():
+        fault.detail.update(old_master=old, launches=1, serving_after_seconds=None)
+        # Then like a supervisor, until the run is over: start it again each time it
+        # exits (e.g. when orphaned workers still hold the port). Serving means the new
+        # master listens and the service answers (orphans answering do not count).
+        while not self.abort.is_set() and self.load.now() < self.load.hard_end + 60:
             if self.server.master_exited():
-                fault.detail["launches"] += 1
                 time.sleep(1)
                 self.server.start()
-            elif benchlib.answers_health(self.server.port, timeout=1):
+                fault.detail["launches"] += 1
+            elif (
+                fault.detail["serving_after_seconds"] is None
+                and self.server.bound()
+                and benchlib.answers_health(self.server.port, timeout=1)
+            ):
                 fault.detail["serving_after_seconds"] = round(self.load.now() - fault.start, 2)
-                return
             time.sleep(0.1)
-        fault.detail["serving_after_seconds"] = None
 
     def db_unavailable(self, fault: Fault) -> None:
         if self.backend == "postgresql":
@@ -564,15 +567,16 @@ class Faults(threading.Thread):
 # -- the run --------------------------------------------------------------------------------
 
 
-def gunicorn_command(port: int, workers: int) -> tuple[list[str], str | None]:
-    """The README's serving command (``make run``), with our port and worker count; the
-    repository's gunicorn.conf.py, when there is one, is read by gunicorn itself."""
+def gunicorn_command(port: int, workers: int, extra: list[str]) -> tuple[list[str], str | None]:
+    """The README's serving command (``make run``), with our port and worker count, or
+    the repository's gunicorn.conf.py when there is one; then ``extra`` arguments. Log
+    level info: the soak reads the "Listening at" line of each master."""
     gunicorn = str(Path(sys.executable).parent / "gunicorn")
     config = ROOT / "gunicorn.conf.py"
-    bind = ["--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
+    ours = ["--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--log-level", "info", *extra]
     if config.exists():
-        return [gunicorn, "--config", str(config), *bind, "wsgi:app"], str(config.relative_to(ROOT))
-    return [gunicorn, *bind, "--worker-class", "gthread", "--threads", "4", "wsgi:app"], None
+        return [gunicorn, "--config", str(config), *ours, "wsgi:app"], str(config.relative_to(ROOT))
+    return [gunicorn, "--worker-class", "gthread", "--threads", "4", *ours, "wsgi:app"], None
 
 
 def prepare(url: str) -> tuple[str, str]:
@@ -628,7 +632,7 @@ def run_soak(backend: str, args: argparse.Namespace) -> dict[str, Any]:
 def _run_on(backend: str, url: str, instance: Path, args: argparse.Namespace) -> dict[str, Any]:
     client_key, admin_key = prepare(url)
     port = benchlib.free_port()
-    command, config = gunicorn_command(port, args.workers)
+    command, config = gunicorn_command(port, args.workers, args.gunicorn_arg)
     env = {
         "EXPPLATFORM_DATABASE_URL": url,
         "EXPPLATFORM_INSTANCE_PATH": str(instance),
@@ -657,13 +661,14 @@ def _run_on(backend: str, url: str, instance: Path, args: argparse.Namespace) ->
             thread.start()
         for client in clients:
             client.join(timeout=max(0.0, load.hard_end + client_timeout + 5 - load.now()))
+        load_seconds = load.now()
+        report, report_error = fetch_report(server, admin_key)  # the restarted master still supervised
         injector.abort.set()
         injector.join(timeout=60)
-        load_seconds = load.now()
-        report, report_error = fetch_report(server, admin_key)
     finally:
         if injector is not None:
             injector.abort.set()
+            injector.join(timeout=60)
         server.stop()
         if backend == "sqlite":  # in case the read-only fault was cut short
             database = make_url(url).database or ""
@@ -700,8 +705,6 @@ def fetch_report(server: benchlib.GunicornServer, admin_key: str) -> tuple[dict[
     deadline = time.monotonic() + 30
     problem = "no answer"
     while time.monotonic() < deadline:
-        if server.master_exited():
-            return None, "the server is not running"
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
         try:
             connection.request(
@@ -895,7 +898,7 @@ def summarise(
             for f in (faults if fault.kind == "worker_kill" else major)
             if f.begun is not None and f.begun > fault.end + 1e-6
         ]
-        window_end = min([*later, load.load_end])
+        window_end = min(later, default=float("inf"))  # the last one: up to the clients' last retry
         inside = [
             f.kind
             for f in major
@@ -1119,6 +1122,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg-url", default=None, help="PostgreSQL server to create the soak's database on")
     parser.add_argument("--pg-database", default=None, help="name of the soak's own database (dropped after)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--gunicorn-arg",
+        action="append",
+        default=[],
+        help="one more gunicorn argument, after ours (repeat; e.g. --gunicorn-arg=--reuse-port)",
+    )
     parser.add_argument(
         "--log-dir", type=Path, default=None, help="keep each run's requests (CSV) and gunicorn log here"
     )
