@@ -50,7 +50,7 @@ fault's end. Recovery of a fault, from its end E (for the master restart: the ne
 master's launch) up to when the next fault began to be applied (worker kills apart;
 for the last fault, up to the clients' last retry): the later of the first successful
 answer after E and the end of the last failed request (an error, or slower than the
-bound) started after E; resets of requests in flight when a process was killed are
+bound) started after E and over before the next fault began; resets of requests in flight when a process was killed are
 the kill's, not a failure after it. Worker kills inside another fault (or within 3 s
 of its end, or of the restarted master serving) are counted but not judged alone.
 The restarted master is supervised until the end: started again a second after each
@@ -801,10 +801,11 @@ def recovery(
     def killed_in_flight(a: Attempt) -> bool:
         return a.kind == "reset" and any(a.start < k <= a.end + 0.05 for k in kills)
 
+    # Failures over before the next fault began: one still running then may be its.
     failed = [
         a
         for a in attempts
-        if end <= a.start < window_end and (not a.ok or a.end - a.start > bound) and not killed_in_flight(a)
+        if end <= a.start and a.end < window_end and (not a.ok or a.end - a.start > bound) and not killed_in_flight(a)
     ]
     answered = [a.end for a in attempts if a.ok and a.end >= end]
     if not answered:
