@@ -792,9 +792,11 @@ def ledger_counts(assigned: dict[str, str], events: dict[str, tuple[str, str, st
 
 def recovery(
     fault: Fault, attempts: list[Attempt], window_end: float, kills: list[float], bound: float
-) -> float | None:
+) -> tuple[float | None, bool]:
     """Seconds from the fault's end until the service answered again and nothing
-    failed any more (see the module's description); None if it never did."""
+    failed any more (see the module's description), None if it never answered; and
+    whether requests were still failing in the last second before the next fault began
+    (then the figure is only a lower bound)."""
     assert fault.end is not None
     end = fault.end
 
@@ -808,10 +810,11 @@ def recovery(
         if end <= a.start and a.end < window_end and (not a.ok or a.end - a.start > bound) and not killed_in_flight(a)
     ]
     answered = [a.end for a in attempts if a.ok and a.end >= end]
-    if not answered:
-        return None
     last_failure = max((a.end for a in failed), default=end)
-    return round(max(min(answered), last_failure) - end, 2)
+    still_failing = bool(failed) and window_end != float("inf") and last_failure > window_end - 1
+    if not answered:
+        return None, still_failing
+    return round(max(min(answered), last_failure) - end, 2), still_failing
 
 
 def settled(fault: Fault) -> float:
@@ -919,7 +922,9 @@ def summarise(
         row["judged"] = not (fault.kind == "worker_kill" and inside)
         if inside and fault.kind == "worker_kill":
             row["during"] = inside[0]
-        row["recovery_seconds"] = recovery(fault, attempts, window_end, kills, bound)
+        row["recovery_seconds"], row["still_failing_at_next_fault"] = recovery(
+            fault, attempts, window_end, kills, bound
+        )
         fault_rows.append(row)
 
     comparison: dict[str, Any] = {"error": report_error}
@@ -1099,10 +1104,21 @@ def print_summary(summary: dict[str, Any], out: Any) -> None:
         extra = {
             k: v
             for k, v in f.items()
-            if k not in {"kind", "start", "end", "duration", "note", "recovery_seconds", "judged"}
+            if k
+            not in {
+                "kind",
+                "start",
+                "end",
+                "duration",
+                "note",
+                "recovery_seconds",
+                "judged",
+                "still_failing_at_next_fault",
+            }
         }
         p(
             f"    {f['kind']:15s} {f['start']}-{f['end']} s: recovery {f['recovery_seconds']} s"
+            f"{' (or more: still failing when the next fault began)' if f.get('still_failing_at_next_fault') else ''}"
             f"{'' if f['judged'] else ' (not judged alone)'} {extra or ''} {f['note']}".rstrip()
         )
     for note in s["notes"]:
@@ -1150,6 +1166,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for backend in backends:
         summary = run_soak(backend, args)
+        if args.log_dir is not None:
+            (args.log_dir / f"{backend}-summary.json").write_text(json.dumps(summary, indent=2))
         print_summary(summary, sys.stderr if args.json else sys.stdout)
         runs.append(summary)
     missed = [f"{run['backend']}:{name}" for run in runs for name in run["missed"]]
