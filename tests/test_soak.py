@@ -25,7 +25,9 @@ from .conftest import BACKENDS, POSTGRES_URL
 ROOT = Path(__file__).resolve().parent.parent
 SECONDS = 20
 
-pytestmark = pytest.mark.slow
+# One soak per backend serves every test below: under pytest-xdist, --dist loadgroup
+# keeps them in one worker (other distributions would run a soak per worker).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("soak")]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
