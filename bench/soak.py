@@ -1042,7 +1042,17 @@ def summarise(
         },
         "faults": fault_rows,
         "notes": (injector.notes if injector is not None else []),
-        "server_log": {"lines": len(lines), "notable": len(notable), "sample": notable[:8]},
+        "server_log": {
+            "lines": len(lines),
+            "notable": len(notable),
+            # A master that shut itself down (e.g. "Reason: Worker failed to boot."): the
+            # service is gone until something starts it again.
+            "master_gave_up": [line[:200] for line in lines if "Reason:" in line],
+            "bind_failures": sum("Connection in use" in line for line in lines),
+            "worker_boot_failures": sum("exited with code 3" in line for line in lines),
+            "unhandled_errors": sum("unhandled error on" in line for line in lines),
+            "sample": notable[:8],
+        },
         "targets": targets,
         "missed": [name for name, t in targets.items() if not t["ok"]],
     }
@@ -1124,7 +1134,11 @@ def print_summary(summary: dict[str, Any], out: Any) -> None:
     for note in s["notes"]:
         p(f"  note: {note}")
     log = s["server_log"]
-    p(f"  server log: {log['lines']} lines, {log['notable']} notable" + ("; e.g.:" if log["sample"] else ""))
+    p(
+        f"  server log: {log['lines']} lines, {log['notable']} notable; unhandled errors {log['unhandled_errors']}, "
+        f"workers failing to boot {log['worker_boot_failures']}, bind failures {log['bind_failures']}, "
+        f"master shut itself down: {log['master_gave_up'] or 'no'}" + ("; e.g.:" if log["sample"] else "")
+    )
     for line in log["sample"][:4]:
         p(f"    {line[:200]}")
     for name, t in s["targets"].items():
