@@ -39,24 +39,33 @@ Printed: requests, errors by kind, events lost (acknowledged, not stored) and
 duplicated (stored more than once), exposures lost and duplicated (a customer with
 more than one row in the experiment), the report's exposed, converted and rated
 customers per variant against the ledger, the longest request and the longest time
-without any answer, and per fault the time from its end until the service answered
-again and nothing failed any more.
+without any answer, per fault the time from its end until the service answered again
+and nothing failed any more, and what gunicorn's log tells (a master that shut itself
+down, workers failing to boot, bind failures, unhandled errors). ``--json`` prints the
+same as JSON on stdout; ``--log-dir`` keeps each request's timing, the gunicorn log
+and the summary.
 
-Targets (the exit status is 1 when one is missed, and each missed one is named):
-0 events or exposures lost, 0 duplicated, 0 HTML or 500 answers, the report equal to
-the ledger, no request waiting longer than ``--timeout`` + 1 s (``--timeout`` is the
-service's configured request bound, default 5 s), and recovery within 2 s of each
-fault's end. Recovery of a fault, from its end E (for the master restart: the new
-master's launch) up to when the next fault began to be applied (worker kills apart;
-for the last fault, up to the clients' last retry): the later of the first successful
-answer after E and the end of the last failed request (an error, or slower than the
-bound) started after E and over before the next fault began; resets of requests in flight when a process was killed are
-the kill's, not a failure after it. Worker kills inside another fault (or within 3 s
-of its end, or of the restarted master serving) are counted but not judged alone.
-The restarted master is supervised until the end: started again a second after each
-time it exits (gunicorn gives up after 5 s when the port is still held).
+Targets (exit status 1 when one is missed, each missed one named; 2 when the soak
+itself could not run): 0 events or exposures lost, 0 duplicated, 0 HTML or 500
+answers, the report equal to the ledger, every request answered in the end, no
+request waiting longer than ``--timeout`` + 1 s (``--timeout``: the service's
+configured bound on a request, default 5 s), and recovery within 2 s of each fault's
+end.
 
-The load generator, the service and PostgreSQL share one (2-core, shared) machine.
+Recovery of a fault, from its end E (for the master restart: the new master's launch)
+up to when the next fault began to be applied (worker kills apart; for the last fault,
+up to the clients' last retry): the later of the first successful answer after E and
+the end of the last failed request (an error, or slower than the bound) started after
+E and over before the next fault began; resets of requests in flight when a process
+was killed are the kill's, not a failure after it. Worker kills inside another fault
+(or within 3 s of its end, or of the restarted master serving) are counted but not
+judged alone. The restarted master is supervised until the end: started again a
+second after each time it exits (gunicorn gives up after 5 s when the port is still
+held). A master that shuts itself down is not restarted (nothing in the repository
+would): the service stays down until the planned restart.
+
+The load generator, the service and PostgreSQL share one (2-core, shared) machine:
+the summary gives its load average, and stalls and recovery times grow with it.
 
     .venv/bin/python bench/soak.py                               # both databases, 60 s each
     .venv/bin/python bench/soak.py --backend sqlite --seconds 20 --json
@@ -1179,7 +1188,11 @@ def main(argv: list[str] | None = None) -> int:
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     runs = []
     for backend in backends:
-        summary = run_soak(backend, args)
+        try:
+            summary = run_soak(backend, args)
+        except Exception as exc:
+            print(f"soak {backend}: could not run: {exc!r}", file=sys.stderr)
+            return 2
         if args.log_dir is not None:
             (args.log_dir / f"{backend}-summary.json").write_text(json.dumps(summary, indent=2))
         print_summary(summary, sys.stderr if args.json else sys.stdout)
