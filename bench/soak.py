@@ -87,6 +87,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1191,6 +1192,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             summary = run_soak(backend, args)
         except Exception as exc:
+            traceback.print_exc()
             print(f"soak {backend}: could not run: {exc!r}", file=sys.stderr)
             return 2
         if args.log_dir is not None:
