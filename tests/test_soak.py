@@ -41,8 +41,12 @@ def soak(request: pytest.FixtureRequest) -> dict[str, Any]:
         command += ["--pg-url", POSTGRES_URL]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert result.returncode in {0, 1}, f"the soak did not run to its verdict:\n{result.stderr[-4000:]}"
-    (summary,) = json.loads(result.stdout)["runs"]
+    problem = f"the soak did not run to its verdict (exit status {result.returncode}):\n{result.stderr[-6000:]}"
+    assert result.returncode in {0, 1}, problem
+    try:
+        (summary,) = json.loads(result.stdout)["runs"]
+    except ValueError:
+        pytest.fail(problem)
     summary["printed"] = result.stderr  # the human summary, for failure messages
     return summary
 
