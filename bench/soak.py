@@ -69,6 +69,7 @@ the summary gives its load average, and stalls and recovery times grow with it.
 
     .venv/bin/python bench/soak.py                               # both databases, 60 s each
     .venv/bin/python bench/soak.py --backend sqlite --seconds 20 --json
+    .venv/bin/python bench/soak.py --backend postgresql --gunicorn-arg=--preload --log-dir /tmp/soak
 """
 
 from __future__ import annotations
