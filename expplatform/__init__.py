@@ -6,6 +6,10 @@ PyMC is never imported here (only the full-model path loads it, lazily).
 
 from __future__ import annotations
 
+from .bundled import check_analysis
+
+check_analysis()  # before anything imports `analysis`: a foreign one is a clear error, not a puzzle
+
 from collections.abc import Mapping
 from typing import Any
 

@@ -14,6 +14,7 @@ from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy import select
 
 from . import auth, definitions, experiments, migrations
+from .bundled import bundled_dir
 from .db import get_db
 from .errors import DomainError
 from .models import ApiKey
@@ -350,7 +351,6 @@ def demo() -> None:
 
 
 DEMO_EMAIL = "demo@example.com"
-DEMO_DEFINITIONS = Path(__file__).resolve().parent.parent / "experiments"
 DEMO_PASSWORD = "demo-password"
 
 
@@ -370,7 +370,7 @@ def demo_setup() -> None:
     from .models import Experiment, User
 
     credentials = current_app.extensions["settings"].instance_path / "demo_client_key"
-    demo_files = definitions.load_files([DEMO_DEFINITIONS]) if DEMO_DEFINITIONS.is_dir() else []
+    demo_files = definitions.load_files([bundled_dir("experiments")])
     with get_db().write() as session:
         if session.scalar(select(User).where(User.email == DEMO_EMAIL)) is None:
             auth.create_user(session, DEMO_EMAIL, DEMO_PASSWORD, "editor")
