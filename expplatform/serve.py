@@ -51,6 +51,7 @@ def commands(options: ServeOptions) -> dict[str, list[str]]:
     children = {
         "gunicorn": [
             python,
+            "-P",  # no current directory on sys.path (gunicorn adds it back, see bundled.check_analysis)
             "-m",
             "gunicorn",
             "--workers",
@@ -69,6 +70,7 @@ def commands(options: ServeOptions) -> dict[str, list[str]]:
     for number in range(1, options.fit_workers + 1):
         children[f"fit worker {number}"] = [
             python,
+            "-P",  # a folder named `analysis` where it runs must not hide ours
             "-m",
             "expplatform.cli",
             "worker",
