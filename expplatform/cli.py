@@ -1,4 +1,5 @@
-"""The ``expplatform`` command: database, users, keys, experiments and reports.
+"""The ``expplatform`` command: database, users, keys, experiments, reports, and the
+service itself (`serve`: the web and the full-model fit `worker`s).
 
 Built on Flask's CLI so every command runs inside a configured app (the same
 settings and database as the service).
