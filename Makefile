@@ -24,8 +24,8 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/expplatform db upgrade
 	$(BIN)/expplatform demo setup
-	@echo "expplatform: serving on http://127.0.0.1:$(PORT)/ with $(WORKERS) workers (Ctrl-C stops)"
-	$(BIN)/gunicorn --workers $(WORKERS) --worker-class gthread --threads 4 --bind 127.0.0.1:$(PORT) --access-logfile - wsgi:app
+	@echo "expplatform: serving on http://127.0.0.1:$(PORT)/ with $(WORKERS) web workers and one fit worker (Ctrl-C stops all)"
+	$(BIN)/expplatform serve --port $(PORT) --workers $(WORKERS) --threads 4 --fit-workers 1
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

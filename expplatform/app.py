@@ -14,6 +14,10 @@ from typing import Any
 from flask import Flask
 from flask_wtf import CSRFProtect
 
+from .bundled import check_analysis
+
+check_analysis()  # before anything imports `analysis`: a foreign one is a clear error, not a puzzle
+
 from . import api, assignment, auth, db, jobs, migrations, reports, security, web
 from .api import fast_assign
 from .config import load_settings

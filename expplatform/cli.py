@@ -1,4 +1,5 @@
-"""The ``expplatform`` command: database, users, keys, experiments and reports.
+"""The ``expplatform`` command: database, users, keys, experiments, reports, and the
+service itself (`serve`: the web and the full-model fit `worker`s).
 
 Built on Flask's CLI so every command runs inside a configured app (the same
 settings and database as the service).
@@ -12,6 +13,10 @@ from pathlib import Path
 import click
 from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy import select
+
+from .bundled import bundled_dir, check_analysis
+
+check_analysis()  # before anything imports `analysis`: a foreign one is a clear error, not a puzzle
 
 from . import auth, definitions, experiments, migrations
 from .db import get_db
@@ -282,6 +287,72 @@ def _fit_with_progress(runner, key: str, params):
             bar.__exit__(None, None, None)
 
 
+# -- serving and fit workers ------------------------------------------------------
+
+
+@main.command("worker")
+@click.option("--once", is_flag=True, help="Run the fits queued now, then exit (for cron and tests).")
+@click.option(
+    "--poll-seconds",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    help="How often an idle worker looks for queued fits.",
+)
+@with_appcontext
+def worker_command(once: bool, poll_seconds: float) -> None:
+    """Run queued full-model fits, oldest first, one at a time, until stopped.
+
+    Run one or more beside the web (`expplatform serve` starts one). SIGTERM or
+    Ctrl-C stops it; a fit in progress goes back to the queue for the next worker."""
+    import logging
+    import signal
+
+    from flask import current_app
+
+    from .jobs import get_runner
+
+    try:
+        migrations.require_current(get_db().engine)
+    except migrations.SchemaOutOfDate as exc:
+        raise click.ClickException(str(exc)) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    runner = get_runner(current_app)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        runner.request_stop(signal.Signals(signum).name)  # fits run in this (the main) thread
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    click.echo(f"expplatform worker {runner.identity}: running queued full-model fits", err=True)
+    try:
+        done = runner.serve(poll_seconds=poll_seconds, once=once)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    click.echo(f"expplatform worker {runner.identity}: stopped after {done} fit(s)", err=True)
+
+
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="gunicorn web workers.")
+@click.option("--threads", type=click.IntRange(min=1), default=4, show_default=True, help="Threads per web worker.")
+@click.option(
+    "--fit-workers",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="`expplatform worker` processes to start (0 when they run elsewhere).",
+)
+def serve_command(host: str, port: int, workers: int, threads: int, fit_workers: int) -> None:
+    """Serve the web (gunicorn) and run full-model fits (`expplatform worker`) side
+    by side; Ctrl-C or SIGTERM stops them all."""
+    from .serve import ServeOptions, commands, supervise
+
+    options = ServeOptions(host=host, port=port, workers=workers, threads=threads, fit_workers=fit_workers)
+    sys.exit(supervise(commands(options)))
+
+
 # -- demo --------------------------------------------------------------------------
 
 
@@ -291,7 +362,6 @@ def demo() -> None:
 
 
 DEMO_EMAIL = "demo@example.com"
-DEMO_DEFINITIONS = Path(__file__).resolve().parent.parent / "experiments"
 DEMO_PASSWORD = "demo-password"
 
 
@@ -311,7 +381,7 @@ def demo_setup() -> None:
     from .models import Experiment, User
 
     credentials = current_app.extensions["settings"].instance_path / "demo_client_key"
-    demo_files = definitions.load_files([DEMO_DEFINITIONS]) if DEMO_DEFINITIONS.is_dir() else []
+    demo_files = definitions.load_files([bundled_dir("experiments")])
     with get_db().write() as session:
         if session.scalar(select(User).where(User.email == DEMO_EMAIL)) is None:
             auth.create_user(session, DEMO_EMAIL, DEMO_PASSWORD, "editor")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, or_, select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from .config import Settings
@@ -22,14 +22,13 @@ DEAD_WORKER = "The worker running this fit stopped responding (restarted or cras
 
 
 def _stale_condition(now: datetime, timeout: float) -> tuple[Any, ...]:
-    limit = now - timedelta(seconds=timeout)
-    return AnalysisJob.status.in_(ACTIVE), or_(
-        AnalysisJob.heartbeat_at < limit, AnalysisJob.heartbeat_at.is_(None) & (AnalysisJob.created_at < limit)
-    )
+    """A running job whose worker has not beaten for ``timeout`` seconds. A queued job is
+    nobody's until a worker claims it, so it waits however long that takes."""
+    return AnalysisJob.status == "running", AnalysisJob.heartbeat_at < now - timedelta(seconds=timeout)
 
 
 def reap_stale(session: Session, settings: Settings, *, now: datetime | None = None) -> int:
-    """Mark failed every active job whose worker stopped beating; returns how many."""
+    """Mark failed every running job whose worker stopped beating; returns how many."""
     now = now or utcnow()
     result = session.execute(
         update(AnalysisJob)

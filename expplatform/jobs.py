@@ -1,19 +1,24 @@
-"""Full-model (PyMC) fits outside the request.
+"""Full-model (PyMC) fits outside the request, in their own processes.
 
-A fit takes from seconds to minutes, so a request only queues it: it writes an
-``AnalysisJob`` row and hands the id to this worker's :class:`JobRunner`, whose one
-background thread runs fits one at a time (a 2-core machine cannot afford more) while
-a second thread touches the heartbeat of every job the worker holds, queued or
-running. The database is the only shared state, so it is safe with any number of
-gunicorn workers and processes:
+A fit takes from seconds to minutes and a whole core, so the web only queues it: a
+request writes an ``AnalysisJob`` row and returns. ``expplatform worker`` (see
+:meth:`JobRunner.serve`) is a separate process that takes the oldest queued job, runs
+it while a second thread touches its heartbeat, stores the result and takes the next.
+Web workers never run fits, so a fit neither competes with assignment inside a web
+worker nor dies when gunicorn restarts one. The database is the only shared state,
+so any number of workers may run, on any number of machines:
 
-- a job is claimed with a conditional ``UPDATE ... WHERE status = 'queued'``, and
-  finished with ``... WHERE status = 'running' AND worker = <me>``: of two workers
-  racing for one row only one gets it, and a worker that was given up for dead never
-  overwrites the verdict;
-- a job whose heartbeat is older than ``job_timeout_seconds`` belongs to a worker that
-  died (a restart, a crash, an OOM kill); whoever looks at the jobs marks it failed,
-  and an editor may run the fit again (a new job; the failed one stays as history);
+- a worker claims the oldest queued job in one write transaction (PostgreSQL: ``FOR
+  UPDATE SKIP LOCKED``, so concurrent workers take different rows without waiting;
+  SQLite: the transaction holds the database's write lock) and finishes it with a
+  conditional ``UPDATE ... WHERE status = 'running' AND worker = <me>``, so a worker
+  that was given up for dead never overwrites the verdict;
+- a running job whose heartbeat is older than ``job_timeout_seconds`` belongs to a
+  worker that died (a crash, an OOM kill, a lost machine); whoever looks at the jobs
+  marks it failed, and an editor may run the fit again (a new job; the failed one
+  stays as history). A queued job waits for a worker however long that takes;
+- a worker asked to stop (SIGTERM, Ctrl-C) in the middle of a fit puts the job back
+  in the queue for the next worker;
 - one active job per experiment: queueing while one is queued or running returns it.
 
 The result is stored as JSON with the data snapshot it was fitted on (when, and the
@@ -27,11 +32,10 @@ import os
 import socket
 import threading
 import uuid
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from flask import Flask
 from sqlalchemy import select, update
@@ -61,7 +65,12 @@ class FitParams:
     chains: int = 4
     seed: int = 0
 
-    LIMITS = {"draws": (100, 10_000), "tune": (100, 10_000), "chains": (1, 8), "seed": (0, 2**32 - 1)}
+    LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
+        "draws": (100, 10_000),
+        "tune": (100, 10_000),
+        "chains": (1, 8),
+        "seed": (0, 2**32 - 1),
+    }
 
     @classmethod
     def defaults(cls, settings: Settings) -> FitParams:
@@ -137,12 +146,14 @@ def snapshot_of(stats: ExperimentStats, taken_at: datetime) -> dict[str, Any]:
 
 
 def queue_fit(
-    database: Database, experiment_key: str, actor: str, params: FitParams, *, worker: str
+    database: Database, experiment_key: str, actor: str, params: FitParams, *, claimed_by: str | None = None
 ) -> tuple[AnalysisJob, bool]:
-    """Queue a fit held by ``worker``, or return the experiment's active one.
+    """Queue a fit for the workers, or return the experiment's active one.
 
-    Returns (job, created). The experiment row is locked (PostgreSQL; SQLite's write
-    transaction is exclusive anyway) so two simultaneous requests make one job."""
+    Returns (job, created). With ``claimed_by`` the new job is created already running
+    for that worker (the command line runs it in the foreground). The experiment row is
+    locked (PostgreSQL; SQLite's write transaction is exclusive anyway) so two
+    simultaneous requests make one job."""
     from .experiments import get_experiment
 
     with database.write() as session:
@@ -155,15 +166,11 @@ def queue_fit(
         if active is not None:
             return active, False
         now = utcnow()
-        job = AnalysisJob(
-            experiment_id=experiment.id,
-            status="queued",
-            requested_by=actor,
-            params=asdict(params),
-            created_at=now,
-            heartbeat_at=now,
-            worker=worker,
-        )
+        job = AnalysisJob(experiment_id=experiment.id, requested_by=actor, params=asdict(params), created_at=now)
+        if claimed_by is None:
+            job.status = "queued"
+        else:
+            job.status, job.worker, job.started_at, job.heartbeat_at = "running", claimed_by, now, now
         session.add(job)
         session.flush()
         return job, True
@@ -172,88 +179,160 @@ def queue_fit(
 # -- running -----------------------------------------------------------------------------
 
 
+class WorkerStopping(BaseException):
+    """Raised inside a fit when its worker is asked to stop: the job goes back to the
+    queue. A ``BaseException``, like ``KeyboardInterrupt``, so that no ``except
+    Exception`` in the sampler swallows it (and unlike it, PyMC does not catch it to
+    return a partial trace)."""
+
+
 class JobRunner:
-    """This worker's fits: one at a time in one background thread, plus a heartbeat
-    thread while it holds any job. Both exist only while there is work, so nothing
-    runs in a forking master or lingers after the last fit."""
+    """Runs queued fits in the calling thread, one at a time, with a heartbeat thread
+    while it holds a job. ``expplatform worker`` calls :meth:`serve`; tests and cron
+    jobs may call :meth:`run_pending`. The web only calls :meth:`queue`, which starts
+    no thread: a served app never runs a fit."""
 
     def __init__(self, database: Database, fit: Fit = full_model_fit) -> None:
         self.database = database
         self.fit = fit
         self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._cond = threading.Condition()
-        self._pending: deque[int] = deque()
+        self.fitting = False  # True while ``fit`` runs: then a stop request interrupts it
+        self.stopping = threading.Event()  # set by :meth:`request_stop`; ends :meth:`serve`
+        self._lock = threading.Lock()
         self._owned: set[int] = set()
-        self._working = False
         self._beat_stop = threading.Event()
         self._beater: threading.Thread | None = None
-        self._pid = os.getpid()
 
     @property
     def settings(self) -> Settings:
         return self.database.settings
 
     def queue(self, experiment_key: str, actor: str, params: FitParams) -> tuple[AnalysisJob, bool]:
-        job, created = queue_fit(self.database, experiment_key, actor, params, worker=self.identity)
-        if created:
-            self.submit(job.id)
-        return job, created
+        """Queue a fit for the workers (or return the active one): what a request does."""
+        return queue_fit(self.database, experiment_key, actor, params)
 
     def run_here(
         self, experiment_key: str, actor: str, params: FitParams, progress: Progress | None = None
     ) -> AnalysisJob:
-        """Queue a fit and run it in the calling thread (the command line), heartbeats
-        included; 409 when the experiment already has an active fit."""
-        job, created = queue_fit(self.database, experiment_key, actor, params, worker=self.identity)
+        """Create a fit claimed by this runner and run it in the calling thread (the
+        command line), heartbeats included; 409 when the experiment already has an
+        active fit."""
+        job, created = queue_fit(self.database, experiment_key, actor, params, claimed_by=self.identity)
         if not created:
             raise Conflict("fit_active", f"A full-model fit (#{job.id}) is already {job.status} for {experiment_key}.")
-        self.run(job.id, progress)
+        self._execute(job.id, progress)
         with self.database.sessionmaker() as session:
             return session.get(AnalysisJob, job.id)
 
-    def submit(self, job_id: int) -> None:
-        """Run a job this worker queued, after the ones before it, in the background."""
-        with self._cond:
-            if self._pid != os.getpid():  # forked with the app: the parent's threads are not here
-                self._pid, self._working, self._beater = os.getpid(), False, None
-                self._pending.clear()
-                self._owned.clear()
-            self._own(job_id)
-            self._pending.append(job_id)
-            if not self._working:
-                self._working = True
-                threading.Thread(target=self._work, name="expplatform-fits", daemon=True).start()
+    def request_stop(self, reason: str) -> None:
+        """Stop :meth:`serve` after the current job; called from a signal handler in
+        the thread that runs the fits, it also interrupts a fit in progress (raises
+        :class:`WorkerStopping` into it), whose job goes back to the queue."""
+        self.stopping.set()
+        if self.fitting:
+            raise WorkerStopping(reason)
 
-    def wait_idle(self, timeout: float) -> bool:
-        """True once every submitted job has been run (for tests and the CLI)."""
-        with self._cond:
-            return self._cond.wait_for(lambda: not self._working, timeout)
+    def serve(self, *, poll_seconds: float = 2.0, once: bool = False) -> int:
+        """The worker loop: run queued jobs until :meth:`request_stop` (or, with
+        ``once``, until none is left); returns how many were run. A database that
+        cannot be reached is tried again after ``poll_seconds`` (with ``once``, the
+        error propagates)."""
+        done = 0
+        try:
+            while not self.stopping.is_set():
+                try:
+                    ran = self.run_next()
+                except Exception:
+                    if once:
+                        raise
+                    log.exception("worker %s could not look for queued fits; trying again", self.identity)
+                    ran = None
+                if ran is not None:
+                    done += 1
+                    log.info("full-model job %s: %s", ran[0], ran[1] or "dropped")
+                elif once or self.stopping.wait(poll_seconds):
+                    break
+        except WorkerStopping:
+            log.info("worker %s stopped in the middle of a fit; the job is queued again", self.identity)
+        return done
 
-    def _work(self) -> None:
-        while True:
-            with self._cond:
-                if not self._pending:
-                    self._working = False
-                    self._cond.notify_all()
-                    return
-                job_id = self._pending.popleft()
+    def run_pending(self) -> int:
+        """Run every queued job, oldest first, in this thread; returns how many ran."""
+        return self.serve(once=True)
+
+    def run_next(self) -> tuple[int, str | None] | None:
+        """Claim the oldest queued job and run it here: (job id, final status), or None
+        when the queue is empty."""
+        job_id = self.claim_next()
+        if job_id is None:
+            return None
+        return job_id, self._execute(job_id, None)
+
+    def claim_next(self) -> int | None:
+        """Take the oldest queued job for this runner. On PostgreSQL, rows another
+        worker is claiming are skipped, not waited for; on SQLite the write
+        transaction holds the database lock. None when nothing is queued."""
+        now = utcnow()
+        with self.database.write() as session:
+            job_id = session.scalar(
+                select(AnalysisJob.id)
+                .where(AnalysisJob.status == "queued")
+                .order_by(AnalysisJob.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            if job_id is None:
+                return None
+            session.execute(
+                update(AnalysisJob)
+                .where(AnalysisJob.id == job_id, AnalysisJob.status == "queued")
+                .values(status="running", worker=self.identity, started_at=now, heartbeat_at=now)
+            )
+        return job_id
+
+    def _execute(self, job_id: int, progress: Progress | None) -> str | None:
+        """Run a job this runner has claimed; returns its final status, None when it
+        was taken away or its experiment deleted. Whatever goes wrong fails the job
+        with the reason, at once; a stop request requeues it and propagates."""
+        self._own(job_id)
+        try:
             try:
-                self.run(job_id)
-            except Exception:
-                log.exception("full-model job %s could not be run", job_id)
+                result = self._fit(job_id, progress)
+                if result is None:  # the experiment was deleted meanwhile
+                    return None
+                return self._update(job_id, "finished", result=result, finished_at=utcnow())
+            except WorkerStopping:
+                self.release(job_id)
+                raise
+            except Exception as exc:
+                log.exception("full-model job %s failed", job_id)
+                return self._update(job_id, "failed", error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=utcnow())
+        finally:
+            self._disown(job_id)
+
+    def release(self, job_id: int) -> bool:
+        """Put a job this runner holds back in the queue, as if never started."""
+        with self.database.write() as session:
+            changed = session.execute(
+                update(AnalysisJob)
+                .where(AnalysisJob.id == job_id, AnalysisJob.status == "running", AnalysisJob.worker == self.identity)
+                .values(status="queued", worker=None, started_at=None, heartbeat_at=None, snapshot=None)
+            )
+        return changed.rowcount == 1
 
     def _own(self, job_id: int) -> None:
-        """Hold a job: its heartbeat is kept while held. Call with ``_cond`` held."""
-        self._owned.add(job_id)
-        if self._beater is None:
-            self._beat_stop = threading.Event()
-            self._beater = threading.Thread(
-                target=self._beat, args=(self._beat_stop,), name="expplatform-heartbeat", daemon=True
-            )
-            self._beater.start()
+        """Hold a job: its heartbeat is kept while held."""
+        with self._lock:
+            self._owned.add(job_id)
+            if self._beater is None:
+                self._beat_stop = threading.Event()
+                self._beater = threading.Thread(
+                    target=self._beat, args=(self._beat_stop,), name="expplatform-heartbeat", daemon=True
+                )
+                self._beater.start()
 
     def _disown(self, job_id: int) -> None:
-        with self._cond:
+        with self._lock:
             self._owned.discard(job_id)
             if self._owned or self._beater is None:
                 return
@@ -266,7 +345,7 @@ class JobRunner:
             self.heartbeat()
 
     def heartbeat(self) -> None:
-        with self._cond:
+        with self._lock:
             owned = list(self._owned)
         if not owned:
             return
@@ -275,43 +354,12 @@ class JobRunner:
                 session.execute(
                     update(AnalysisJob)
                     .where(
-                        AnalysisJob.id.in_(owned), AnalysisJob.worker == self.identity, AnalysisJob.status.in_(ACTIVE)
+                        AnalysisJob.id.in_(owned), AnalysisJob.worker == self.identity, AnalysisJob.status == "running"
                     )
                     .values(heartbeat_at=utcnow())
                 )
         except Exception:
             log.warning("could not record the heartbeat of jobs %s", owned, exc_info=True)
-
-    def claim(self, job_id: int) -> bool:
-        """Take a queued job for this worker; False when someone else has it or it was failed."""
-        now = utcnow()
-        with self.database.write() as session:
-            claimed = session.execute(
-                update(AnalysisJob)
-                .where(AnalysisJob.id == job_id, AnalysisJob.status == "queued")
-                .values(status="running", worker=self.identity, started_at=now, heartbeat_at=now)
-            )
-        return claimed.rowcount == 1
-
-    def run(self, job_id: int, progress: Progress | None = None) -> str | None:
-        """Claim and run one job in this thread (the background one, or the CLI's);
-        returns its final status, None when it was not ours to run. Whatever goes
-        wrong once it is claimed fails the job with the reason, at once."""
-        with self._cond:
-            self._own(job_id)
-        try:
-            if not self.claim(job_id):
-                return None
-            try:
-                result = self._fit(job_id, progress)
-                if result is None:  # the experiment was deleted meanwhile
-                    return None
-                return self._update(job_id, "finished", result=result, finished_at=utcnow())
-            except Exception as exc:
-                log.exception("full-model job %s failed", job_id)
-                return self._update(job_id, "failed", error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=utcnow())
-        finally:
-            self._disown(job_id)
 
     def _fit(self, job_id: int, progress: Progress | None) -> dict[str, Any] | None:
         with self.database.sessionmaker() as session:
@@ -324,7 +372,13 @@ class JobRunner:
             taken_at = utcnow()
             stats = experiment_stats(session, experiment)
         self._update(job_id, "running", snapshot=snapshot_of(stats, taken_at))
-        return self.fit(stats, params, prior=prior, rule=rule, progress=progress)
+        self.fitting = True
+        try:
+            if self.stopping.is_set():  # asked to stop before the fit began
+                raise WorkerStopping("stop requested")
+            return self.fit(stats, params, prior=prior, rule=rule, progress=progress)
+        finally:
+            self.fitting = False
 
     def _update(self, job_id: int, status: str, **values: Any) -> str | None:
         with self.database.write() as session:

@@ -10,7 +10,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+from .bundled import bundled_dir
+
+MIGRATIONS_DIR: Path = bundled_dir("migrations")
 
 
 class SchemaOutOfDate(RuntimeError):

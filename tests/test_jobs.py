@@ -1,7 +1,9 @@
-"""Full-model jobs: queued by a request, run one at a time per worker in a background
-thread with heartbeats, claimed by exactly one worker, failed when their worker dies,
-and runnable again. The PyMC fit is replaced by a fake here (its own tests live with
-the analysis); one test at the end runs the real model on a small data set."""
+"""Full-model jobs: queued by a request (which runs nothing), run oldest first, one at
+a time, by a worker with heartbeats, claimed by exactly one worker, requeued when
+their worker is stopped, failed when it dies, and runnable again. The PyMC fit is
+replaced by a fake here (its own tests live with the analysis); one test at the end
+runs the real model on a small data set. The ``expplatform worker`` process itself is
+tested in ``test_worker.py``."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from sqlalchemy import create_engine, select, update
 
 from analysis.types import DecisionRule, Prior
 from expplatform.aggregation import experiment_stats
+from expplatform.auth import create_user
 from expplatform.db import Base
 from expplatform.errors import MalformedRequest
 from expplatform.job_records import DEAD_WORKER, recent_jobs
@@ -81,20 +84,37 @@ def runner_with(app, fit) -> JobRunner:
     return runner
 
 
+def in_background(runner: JobRunner) -> threading.Thread:
+    """Run the queued jobs in another thread, as a worker process would."""
+    thread = threading.Thread(target=runner.run_pending, name="test-worker")
+    thread.start()
+    return thread
+
+
+def finish(thread: threading.Thread) -> None:
+    thread.join(WAIT)
+    assert not thread.is_alive()
+
+
 def job_row(app, job_id) -> AnalysisJob:
     with app.extensions["db"].sessionmaker() as session:
         return session.get(AnalysisJob, job_id)
 
 
-def test_a_queued_fit_runs_in_the_background_and_stores_result_and_snapshot(fast_app, experiment):
+def test_a_request_only_queues_and_a_worker_runs_it_storing_result_and_snapshot(fast_app, experiment):
     fit = FakeFit()
     runner = runner_with(fast_app, fit)
+    threads_before = {thread.name for thread in threading.enumerate()}
     job, created = runner.queue("checkout", "user:ed@example.com", FitParams(draws=200, tune=100, chains=2, seed=7))
-    assert created and job.status == "queued" and job.worker == runner.identity
-    assert runner.wait_idle(WAIT)
+    assert created and job.status == "queued" and job.worker is None and job.started_at is None
+    # Queueing starts nothing: a served app never runs a fit.
+    assert {thread.name for thread in threading.enumerate()} == threads_before
+    assert job_row(fast_app, job.id).status == "queued" and not fit.calls
 
+    assert runner.run_pending() == 1
     row = job_row(fast_app, job.id)
     assert row.status == "finished", row.error
+    assert row.worker == runner.identity
     assert row.result == {"engine": "fake", "draws": 200, "exposed": 20}
     assert row.requested_by == "user:ed@example.com"
     assert row.params == {"draws": 200, "tune": 100, "chains": 2, "seed": 7}
@@ -108,34 +128,58 @@ def test_a_queued_fit_runs_in_the_background_and_stores_result_and_snapshot(fast
     ((stats_seen, params_seen, prior, rule),) = fit.calls
     assert stats_seen == stats and params_seen.draws == 200
     assert prior == Prior(conversion_alpha=2.0) and rule == DecisionRule(ship_probability=0.9)  # the experiment's own
+    assert runner.run_pending() == 0  # nothing left
+
+
+def test_the_api_queues_without_running_anything(fast_app, experiment):
+    """The web's side: a POST writes a queued job and starts no thread."""
+    fit = FakeFit()
+    runner_with(fast_app, fit)
+    client = fast_app.test_client()
+    with fast_app.extensions["db"].write() as session:
+        user = create_user(session, "ed@example.com", "correct horse battery", "editor")
+    with client.session_transaction() as flask_session:
+        flask_session["user_id"] = user.id
+    threads_before = {thread.name for thread in threading.enumerate()}
+    response = client.post("/api/v1/experiments/checkout/full-model", json={"draws": 100})
+    assert response.status_code == 202 and response.get_json()["status"] == "queued"
+    assert {thread.name for thread in threading.enumerate()} == threads_before
+    assert client.get(response.headers["Location"]).get_json()["status"] == "queued"
+    assert not fit.calls
+    assert get_runner(fast_app).run_pending() == 1
+    assert client.get(response.headers["Location"]).get_json()["status"] == "finished"
 
 
 def test_queueing_while_a_fit_is_active_returns_the_active_job(fast_app, experiment):
     fit = FakeFit(hold=True)
     runner = runner_with(fast_app, fit)
     first, created = runner.queue("checkout", "user:a", FitParams())
+    queued_again, _ = runner.queue("checkout", "user:b", FitParams(draws=500))
+    assert queued_again.id == first.id  # still queued: the same one
+    worker = in_background(runner)
     assert fit.entered.wait(WAIT)
     again, created_again = runner.queue("checkout", "user:b", FitParams(draws=500))
     assert created and not created_again and again.id == first.id
     assert job_row(fast_app, first.id).status == "running"
     fit.release.set()
-    assert runner.wait_idle(WAIT)
+    finish(worker)
     with fast_app.extensions["db"].sessionmaker() as session:
         assert session.scalars(select(AnalysisJob.status)).all() == ["finished"]
 
 
-def test_a_worker_runs_one_fit_at_a_time_in_queue_order(fast_app, experiment):
+def test_a_worker_runs_one_fit_at_a_time_oldest_first(fast_app, experiment):
     with fast_app.extensions["db"].write() as session:
         make_experiment(session, "search")
     fit = FakeFit(hold=True)
     runner = runner_with(fast_app, fit)
     first, _ = runner.queue("checkout", "user:a", FitParams())
     second, _ = runner.queue("search", "user:a", FitParams())
+    worker = in_background(runner)
     assert fit.entered.wait(WAIT)
     assert job_row(fast_app, first.id).status == "running"
     assert job_row(fast_app, second.id).status == "queued"
     fit.release.set()
-    assert runner.wait_idle(WAIT)
+    finish(worker)
     assert fit.max_running == 1
     assert [job_row(fast_app, j.id).status for j in (first, second)] == ["finished", "finished"]
     assert job_row(fast_app, second.id).started_at >= job_row(fast_app, first.id).finished_at
@@ -144,20 +188,20 @@ def test_a_worker_runs_one_fit_at_a_time_in_queue_order(fast_app, experiment):
 def test_a_failing_fit_marks_the_job_failed_with_the_reason(fast_app, experiment):
     runner = runner_with(fast_app, FakeFit(fail=RuntimeError("sampler exploded")))
     job, _ = runner.queue("checkout", "user:a", FitParams())
-    assert runner.wait_idle(WAIT)
+    assert runner.run_pending() == 1
     row = job_row(fast_app, job.id)
     assert row.status == "failed" and row.error == "RuntimeError: sampler exploded" and row.result is None
     # ...and the runner survives to run the next one.
     runner.fit = FakeFit()
     job2, created = runner.queue("checkout", "user:a", FitParams())
-    assert created and runner.wait_idle(WAIT)
+    assert created and runner.run_pending() == 1
     assert job_row(fast_app, job2.id).status == "finished"
 
 
 def test_a_result_that_cannot_be_stored_fails_the_job(fast_app, experiment):
     runner = runner_with(fast_app, lambda stats, params, **kwargs: {"draws": object()})
     job, _ = runner.queue("checkout", "user:a", FitParams())
-    assert runner.wait_idle(WAIT)
+    assert runner.run_pending() == 1
     row = job_row(fast_app, job.id)
     assert row.status == "failed" and "is not JSON serializable" in row.error  # SQLite and PostgreSQL word it apart
 
@@ -169,12 +213,12 @@ def test_a_failure_before_the_fit_fails_the_job_too(fast_app, experiment, monkey
     monkeypatch.setattr("expplatform.jobs.experiment_stats", broken)
     runner = runner_with(fast_app, FakeFit())
     job, _ = runner.queue("checkout", "user:a", FitParams())
-    assert runner.wait_idle(WAIT)
+    assert runner.run_pending() == 1
     row = job_row(fast_app, job.id)
     assert (row.status, row.error, row.snapshot) == ("failed", "RuntimeError: statistics unavailable", None)
 
 
-def test_heartbeats_keep_the_jobs_of_a_live_worker_fresh(fast_app, experiment):
+def test_heartbeats_keep_the_job_of_a_live_worker_fresh(fast_app, experiment):
     fit = FakeFit(hold=True)
     runner = runner_with(fast_app, fit)
     beat = threading.Event()
@@ -186,6 +230,7 @@ def test_heartbeats_keep_the_jobs_of_a_live_worker_fresh(fast_app, experiment):
 
     runner.heartbeat = heartbeat
     job, _ = runner.queue("checkout", "user:a", FitParams())
+    worker = in_background(runner)
     assert fit.entered.wait(WAIT)
     started = job_row(fast_app, job.id).heartbeat_at
     for _ in range(2):  # the second beat began after the first ended, so after `started` was read
@@ -193,7 +238,41 @@ def test_heartbeats_keep_the_jobs_of_a_live_worker_fresh(fast_app, experiment):
         assert beat.wait(WAIT)
     assert job_row(fast_app, job.id).heartbeat_at > started
     fit.release.set()
-    assert runner.wait_idle(WAIT)
+    finish(worker)
+    assert not [t for t in threading.enumerate() if t.name == "expplatform-heartbeat"]  # beats only while fitting
+
+
+def test_a_stop_request_puts_the_job_in_progress_back_in_the_queue(database_url, tmp_path, fast_app, experiment):
+    """What SIGTERM does to ``expplatform worker``: its handler calls ``request_stop``
+    in the fitting thread, which raises into the fit; here the fit raises it itself."""
+    runner = get_runner(fast_app)
+
+    def interrupted(stats, params, **kwargs):
+        assert runner.fitting
+        runner.request_stop("SIGTERM")
+        raise AssertionError("request_stop should have raised")
+
+    runner.fit = interrupted
+    job, _ = runner.queue("checkout", "user:a", FitParams())
+    assert runner.serve(poll_seconds=WAIT) == 0  # returns at once: it was asked to stop
+    row = job_row(fast_app, job.id)
+    assert (row.status, row.worker, row.started_at, row.snapshot, row.result) == ("queued", None, None, None, None)
+    # The next worker runs it.
+    other_app = make_test_app(database_url, tmp_path / "other")
+    try:
+        other = runner_with(other_app, FakeFit())
+        assert other.run_pending() == 1
+        assert job_row(fast_app, job.id).status == "finished" and job_row(fast_app, job.id).worker == other.identity
+    finally:
+        other_app.extensions["db"].engine.dispose()
+
+
+def test_a_stop_requested_between_jobs_ends_the_loop_without_starting_another(fast_app, experiment):
+    fit = FakeFit()
+    runner = runner_with(fast_app, fit)
+    runner.queue("checkout", "user:a", FitParams())
+    runner.request_stop("SIGINT")  # not fitting: nothing raised, the loop just ends
+    assert runner.serve(poll_seconds=WAIT) == 0 and not fit.calls
 
 
 def _age(app, job_id, seconds):
@@ -231,12 +310,12 @@ def test_a_dead_workers_job_is_failed_when_looked_at_and_can_run_again(fast_app,
     runner = runner_with(fast_app, FakeFit())
     again, created = runner.queue("checkout", "user:a", FitParams())
     assert created and again.id != job.id
-    assert runner.wait_idle(WAIT)
+    assert runner.run_pending() == 1
     assert job_row(fast_app, again.id).status == "finished"
     assert job_row(fast_app, job.id).status == "failed"  # kept as history
 
 
-def test_a_queued_job_whose_worker_died_is_failed_too(fast_app, experiment):
+def test_a_queued_job_waits_for_a_worker_however_long(fast_app, experiment):
     database = fast_app.extensions["db"]
     with database.write() as session:
         session.add(
@@ -245,16 +324,16 @@ def test_a_queued_job_whose_worker_died_is_failed_too(fast_app, experiment):
                 status="queued",
                 requested_by="user:a",
                 params={},
-                worker="gone:1:dead",
-                heartbeat_at=utcnow() - timedelta(seconds=61),
+                created_at=utcnow() - timedelta(hours=1),
             )
         )
-    runner = runner_with(fast_app, FakeFit())
-    job, created = runner.queue("checkout", "user:a", FitParams())  # queueing looks at the jobs too
-    assert created and runner.wait_idle(WAIT)
     with database.sessionmaker() as session:
-        statuses = dict(session.execute(select(AnalysisJob.id, AnalysisJob.status)).all())
-    assert sorted(statuses.values()) == ["failed", "finished"] and statuses[job.id] == "finished"
+        (job,) = recent_jobs(database, session, session.merge(experiment))
+    assert job.status == "queued"  # no worker has it, so none can have died
+    again, created = get_runner(fast_app).queue("checkout", "user:b", FitParams())
+    assert again.id == job.id and not created
+    assert runner_with(fast_app, FakeFit()).run_pending() == 1
+    assert job_row(fast_app, job.id).status == "finished"
 
 
 def test_a_worker_given_up_for_dead_cannot_overwrite_the_verdict(fast_app, experiment):
@@ -262,14 +341,31 @@ def test_a_worker_given_up_for_dead_cannot_overwrite_the_verdict(fast_app, exper
     fit = FakeFit(hold=True)
     runner = runner_with(fast_app, fit)
     job, _ = runner.queue("checkout", "user:a", FitParams())
+    worker = in_background(runner)
     assert fit.entered.wait(WAIT)
     # The worker stalls long enough to be judged dead...
     with database.write() as session:
         session.execute(update(AnalysisJob).values(status="failed", error=DEAD_WORKER))
     fit.release.set()
-    assert runner.wait_idle(WAIT)
+    finish(worker)
     row = job_row(fast_app, job.id)
     assert row.status == "failed" and row.result is None  # ...so its late result is dropped
+
+
+def _race(runners, action):
+    barrier = threading.Barrier(len(runners))
+    outcomes: list = []
+
+    def run(runner):
+        barrier.wait()
+        outcomes.append(action(runner))
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in runners]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
 
 
 def test_only_one_of_two_workers_claims_a_job(database_url, tmp_path, fast_app, experiment):
@@ -278,28 +374,33 @@ def test_only_one_of_two_workers_claims_a_job(database_url, tmp_path, fast_app, 
         workers = [get_runner(fast_app), get_runner(other_app)]
         assert workers[0].identity != workers[1].identity
         with fast_app.extensions["db"].write() as session:
-            job = AnalysisJob(
-                experiment_id=experiment.id, status="queued", requested_by="user:a", params={}, heartbeat_at=utcnow()
-            )
+            job = AnalysisJob(experiment_id=experiment.id, status="queued", requested_by="user:a", params={})
             session.add(job)
         for attempt in range(5):  # several rounds, each a fresh race for a queued row
             with fast_app.extensions["db"].write() as session:
                 session.execute(update(AnalysisJob).where(AnalysisJob.id == job.id).values(status="queued"))
-            barrier = threading.Barrier(2)
-            outcomes: list[bool] = []
-
-            def race(runner):
-                barrier.wait()
-                outcomes.append(runner.claim(job.id))
-
-            threads = [threading.Thread(target=race, args=(w,)) for w in workers]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            assert sorted(outcomes) == [False, True], attempt
+            outcomes = _race(workers, lambda runner: runner.claim_next())
+            assert outcomes.count(job.id) == 1 and outcomes.count(None) == 1, attempt
             row = job_row(fast_app, job.id)
             assert row.status == "running" and row.worker in {w.identity for w in workers}
+    finally:
+        other_app.extensions["db"].engine.dispose()
+
+
+def test_two_workers_claim_two_queued_jobs_one_each(database_url, tmp_path, fast_app, experiment):
+    """PostgreSQL: the second claimer skips the row the first has locked (SKIP LOCKED)
+    and takes the next; SQLite: the write lock serialises the two claims."""
+    other_app = make_test_app(database_url, tmp_path / "other")
+    try:
+        with fast_app.extensions["db"].write() as session:
+            other = make_experiment(session, "search")
+            for experiment_id in (experiment.id, other.id):
+                session.add(AnalysisJob(experiment_id=experiment_id, status="queued", requested_by="u", params={}))
+        outcomes = _race([get_runner(fast_app), get_runner(other_app)], lambda runner: runner.claim_next())
+        with fast_app.extensions["db"].sessionmaker() as session:
+            rows = session.scalars(select(AnalysisJob).order_by(AnalysisJob.id)).all()
+        assert sorted(outcomes) == [row.id for row in rows]
+        assert {row.status for row in rows} == {"running"} and len({row.worker for row in rows}) == 2
     finally:
         other_app.extensions["db"].engine.dispose()
 

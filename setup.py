@@ -1,0 +1,17 @@
+"""What pyproject.toml cannot say: the top-level ``migrations/`` and ``experiments/``
+folders ship inside the wheel as ``expplatform._migrations`` and
+``expplatform._experiments`` (found by ``expplatform/bundled.py``), next to the
+packages found as usual. Everything else is in pyproject.toml."""
+
+from setuptools import find_packages, setup
+
+BUNDLED = {
+    "expplatform._migrations": "migrations",
+    "expplatform._migrations.versions": "migrations/versions",
+    "expplatform._experiments": "experiments",
+}
+
+setup(
+    packages=[*find_packages(include=["expplatform", "expplatform.*", "analysis", "analysis.*"]), *BUNDLED],
+    package_dir=BUNDLED,
+)
