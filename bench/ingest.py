@@ -47,7 +47,7 @@ import benchlib  # noqa: E402  (beside this script)
 
 from expplatform import aggregation, migrations  # noqa: E402
 from expplatform.auth import create_api_key  # noqa: E402
-from expplatform.events import rebuild_outcomes, stored_outcomes  # noqa: E402
+from expplatform.ingest import rebuild_outcomes, stored_outcomes  # noqa: E402
 from expplatform.models import Event, Experiment, OutcomeCount, Variant  # noqa: E402
 
 STAGES = ("awareness", "consideration", "purchase", "retention", "advocacy")

@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from analysis.types import CellStats, ExperimentStats, Scale
 from expplatform import aggregation
-from expplatform.events import record_events
+from expplatform.ingest import record_events
 from expplatform.models import Experiment
 from tests.events_support import expose, iso, make_experiment
 

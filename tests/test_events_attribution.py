@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from expplatform.events import rebuild_outcomes, record_events
+from expplatform.ingest import rebuild_outcomes, record_events
 from expplatform.models import Event, Experiment, Outcome, UnmatchedEventCount, utcnow
 from tests.conftest import make_test_app
 from tests.events_support import T0, at, counts, daily_counts, expose, iso, make_experiment, quality, snapshot

@@ -13,7 +13,7 @@ import requests
 
 from analysis.types import CellStats, ExperimentStats, Scale
 from expplatform import aggregation
-from expplatform.events import rebuild_outcomes
+from expplatform.ingest import rebuild_outcomes
 from expplatform.models import Experiment, Variant
 from expplatform.versioning import bump_version
 from tests.events_support import iso, quality, snapshot

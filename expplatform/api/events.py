@@ -15,7 +15,7 @@ from werkzeug.exceptions import BadRequest
 from ..auth import api_access
 from ..db import get_db
 from ..errors import MalformedRequest
-from ..events import IngestResult, batch_items, record_events
+from ..ingest import IngestResult, batch_items, record_events
 from . import bp
 
 
