@@ -29,10 +29,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, cast
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import ColumnElement
 
 from ..models import Experiment, utcnow
 from ..rawsql import RawConnection
@@ -137,10 +138,11 @@ def _load_context(
     )
     time_out = sql.dialect.time_out
     for customer_id, experiment_id, variant_id, exposed_at, forced in rows:
-        exposures[customer_id].append(ExposureInfo(experiment_id, variant_id, time_out(exposed_at), bool(forced)))
+        at = cast(datetime, time_out(exposed_at))  # exposed_at is NOT NULL
+        exposures[customer_id].append(ExposureInfo(experiment_id, variant_id, at, bool(forced)))
         experiment_ids.add(experiment_id)
     named = sorted({e.experiment for e in events if e.experiment is not None})
-    condition = Experiment.id.in_(sorted(experiment_ids))
+    condition: ColumnElement[bool] = Experiment.id.in_(sorted(experiment_ids))
     if named:
         condition = or_(condition, Experiment.key.in_(named))
     experiments = {

@@ -156,11 +156,13 @@ def _merge(
             deltas[(*cell, outcome_day(converted_at, fold.exposed_at), "converted", 0)] -= 1
         deltas[(*cell, outcome_day(fold.converted_at, fold.exposed_at), "converted", 0)] += 1
         converted_at, changed = fold.converted_at, True
-    if fold.rated_at is not None and (
-        rated_at is None or (fold.rated_at, fold.rating_event_id) > (rated_at, rating_event_id)
+    if (
+        fold.rated_at is not None
+        and fold.rating is not None
+        and (rated_at is None or (fold.rated_at, fold.rating_event_id) > (rated_at, rating_event_id))
     ):
         if rating is not None and rated_at is not None:
             deltas[(*cell, outcome_day(rated_at, fold.exposed_at), "rating", rating)] -= 1
-        deltas[(*cell, outcome_day(fold.rated_at, fold.exposed_at), "rating", fold.rating)] += 1  # type: ignore[arg-type]
+        deltas[(*cell, outcome_day(fold.rated_at, fold.exposed_at), "rating", fold.rating)] += 1
         rating, rated_at, rating_event_id, changed = fold.rating, fold.rated_at, fold.rating_event_id, True
     return (converted_at, rating, rated_at, rating_event_id) if changed else None

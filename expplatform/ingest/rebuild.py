@@ -44,10 +44,10 @@ def rebuild_outcomes(session: Session, experiment: Experiment) -> None:
             Exposure.exposed_at <= Event.received_at,
         )
     )
-    counted = candidates.where(Exposure.forced.is_(False), Exposure.exposed_at <= Event.exposure_cutoff)
+    counts = candidates.where(Exposure.forced.is_(False), Exposure.exposed_at <= Event.exposure_cutoff)
     if experiment.stopped_at is not None:
-        counted = counted.where(Event.occurred_at <= experiment.stopped_at)
-    counted = counted.where(
+        counts = counts.where(Event.occurred_at <= experiment.stopped_at)
+    counted = counts.where(
         or_(Event.type == "conversion", Event.value.between(experiment.scale_min, experiment.scale_max))
     ).subquery()
     latest = func.row_number().over(
