@@ -294,7 +294,7 @@ def test_rebuild_from_raw_events_equals_the_incrementally_kept_outcomes(db, app,
         onboarding_id = onboarding.id
     settings = app.extensions["settings"]
     accepted = 0
-    for batch in _workload(rng, customers + ["ghost1", "ghost2"], batches=12, per_batch=40):
+    for batch in _workload(rng, [*customers, "ghost1", "ghost2"], batches=12, per_batch=40):
         result = record_events(db, batch, settings)
         assert result.rejected == ()
         accepted += result.accepted
