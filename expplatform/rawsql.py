@@ -26,14 +26,6 @@ from sqlalchemy.engine import Connection, Dialect
 Row = tuple[Any, ...]
 
 
-def _json_default(value: object) -> str:
-    """Timestamps in a JSON row source: ISO 8601 with the zone, read back by the
-    column's ``::timestamptz`` cast."""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"cannot send {type(value).__name__} in a row source")
-
-
 class RawDialect:
     """What one database needs from hand-written SQL."""
 
@@ -54,14 +46,17 @@ class RawDialect:
         """``count`` placeholders, comma-separated."""
         return ", ".join([self.mark] * count)
 
-    def time_in(self, value: datetime | None) -> Any:
-        """An aware timestamp as a parameter: on SQLite the text the ORM stores
-        ('YYYY-MM-DD HH:MM:SS.ffffff', UTC, no zone), on PostgreSQL the datetime."""
+    def time_in(self, value: datetime | None) -> str | None:
+        """An aware timestamp as text, for a parameter or a row source: on SQLite the
+        text the ORM stores ('YYYY-MM-DD HH:MM:SS.ffffff', UTC, no zone); on
+        PostgreSQL ISO 8601 with its zone, which the server reads as the column's
+        type (psycopg sends text untyped) or a row source's ``::timestamptz``. Text
+        also keeps JSON row sources on the encoder's fast path."""
         if value is None:
             return None
         if self.sqlite:
             return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-        return value
+        return value.isoformat()
 
     def time_out(self, value: Any) -> datetime | None:
         """A timestamp read back: SQLite gives the stored text, PostgreSQL a datetime."""
@@ -114,7 +109,7 @@ class RawConnection:
             # In list order (the lock order the caller chose); jsonb is parsed once, where
             # json would be re-parsed for every field read.
             source = f"SELECT {fields} FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS t(r, n) ORDER BY n"
-            return self._run(template.format(rows=source), [json.dumps(rows, default=_json_default)], fetch)
+            return self._run(template.format(rows=source), [json.dumps(rows)], fetch)
         # Row counts are padded (repeating the last row) to a multiple of PAD_ROWS, so a
         # few statement shapes serve every batch size: sqlite3's statement cache then
         # reuses them instead of filling with big one-off compiled statements (which
