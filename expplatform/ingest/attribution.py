@@ -29,7 +29,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal, cast
+from typing import Literal, NamedTuple, cast
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -73,10 +73,10 @@ class Decision:
     unmatched: bool = False
 
 
-@dataclass(frozen=True)
-class Attributed:
+class Attributed(NamedTuple):
     """A valid event, when it happened (``received_at`` if the client did not say),
-    the latest exposure time that counts for it, and what it counts for."""
+    the latest exposure time that counts for it, and what it counts for. (A tuple:
+    one is made per event, and a frozen dataclass costs several times as much.)"""
 
     event: EventIn
     occurred_at: datetime
