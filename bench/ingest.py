@@ -35,6 +35,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy import create_engine, func, select, text
@@ -47,7 +48,7 @@ import benchlib  # noqa: E402  (beside this script)
 
 from expplatform import aggregation, migrations  # noqa: E402
 from expplatform.auth import create_api_key  # noqa: E402
-from expplatform.events import rebuild_outcomes, stored_outcomes  # noqa: E402
+from expplatform.ingest import rebuild_outcomes, stored_outcomes  # noqa: E402
 from expplatform.models import Event, Experiment, OutcomeCount, Variant  # noqa: E402
 
 STAGES = ("awareness", "consideration", "purchase", "retention", "advocacy")
@@ -122,8 +123,10 @@ def bulk_exposures(
     with engine.begin() as connection:
         connection.execute(
             text(
-                f"""INSERT INTO exposures (experiment_id, variant_id, customer_id, exposed_at, attributes, forced, mismatches)
-                SELECT {experiment_id}, CASE WHEN (i * 2654435761) % 2 = 0 THEN {variant_ids[0]} ELSE {variant_ids[1]} END,
+                f"""INSERT INTO exposures
+                       (experiment_id, variant_id, customer_id, exposed_at, attributes, forced, mismatches)
+                SELECT {experiment_id},
+                       CASE WHEN (i * 2654435761) % 2 = 0 THEN {variant_ids[0]} ELSE {variant_ids[1]} END,
                        'c' || i, {_timestamp_sql(engine, "(i % 1209600)")},
                        {attributes}, {forced}, 0
                 FROM {_series(engine, start, stop)}"""
@@ -341,7 +344,9 @@ def bench_http(backend: str, workers: int, args) -> None:
         for p in pids
     )
     print(f"       worker RSS start->end of load: {rss}")
-    workers_cpu, database_cpu, client_cpu, busy = (after - before for after, before in zip(cpu_after, cpu_before))
+    workers_cpu, database_cpu, client_cpu, busy = (
+        after - before for after, before in zip(cpu_after, cpu_before, strict=True)
+    )
     others = max(0.0, busy - workers_cpu - database_cpu - client_cpu)
     per_event = 1e6 / max(result["events"], 1)
     print(
@@ -401,10 +406,10 @@ def bench_aggregation(backend: str, args) -> None:
                 experiment = session.get(Experiment, experiment_id)
                 experiment.variants  # noqa: B018 - loaded once, outside the timings
                 outcomes = session.scalar(text("SELECT count(*) FROM outcomes"))
-                whole, stats = timed(lambda: aggregation.experiment_stats(session, experiment), args.runs)
-                segments, _ = timed(lambda: aggregation.segment_stats(session, experiment, "country"), 1)
-                daily, series = timed(lambda: aggregation.daily_stats(session, experiment), 1)
-                quality, _ = timed(lambda: aggregation.data_quality(session, experiment), 1)
+                whole, stats = timed(partial(aggregation.experiment_stats, session, experiment), args.runs)
+                segments, _ = timed(partial(aggregation.segment_stats, session, experiment, "country"), 1)
+                daily, series = timed(partial(aggregation.daily_stats, session, experiment), 1)
+                quality, _ = timed(partial(aggregation.data_quality, session, experiment), 1)
                 plan = " | ".join(line.strip() for line in aggregation.explain_experiment_stats(session, experiment))
             target_cell = stats.cells["purchase"]
             print(

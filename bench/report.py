@@ -4,7 +4,7 @@ exposures and 5M events, as HTML with plots and as JSON, on SQLite and PostgreSQ
 Data is written with bulk SQL (the exposures helper of ``bench/ingest.py``; events
 generated here with a realistic funnel, a lift at purchase for the treatment, and
 20% from never-exposed customers), then outcome rows and counters are derived by
-``events.rebuild_outcomes``, as ingest would have kept them. Requests go through the
+``expplatform.ingest.rebuild_outcomes``, as ingest would have kept them. Requests go through the
 Flask test client of one app (one "worker"), logged in as a viewer; each figure is
 the median of several requests. Printed per backend:
 
@@ -59,7 +59,7 @@ ingest = _load_ingest_bench()
 from expplatform import create_app  # noqa: E402
 from expplatform.auth import create_user  # noqa: E402
 from expplatform.db import Base  # noqa: E402
-from expplatform.events import rebuild_outcomes  # noqa: E402
+from expplatform.ingest import rebuild_outcomes  # noqa: E402
 from expplatform.models import Experiment  # noqa: E402
 
 ingest.PG_DB = "bench_report"
@@ -148,7 +148,7 @@ def add_events(url: str, start: int, count: int, customers: int) -> None:
     """New events arriving through the real ingest path: conversions at advocacy (a
     stage the bulk data leaves empty) of customers picked by this run, so that
     every one moves the counters."""
-    from expplatform.events import record_events
+    from expplatform.ingest import record_events
 
     app = create_app({"database_url": url, "testing": True, "check_migrations": False})
     items = [

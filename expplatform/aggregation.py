@@ -14,6 +14,7 @@ x days]), whatever the number of events:
 - :func:`data_quality` sums the ingest-time quality counters.
 
 Forced (QA) exposures are never in a denominator, and their events never in outcomes.
+A day is the counters' calendar (``counters``), the one ingest writes them by.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from sqlalchemy.orm import Session
 
 from analysis.types import CellStats, ExperimentStats, Scale
 
+from .counters import utc_day
 from .errors import MalformedRequest
-from .events import utc_day
 from .models import (
     EventQualityCount,
     Experiment,

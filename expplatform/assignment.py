@@ -43,7 +43,8 @@ from sqlalchemy.orm import Session, selectinload
 
 from .bucketing import NOT_IN_TRAFFIC, OUTSIDE_LAYER, Split, place
 from .db import Database, get_db, retry_on_lock
-from .models import Experiment, Exposure, utcnow
+from .models import Experiment, utcnow
+from .rawsql import RawDialect
 from .versioning import VersionedCache
 
 log = logging.getLogger(__name__)
@@ -344,7 +345,8 @@ class ExposureStore:
     Through SQLAlchemy's statement execution one small query costs about 100-200 us of
     Python per call on this hardware; on the driver connection it costs about 15 us,
     and that difference is most of a repeat assignment's budget. So these statements
-    are written in SQL here, once per dialect, and everything else stays SQLAlchemy.
+    are written in SQL here, with the dialect differences of ``rawsql``, and
+    everything else stays SQLAlchemy.
     Each serving thread keeps one connection and cursor for as long as it lives,
     which saves the pool's checkout and check-in on every call (a gunicorn worker
     has one thread, or ``--threads`` of them); a connection found dropped is replaced
@@ -363,17 +365,14 @@ class ExposureStore:
     def __init__(self, database: Database) -> None:
         engine = database.engine
         self._dialect = engine.dialect
-        self._postgres = engine.dialect.name == "postgresql"
+        self._sql = RawDialect(engine.dialect)
         # Connections are made by the app's engine (its connect-time settings: WAL,
         # busy timeout) and then detached from its pool; PostgreSQL's in autocommit.
         self._engine = engine
         self._local = threading.local()
         self._open: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         event.listen(engine, "engine_disposed", lambda _engine: self.close())
-        self._mark = "%s" if self._postgres else "?"
         self._select_sql: dict[int, str] = {}  # by number of experiments
-        exposed_at = Exposure.__table__.c.exposed_at.type
-        self._time = exposed_at.dialect_impl(self._dialect).bind_processor(self._dialect) or (lambda value: value)
 
     def close(self) -> None:
         """Close every thread's connection (the engine is being disposed)."""
@@ -386,7 +385,7 @@ class ExposureStore:
         if holder is None:
             connection = self._engine.raw_connection()
             connection.detach()  # ours now: closing it closes the driver connection
-            if self._postgres:
+            if self._sql.postgres:
                 connection.dbapi_connection.autocommit = True
             holder = self._local.holder = _ThreadConnection(connection)
             self._open.add(holder)
@@ -396,9 +395,6 @@ class ExposureStore:
         holder = self._local.__dict__.pop("holder", None)
         if holder is not None:
             holder.close()
-
-    def _marks(self, count: int) -> str:
-        return ", ".join([self._mark] * count)
 
     def _run(self, sql: str, params: Sequence[Any], *, rows: bool = True) -> list[tuple]:
         """Run one statement; ``rows``: it returns rows (asking the cursor would cost
@@ -430,7 +426,7 @@ class ExposureStore:
         if sql is None:
             sql = self._select_sql[len(experiment_ids)] = (
                 "SELECT id, experiment_id, variant_id FROM exposures "
-                f"WHERE customer_id = {self._mark} AND experiment_id IN ({self._marks(len(experiment_ids))})"
+                f"WHERE customer_id = {self._sql.mark} AND experiment_id IN ({self._sql.marks(len(experiment_ids))})"
             )
         return self._run(sql, (customer_id, *experiment_ids))
 
@@ -439,10 +435,10 @@ class ExposureStore:
     ) -> dict[int, int]:
         """Insert (experiment id, variant id, forced) exposures unless present; return
         experiment id -> the variant id stored, whoever stored it."""
-        now = self._time(utcnow())
+        sql = self._sql
+        now = sql.time_in(utcnow())
         encoded = json.dumps(dict(attributes))
-        json_mark = f"{self._mark}::json" if self._postgres else self._mark
-        values = ", ".join([f"({self._marks(4)}, {json_mark}, {self._mark}, 0)"] * len(rows))
+        values = ", ".join([f"({sql.marks(4)}, {sql.json_mark}, {sql.mark}, 0)"] * len(rows))
         params: list[Any] = []
         for experiment_id, variant_id, forced in rows:
             params += [experiment_id, variant_id, customer_id, now, encoded, forced]
@@ -462,7 +458,7 @@ class ExposureStore:
 
     def count_mismatches(self, exposure_ids: Sequence[int]) -> None:
         self._run(
-            f"UPDATE exposures SET mismatches = mismatches + 1 WHERE id IN ({self._marks(len(exposure_ids))})",
+            f"UPDATE exposures SET mismatches = mismatches + 1 WHERE id IN ({self._sql.marks(len(exposure_ids))})",
             exposure_ids,
             rows=False,
         )

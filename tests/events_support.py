@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from expplatform.events import stored_outcomes
+from expplatform.ingest import stored_outcomes
 from expplatform.models import EventQualityCount, Experiment, Exposure, OutcomeCount, Variant
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from expplatform.events import record_events
+from expplatform.ingest import record_events
 from expplatform.jobs import get_runner
 
 from .conftest import make_test_app

@@ -3,6 +3,7 @@ days that add up to the whole, data-quality figures, index use."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -11,7 +12,7 @@ from sqlalchemy import text
 
 from analysis.types import CellStats, ExperimentStats, Scale
 from expplatform import aggregation
-from expplatform.events import record_events
+from expplatform.ingest import record_events
 from expplatform.models import Experiment
 from tests.events_support import expose, iso, make_experiment
 
@@ -145,7 +146,7 @@ def statements(db):
 )
 def test_each_report_is_one_query(data, statements, report):
     session, experiment = data
-    experiment.variants  # loaded before counting: the report itself is what is measured
+    experiment.variants  # noqa: B018 - loaded before counting: the report itself is what is measured
     statements.clear()
     report(session, experiment)
     assert len(statements) == 1, statements
@@ -189,7 +190,7 @@ def test_daily_series_is_cumulative_and_ends_at_the_whole(data):
     assert second["consideration"]["treatment"] == cell(2, 2)
     assert second["purchase"]["control"] == cell(2, 1, [4])
     assert series[2][1].cells["purchase"]["treatment"] == cell(3, 0, [5])
-    for (_, earlier), (_, later) in zip(series, series[1:]):
+    for (_, earlier), (_, later) in itertools.pairwise(series):
         for stage in earlier.stages:
             for variant in earlier.variants:
                 a, b = earlier.cells[stage][variant], later.cells[stage][variant]

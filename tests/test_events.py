@@ -12,7 +12,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
-from expplatform.events import validate_events
+from expplatform.ingest import validate_events
 from expplatform.models import Event, Outcome, OutcomeCount
 from tests.events_support import at, counts, expose, iso, make_experiment
 from tests.openapi_check import assert_example_valid, checked

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from expplatform.events import rebuild_outcomes, record_events
+from expplatform.ingest import rebuild_outcomes, record_events
 from expplatform.models import Event, Experiment, Outcome, UnmatchedEventCount, utcnow
 from tests.conftest import make_test_app
 from tests.events_support import T0, at, counts, daily_counts, expose, iso, make_experiment, quality, snapshot
@@ -294,7 +294,7 @@ def test_rebuild_from_raw_events_equals_the_incrementally_kept_outcomes(db, app,
         onboarding_id = onboarding.id
     settings = app.extensions["settings"]
     accepted = 0
-    for batch in _workload(rng, customers + ["ghost1", "ghost2"], batches=12, per_batch=40):
+    for batch in _workload(rng, [*customers, "ghost1", "ghost2"], batches=12, per_batch=40):
         result = record_events(db, batch, settings)
         assert result.rejected == ()
         accepted += result.accepted

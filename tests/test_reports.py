@@ -21,7 +21,7 @@ from analysis import FAST_DRAWS, analyze
 from analysis.types import DecisionRule, Prior
 from expplatform import reports
 from expplatform.aggregation import daily_stats, data_quality, experiment_stats, segment_stats
-from expplatform.events import record_events
+from expplatform.ingest import record_events
 from expplatform.jobs import get_runner
 from expplatform.models import Experiment
 from expplatform.reports import build

@@ -13,7 +13,7 @@ from flask import current_app
 
 from ..auth import api_access
 from ..db import get_db
-from ..events import IngestResult, batch_items, record_events
+from ..ingest import IngestResult, batch_items, record_events
 from . import bp
 from .bodies import json_body
 

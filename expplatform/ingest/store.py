@@ -1,0 +1,203 @@
+"""The last step of ingest, and its entry point: :func:`record_events` validates a
+batch, attributes it, then stores it in one write transaction (all of it or, on a
+failure, none).
+
+Events are inserted with ``INSERT ... ON CONFLICT (event_id) DO NOTHING RETURNING``,
+so only rows this transaction really inserted move outcomes and counters: a re-sent
+event, or the same batch racing in another worker, is reported as a duplicate and
+counts once. Locks are taken phase by phase, each in key order (events by event_id,
+then new outcome rows, then existing outcome rows, then counters), so concurrent
+batches wait for each other instead of deadlocking, and the whole transaction is
+safe to retry. Data-quality counts (per experiment and stage, and per day and stage
+for ``unmatched`` events) move in the same transaction.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import Settings
+from ..db import Database, retry_on_lock
+from ..models import utcnow
+from ..rawsql import RawConnection, RawDialect
+from .attribution import Attributed, Attribution, attribute
+from .outcomes import Fold, OutcomeKey, apply_outcomes
+from .validation import Rejection, validate_events
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What a request did: events stored, events already stored before (by
+    event_id), and the rejected ones by index."""
+
+    accepted: int
+    duplicates: int
+    rejected: tuple[Rejection, ...] = field(default=())
+
+
+def record_events(database: Database, items: Sequence[Any], settings: Settings) -> IngestResult:
+    """Validate raw events and store the valid ones in one write transaction,
+    retried as a whole on lock timeouts (safe: event_id makes it
+    idempotent). Database failures propagate, with nothing stored."""
+    valid, rejected = validate_events(items, now=utcnow(), max_future_seconds=settings.max_future_seconds)
+    if not valid:
+        return IngestResult(0, 0, tuple(rejected))
+    with database.sessionmaker() as reader:
+        attribution = attribute(reader, valid, clock_skew_seconds=settings.clock_skew_seconds)
+    rejected = sorted(rejected + attribution.rejected, key=lambda r: r.index)
+    batch = _Batch.of(RawDialect(database.engine.dialect), attribution)
+    if not batch.rows:
+        return IngestResult(0, 0, tuple(rejected))
+
+    def attempt() -> IngestResult:
+        with _writer_turn(database), database.write() as session:
+            return _store(RawConnection(session.connection()), batch)
+
+    stored = retry_on_lock(attempt)
+    return IngestResult(stored.accepted, stored.duplicates, tuple(rejected))
+
+
+_EVENT_COLUMNS = (
+    ("event_id", "text"),
+    ("customer_id", "text"),
+    ("stage", "text"),
+    ("type", "text"),
+    ("value", "integer"),
+    ("occurred_at", "timestamptz"),
+    ("received_at", "timestamptz"),
+    ("experiment_key", "text"),
+    ("attributed", "integer"),
+    ("exposure_cutoff", "timestamptz"),
+)
+_EVENT_NAMES = ", ".join(name for name, _kind in _EVENT_COLUMNS)
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """An attributed batch as ``events`` rows, made before the write transaction so
+    that the write lock is held for the writes alone."""
+
+    received_day: str
+    rows: list[tuple[Any, ...]]  # in event_id order
+    attributed: dict[str, Attributed]  # by event_id
+
+    @classmethod
+    def of(cls, dialect: RawDialect, attribution: Attribution) -> _Batch:
+        time_in = dialect.time_in
+        received = time_in(attribution.received_at)
+        rows = [
+            (
+                a.event.event_id,
+                a.event.customer_id,
+                a.event.stage,
+                a.event.type,
+                a.event.value,
+                time_in(a.occurred_at),
+                received,
+                a.event.experiment,
+                len(a.decision.counted),
+                time_in(a.cutoff),
+            )
+            for a in attribution.events
+        ]
+        # In event_id order: two batches sharing events then wait for each other instead of
+        # deadlocking on PostgreSQL (each waits on the other's uncommitted duplicates).
+        rows.sort(key=lambda row: row[0])
+        by_id = {a.event.event_id: a for a in attribution.events}
+        return cls(attribution.received_at.date().isoformat(), rows, by_id)
+
+
+def _store(sql: RawConnection, batch: _Batch) -> IngestResult:
+    """Insert the batch's events in the caller's write transaction (if absent) and
+    move outcomes and counters for those really inserted."""
+    inserted = dict(
+        (event_id, row_id)
+        for row_id, event_id in sql.rows(
+            f"INSERT INTO events ({_EVENT_NAMES}) {{rows}} ON CONFLICT (event_id) DO NOTHING RETURNING id, event_id",
+            _EVENT_COLUMNS,
+            batch.rows,
+            fetch=True,
+        )
+    )
+
+    folds: dict[OutcomeKey, Fold] = {}
+    quality: dict[tuple[int, str, str], int] = defaultdict(int)
+    unmatched: dict[tuple[str, str], int] = defaultdict(int)
+    for event_id, row_id in inserted.items():
+        attributed = batch.attributed[event_id]
+        event, decision = attributed.event, attributed.decision
+        for experiment_id, exposure in decision.counted.items():
+            key = (experiment_id, event.customer_id, event.stage)
+            fold = folds.get(key)
+            if fold is None:
+                fold = folds[key] = Fold(exposure.variant_id, exposure.exposed_at)
+            fold.add(event.type, event.value, attributed.occurred_at, row_id)
+        for experiment_id, kind in decision.quality:
+            quality[(experiment_id, event.stage, kind)] += 1
+        if decision.unmatched:
+            unmatched[(batch.received_day, event.stage)] += 1
+    deltas = apply_outcomes(sql, folds)
+    _add_counts(
+        sql,
+        "outcome_counts",
+        (
+            ("experiment_id", "integer"),
+            ("stage", "text"),
+            ("variant_id", "integer"),
+            ("day", "date"),
+            ("kind", "text"),
+            ("value", "integer"),
+        ),
+        "customers",
+        deltas,
+    )
+    _add_counts(
+        sql,
+        "event_quality_counts",
+        (("experiment_id", "integer"), ("stage", "text"), ("kind", "text")),
+        "events",
+        quality,
+    )
+    _add_counts(sql, "unmatched_event_counts", (("day", "date"), ("stage", "text")), "events", unmatched)
+    return IngestResult(len(inserted), len(batch.rows) - len(inserted))
+
+
+def _add_counts(
+    sql: RawConnection, table: str, keys: Sequence[tuple[str, str]], column: str, counts: dict[Any, int]
+) -> None:
+    """Upsert ``column += n`` for each key, in key order (lock order across workers)."""
+    names = ", ".join(name for name, _kind in keys)
+    sql.rows(
+        f"INSERT INTO {table} ({names}, {column}) {{rows}} "
+        f"ON CONFLICT ({names}) DO UPDATE SET {column} = {table}.{column} + excluded.{column}",
+        (*keys, (column, "bigint")),
+        [(*key, n) for key, n in sorted(counts.items()) if n],
+        idempotent=False,
+    )
+
+
+@contextmanager
+def _writer_turn(database: Database) -> Iterator[None]:
+    """On a SQLite file, wait for the write lock in a kernel queue (``flock`` on a
+    file beside the database) before ``BEGIN IMMEDIATE``.
+
+    SQLite's own busy handler polls with sleeps growing to 100 ms, so under a steady
+    stream of batches a waiting worker mostly sleeps through the moments the lock is
+    free: measured, the workers then used about a third of the CPU. A blocked
+    ``flock`` wakes as soon as the holder lets go. PostgreSQL needs none of this.
+    """
+    path = database.engine.url.database if database.settings.is_sqlite else None
+    if not path or path == ":memory:" or "mode=memory" in str(database.engine.url):
+        yield
+        return
+    with open(f"{path}-ingest.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
