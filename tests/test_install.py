@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from expplatform import migrations
+
 from .server_support import REPO, STOP_SECONDS, free_port, http, wait_for
 
 BUILD_SECONDS = 600
@@ -179,7 +181,7 @@ def test_the_installed_package_is_imported_from_the_venv_and_alone_provides_anal
 def test_upgrade_demo_and_serve_work_from_any_directory(venv, elsewhere):
     upgraded = run(venv, "db", "upgrade", cwd=elsewhere)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "database at revision 0001" in upgraded.stdout
+    assert f"database at revision {migrations.head_revision()}" in upgraded.stdout
     assert (elsewhere / "instance" / "expplatform.sqlite3").is_file()  # the default: ./instance
     demo = run(venv, "demo", "setup", cwd=elsewhere)
     assert demo.returncode == 0, demo.stderr
@@ -224,12 +226,16 @@ def test_nothing_else_installed_here_provides_a_top_level_analysis():
     assert set(packages_distributions().get("analysis", ["expplatform"])) == {"expplatform"}
 
 
-def test_a_folder_named_analysis_where_a_command_runs_is_a_clear_error(tmp_path):
+def test_a_folder_named_analysis_where_the_app_starts_is_a_clear_error(tmp_path):
     (tmp_path / "analysis").mkdir()
     (tmp_path / "analysis" / "__init__.py").write_text("")
     env = {**os.environ, "PYTHONPATH": str(REPO)}  # `python -c` puts the current directory first
     result = subprocess.run(
-        [sys.executable, "-c", "import expplatform"], cwd=tmp_path, env=env, capture_output=True, text=True
+        [sys.executable, "-c", "from expplatform import create_app"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 1
     assert "expplatform needs its own `analysis` package" in result.stderr and str(tmp_path) in result.stderr

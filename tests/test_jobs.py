@@ -22,7 +22,7 @@ from expplatform.job_records import DEAD_WORKER, recent_jobs
 from expplatform.jobs import FitParams, JobRunner, get_runner, snapshot_of
 from expplatform.models import AnalysisJob, utcnow
 
-from .conftest import make_test_app
+from .conftest import make_test_app, sign_in
 from .events_support import expose, make_experiment
 
 WAIT = 30  # seconds: an upper bound for a fake fit, never a synchronisation delay
@@ -138,8 +138,7 @@ def test_the_api_queues_without_running_anything(fast_app, experiment):
     client = fast_app.test_client()
     with fast_app.extensions["db"].write() as session:
         user = create_user(session, "ed@example.com", "correct horse battery", "editor")
-    with client.session_transaction() as flask_session:
-        flask_session["user_id"] = user.id
+    sign_in(client, fast_app, user)
     threads_before = {thread.name for thread in threading.enumerate()}
     response = client.post("/api/v1/experiments/checkout/full-model", json={"draws": 100})
     assert response.status_code == 202 and response.get_json()["status"] == "queued"
