@@ -20,18 +20,20 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Flask, current_app, g
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool, StaticPool
 
 from .config import Settings
+
+T = TypeVar("T")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -222,19 +224,35 @@ class Database:
             session.close()
 
 
-def retry_on_lock(fn, *, attempts: int = 5, base_delay: float = 0.05):
-    """Run an idempotent transaction again when SQLite reports a lock or PostgreSQL a
-    serialisation failure; other errors propagate at once."""
-    for attempt in range(attempts):
+def retry_on_lock(
+    fn: Callable[[], T], *, attempts: int = 5, base_delay: float = 0.05, budget_seconds: float = 2.0
+) -> T:
+    """Run an idempotent transaction again when it failed in a way another try may not:
+    at once, once, on a new connection when its connection was discarded (a broken
+    connection: the fault may be over); and with backoff on a lock that SQLite refused
+    without waiting (a read transaction that could not upgrade) or a PostgreSQL
+    serialisation failure. Not after ``budget_seconds``: a lock error that comes after
+    the busy or lock timeout has waited long enough, and waiting again would hold the
+    worker past its timeout. Other errors propagate at once."""
+    started = time.monotonic()
+    reconnected = False
+    attempt = 0
+    while True:
         try:
             return fn()
-        except OperationalError as exc:
+        except DBAPIError as exc:
+            if exc.connection_invalidated and not reconnected:
+                reconnected = True
+                continue
             message = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
-            transient = "locked" in message or "busy" in message or "could not serialize" in message
-            if not transient or attempt == attempts - 1:
+            transient = isinstance(exc, OperationalError) and (
+                "locked" in message or "busy" in message or "could not serialize" in message
+            )
+            delay = base_delay * (2**attempt)
+            attempt += 1
+            if not transient or attempt >= attempts or time.monotonic() - started + delay > budget_seconds:
                 raise
-            time.sleep(base_delay * (2**attempt))
-    raise AssertionError("unreachable")
+            time.sleep(delay)
 
 
 def get_db(app: Flask | None = None) -> Database:

@@ -83,7 +83,7 @@ _TIMED_OUT = {"57014": "statement timeout", "55P03": "lock timeout"}
 def _unavailable(reason: str, message: str) -> Response:
     """The 503 of a database that cannot serve now: JSON under /api, a line of text for
     the web pages; a log line either way, with the reason."""
-    log.warning("database unavailable (%s) on %s %s", reason, request.method, request.path)
+    log.warning("503: database unavailable (%s) on %s %s", reason, request.method, request.path)
     if _is_api_request():
         response = error_response(503, "database_unavailable", message)
     else:
