@@ -79,7 +79,7 @@ def check_ready(database: Database, head: str | None) -> str | None:
             revision = _revision(connection) if head is not None else None
     except DBAPIError as exc:
         sqlstate = getattr(exc.orig, "sqlstate", None)
-        if sqlstate in {"55P03", "57014"}:
+        if sqlstate in {"55P03", "57014"} or "locked" in str(exc.orig) or "busy" in str(exc.orig):
             raise NotReady("database_locked", f"The database is locked: {exc.orig}".strip()) from exc
         raise NotReady("database_unreachable", f"The database cannot be reached: {exc.orig}".strip()) from exc
     except SQLAlchemyError as exc:
