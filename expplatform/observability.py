@@ -28,11 +28,12 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Flask
+from flask import Flask, request
 from flask.logging import default_handler
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_ENVIRON = "HTTP_X_REQUEST_ID"
+_ROUTE_ENVIRON = "expplatform.route"
 # A caller's id is kept when it looks like an id (UUIDs, trace ids, ...): anything else
 # could forge log content, so it is replaced.
 _SANE_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
@@ -154,19 +155,21 @@ def _log_request(environ: dict[str, Any], status: int, seconds: float) -> None:
     )
 
 
+def _note_route() -> None:
+    """Flask saw the request: record the URL rule that matched it (None: none did)."""
+    rule = request.url_rule
+    request.environ[_ROUTE_ENVIRON] = rule.rule if rule is not None else None
+
+
 def _route(environ: dict[str, Any], path: str) -> str | None:
-    """The URL rule that served the request (``/api/v1/experiments/<key>``), None when
-    none matched. Flask's request object is in the environ when Flask saw the call;
-    when it did not, the assignment fast path answered, and its path is its route."""
-    request = environ.get("werkzeug.request")
-    if request is None:
-        return path
-    rule = getattr(request, "url_rule", None)
-    return rule.rule if rule is not None else None
+    """The URL rule that served the request (``/api/v1/experiments/<key>``). A request
+    Flask never saw was answered by the assignment fast path, whose path is its route."""
+    return environ.get(_ROUTE_ENVIRON, path)
 
 
 def init_app(app: Flask) -> None:
     """Last in ``create_app``: the request log must wrap every other WSGI layer."""
     configure_logging(app.extensions["settings"].log_level)
     app.logger.removeHandler(default_handler)  # Flask's plain-text handler: ours formats every line
+    app.teardown_request(lambda _exc: _note_route())  # runs for every request Flask handles, 404s too
     app.wsgi_app = RequestLog(app.wsgi_app)  # type: ignore[method-assign]
