@@ -180,3 +180,21 @@ def test_the_default_waits_end_before_the_default_worker_timeout(tmp_path):
     assert settings.sqlite_busy_timeout_ms < limit_ms
     assert settings.db_statement_timeout_ms + settings.db_lock_timeout_ms < limit_ms
     assert settings.db_connect_timeout_seconds * 1000 < limit_ms
+
+
+def test_a_web_page_with_the_database_down_is_a_503_not_a_500(database_url, tmp_path):
+    """The pages are HTML, so their 503 is a line of text; still a 503 with Retry-After."""
+    if database_url.startswith("sqlite"):
+        unreachable = f"sqlite:///{tmp_path / 'gone' / 'missing.sqlite3'}"
+    else:
+        unreachable = make_url(database_url).set(host="127.0.0.1", port=9).render_as_string(hide_password=False)
+    app = make_test_app(unreachable, tmp_path)
+    client = app.test_client()
+    with client.session_transaction() as session:
+        session["user_id"] = 1
+    try:
+        response = client.get("/experiments")
+    finally:
+        app.extensions["db"].engine.dispose()
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert response.mimetype == "text/plain" and "Retry" in response.get_data(as_text=True)
