@@ -21,16 +21,12 @@ from expplatform import migrations
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).parent / "gunicorn"
-# The app as wsgi.py serves it, with the probes and the request log wired in for as
-# long as create_app does not do it yet.
+# The app as wsgi.py serves it (with the probes and the request log wired in).
 APP_MODULE = """
-from expplatform import create_app, observability, probes
+from expplatform import create_app
+from tests.ops_support import wired
 
-app = create_app()
-if "probes" not in app.blueprints:
-    probes.init_app(app)
-if not isinstance(app.wsgi_app, observability.RequestLog):
-    observability.init_app(app)
+app = wired(create_app())
 """
 
 

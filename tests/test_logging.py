@@ -13,12 +13,12 @@ import sys
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from expplatform import observability, probes
 from expplatform.assignment import ExposureStore
 from expplatform.observability import JsonFormatter
 
 from .conftest import make_test_app
 from .gunicorn_support import get, serve
+from .ops_support import wired
 from .test_assign import seed
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
@@ -27,8 +27,7 @@ GENERATED = re.compile(r"[0-9a-f]{32}")
 @pytest.fixture
 def app(database_url, tmp_path):
     app = make_test_app(database_url, tmp_path)
-    probes.init_app(app)
-    observability.init_app(app)  # last, as in create_app
+    wired(app)
     yield app
     app.extensions["db"].engine.dispose()
 

@@ -11,9 +11,10 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from expplatform import migrations, observability, probes
+from expplatform import migrations
 
 from .conftest import POSTGRES_URL, drop_postgres_schema, fresh_postgres_schema, make_test_app, process_tag
+from .ops_support import wired
 from .test_healing import _chattr
 from .test_timeouts import hot_tables_locked
 
@@ -22,8 +23,7 @@ READY_TIMEOUT = 0.5
 
 def probed_app(database_url: str, tmp_path: Path, **overrides):
     app = make_test_app(database_url, tmp_path, ready_timeout_seconds=READY_TIMEOUT, **overrides)
-    probes.init_app(app)
-    observability.init_app(app)
+    wired(app)
     return app
 
 

@@ -16,11 +16,11 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from expplatform import observability, probes
 from expplatform.config import ConfigError, load_settings
 from expplatform.db import get_session
 
 from .conftest import POSTGRES_URL, make_test_app
+from .ops_support import wired
 from .test_assign import seed
 
 # Short enough for a test, far longer than a free lock takes.
@@ -31,8 +31,7 @@ BOUND_SECONDS = 5.0  # what the test tolerates; without the timeouts the calls n
 @pytest.fixture
 def app(database_url, tmp_path):
     app = make_test_app(database_url, tmp_path, **WAITS)
-    probes.init_app(app)
-    observability.init_app(app)
+    wired(app)
     yield app
     app.extensions["db"].engine.dispose()
 
