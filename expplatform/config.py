@@ -80,6 +80,9 @@ class Settings:
     db_statement_timeout_ms: int = 15_000
     db_lock_timeout_ms: int = 5_000
     db_connect_timeout_seconds: int = 5
+    # PostgreSQL: the statement timeout of work no request waits for (report series and
+    # segments computed in the background), through Database.background_reader().
+    db_background_statement_timeout_ms: int = 300_000
     # /readyz: how long the readiness probe may take to reach the database.
     ready_timeout_seconds: float = 2.0
     # gunicorn (gunicorn.conf.py reads these): a worker silent this long is killed and
@@ -122,6 +125,7 @@ _PARSERS: dict[str, Any] = {
     "db_statement_timeout_ms": lambda n, r: _parse_int(n, r, minimum=1),
     "db_lock_timeout_ms": lambda n, r: _parse_int(n, r, minimum=1),
     "db_connect_timeout_seconds": lambda n, r: _parse_int(n, r, minimum=1),
+    "db_background_statement_timeout_ms": lambda n, r: _parse_int(n, r, minimum=1),
     "ready_timeout_seconds": lambda n, r: _parse_float(n, r, minimum=0.1),
     "worker_timeout_seconds": lambda n, r: _parse_int(n, r, minimum=2),
     "graceful_timeout_seconds": lambda n, r: _parse_int(n, r, minimum=1),

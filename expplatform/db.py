@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from flask import Flask, current_app, g
-from sqlalchemy import MetaData, create_engine, event
+from sqlalchemy import MetaData, create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -222,6 +222,18 @@ class Database:
             raise
         finally:
             session.close()
+
+    @contextmanager
+    def background_reader(self) -> Iterator[Session]:
+        """A session for reads no request waits for (a report's daily series, its
+        segment breakdowns): on PostgreSQL its transaction may run statements for
+        ``db_background_statement_timeout_ms`` instead of the request timeout, which
+        would cancel a grouping over millions of rows."""
+        with self.sessionmaker() as session:
+            if not self.settings.is_sqlite:
+                timeout = int(self.settings.db_background_statement_timeout_ms)
+                session.execute(text(f"SET LOCAL statement_timeout = {timeout}"))
+            yield session
 
 
 def retry_on_lock(

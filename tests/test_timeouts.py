@@ -197,3 +197,16 @@ def test_a_web_page_with_the_database_down_is_a_503_not_a_500(database_url, tmp_
         app.extensions["db"].engine.dispose()
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert response.mimetype == "text/plain" and "Retry" in response.get_data(as_text=True)
+
+
+def test_background_reads_may_run_longer_than_requests(app, db):
+    """Report series and segments are computed where no request waits: their statements
+    get the background timeout, and every other session keeps the request timeout."""
+    if db.settings.is_sqlite:
+        with db.background_reader() as session:  # SQLite has no statement timeout: a plain session
+            assert session.execute(text("SELECT 1")).scalar() == 1
+        return
+    with db.background_reader() as session:
+        assert session.execute(text("SHOW statement_timeout")).scalar() == "5min"
+    with db.sessionmaker() as session:
+        assert session.execute(text("SHOW statement_timeout")).scalar() == "1500ms"
