@@ -48,7 +48,7 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def is_in_memory(settings: Settings) -> bool:
+def _in_memory(settings: Settings) -> bool:
     url = settings.database_url
     return settings.is_sqlite and (url in {"sqlite://", "sqlite:///:memory:"} or "mode=memory" in url)
 
@@ -56,7 +56,7 @@ def is_in_memory(settings: Settings) -> bool:
 def make_engine(settings: Settings) -> Engine:
     url = settings.database_url
     if settings.is_sqlite:
-        in_memory = is_in_memory(settings)
+        in_memory = _in_memory(settings)
         kwargs: dict = {"connect_args": {"check_same_thread": False, "timeout": settings.sqlite_busy_timeout_ms / 1000}}
         if in_memory:
             kwargs["poolclass"] = StaticPool
@@ -89,7 +89,7 @@ def make_probe_engine(settings: Settings, main: Engine) -> Engine:
     stuck requests cannot make the probe wait, and every wait capped at
     ``ready_timeout_seconds``. An in-memory database exists only in the main
     engine's one connection, so there the main engine is the probe's too."""
-    if is_in_memory(settings):
+    if _in_memory(settings):
         return main
     timeout = settings.ready_timeout_seconds
     if settings.is_sqlite:
