@@ -73,11 +73,11 @@ class Settings:
     # Bounded waits. Every wait on the database ends well before gunicorn's worker
     # timeout, as a 503 the client may retry, instead of a worker killed mid-request
     # (checked in load_settings). SQLite: how long a writer waits for the write lock.
-    sqlite_busy_timeout_ms: int = 10_000
+    sqlite_busy_timeout_ms: int = 5_000
     # PostgreSQL: the longest one statement may run, the longest it may wait for a
     # lock (a migration or a manual LOCK TABLE), and the longest a new connection (or
     # a connection from an exhausted pool) may take.
-    db_statement_timeout_ms: int = 15_000
+    db_statement_timeout_ms: int = 10_000
     db_lock_timeout_ms: int = 5_000
     db_connect_timeout_seconds: int = 5
     # PostgreSQL: the statement timeout of work no request waits for (report series and
@@ -205,7 +205,9 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
 def _check_waits_end_before_the_worker_timeout(settings: Settings) -> None:
     """A database wait as long as the worker timeout ends with gunicorn killing the
     worker (a dropped connection, every other request of that worker lost) instead of
-    a 503: refuse such settings at start."""
+    a 503: refuse such settings at start. A request may wait twice (the assignment
+    fast path hands a call that failed to the Flask view, which tries again), so twice
+    each wait must end before the worker timeout."""
     limit_ms = settings.worker_timeout_seconds * 1000
     waits_ms = {
         "SQLITE_BUSY_TIMEOUT_MS": settings.sqlite_busy_timeout_ms,
@@ -215,8 +217,8 @@ def _check_waits_end_before_the_worker_timeout(settings: Settings) -> None:
         "READY_TIMEOUT_SECONDS": settings.ready_timeout_seconds * 1000,
     }
     for name, wait_ms in waits_ms.items():
-        if wait_ms >= limit_ms:
+        if 2 * wait_ms >= limit_ms:
             raise ConfigError(
-                f"{ENV_PREFIX}{name} must be shorter than {ENV_PREFIX}WORKER_TIMEOUT_SECONDS "
+                f"{ENV_PREFIX}{name} must be shorter than half {ENV_PREFIX}WORKER_TIMEOUT_SECONDS "
                 f"({settings.worker_timeout_seconds} s), or a slow database gets workers killed instead of a 503"
             )
