@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from expplatform.auth import create_api_key
 from expplatform.config import ConfigError, load_settings
 from expplatform.db import get_session
 
@@ -212,3 +213,32 @@ def test_background_reads_may_run_longer_than_requests(app, db):
         assert session.execute(text("SHOW statement_timeout")).scalar() == "5min"
     with db.sessionmaker() as session:
         assert session.execute(text("SHOW statement_timeout")).scalar() == "1500ms"
+
+
+def test_an_exhausted_pool_is_a_prompt_503(database_url, tmp_path, client_key_for):
+    """Every pooled connection held (by stuck requests, say): a request waits the
+    connect timeout for one, then 503, instead of gunicorn's worker timeout."""
+    app = wired(make_test_app(database_url, tmp_path, pool_size=1, db_connect_timeout_seconds=1))
+    engine = app.extensions["db"].engine
+    headers = {"Authorization": f"Bearer {client_key_for(app.extensions['db'])}"}
+    held = [engine.connect() for _ in range(engine.pool.size() + engine.pool._max_overflow)]
+    try:
+        batch = {"events": [{"event_id": "e-1", "customer_id": "c", "stage": "purchase", "type": "conversion"}]}
+        response, seconds = within(
+            BOUND_SECONDS, lambda: app.test_client().post("/api/v1/events", json=batch, headers=headers), lambda: None
+        )
+    finally:
+        for connection in held:
+            connection.close()
+        engine.dispose()
+    assert_retryable_503(response)
+    assert seconds < BOUND_SECONDS
+
+
+@pytest.fixture
+def client_key_for():
+    def make(db) -> str:
+        with db.write() as session:
+            return create_api_key(session, "client", "pool", created_by="tests")[1]
+
+    return make
