@@ -18,7 +18,7 @@ from .bundled import check_analysis
 
 check_analysis()  # before anything imports `analysis`: a foreign one is a clear error, not a puzzle
 
-from . import api, assignment, auth, db, jobs, migrations, reports, security, web
+from . import api, assignment, auth, db, jobs, migrations, observability, probes, reports, security, web
 from .api import fast_assign
 from .config import load_settings
 from .cookie_session import CookieSessionInterface
@@ -53,7 +53,10 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     csrf = CSRFProtect(app)  # every form post; the API exempts itself
     web.init_app(app)
     api.init_app(app, csrf)
+    probes.init_app(app)  # /healthz and /readyz
     # Last: it answers assignment calls in front of everything above, so it checks
     # that nothing was added that it would skip.
     fast_assign.init_app(app)
+    # Outermost: the request id and the request log wrap the fast path too.
+    observability.init_app(app)
     return app

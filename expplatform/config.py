@@ -50,6 +50,16 @@ def _parse_float(name: str, raw: str, *, minimum: float = 0.0) -> float:
     return value
 
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _parse_log_level(name: str, raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in _LOG_LEVELS:
+        raise ConfigError(f"{ENV_PREFIX}{name} must be one of {', '.join(_LOG_LEVELS)}, got {raw!r}")
+    return level
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the service can be configured with; defaults suit `make run`."""
@@ -60,7 +70,27 @@ class Settings:
     testing: bool = False
     # Refuse to serve when the schema is behind the migrations (tests create it directly).
     check_migrations: bool = True
-    sqlite_busy_timeout_ms: int = 30_000
+    # Bounded waits. Every wait on the database ends well before gunicorn's worker
+    # timeout, as a 503 the client may retry, instead of a worker killed mid-request
+    # (checked in load_settings). SQLite: how long a writer waits for the write lock.
+    sqlite_busy_timeout_ms: int = 5_000
+    # PostgreSQL: the longest one statement may run, the longest it may wait for a
+    # lock (a migration or a manual LOCK TABLE), and the longest a new connection (or
+    # a connection from an exhausted pool) may take.
+    db_statement_timeout_ms: int = 10_000
+    db_lock_timeout_ms: int = 5_000
+    db_connect_timeout_seconds: int = 5
+    # PostgreSQL: the statement timeout of work no request waits for (report series and
+    # segments computed in the background), through Database.background_reader().
+    db_background_statement_timeout_ms: int = 300_000
+    # /readyz: how long the readiness probe may take to reach the database.
+    ready_timeout_seconds: float = 2.0
+    # gunicorn (gunicorn.conf.py reads these): a worker silent this long is killed and
+    # replaced; on a restart or a stop, workers get this long to finish their requests.
+    worker_timeout_seconds: int = 30
+    graceful_timeout_seconds: int = 30
+    # Logs: one JSON object per line on stderr; a line per request at INFO.
+    log_level: str = "INFO"
     # How often a worker checks whether experiment definitions changed (seconds).
     definitions_refresh_seconds: float = 0.5
     max_batch_events: int = 1000
@@ -95,7 +125,15 @@ class Settings:
 _PARSERS: dict[str, Any] = {
     "testing": _parse_bool,
     "check_migrations": _parse_bool,
-    "sqlite_busy_timeout_ms": _parse_int,
+    "sqlite_busy_timeout_ms": lambda n, r: _parse_int(n, r, minimum=1),
+    "db_statement_timeout_ms": lambda n, r: _parse_int(n, r, minimum=1),
+    "db_lock_timeout_ms": lambda n, r: _parse_int(n, r, minimum=1),
+    "db_connect_timeout_seconds": lambda n, r: _parse_int(n, r, minimum=1),
+    "db_background_statement_timeout_ms": lambda n, r: _parse_int(n, r, minimum=1),
+    "ready_timeout_seconds": lambda n, r: _parse_float(n, r, minimum=0.1),
+    "worker_timeout_seconds": lambda n, r: _parse_int(n, r, minimum=2),
+    "graceful_timeout_seconds": lambda n, r: _parse_int(n, r, minimum=1),
+    "log_level": _parse_log_level,
     "definitions_refresh_seconds": _parse_float,
     "max_batch_events": lambda n, r: _parse_int(n, r, minimum=1),
     "max_body_bytes": lambda n, r: _parse_int(n, r, minimum=1024),
@@ -165,4 +203,28 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
             values[spec.name] = _PARSERS[spec.name](spec.name.upper(), raw)
     if not secret_key:
         secret_key = secrets.token_urlsafe(32) if values.get("testing") else _persisted_secret(instance_path)
-    return Settings(instance_path=instance_path, database_url=database_url, secret_key=secret_key, **values)
+    settings = Settings(instance_path=instance_path, database_url=database_url, secret_key=secret_key, **values)
+    _check_waits_end_before_the_worker_timeout(settings)
+    return settings
+
+
+def _check_waits_end_before_the_worker_timeout(settings: Settings) -> None:
+    """A database wait as long as the worker timeout ends with gunicorn killing the
+    worker (a dropped connection, every other request of that worker lost) instead of
+    a 503: refuse such settings at start. A request may wait twice (the assignment
+    fast path hands a call that failed to the Flask view, which tries again), so twice
+    each wait must end before the worker timeout."""
+    limit_ms = settings.worker_timeout_seconds * 1000
+    waits_ms = {
+        "SQLITE_BUSY_TIMEOUT_MS": settings.sqlite_busy_timeout_ms,
+        "DB_STATEMENT_TIMEOUT_MS": settings.db_statement_timeout_ms,
+        "DB_LOCK_TIMEOUT_MS": settings.db_lock_timeout_ms,
+        "DB_CONNECT_TIMEOUT_SECONDS": settings.db_connect_timeout_seconds * 1000,
+        "READY_TIMEOUT_SECONDS": settings.ready_timeout_seconds * 1000,
+    }
+    for name, wait_ms in waits_ms.items():
+        if 2 * wait_ms >= limit_ms:
+            raise ConfigError(
+                f"{ENV_PREFIX}{name} must be shorter than half {ENV_PREFIX}WORKER_TIMEOUT_SECONDS "
+                f"({settings.worker_timeout_seconds} s), or a slow database gets workers killed instead of a 503"
+            )

@@ -122,7 +122,7 @@ def _swap_recorded_variant(db, customer_id: str) -> None:
 
 
 def test_fast_path_and_flask_view_give_identical_answers_and_exposures(app, seeded, client_key, admin_key):
-    served = app.wsgi_app
+    served = fast_assign.installed(app)
     flask_view = served.flask_wsgi_app
     flask_calls: list[int] = []
 
@@ -135,7 +135,7 @@ def test_fast_path_and_flask_view_give_identical_answers_and_exposures(app, seed
         session.execute(delete(Exposure))
     served.flask_wsgi_app = counted
     try:
-        by_fast_path, stored_by_fast_path = run(app, seeded, script(client_key, admin_key), flask_calls)
+        by_fast_path, stored_by_fast_path = run(served, seeded, script(client_key, admin_key), flask_calls)
     finally:
         served.flask_wsgi_app = flask_view
 
@@ -167,7 +167,7 @@ def test_an_unreachable_database_is_answered_by_the_fast_path_as_flask_answers_i
         raise OperationalError("INSERT INTO exposures ...", {}, Exception("connection refused"))
 
     monkeypatch.setattr(assignment, "assign", unavailable)
-    served = app.wsgi_app
+    served = fast_assign.installed(app)
     by_flask = _call(served.flask_wsgi_app, client_key, "c1")
     assert attempts == ["c1"]
     by_fast_path = _call(served, client_key, "c2")
@@ -192,7 +192,7 @@ def test_any_other_database_error_is_handed_to_flask(app, seeded, client_key, mo
 
     monkeypatch.setattr(assignment, "assign", broken)
     monkeypatch.setitem(app.config, "PROPAGATE_EXCEPTIONS", False)  # as served, not as tested
-    status, _headers, body = _call(app.wsgi_app, client_key, "c1")
+    status, _headers, body = _call(fast_assign.installed(app), client_key, "c1")
     assert attempts == ["c1", "c1"]
     assert status == "500 INTERNAL SERVER ERROR" and "error" in json.loads(body)
     assert any(r.exc_info and r.exc_info[0] is IntegrityError and r.name == "expplatform" for r in caplog.records)
@@ -211,7 +211,7 @@ def test_a_body_cut_short_is_handed_to_flask_and_refused(app, seeded, client_key
         path=URL, method="POST", headers={"Authorization": f"Bearer {client_key}"}, content_type="application/json"
     ).get_environ()
     environ.update({"wsgi.input": stream, "CONTENT_LENGTH": "40"})
-    response = Response.from_app(app.wsgi_app, environ)
+    response = Response.from_app(fast_assign.installed(app), environ)
     assert response.status_code == 400 and response.json["error"] == "malformed_json"
     assert exposures(seeded) == []
 
@@ -232,7 +232,7 @@ def test_the_app_runs_nothing_around_the_view_that_the_fast_path_does_not_know_i
     """Fails when something is added to the app that the fast path would skip: a request
     hook, an error handler, a signal receiver, a WSGI middleware. Handle it in
     api/fast_assign.py, then list it in SKIPPED with why skipping it is safe."""
-    assert isinstance(app.wsgi_app, fast_assign.FastAssign)
+    assert fast_assign.installed(app) is not None
     assert fast_assign.around_the_view(app) == SKIPPED.keys()
 
 
@@ -268,13 +268,12 @@ def test_something_new_around_the_view_is_noticed_and_keeps_the_fast_path_out(tm
     from .conftest import make_test_app
 
     app = make_test_app("sqlite://", tmp_path)
-    served = app.wsgi_app
-    app.wsgi_app = served.flask_wsgi_app  # as before fast_assign.init_app
+    app.wsgi_app = fast_assign.installed(app).flask_wsgi_app  # as before fast_assign.init_app
     try:
         add(app)
         assert not fast_assign.around_the_view(app) <= SKIPPED.keys()
         fast_assign.init_app(app)
-        assert not isinstance(app.wsgi_app, fast_assign.FastAssign)
+        assert fast_assign.installed(app) is None
     finally:
         signals.request_started.disconnect(_request_id)
         app.extensions["db"].engine.dispose()
@@ -286,5 +285,6 @@ def test_a_hook_of_another_blueprint_is_not_around_the_view(app):
 
 
 def test_the_fast_path_serves_the_route_of_the_view_from_the_url_map(app):
-    assert app.wsgi_app.path == "/api/v1/assign" == URL
-    assert app.wsgi_app.access == {"scope": "client", "session_role": None}
+    fast = fast_assign.installed(app)
+    assert fast is not None and fast.path == "/api/v1/assign" == URL
+    assert fast.access == {"scope": "client", "session_role": None}

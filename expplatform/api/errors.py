@@ -1,13 +1,20 @@
 """JSON error responses for everything under /api: never an HTML page, never a 500
-for bad input, and a 503 the client may retry when the database is unreachable."""
+for bad input, and a 503 the client may retry when the database is unreachable,
+locked or too slow (every database wait is bounded, see ``db.py``)."""
 
 from __future__ import annotations
 
+import logging
+
 from flask import Flask, Response, current_app, jsonify, request
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from .. import errors as domain
+from ..db import connection_is_broken
+
+log = logging.getLogger(__name__)
 
 # The one place where the domain's errors become HTTP statuses.
 STATUS_FOR: dict[type[domain.DomainError], int] = {
@@ -70,24 +77,66 @@ def _handle_http_exception(exc: HTTPException):
     return error_response(status, _HTTP_CODES.get(status, "http_error"), exc.description or exc.name)
 
 
-def database_unavailable(exc: DBAPIError) -> Response | None:
-    """The 503 (retry) for a database that cannot be reached or is locked, else None.
-    The assignment fast path (api/fast_assign.py) answers with it too."""
-    message = str(exc.orig).lower() if exc.orig is not None else ""
-    if isinstance(exc, OperationalError) or exc.connection_invalidated or "locked" in message:
-        response = error_response(
-            503, "database_unavailable", "The database is unavailable; nothing was stored. Retry the request."
-        )
-        response.headers["Retry-After"] = "1"
-        return response
+RETRY_AFTER_SECONDS = "1"
+# PostgreSQL SQLSTATEs of a bounded wait that ran out: statement_timeout (query_canceled)
+# and lock_timeout (lock_not_available).
+_TIMED_OUT = {"57014": "statement timeout", "55P03": "lock timeout"}
+_TIMED_OUT_MESSAGE = "The database did not answer in time; nothing was stored. Retry the request."
+_UNAVAILABLE_MESSAGE = "The database is unavailable; nothing was stored. Retry the request."
+
+
+def _unavailable(reason: str, message: str, *, api: bool, where: str) -> Response:
+    """The 503 of a database that cannot serve now: JSON for the API, a line of text for
+    the web pages; a log line either way, with the reason."""
+    log.warning("503: database unavailable (%s) on %s", reason, where)
+    if api:
+        response = error_response(503, "database_unavailable", message)
+    else:
+        response = Response(message, status=503, mimetype="text/plain")
+    response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+    return response
+
+
+def _unavailable_reason(exc: DBAPIError) -> str | None:
+    """Why a database error is a 503 (a fault that should pass), or None for a bug."""
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate in _TIMED_OUT:
+        return _TIMED_OUT[sqlstate]
+    message = str(orig).lower() if orig is not None else ""
+    if "locked" in message or "busy" in message:
+        return "lock timeout"
+    if exc.connection_invalidated or (orig is not None and connection_is_broken(orig)):
+        return f"connection discarded: {str(orig).strip() or type(orig).__name__}"
+    if isinstance(exc, OperationalError):
+        return f"operational error: {str(orig).strip() or type(orig).__name__}"
+    return None
+
+
+def database_unavailable(exc: DBAPIError, *, where: str, api: bool = True) -> Response | None:
+    """The 503 (retry) for a database fault that should pass (unreachable, locked, timed
+    out, a discarded connection), else None: a bug, for the 500 handler. The assignment
+    fast path (api/fast_assign.py) answers with it too, so both paths say the same."""
+    reason = _unavailable_reason(exc)
+    if reason is None:
+        return None
+    message = _TIMED_OUT_MESSAGE if reason in _TIMED_OUT.values() else _UNAVAILABLE_MESSAGE
+    return _unavailable(reason, message, api=api, where=where)
     return None
 
 
 def _handle_database_error(exc: DBAPIError):
-    response = database_unavailable(exc) if _is_api_request() else None
+    response = database_unavailable(exc, api=_is_api_request(), where=f"{request.method} {request.path}")
     if response is None:
         raise exc
     return response
+
+
+def _handle_pool_timeout(_exc: PoolTimeout):
+    """Every pooled connection is busy and none came free within the connect timeout."""
+    return _unavailable(
+        "no free connection", _TIMED_OUT_MESSAGE, api=_is_api_request(), where=f"{request.method} {request.path}"
+    )
 
 
 def _handle_unexpected(exc: Exception):
@@ -101,4 +150,5 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(domain.DomainError, _handle_domain_error)
     app.register_error_handler(HTTPException, _handle_http_exception)
     app.register_error_handler(DBAPIError, _handle_database_error)
+    app.register_error_handler(PoolTimeout, _handle_pool_timeout)
     app.register_error_handler(Exception, _handle_unexpected)

@@ -72,6 +72,12 @@ SKIPPED: dict[str, str] = {
         "this path answers an unreachable database with the same api.errors.database_unavailable, "
         "and hands other database errors to Flask"
     ),
+    "error_handler sqlalchemy.exc.TimeoutError expplatform.api.errors._handle_pool_timeout": (
+        "this path writes through its own connection per thread, never the pool"
+    ),
+    "teardown_request expplatform.observability._note_route_of_request": (
+        "it tells the request log the route Flask matched; the log (outside this path) names this path's own"
+    ),
     "error_handler flask_wtf.csrf.CSRFError expplatform.web._csrf_failed": "CSRF is not checked on the API",
     "session_interface expplatform.cookie_session.CookieSessionInterface": (
         "a call with a cookie goes to Flask; without one the session is empty and never saved"
@@ -112,7 +118,7 @@ class FastAssign:
             payload = self._answer(environ, body) if len(body) == length else None
         except DBAPIError as exc:
             with self.app.app_context():
-                unavailable = database_unavailable(exc)
+                unavailable = database_unavailable(exc, where=f"POST {self.path}")
             if unavailable is not None:
                 return unavailable(environ, start_response)
             payload = None  # Flask answers it (and logs it) as it answers every database error
@@ -151,6 +157,15 @@ class FastAssign:
             return None
 
 
+def installed(app: Flask) -> FastAssign | None:
+    """The fast path in the app's WSGI chain, or None. Layers outside it (the request
+    log) see every call, so only what lies inside it can be skipped."""
+    layer: Any = app.wsgi_app
+    while layer is not None and not isinstance(layer, FastAssign):
+        layer = getattr(layer, "wsgi_app", None)
+    return layer
+
+
 def around_the_view(app: Flask) -> frozenset[str]:
     """Everything Flask would run around the assignment view besides the view itself,
     named as in ``SKIPPED``: request hooks, error handlers and signal receivers of
@@ -177,7 +192,8 @@ def around_the_view(app: Flask) -> frozenset[str]:
         receivers = getattr(flask_signals, signal_name).receivers_for(app)
         found.update(f"signal {signal_name} {_name(receiver)}" for receiver in receivers)
     found.add(f"session_interface {_name(type(app.session_interface))}")
-    wrapped = app.wsgi_app.flask_wsgi_app if isinstance(app.wsgi_app, FastAssign) else app.wsgi_app
+    fast = installed(app)
+    wrapped = fast.flask_wsgi_app if fast is not None else app.wsgi_app
     found.add(f"wsgi_app {_name(wrapped)}")
     return frozenset(found)
 

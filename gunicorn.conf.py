@@ -1,0 +1,62 @@
+"""gunicorn settings for serving expplatform: ``gunicorn -c gunicorn.conf.py wsgi:app``.
+
+gunicorn also reads this file by itself when started from this directory. Options given
+on the command line (``--workers``, ``--bind``) override the values here. The
+``EXPPLATFORM_*`` settings are parsed here, in the master, so a bad value stops the
+service at once with a message naming the variable, before any worker starts; the
+worker and graceful timeouts come from them because the database waits are checked
+against the worker timeout (``config.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from gunicorn import glogging
+
+from expplatform.config import load_settings
+from expplatform.observability import JsonFormatter
+
+_settings = load_settings()
+
+bind = "127.0.0.1:8000"
+workers = 2
+# Threads overlap database waits (a PostgreSQL commit waits for its WAL flush) and keep
+# connections alive; workers share nothing but the database. (For sync workers pass
+# --threads 1 too: gunicorn runs a sync worker with threads as gthread.)
+worker_class = "gthread"
+threads = 4
+backlog = 2048
+keepalive = 5
+# A worker silent this long is killed and replaced; every database wait ends before.
+timeout = _settings.worker_timeout_seconds
+# On SIGTERM or SIGHUP, workers finish the requests they hold for up to this long.
+graceful_timeout = _settings.graceful_timeout_seconds
+# Every worker binds the port itself (SO_REUSEPORT): a master that died by SIGKILL
+# leaves workers that still hold the port for a while, and a new master then starts
+# anyway instead of exiting with "Connection in use". (A worker that exits drops the
+# connections still queued on its socket unless net.ipv4.tcp_migrate_req = 1.)
+reuse_port = True
+# gunicorn's control socket is one path per user ($HOME/.gunicorn/gunicorn.ctl), which two
+# instances on one host would fight over; nothing here uses it.
+control_socket_disable = True
+# The workers' heartbeat files on tmpfs: a slow disk must not get workers killed.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+
+class JsonLogger(glogging.Logger):
+    """gunicorn's own lines (boot, worker exits and timeouts) as JSON, like the app's.
+    Its access log is off: the app's ``expplatform.access`` logger writes one line per
+    request with the request id (``observability.py``)."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            handler.setFormatter(JsonFormatter())
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        return None
+
+
+logger_class = JsonLogger
