@@ -20,7 +20,7 @@ def sample_ratio(stages: tuple[str, ...], exposed: np.ndarray, weights: tuple[fl
     share = np.asarray(weights, dtype=float)
     share = share / share.sum() if share.sum() > 0 else share
     worst: SampleRatio | None = None
-    for stage, observed in zip(stages, exposed):
+    for stage, observed in zip(stages, exposed, strict=True):
         total = int(observed.sum())
         expected = share * total
         if total == 0:

@@ -67,7 +67,7 @@ def analyze(
         [prior.conversion_beta + counts.exposed - counts.converted, prior.conversion_alpha + counts.converted], axis=-1
     ).astype(float)
     rating_alpha = prior.rating_concentration + counts.ratings.astype(float)
-    conversion = rng.beta(conv_alpha[..., 1:2], conv_alpha[..., 0:1], size=counts.exposed.shape + (draws,))
+    conversion = rng.beta(conv_alpha[..., 1:2], conv_alpha[..., 0:1], size=(*counts.exposed.shape, draws))
     theta = _Dirichlet(rng, rating_alpha, draws)
 
     posterior = Posterior(values={"conversion": conversion})
@@ -91,7 +91,7 @@ class _Dirichlet:
     Carlo error) makes the gamma variates, the bulk of the work, about 40% cheaper."""
 
     def __init__(self, rng: np.random.Generator, alpha: np.ndarray, draws: int):
-        shape = alpha.shape[:-1] + (draws, alpha.shape[-1])
+        shape = (*alpha.shape[:-1], draws, alpha.shape[-1])
         shapes = np.broadcast_to(alpha.astype(np.float32)[..., None, :], shape)
         self.gamma = rng.standard_gamma(shapes, dtype=np.float32)
         self.total = self.gamma.sum(-1)
@@ -112,7 +112,7 @@ def _simulate_missing_p_better(rng, alpha, stats, posterior, control, max_error)
         missing = [int(j) for j in np.flatnonzero(unknown)]
         if not missing:
             continue
-        cells = [control] + missing
+        cells = [control, *missing]
         x = np.stack([posterior.values[spec.name][stage, cells] for spec in specs])  # (specs, cells, draws)
         p, error = _mann_whitney(x, 0)
         if max_error is not None and error.max() > max_error:

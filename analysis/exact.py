@@ -37,7 +37,7 @@ def collapse(weights: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.nda
     ``alpha`` may carry leading batch axes; the category axis is the last.
     """
     distinct, index = np.unique(np.asarray(weights, dtype=float), return_inverse=True)
-    summed = np.zeros(alpha.shape[:-1] + (distinct.size,))
+    summed = np.zeros((*alpha.shape[:-1], distinct.size))
     for k, j in enumerate(index):
         summed[..., j] += alpha[..., k]
     return distinct, summed

@@ -163,7 +163,7 @@ def fit_full_model(
 def _cells_last(x: np.ndarray) -> np.ndarray:
     """(chain, draw, stage, variant[, K]) -> (stage, variant, chain * draw[, K])."""
     chains, draws = x.shape[:2]
-    flat = x.reshape((chains * draws,) + x.shape[2:])
+    flat = x.reshape((chains * draws, *x.shape[2:]))
     return np.moveaxis(flat, 0, 2)
 
 

@@ -158,7 +158,7 @@ def _experiment_notes(stats, counts: Counts, srm, diagnostics: Diagnostics | Non
     elif len(with_exposures) == 1:
         raised.append(messages.note(messages.SINGLE_VARIANT, variant=with_exposures[0], what="exposed customers"))
     if srm.flagged:
-        observed = ", ".join(f"{v} {n}" for v, n in zip(stats.variants, srm.observed))
+        observed = ", ".join(f"{v} {n}" for v, n in zip(stats.variants, srm.observed, strict=True))
         raised.append(
             messages.note(messages.SAMPLE_RATIO_MISMATCH, stage=srm.stage, observed=observed, p_value=srm.p_value)
         )

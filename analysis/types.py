@@ -43,7 +43,7 @@ class CellStats:
         return CellStats(
             self.exposed + other.exposed,
             self.converted + other.converted,
-            tuple(a + b for a, b in zip(self.ratings, other.ratings)),
+            tuple(a + b for a, b in zip(self.ratings, other.ratings, strict=True)),
         )
 
     @classmethod
@@ -109,7 +109,8 @@ class ExperimentStats:
                     raise AnalysisInputError(f"no statistics for stage {stage!r}, variant {variant!r}")
                 if len(cell.ratings) != self.scale.categories:
                     raise AnalysisInputError(
-                        f"histogram of {stage}/{variant} has {len(cell.ratings)} bins, scale has {self.scale.categories}"
+                        f"histogram of {stage}/{variant} has {len(cell.ratings)} bins, "
+                        f"scale has {self.scale.categories}"
                     )
 
     def __add__(self, other: object) -> ExperimentStats:

@@ -60,7 +60,7 @@ def experiment(variants, lifts, exposed=20_000, scale=Scale(1, 5), rated_share=0
     cells = {}
     for i, stage in enumerate(STAGES):
         cells[stage] = {}
-        for variant, lift in zip(variants, lifts):
+        for variant, lift in zip(variants, lifts, strict=True):
             converted = int(rng.binomial(exposed, BASE_RATES[i] * (1 + lift)))
             ratings = rng.multinomial(min(converted, int(exposed * rated_share)), shape)
             cells[stage][variant] = CellStats(exposed, converted, tuple(int(r) for r in ratings))
@@ -168,11 +168,11 @@ def calibration_figures(experiments: int = 1000, stages_each: int = 3) -> None:
                 )
                 for j, v in enumerate(("A", "B"))
             }
-            for u, name in zip(range(start, start + chunk), names)
+            for u, name in zip(range(start, start + chunk), names, strict=True)
         }
         stats = ExperimentStats(names, names[0], ("A", "B"), "A", (0.5, 0.5), Scale(1, 5), cells)
         result = analyze(stats, prior=prior, draws=2000, max_p_better_error=None, seed=start)
-        for u, stage in zip(range(start, start + chunk), result.stages):
+        for u, stage in zip(range(start, start + chunk), result.stages, strict=True):
             for metric in truth:
                 c = stage.metric(metric).comparison("B")
                 covered[metric].append(c.relative_lift.low <= truth[metric][u] <= c.relative_lift.high)
@@ -186,12 +186,14 @@ def calibration_figures(experiments: int = 1000, stages_each: int = 3) -> None:
         )
     confident = p_better >= 0.9
     print(
-        f"  of {confident.sum()} comparisons with P(better) in [0.9, 1], truly better: {better[confident].mean():.1%}  (target >= 90%)"
+        f"  of {confident.sum()} comparisons with P(better) in [0.9, 1], "
+        f"truly better: {better[confident].mean():.1%}  (target >= 90%)"
     )
     for low in np.arange(0, 1, 0.2):
         in_bin = (p_better >= low) & (p_better < low + 0.2)
         print(
-            f"    P(better) in [{low:.1f}, {low + 0.2:.1f}): mean {p_better[in_bin].mean():.3f}, truly better {better[in_bin].mean():.3f}"
+            f"    P(better) in [{low:.1f}, {low + 0.2:.1f}): mean {p_better[in_bin].mean():.3f}, "
+            f"truly better {better[in_bin].mean():.3f}"
         )
 
 

@@ -144,7 +144,7 @@ def prepare(url: str, repeat_customers: int) -> str:
         )
         experiment.variants = [
             Variant(key=name, weight=weight, position=i, is_control=i == 0)
-            for i, (name, weight) in enumerate(zip(("control", "green"), WEIGHTS))
+            for i, (name, weight) in enumerate(zip(("control", "green"), WEIGHTS, strict=True))
         ]
         session.add(experiment)
         bump_version(session)
@@ -175,7 +175,7 @@ def expose(engine, experiment_id: int, variant_ids: list[int], customers: list[s
             "forced": False,
             "mismatches": 0,
         }
-        for customer, index in zip(customers, placed.tolist())
+        for customer, index in zip(customers, placed.tolist(), strict=True)
     ]
     with Session(engine) as session, session.begin():
         for start in range(0, len(rows), 50_000):
@@ -358,7 +358,7 @@ def bench_http(args, workdir: Path, worker_settings: str) -> None:
                         rss_end = worker_rss_mb(master)
                     print(
                         f"{backend} worker RSS MB, start -> end: "
-                        + ", ".join(f"{a:.0f} -> {b:.0f}" for a, b in zip(rss_start, rss_end))
+                        + ", ".join(f"{a:.0f} -> {b:.0f}" for a, b in zip(rss_start, rss_end, strict=True))
                     )
                 finally:
                     shutil.rmtree(instance, ignore_errors=True)

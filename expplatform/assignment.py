@@ -99,10 +99,7 @@ class Rule:
 
 
 def targeting_matches(rules: Sequence[Rule], attributes: Mapping[str, Any]) -> bool:
-    for rule in rules:
-        if rule.attribute not in attributes or not rule.matches(attributes[rule.attribute]):
-            return False
-    return True
+    return all(rule.attribute in attributes and rule.matches(attributes[rule.attribute]) for rule in rules)
 
 
 @dataclass(frozen=True, slots=True)

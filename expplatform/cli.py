@@ -200,9 +200,8 @@ def experiments_list(status: tuple[str, ...], stage: str | None) -> None:
         page = experiments.list_experiments(session, statuses=status, stage=stage, per_page=1_000_000)
         for experiment in page.items:
             variants = ",".join(variant.key for variant in experiment.variants)
-            click.echo(
-                f"{experiment.key:<32} {experiment.status:<8} {experiment.target_stage:<16} {variants:<24} {experiment.name}"
-            )
+            columns = (experiment.key.ljust(32), experiment.status.ljust(8), experiment.target_stage.ljust(16))
+            click.echo(f"{' '.join(columns)} {variants:<24} {experiment.name}")
 
 
 # -- reports ------------------------------------------------------------------------

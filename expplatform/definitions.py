@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from analysis.exceptions import AnalysisInputError
 from analysis.types import DecisionRule, Prior
@@ -47,7 +47,7 @@ Operator = Literal["eq", "ne", "in", "not_in", "lt", "lte", "gt", "gte"]
 OPERATORS: tuple[str, ...] = ("eq", "ne", "in", "not_in", "lt", "lte", "gt", "gte")
 LIST_OPERATORS = frozenset({"in", "not_in"})
 NUMERIC_OPERATORS = frozenset({"lt", "lte", "gt", "gte"})
-Scalar = Union[str, int, float, bool]
+Scalar = str | int | float | bool
 
 MAX_STAGES = 20
 MIN_VARIANTS, MAX_VARIANTS = 2, 10

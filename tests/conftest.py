@@ -108,11 +108,26 @@ def make_test_app(database_url: str, tmp_path, **overrides: Any):
     return create_app(config)
 
 
+REPORT_WAIT_SECONDS = 60.0
+
+
 @pytest.fixture
 def app(database_url, tmp_path):
-    app = make_test_app(database_url, tmp_path)
+    """The app on the test's database. A report's slow parts are waited for (a loaded
+    test machine must not make a series 'computing'), and end with the test."""
+    app = make_test_app(database_url, tmp_path, report_wait_seconds=REPORT_WAIT_SECONDS)
     yield app
+    app.extensions["report_cache"].slow.wait_idle(REPORT_WAIT_SECONDS)
     app.extensions["db"].engine.dispose()
+
+
+@pytest.fixture
+def seeded(app, db):
+    """The report tests' journey experiment with its exposures and outcomes
+    (``reports_support.seed_journey``), and the counts it meant to produce."""
+    from .reports_support import seed_journey
+
+    return seed_journey(app, db)
 
 
 @pytest.fixture

@@ -21,12 +21,11 @@ from expplatform import migrations
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).parent / "gunicorn"
-# The app as wsgi.py serves it (with the probes and the request log wired in).
+# The app as wsgi.py serves it.
 APP_MODULE = """
 from expplatform import create_app
-from tests.ops_support import wired
 
-app = wired(create_app())
+app = create_app()
 """
 
 

@@ -55,7 +55,7 @@ def test_intervals_cover_the_truth_and_p_better_is_calibrated():
         }
         stats = ExperimentStats(stages, stages[0], ("A", "B"), "A", (0.5, 0.5), Scale(1, 5), cells)
         result = analyze(stats, prior=PRIOR, draws=2000, max_p_better_error=None, seed=start)
-        for u, stage in zip(chunk, result.stages):
+        for u, stage in zip(chunk, result.stages, strict=True):
             for metric in truths:
                 comparison = stage.metric(metric).comparison("B")
                 lift = comparison.relative_lift

@@ -44,7 +44,7 @@ def experiment(cells, *, target="purchase", control="A", weights=None, scale=Sca
 
 def funnel(rates, exposed=20_000, ratings=NO_RATINGS):
     """One variant's cells over STAGES: converted = rate * exposed at each stage."""
-    return {s: (exposed, round(r * exposed), ratings) for s, r in zip(STAGES, rates)}
+    return {s: (exposed, round(r * exposed), ratings) for s, r in zip(STAGES, rates, strict=True)}
 
 
 def by_stage(**variants):

@@ -41,9 +41,9 @@ def fake_draws(stats: ExperimentStats, chains=2, draws=50, seed=0):
     exposed = np.array([[stats.cells[s][v].exposed for v in VARIANTS] for s in stats.stages])
     converted = np.array([[stats.cells[s][v].converted for v in VARIANTS] for s in stats.stages])
     ratings = np.array([[stats.cells[s][v].ratings for v in VARIANTS] for s in stats.stages], dtype=float)
-    p = rng.beta(converted + 1, exposed - converted + 1, size=(chains, draws) + exposed.shape)
+    p = rng.beta(converted + 1, exposed - converted + 1, size=(chains, draws, *exposed.shape))
     probs = np.stack([rng.dirichlet(r + 1, size=(chains, draws)) for r in ratings.reshape(-1, 5)], axis=2)
-    probs = probs.reshape((chains, draws) + ratings.shape)
+    probs = probs.reshape((chains, draws, *ratings.shape))
     return az.from_dict(
         posterior={"p": p, "rating_probs": probs, "effect_tau": rng.normal(size=(chains, draws, 2))},
         sample_stats={"diverging": np.zeros((chains, draws), dtype=bool)},
@@ -66,9 +66,10 @@ def test_full_model_summaries_have_the_conjugate_result_types(stats, monkeypatch
     assert result.status == messages.DIAGNOSTICS_FAILED
     assert any(n.code == messages.DIAGNOSTICS_FAILED and "1.080" in n.message for n in result.notes)
     assert result.diagnostics == failed
-    shape = lambda r: [
-        (s.stage, [(m.metric, [c.treatment for c in m.comparisons]) for m in s.metrics]) for s in r.stages
-    ]
+
+    def shape(r):
+        return [(s.stage, [(m.metric, [c.treatment for c in m.comparisons]) for m in s.metrics]) for s in r.stages]
+
     assert shape(result) == shape(conjugate)
     comparison = result.stage("purchase").metric("conversion").comparison("B")
     assert comparison.p_better_error is None  # MCMC draws: see the diagnostics instead

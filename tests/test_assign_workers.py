@@ -16,8 +16,8 @@ from expplatform.assignment import exposure_store
 from expplatform.auth import create_api_key
 from expplatform.models import Exposure
 
+from .assign_support import URL, exposures, seed
 from .conftest import POSTGRES_URL, Api, make_test_app
-from .test_assign import URL, exposures, seed
 
 WORKERS = 8
 
@@ -45,7 +45,7 @@ def test_concurrent_first_calls_from_many_workers_leave_exactly_one_exposure(db,
             results: list[dict | None] = [None] * WORKERS
             errors: list[BaseException] = []
 
-            def call(index: int) -> None:
+            def call(index: int, barrier=barrier, customer=customer, orders=orders, results=results, errors=errors):
                 try:
                     barrier.wait()
                     response = clients[index].post(URL, json={"customer_id": customer, "experiments": orders[index]})

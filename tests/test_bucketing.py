@@ -281,7 +281,7 @@ def test_layer_experiments_are_mutually_exclusive_and_adding_one_moves_nobody():
         placements.append(placed)
         assert abs((placed != OUTSIDE_LAYER).mean() - share) < 0.015
         # The experiments already in the layer place everyone exactly as before.
-        for split, before in zip(splits, placements):
+        for split, before in zip(splits, placements, strict=True):
             assert (place_many(split, ids) == before).all()
     in_layer = np.vstack([p != OUTSIDE_LAYER for p in placements])
     assert in_layer.sum(axis=0).max() == 1

@@ -22,7 +22,7 @@ from expplatform.bucketing import place
 from expplatform.client import Assignment, Client, ClientError, Failure
 from expplatform.models import Event
 
-from .test_assign import seed
+from .assign_support import seed
 
 EVENTS_PATH = "/api/v1/events"
 

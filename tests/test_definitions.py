@@ -434,7 +434,10 @@ def test_toml_syntax_errors_are_reported_as_a_field():
 
 
 def test_toml_validation_errors_use_the_same_field_paths():
-    text = 'key = "a"\nname = "A"\ntarget_stage = "purchase"\n[[variants]]\nkey = "x"\n[[variants]]\nkey = "y"\nweight = -1\n'
+    text = (
+        'key = "a"\nname = "A"\ntarget_stage = "purchase"\n'
+        '[[variants]]\nkey = "x"\n[[variants]]\nkey = "y"\nweight = -1\n'
+    )
     with pytest.raises(InvalidInput) as info:
         parse_toml(text)
     assert set(info.value.fields) == {"variants.1.weight"}

@@ -25,7 +25,7 @@ from expplatform.api import fast_assign
 from expplatform.api.fast_assign import SKIPPED
 from expplatform.models import Exposure, Variant
 
-from .test_assign import URL, exposures, seed
+from .assign_support import URL, exposures, seed
 
 HAPPY = "fast path"
 HANDED_OVER = "Flask view"
@@ -217,7 +217,7 @@ def test_a_body_cut_short_is_handed_to_flask_and_refused(app, seeded, client_key
 
 
 def test_a_refused_key_is_looked_up_once_not_again_by_the_flask_view(app, seeded, admin_key):
-    from .test_assign import statements
+    from .assign_support import statements
 
     unknown = "xp_" + "n" * 43
     for key, status in ((unknown, 401), (admin_key, 403)):

@@ -142,7 +142,8 @@ def test_workers_starting_together_on_a_file_not_yet_in_wal_mode_all_connect(tmp
 def test_importing_the_service_and_starting_it_does_not_load_pymc(tmp_path):
     code = (
         "import sys; from expplatform import create_app; "
-        f"create_app({{'database_url': 'sqlite://', 'testing': True, 'check_migrations': False, 'instance_path': {str(tmp_path)!r}}}); "
+        "create_app({'database_url': 'sqlite://', 'testing': True, 'check_migrations': False, "
+        f"'instance_path': {str(tmp_path)!r}}}); "
         "import analysis; "
         "bad = [m for m in ('pymc', 'pytensor', 'arviz') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
@@ -198,9 +199,10 @@ def test_first_definition_changes_on_a_fresh_database_do_not_collide(db):
 
 def test_demo_setup_creates_login_key_and_demo_experiments_once(tmp_path):
     env = {"EXPPLATFORM_INSTANCE_PATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    run = lambda *args: subprocess.run(
-        [sys.executable, "-m", "expplatform.cli", *args], capture_output=True, text=True, env=env
-    )
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "expplatform.cli", *args], capture_output=True, text=True, env=env)
+
     assert run("db", "upgrade").returncode == 0
     first = run("demo", "setup")
     assert first.returncode == 0, first.stderr

@@ -11,9 +11,7 @@ read-only session on PostgreSQL, set as each new connection opens.
 from __future__ import annotations
 
 import logging
-import shutil
 import sqlite3
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +25,9 @@ from expplatform.auth import create_api_key
 from expplatform.db import Base, connection_is_broken, retry_on_lock
 from expplatform.models import Event, Exposure
 
+from .assign_support import seed
 from .conftest import make_test_app
-from .test_assign import seed
+from .ops_support import chattr
 
 ASSIGN = "/api/v1/assign"
 EVENTS = "/api/v1/events"
@@ -128,10 +127,6 @@ def test_a_discarded_connection_is_retried_once_on_a_new_one():
     assert retry_on_lock(flaky) == "stored"
 
 
-def _chattr(*args: str) -> bool:
-    return shutil.which("chattr") is not None and subprocess.run(["chattr", *args], capture_output=True).returncode == 0
-
-
 @pytest.fixture
 def immutable(tmp_path):
     """chattr +i on files, lifted again however the test ends."""
@@ -139,21 +134,21 @@ def immutable(tmp_path):
 
     def make(*paths: Path) -> None:
         for path in paths:
-            assert _chattr("+i", str(path)), f"chattr +i {path} failed"
+            assert chattr("+i", str(path)), f"chattr +i {path} failed"
             made.append(path)
 
     yield make
     for path in made:
-        _chattr("-i", str(path))
+        chattr("-i", str(path))
 
 
 def test_an_immutable_sqlite_file_heals_once_the_flag_is_removed(tmp_path, sqlite_url, client_key_for, immutable):
     """The tester's own fault, where ``chattr`` works (root, a filesystem with the flag)."""
     probe = tmp_path / "probe"
     probe.touch()
-    if not _chattr("+i", str(probe)):
+    if not chattr("+i", str(probe)):
         pytest.skip("chattr +i is not available here (needs root and ext4/xfs/btrfs)")
-    _chattr("-i", str(probe))
+    chattr("-i", str(probe))
     app = make_test_app(sqlite_url, tmp_path)
     db = app.extensions["db"]
     try:
@@ -168,8 +163,8 @@ def test_an_immutable_sqlite_file_heals_once_the_flag_is_removed(tmp_path, sqlit
         immutable(path, Path(f"{path}-wal"))
         assert client.post(ASSIGN, json={"customer_id": "during"}, headers=headers).status_code == 503
         assert client.post(EVENTS, json=batch("e-during", "before"), headers=headers).status_code == 503
-        _chattr("-i", str(path))
-        _chattr("-i", f"{path}-wal")
+        chattr("-i", str(path))
+        chattr("-i", f"{path}-wal")
         assert client.post(ASSIGN, json={"customer_id": "after"}, headers=headers).status_code == 200
         assert client.post(EVENTS, json=batch("e-after", "after"), headers=headers).status_code == 200
         other_worker.close()

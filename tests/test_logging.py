@@ -16,10 +16,9 @@ from sqlalchemy.exc import OperationalError
 from expplatform.assignment import ExposureStore
 from expplatform.observability import JsonFormatter
 
+from .assign_support import seed
 from .conftest import make_test_app
 from .gunicorn_support import get, serve
-from .ops_support import wired
-from .test_assign import seed
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
 
@@ -27,7 +26,6 @@ GENERATED = re.compile(r"[0-9a-f]{32}")
 @pytest.fixture
 def app(database_url, tmp_path):
     app = make_test_app(database_url, tmp_path)
-    wired(app)
     yield app
     app.extensions["db"].engine.dispose()
 

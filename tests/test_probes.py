@@ -14,16 +14,13 @@ from sqlalchemy.engine import make_url
 from expplatform import migrations
 
 from .conftest import POSTGRES_URL, drop_postgres_schema, fresh_postgres_schema, make_test_app, process_tag
-from .ops_support import wired
-from .test_healing import _chattr
-from .test_timeouts import hot_tables_locked
+from .ops_support import chattr, hot_tables_locked
 
 READY_TIMEOUT = 0.5
 
 
 def probed_app(database_url: str, tmp_path: Path, **overrides):
     app = make_test_app(database_url, tmp_path, ready_timeout_seconds=READY_TIMEOUT, **overrides)
-    wired(app)
     return app
 
 
@@ -141,11 +138,11 @@ def test_an_immutable_sqlite_file_is_not_ready(tmp_path):
     path = tmp_path / "ro.sqlite3"
     app = probed_app(url, tmp_path, check_migrations=True)  # puts the file in WAL mode, as a worker does
     app.extensions["db"].engine.dispose()
-    if not _chattr("+i", str(path)):
+    if not chattr("+i", str(path)):
         pytest.skip("chattr +i is not available here (needs root and ext4/xfs/btrfs)")
     try:
         ready, _ = timed_get(app, "/readyz")
         app.extensions["db"].engine.dispose()
     finally:
-        _chattr("-i", str(path))
+        chattr("-i", str(path))
     assert_not_ready(ready, "database_read_only")

@@ -32,7 +32,7 @@ from expplatform.reports.series import SeriesPoint, series_points, target_only, 
 
 from .events_support import expose, iso, make_experiment
 from .openapi_check import checked
-from .reports_support import STAGES, START, WAIT, app, seed_journey, seeded  # noqa: F401  (fixtures)
+from .reports_support import STAGES, START, WAIT, fake_fit, seed_journey
 
 
 def roundtrip(value):
@@ -52,7 +52,7 @@ def test_the_json_report_is_the_analysis_of_the_stored_data(db, admin_api, seede
     response = checked(admin_api).get("/api/v1/experiments/checkout/report")
     assert response.status_code == 200
     body = response.get_json()
-    session, experiment, stats, prior, rule = current(db)
+    session, _experiment, stats, prior, rule = current(db)
     # The stored statistics are what the seeding sent...
     assert body["exposed"] == seeded.exposed
     for stage in STAGES:
@@ -86,9 +86,9 @@ def test_the_experiments_own_settings_and_a_credible_level_override_are_used(app
         analyze(stats, prior=prior, rule=replace(rule, credible_level=0.8), seed=0).to_dict()
     )
     assert narrow["result"]["credible_level"] == 0.8 and narrow["settings"]["decision"]["credible_level"] == 0.8
-    for w_stage, n_stage in zip(wide["result"]["stages"], narrow["result"]["stages"]):
-        for w_metric, n_metric in zip(w_stage["metrics"], n_stage["metrics"]):
-            for w, n in zip(w_metric["comparisons"], n_metric["comparisons"]):
+    for w_stage, n_stage in zip(wide["result"]["stages"], narrow["result"]["stages"], strict=True):
+        for w_metric, n_metric in zip(w_stage["metrics"], n_stage["metrics"], strict=True):
+            for w, n in zip(w_metric["comparisons"], n_metric["comparisons"], strict=True):
                 if w["relative_lift"] is not None:
                     assert (
                         n["relative_lift"]["high"] - n["relative_lift"]["low"]
@@ -155,7 +155,7 @@ def test_the_csv_has_one_row_per_stage_variant_metric_matching_the_analysis(db, 
     assert response.headers["Content-Disposition"] == 'attachment; filename="checkout-report.csv"'
     rows = parse_csv(response.data)
     assert tuple(rows[0]) == CSV_COLUMNS
-    session, experiment, stats, prior, rule = current(db)
+    session, _experiment, stats, prior, rule = current(db)
     result = analyze(stats, prior=prior, rule=rule, seed=0)
     metrics = ("conversion", "mean_rating", "top_box")  # no NPS on a 1-5 scale
     assert [(r["stage"], r["metric"], r["variant"]) for r in rows] == [
@@ -191,7 +191,7 @@ def test_segments_split_the_report_by_a_recorded_attribute(db, admin_api, seeded
     assert segments["attribute"] == "platform" and segments["status"] == "ready"
     assert sorted(s["value"] for s in segments["values"]) == ["android", "ios", "web"]
     assert sum(s["exposed"] for s in segments["values"]) == sum(seeded.exposed.values())
-    session, experiment, stats, prior, rule = current(db)
+    session, experiment, _stats, prior, rule = current(db)
     by_value = segment_stats(session, experiment, "platform")
     for segment in segments["values"]:
         expected = analyze(by_value[segment["value"]], prior=prior, rule=rule, seed=0).to_dict()
@@ -233,7 +233,7 @@ def test_the_daily_series_is_the_cumulative_analysis_of_each_day(db, admin_api, 
     assert series["status"] == "ready" and series["stage"] == "cart" and series["metric"] == "conversion"
     days = sorted({p["day"] for p in series["points"]})
     assert days == ["2024-05-01", "2024-05-02", "2024-05-03"]
-    session, experiment, stats, prior, rule = current(db)
+    session, experiment, _stats, prior, rule = current(db)
     by_day = dict(daily_stats(session, experiment))
     for point in series["points"]:
         day_stats = by_day[date.fromisoformat(point["day"])]
@@ -513,7 +513,7 @@ def test_a_failing_slow_part_says_failed_and_is_tried_again():
 
 
 def test_the_series_point_of_today_comes_from_the_live_data(db, seeded):
-    session, experiment, stats, prior, rule = current(db)
+    session, _experiment, stats, prior, rule = current(db)
     older = Pending(
         "ready",
         (
@@ -533,24 +533,6 @@ def test_the_series_point_of_today_comes_from_the_live_data(db, seeded):
 
 
 # -- full model through the API -----------------------------------------------------------------
-
-
-def fake_fit(stats, params, *, prior, rule, progress):
-    result = analyze(stats, prior=prior, rule=rule, seed=5).to_dict()
-    return {
-        **result,
-        "method": "hierarchical",
-        "diagnostics": {
-            "r_hat_max": 1.002,
-            "ess_bulk_min": 900.0,
-            "ess_tail_min": 800.0,
-            "divergences": 0,
-            "draws": params.draws,
-            "chains": params.chains,
-            "sampler": "fake",
-            "passed": True,
-        },
-    }
 
 
 def test_a_fit_is_queued_run_and_shown_in_the_report(app, admin_api, seeded):

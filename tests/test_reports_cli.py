@@ -9,8 +9,7 @@ import re
 from expplatform.cli import main
 from expplatform.jobs import get_runner
 
-from .reports_support import STAGES, WAIT, app, seed_journey, seeded  # noqa: F401  (fixtures)
-from .test_reports import fake_fit
+from .reports_support import STAGES, fake_fit
 
 
 def run(runner, *args):

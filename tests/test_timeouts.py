@@ -5,24 +5,22 @@ refused at start."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from expplatform.auth import SESSION_TOKEN, create_api_key
 from expplatform.config import ConfigError, load_settings
 from expplatform.db import get_session
 
+from .assign_support import seed
 from .conftest import POSTGRES_URL, make_test_app
-from .ops_support import wired
-from .test_assign import seed
+from .ops_support import hot_tables_locked
 
 # Short enough for a test, far longer than a free lock takes.
 WAITS = {"sqlite_busy_timeout_ms": 300, "db_lock_timeout_ms": 300, "db_statement_timeout_ms": 1500}
@@ -32,35 +30,8 @@ BOUND_SECONDS = 5.0  # what the test tolerates; without the timeouts the calls n
 @pytest.fixture
 def app(database_url, tmp_path):
     app = make_test_app(database_url, tmp_path, **WAITS)
-    wired(app)
     yield app
     app.extensions["db"].engine.dispose()
-
-
-@contextmanager
-def hot_tables_locked(database_url: str) -> Iterator[Callable[[], None]]:
-    """Another session locks the tables every assignment and event batch uses, as an
-    operator's ``LOCK TABLE ... ACCESS EXCLUSIVE`` (PostgreSQL) or a long write
-    transaction (SQLite) would, until the block ends or the yielded release is called."""
-    if database_url.startswith("sqlite"):
-        holder = sqlite3.connect(make_url(database_url).database, isolation_level=None, check_same_thread=False)
-        holder.execute("BEGIN EXCLUSIVE")
-        release = lambda: holder.in_transaction and holder.execute("ROLLBACK")  # noqa: E731
-        try:
-            yield release
-        finally:
-            release()
-            holder.close()
-        return
-    engine = create_engine(database_url)
-    connection = engine.connect()
-    connection.execute(text("LOCK TABLE exposures, events IN ACCESS EXCLUSIVE MODE"))
-    try:
-        yield connection.rollback
-    finally:
-        connection.rollback()
-        connection.close()
-        engine.dispose()
 
 
 def within(seconds: float, call: Callable[[], Any], on_timeout: Callable[[], None]) -> tuple[Any, float]:
@@ -218,7 +189,7 @@ def test_background_reads_may_run_longer_than_requests(app, db):
 def test_an_exhausted_pool_is_a_prompt_503(database_url, tmp_path, client_key_for):
     """Every pooled connection held (by stuck requests, say): a request waits the
     connect timeout for one, then 503, instead of gunicorn's worker timeout."""
-    app = wired(make_test_app(database_url, tmp_path, pool_size=1, db_connect_timeout_seconds=1))
+    app = make_test_app(database_url, tmp_path, pool_size=1, db_connect_timeout_seconds=1)
     engine = app.extensions["db"].engine
     headers = {"Authorization": f"Bearer {client_key_for(app.extensions['db'])}"}
     held = [engine.connect() for _ in range(engine.pool.size() + engine.pool._max_overflow)]

@@ -50,7 +50,10 @@ _EVENT = {
         "type": {"type": "string", "enum": ["conversion", "satisfaction"]},
         "value": {
             "type": ["integer", "null"],
-            "description": "The rating: required for satisfaction, within the scale of every experiment it counts for; absent for conversion.",
+            "description": (
+                "The rating: required for satisfaction, within the scale of every experiment it counts for; "
+                "absent for conversion."
+            ),
         },
         "timestamp": {
             "type": ["string", "null"],
