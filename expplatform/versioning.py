@@ -50,27 +50,30 @@ class VersionedCache(Generic[T]):
     cached value is served with no database access at all.
     """
 
-    def __init__(self, load: Callable[[Session], T], refresh_seconds: float) -> None:
+    def __init__(
+        self, load: Callable[[Session], T], refresh_seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._load = load
         self._refresh_seconds = refresh_seconds
+        self.clock = clock  # a test's own clock makes "after the refresh interval" exact
         self._lock = threading.Lock()
         self._value: T | None = None
         self._version: int | None = None
         self._checked_at = float("-inf")
 
     def get(self, session_factory: Callable[[], Session]) -> T:
-        now = time.monotonic()
+        now = self.clock()
         if self._value is not None and now - self._checked_at < self._refresh_seconds:
             return self._value
         with self._lock:
-            if self._value is not None and time.monotonic() - self._checked_at < self._refresh_seconds:
+            if self._value is not None and self.clock() - self._checked_at < self._refresh_seconds:
                 return self._value
             with session_factory() as session:
                 version = read_version(session)
                 if self._value is None or version != self._version:
                     self._value = self._load(session)
                     self._version = version
-            self._checked_at = time.monotonic()
+            self._checked_at = self.clock()
             return self._value
 
     def invalidate(self) -> None:
