@@ -10,9 +10,9 @@ PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast lint fmt typecheck bench clean migration
+.PHONY: install run test test-fast lint fmt typecheck bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is needed on PATH" >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -28,11 +28,11 @@ run: $(STAMP)
 	$(BIN)/expplatform serve --port $(PORT) --workers $(WORKERS) --threads 4 --fit-workers 1
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto --dist loadgroup $(PYTEST_ARGS)
 
 # The inner loop: no slow simulations, no browser.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto -m "not slow and not browser" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -47,10 +47,6 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	for script in bench/*.py; do $(BIN)/python $$script || exit 1; done
-
-# Regenerate migrations/versions/0001_initial.py from the models (before the first release only).
-migration: $(STAMP)
-	$(BIN)/python -m tests.regen_initial_migration
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache
