@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numpy.typing as npt
 
 from . import exact
 from .exceptions import AnalysisInputError
@@ -96,11 +97,19 @@ class _Dirichlet:
         self.gamma = rng.standard_gamma(shapes, dtype=np.float32)
         self.total = self.gamma.sum(-1)
 
-    def __matmul__(self, weights: np.ndarray) -> np.ndarray:
-        return self.gamma @ weights.astype(np.float32) / self.total
+    def __matmul__(self, weights: np.ndarray) -> npt.NDArray[np.float32]:
+        values: npt.NDArray[np.float32] = self.gamma @ weights.astype(np.float32) / self.total
+        return values
 
 
-def _simulate_missing_p_better(rng, alpha, stats, posterior, control, max_error) -> None:
+def _simulate_missing_p_better(
+    rng: np.random.Generator,
+    alpha: npt.NDArray[np.float64],
+    stats: ExperimentStats,
+    posterior: Posterior,
+    control: int,
+    max_error: float | None,
+) -> None:
     """Fill the P(better) that ``exact`` leaves as NaN (skewed rating posteriors) with
     the Mann-Whitney statistic over all pairs of independent draws (the unbiased
     estimator of least variance for two independent samples) and its standard error;
@@ -121,6 +130,7 @@ def _simulate_missing_p_better(rng, alpha, stats, posterior, control, max_error)
             p, error = _mann_whitney(np.stack([theta @ spec.weights for spec in specs]), 0)
         for k, spec in enumerate(specs):
             known, errors = posterior.p_better[spec.name]
+            assert errors is not None  # analyze gives every exact P(better) an error array (zeros)
             fill = np.isnan(known[stage, missing])
             known[stage, missing] = np.where(fill, p[k, 1:], known[stage, missing])
             errors[stage, missing] = np.where(fill, error[k, 1:], errors[stage, missing])

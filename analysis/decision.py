@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import cast
 
 from .sequential import DECISION_CODES, decisions
-from .types import Decision, DecisionRule, ExperimentStats, Guardrail, Recommendation, SampleRatio, StageResult
+from .types import Action, Decision, DecisionRule, ExperimentStats, Guardrail, Recommendation, SampleRatio, StageResult
 
 GuardBounds = dict[tuple[str, str, str], tuple[float, float]]
 """(stage, metric, treatment) -> (anytime-valid upper bound of the effect at the
@@ -125,6 +125,8 @@ def recommend(
         if c.decision == "ship" and not mine:
             shippable.append(t)
 
+    action: Action
+    variant: str | None
     if shippable:
         best = min(shippable, key=lambda t: target.arm(t).expected_loss or 0.0)
         action, variant = "ship", best

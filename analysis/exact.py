@@ -24,6 +24,7 @@ detractors/passives/promoters.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 from numpy.polynomial.legendre import leggauss
 from scipy import special
 
@@ -103,21 +104,23 @@ def _edgeworth_p_greater(values: np.ndarray, alpha: np.ndarray, control: int) ->
     return np.where(trusted, out, np.nan)
 
 
-def beta_p_greater(a1, b1, a2, b2) -> np.ndarray:
+def beta_p_greater(
+    a1: npt.ArrayLike, b1: npt.ArrayLike, a2: npt.ArrayLike, b2: npt.ArrayLike
+) -> npt.NDArray[np.float64]:
     """P(X1 > X2) for independent X_i ~ Beta(a_i, b_i), arrays broadcasting.
 
     Integrating over the narrower arm keeps the integrand (the other arm's CDF) smooth
     on the nodes; in quantile space the narrower arm's density never has to be
     evaluated, so priors below 1 (densities infinite at 0 or 1) are no problem.
     """
-    a1, b1, a2, b2 = np.broadcast_arrays(*(np.asarray(x, dtype=float) for x in (a1, b1, a2, b2)))
-    first_narrow = _beta_var(a1, b1) <= _beta_var(a2, b2)
-    an, bn = np.where(first_narrow, a1, a2), np.where(first_narrow, b1, b2)
-    aw, bw = np.where(first_narrow, a2, a1), np.where(first_narrow, b2, b1)
+    x1, y1, x2, y2 = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (a1, b1, a2, b2)))
+    first_narrow = _beta_var(x1, y1) <= _beta_var(x2, y2)
+    an, bn = np.where(first_narrow, x1, x2), np.where(first_narrow, y1, y2)
+    aw, bw = np.where(first_narrow, x2, x1), np.where(first_narrow, y2, y1)
     x = special.betaincinv(an[..., None], bn[..., None], _NODES)
-    below = special.betainc(aw[..., None], bw[..., None], x) @ _WEIGHTS  # P(wide < narrow)
+    below: npt.NDArray[np.float64] = special.betainc(aw[..., None], bw[..., None], x) @ _WEIGHTS  # P(wide < narrow)
     return np.clip(np.where(first_narrow, below, 1.0 - below), 0.0, 1.0)
 
 
-def _beta_var(a, b):
+def _beta_var(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return a * b / ((a + b) ** 2 * (a + b + 1))

@@ -48,7 +48,7 @@ SEVERITY = (NO_EXPOSURES, SINGLE_VARIANT, SAMPLE_RATIO_MISMATCH, DIAGNOSTICS_FAI
 
 
 def note(
-    code: str, *, stage: str | None = None, variant: str | None = None, metric: str | None = None, **context
+    code: str, *, stage: str | None = None, variant: str | None = None, metric: str | None = None, **context: object
 ) -> Note:
     """A Note with its sentence filled in from the code's template."""
     at = f" at {stage}" if stage else ""

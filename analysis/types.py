@@ -10,8 +10,11 @@ JSON-ready (no NaN or infinity: undefined numbers are None).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from dataclasses import Field, asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 from .exceptions import AnalysisInputError
 
@@ -126,7 +129,10 @@ class ExperimentStats:
         )
 
 
-def _settings_from_mapping(cls, values: Mapping[str, Any] | None):
+_Settings = TypeVar("_Settings", bound="DataclassInstance")
+
+
+def _settings_from_mapping(cls: type[_Settings], values: Mapping[str, Any] | None) -> _Settings:
     """Build a settings dataclass from a plain mapping, rejecting unknown keys and
     values of the wrong type, so stored experiment settings fail loudly."""
     values = dict(values or {})
@@ -222,10 +228,13 @@ alongside the mean rating but summarise the same histograms, so they do not vote
 
 
 class _Serialisable:
+    if TYPE_CHECKING:  # set on every subclass by @dataclass
+        __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (tuples become lists); no NaN or infinity can be
         in here, since every float field is finite or None by construction."""
-        return asdict(self)  # type: ignore[call-overload]
+        return asdict(self)
 
 
 @dataclass(frozen=True)
