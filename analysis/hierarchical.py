@@ -36,13 +36,24 @@ import importlib.util
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, SupportsFloat, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 
 from .exceptions import AnalysisInputError
 from .summarize import Counts, Posterior, metric_specs, summarize
-from .types import DecisionRule, Diagnostics, ExperimentResult, ExperimentStats, Prior
+from .types import DecisionRule, Diagnostics, ExperimentResult, ExperimentStats, Metric, Prior
+
+if TYPE_CHECKING:  # imported for annotations only: PyMC is loaded when a fit is asked for
+    import arviz as az
+    import pymc as pm
+    import xarray as xr
+
+Tensor: TypeAlias = Any
+"""A PyTensor variable of the model: PyMC ships no types and PyTensor's tensor methods
+are unannotated, so the symbolic algebra of the model is not type-checked."""
 
 R_HAT_LIMIT = 1.01
 ESS_PER_CHAIN = 100  # bulk and tail ESS of at least 100 per chain (Vehtari et al. 2021)
@@ -50,7 +61,7 @@ _FREE = ("level", "effect_mu", "effect_tau", "effect_z", "cutpoints", "shift_mu"
 _UNPOOLED = ("level", "effect_stage", "cutpoints", "shift_stage")
 
 
-def build_model(stats: ExperimentStats, prior: Prior = Prior(), *, pooling: bool = True):
+def build_model(stats: ExperimentStats, prior: Prior = Prior(), *, pooling: bool = True) -> pm.Model:
     """The PyMC model of ``stats`` (see the module docstring).
 
     ``pooling=False`` (and any single-stage experiment, where there is nothing to pool
@@ -95,14 +106,25 @@ def build_model(stats: ExperimentStats, prior: Prior = Prior(), *, pooling: bool
         shift = _effects(pm, pt, "shift", stages, treatments, control, variants, pooling)
         centred = shift - shift.mean(axis=1, keepdims=True)  # cutpoints of the average variant, as above
         below = pm.math.sigmoid(cutpoints[:, None, :] - centred[:, :, None])  # (stage, variant, K-1)
-        cumulative = pt.concatenate([pt.zeros((stages, variants, 1)), below, pt.ones((stages, variants, 1))], axis=-1)
+        cumulative = pt.concatenate(  # type: ignore[no-untyped-call]  # unannotated in PyTensor
+            [pt.zeros((stages, variants, 1)), below, pt.ones((stages, variants, 1))], axis=-1
+        )
         probs = pm.Deterministic("rating_probs", cumulative[..., 1:] - cumulative[..., :-1])
         # Multinomial kernel on the aggregated histogram (its coefficient is constant).
         pm.Potential("ratings", (counts.ratings * pt.log(pt.maximum(probs, 1e-300))).sum())
     return model
 
 
-def _effects(pm, pt, name, stages, treatments, control, variants, pooling):
+def _effects(
+    pm: ModuleType,
+    pt: ModuleType,
+    name: str,
+    stages: int,
+    treatments: list[int],
+    control: int,
+    variants: int,
+    pooling: bool,
+) -> Tensor:
     """Per-stage treatment effects (pooled per treatment, or not), zeros for the control."""
     if pooling:
         mu = pm.Normal(f"{name}_mu", 0.0, 0.5, dims="treatment")
@@ -149,10 +171,10 @@ def fit_full_model(
         progressbar=progressbar,
         progress=progress,
     )
-    post = idata.posterior
+    post = idata["posterior"]
     conversion = _cells_last(post["p"].values)
     probs = _cells_last(post["rating_probs"].values)  # (stage, variant, draws, K)
-    values = {"conversion": conversion}
+    values: dict[Metric, np.ndarray] = {"conversion": conversion}
     for spec in metric_specs(stats)[1:]:
         values[spec.name] = probs @ spec.weights
     return summarize(
@@ -168,7 +190,7 @@ def _cells_last(x: np.ndarray) -> np.ndarray:
 
 
 def sample(
-    model,
+    model: pm.Model,
     *,
     draws: int,
     tune: int,
@@ -177,7 +199,7 @@ def sample(
     sample_kwargs: dict[str, Any] | None = None,
     progressbar: bool = False,
     progress: Callable[[int, int], None] | None = None,
-):
+) -> tuple[az.InferenceData, Diagnostics]:
     """NUTS on ``model``: ``(InferenceData, Diagnostics)``, compile and sampling timed
     apart (PyMC's sampler; with nutpie the total is reported as sampling).
 
@@ -226,10 +248,12 @@ def sample(
     return idata, diagnose(idata, sampler, compile_seconds, sampling_seconds)
 
 
-def _progress_callback(progress, total, chained):
+def _progress_callback(
+    progress: Callable[[int, int], None], total: int, chained: Callable[..., object] | None
+) -> Callable[..., None]:
     done = 0
 
-    def callback(**kwargs):
+    def callback(**kwargs: Any) -> None:
         nonlocal done
         done += 1
         progress(min(done, total), total)
@@ -239,18 +263,20 @@ def _progress_callback(progress, total, chained):
     return callback
 
 
-def diagnose(idata, sampler: str, compile_seconds: float | None, sampling_seconds: float | None) -> Diagnostics:
+def diagnose(
+    idata: az.InferenceData, sampler: str, compile_seconds: float | None, sampling_seconds: float | None
+) -> Diagnostics:
     """R-hat, bulk and tail ESS over the free parameters, and divergences."""
     import arviz as az
 
-    post = idata.posterior
+    post = idata["posterior"]
     names = [n for n in _FREE + _UNPOOLED if n in post]
     chains, draws = post.sizes["chain"], post.sizes["draw"]
     r_hat = ess_bulk = ess_tail = None
     if chains >= 2:
-        r_hat = _extreme(az.rhat(post, var_names=names), max)
-    ess_bulk = _extreme(az.ess(post, var_names=names, method="bulk"), min)
-    ess_tail = _extreme(az.ess(post, var_names=names, method="tail"), min)
+        r_hat = _extreme(az.rhat(post, var_names=names), max)  # type: ignore[no-untyped-call]  # unannotated in ArviZ
+    ess_bulk = _extreme(az.ess(post, var_names=names, method="bulk"), min)  # type: ignore[no-untyped-call]  # idem
+    ess_tail = _extreme(az.ess(post, var_names=names, method="tail"), min)  # type: ignore[no-untyped-call]  # idem
     sample_stats = getattr(idata, "sample_stats", None)
     divergences = 0
     if sample_stats is not None and "diverging" in sample_stats:
@@ -278,7 +304,7 @@ def diagnose(idata, sampler: str, compile_seconds: float | None, sampling_second
     )
 
 
-def _extreme(dataset, pick) -> float | None:
+def _extreme(dataset: xr.Dataset, pick: Callable[[npt.NDArray[np.float64]], SupportsFloat]) -> float | None:
     values = np.concatenate([np.ravel(dataset[name].values) for name in dataset.data_vars])
     values = values[np.isfinite(values)]
     return float(pick(values)) if values.size else None

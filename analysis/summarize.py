@@ -10,7 +10,7 @@ draw.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import cast
+from typing import SupportsFloat, cast
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from .types import (
     Metric,
     MetricResult,
     Note,
+    SampleRatio,
     StageResult,
 )
 
@@ -150,7 +151,9 @@ def summarize(
     )
 
 
-def _experiment_notes(stats, counts: Counts, srm, diagnostics: Diagnostics | None) -> list[Note]:
+def _experiment_notes(
+    stats: ExperimentStats, counts: Counts, srm: SampleRatio, diagnostics: Diagnostics | None
+) -> list[Note]:
     raised: list[Note] = []
     with_exposures = [v for j, v in enumerate(stats.variants) if counts.exposed[:, j].sum() > 0]
     if not with_exposures:
@@ -199,7 +202,15 @@ class _Vectors:
     extreme: np.ndarray
 
     @classmethod
-    def of(cls, rule, counts, spec, posterior, control, treatments) -> _Vectors:
+    def of(
+        cls,
+        rule: DecisionRule,
+        counts: Counts,
+        spec: MetricSpec,
+        posterior: Posterior,
+        control: int,
+        treatments: list[int],
+    ) -> _Vectors:
         histogram = counts.histogram(spec)
         n = histogram.sum(-1)
         has_data = n > 0
@@ -437,12 +448,10 @@ def _comparison(
     decision: Decision | None = None
     basis = None
     if deciding:
-        low = float(anytime.low[i, k]) if anytime is not None else None
-        high = float(anytime.high[i, k]) if anytime is not None else None
         assert codes is not None  # computed for every deciding metric
         decision = cast(Decision, seq.DECISION_CODES[int(codes[i, k])])
         if anytime is not None:
-            interval = Estimate(_num(anytime.estimate[i, k]), _num(low), _num(high))
+            interval = Estimate(_num(anytime.estimate[i, k]), _num(anytime.low[i, k]), _num(anytime.high[i, k]))
         basis = _basis(rule, spec, decision, p, loss_relative, anytime, interval)
     return Comparison(
         treatment=variant,
@@ -513,7 +522,7 @@ def _boundary(spec: MetricSpec, at_top: bool) -> str:
     return "only top ratings" if at_top else "only bottom ratings"
 
 
-def _abn(x: np.ndarray, has_data: np.ndarray, relative: bool):
+def _abn(x: np.ndarray, has_data: np.ndarray, relative: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """P(best) and expected loss of choosing each variant among those with data
     (stages with fewer than two get None)."""
     masked = np.where(has_data[..., None], x, -np.inf)
@@ -546,9 +555,9 @@ def _estimate(mean: float, low: float, high: float) -> Estimate | None:
     return None if any(v is None for v in values) else Estimate(*values)
 
 
-def _num(x) -> float | None:
-    x = float(x)
-    return x if np.isfinite(x) else None
+def _num(x: SupportsFloat) -> float | None:
+    value = float(x)
+    return value if np.isfinite(value) else None
 
 
 def _journey(
