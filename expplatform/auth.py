@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache, wraps
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from flask import Flask, abort, current_app, g, has_request_context, redirect, request, session, url_for
 from sqlalchemy import delete, func, select, text, update
@@ -25,13 +25,11 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from .db import Database, get_db, get_session
 from .errors import AuthenticationRequired, Conflict, Forbidden, TooManyAttempts
-from .models import ApiKey, LoginAttempt, LoginSession, User, utcnow
+from .models import ApiKey, LoginAttempt, LoginSession, Role, Scope, User, utcnow
 from .versioning import VersionedCache, bump_version
 
-Role = Literal["viewer", "editor", "admin"]
-Scope = Literal["client", "admin"]
-ROLES: tuple[Role, ...] = ("viewer", "editor", "admin")
-SCOPES: tuple[Scope, ...] = ("client", "admin")
+ROLES: tuple[Role, ...] = get_args(Role)
+SCOPES: tuple[Scope, ...] = get_args(Scope)
 _ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}
 KEY_PREFIX = "xp_"
 # (key, principal or None) of the key a request's Authorization header named, once

@@ -21,13 +21,21 @@ class ConfigError(ValueError):
     """A setting has a value the service cannot run with."""
 
 
-def _parse_bool(name: str, raw: str) -> bool:
+def parse_flag(raw: str) -> bool | None:
+    """True or false as people write it in settings and query strings; None if neither."""
     lowered = raw.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
         return True
     if lowered in {"0", "false", "no", "off"}:
         return False
-    raise ConfigError(f"{ENV_PREFIX}{name} must be true or false, got {raw!r}")
+    return None
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = parse_flag(raw)
+    if value is None:
+        raise ConfigError(f"{ENV_PREFIX}{name} must be true or false, got {raw!r}")
+    return value
 
 
 def _parse_int(name: str, raw: str, *, minimum: int = 0) -> int:

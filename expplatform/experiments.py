@@ -27,7 +27,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session, selectinload
@@ -45,10 +45,10 @@ from .definitions import (
 )
 from .errors import Conflict, InvalidInput, NotFound
 from .models import AuditEntry, Experiment, Variant, utcnow
+from .models import ExperimentStatus as Status
 from .versioning import bump_version
 
-Status = Literal["draft", "running", "paused", "stopped"]
-STATUSES: tuple[Status, ...] = ("draft", "running", "paused", "stopped")
+STATUSES: tuple[Status, ...] = get_args(Status)
 STARTED: tuple[Status, ...] = ("running", "paused")
 Action = Literal["start", "pause", "resume", "stop"]
 # action -> (statuses it may start from, status it leads to, audit verb)

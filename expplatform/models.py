@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import (
     JSON,
@@ -27,9 +27,28 @@ from sqlalchemy.types import TypeDecorator
 
 from .db import Base
 
+# The vocabularies of the text columns, once: the services type with these, and each
+# column's CHECK constraint is written from the same list.
+Role = Literal["viewer", "editor", "admin"]
+Scope = Literal["client", "admin"]
+ExperimentStatus = Literal["draft", "running", "paused", "stopped"]
+EventType = Literal["conversion", "satisfaction"]
+OutcomeKind = Literal["converted", "rating"]
+QualityKind = Literal["before_exposure", "after_stop", "forced", "not_exposed"]
+
+
+def _one_of(column: str, vocabulary: Any) -> CheckConstraint:
+    values = ", ".join(f"'{value}'" for value in get_args(vocabulary))
+    return CheckConstraint(f"{column} IN ({values})", name=column)
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def iso_z(moment: datetime | None) -> str | None:
+    """A stored (UTC) time as the API and the reports write it: ISO 8601 ending in Z."""
+    return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -72,7 +91,7 @@ class User(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
-    __table_args__ = (CheckConstraint("role IN ('viewer', 'editor', 'admin')", name="role"),)
+    __table_args__ = (_one_of("role", Role),)
 
 
 class LoginSession(Base):
@@ -122,7 +141,7 @@ class ApiKey(Base):
     created_by: Mapped[str | None] = mapped_column(String(300))
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
-    __table_args__ = (CheckConstraint("scope IN ('client', 'admin')", name="scope"),)
+    __table_args__ = (_one_of("scope", Scope),)
 
 
 class Experiment(Base):
@@ -161,7 +180,7 @@ class Experiment(Base):
     )
 
     __table_args__ = (
-        CheckConstraint("status IN ('draft', 'running', 'paused', 'stopped')", name="status"),
+        _one_of("status", ExperimentStatus),
         CheckConstraint("traffic > 0 AND traffic <= 1", name="traffic"),
         CheckConstraint("scale_min < scale_max", name="scale"),
     )
@@ -262,7 +281,7 @@ class Event(Base):
     exposure_cutoff: Mapped[datetime] = mapped_column(UTCDateTime())
 
     __table_args__ = (
-        CheckConstraint("type IN ('conversion', 'satisfaction')", name="type"),
+        _one_of("type", EventType),
         Index(None, "customer_id"),
     )
 
@@ -309,7 +328,7 @@ class OutcomeCount(Base):
     value: Mapped[int] = mapped_column(Integer, primary_key=True)
     customers: Mapped[int] = mapped_column(BigInteger, default=0)
 
-    __table_args__ = (CheckConstraint("kind IN ('converted', 'rating')", name="kind"),)
+    __table_args__ = (_one_of("kind", OutcomeKind),)
 
 
 class EventQualityCount(Base):
@@ -324,9 +343,7 @@ class EventQualityCount(Base):
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)
     events: Mapped[int] = mapped_column(BigInteger, default=0)
 
-    __table_args__ = (
-        CheckConstraint("kind IN ('before_exposure', 'after_stop', 'forced', 'not_exposed')", name="kind"),
-    )
+    __table_args__ = (_one_of("kind", QualityKind),)
 
 
 class UnmatchedEventCount(Base):

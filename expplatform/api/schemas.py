@@ -5,15 +5,10 @@ to be checked against."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
 from typing import Any
 
 from ..experiments import Page, export_definition
-from ..models import AuditEntry, Experiment
-
-
-def timestamp(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+from ..models import AuditEntry, Experiment, iso_z
 
 
 def experiment(
@@ -27,10 +22,10 @@ def experiment(
         salt=row.salt,
         layer_ranges=row.layer_ranges,
         cloned_from=row.cloned_from,
-        created_at=timestamp(row.created_at),
-        updated_at=timestamp(row.updated_at),
-        started_at=timestamp(row.started_at),
-        stopped_at=timestamp(row.stopped_at),
+        created_at=iso_z(row.created_at),
+        updated_at=iso_z(row.updated_at),
+        started_at=iso_z(row.started_at),
+        stopped_at=iso_z(row.stopped_at),
     )
     if audit is not None:
         body["audit"] = [audit_entry(entry) for entry in audit]
@@ -51,7 +46,7 @@ def experiment_page(page: Page) -> dict[str, Any]:
 
 def audit_entry(entry: AuditEntry) -> dict[str, Any]:
     return {
-        "at": timestamp(entry.at),
+        "at": iso_z(entry.at),
         "actor": entry.actor,
         "action": entry.action,
         "experiment": entry.experiment_key,

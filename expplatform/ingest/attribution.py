@@ -29,17 +29,15 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal, NamedTuple, cast
+from typing import NamedTuple, cast
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement
 
-from ..models import Experiment, utcnow
+from ..models import Experiment, QualityKind, utcnow
 from ..rawsql import RawConnection
 from .validation import EventIn, Rejection
-
-QualityKind = Literal["before_exposure", "after_stop", "forced", "not_exposed"]
 
 
 @dataclass(frozen=True)

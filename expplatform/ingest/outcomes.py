@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ..counters import outcome_day
+from ..models import EventType
 from ..rawsql import RawConnection
-from .validation import EventType
 
 
 @dataclass

@@ -13,18 +13,17 @@ attribution's.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, get_args
 
+from ..definitions import SLUG
 from ..errors import MalformedRequest, TooLarge
+from ..models import EventType
 
-EventType = Literal["conversion", "satisfaction"]
-EVENT_TYPES: tuple[EventType, ...] = ("conversion", "satisfaction")
+EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 
-SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 FIELDS = frozenset({"event_id", "customer_id", "stage", "type", "value", "timestamp", "experiment"})
 REQUIRED = ("event_id", "customer_id", "stage", "type")
 MAX_LENGTHS = {"event_id": 128, "customer_id": 256}
@@ -89,7 +88,7 @@ def _string(raw: dict[str, Any], name: str, *, slug: bool = False) -> str:
     if not isinstance(value, str):
         raise _Invalid("invalid_type", f"{name} must be a string")
     if slug:
-        if not SLUG.match(value):
+        if not SLUG.fullmatch(value):
             raise _Invalid("invalid_value", f"{name} must be a slug: lowercase letters, digits, '-' or '_' (1-64)")
     elif not value or len(value) > MAX_LENGTHS[name] or "\x00" in value:
         raise _Invalid("invalid_value", f"{name} must be 1-{MAX_LENGTHS[name]} characters, without NUL")
@@ -152,7 +151,7 @@ def _parse(raw: Any, index: int, now: datetime, max_future: timedelta) -> EventI
     if experiment is not None:
         if not isinstance(experiment, str):
             raise _Invalid("invalid_type", "experiment must be a string")
-        if not SLUG.match(experiment):
+        if not SLUG.fullmatch(experiment):
             raise _Invalid("unknown_experiment", f"no experiment has the key {experiment!r}")
     occurred_at = _timestamp(raw["timestamp"], now, max_future) if raw.get("timestamp") is not None else None
     return EventIn(index, event_id, customer_id, stage, kind, value, occurred_at, experiment)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..aggregation import SEGMENT_ATTRIBUTE
+from ..config import parse_flag
 from ..errors import MalformedRequest
 
 SEED = 0  # reports are reproducible: the same data and settings give the same numbers
@@ -55,10 +56,8 @@ def _flag(raw: Any, *, default: bool, name: str, errors: dict[str, str]) -> bool
         return default
     if isinstance(raw, bool):
         return raw
-    lowered = str(raw).strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    errors[name] = "must be true or false"
-    return default
+    value = parse_flag(str(raw))
+    if value is None:
+        errors[name] = "must be true or false"
+        return default
+    return value

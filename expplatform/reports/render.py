@@ -11,10 +11,9 @@ import csv
 import io
 from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import datetime
 from typing import Any
 
-from ..models import AnalysisJob
+from ..models import AnalysisJob, iso_z
 from .build import Report
 from .options import SEED
 from .views import MetricRow
@@ -30,18 +29,14 @@ def job_dict(job: AnalysisJob | None) -> dict[str, Any] | None:
         "status": job.status,
         "requested_by": job.requested_by,
         "params": job.params,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
-        "heartbeat_at": _iso(job.heartbeat_at),
+        "created_at": iso_z(job.created_at),
+        "started_at": iso_z(job.started_at),
+        "finished_at": iso_z(job.finished_at),
+        "heartbeat_at": iso_z(job.heartbeat_at),
         "error": job.error,
         "snapshot": job.snapshot,
         "result": job.result,
     }
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
 
 
 def report_dict(report: Report) -> dict[str, Any]:
@@ -61,10 +56,10 @@ def report_dict(report: Report) -> dict[str, Any]:
                 {"key": v.key, "weight": v.weight, "control": v.key == report.stats.control}
                 for v in sorted(experiment.variants, key=lambda v: v.position)
             ],
-            "started_at": _iso(experiment.started_at),
-            "stopped_at": _iso(experiment.stopped_at),
+            "started_at": iso_z(experiment.started_at),
+            "stopped_at": iso_z(experiment.stopped_at),
         },
-        "generated_at": _iso(report.generated_at),
+        "generated_at": iso_z(report.generated_at),
         "settings": {"prior": asdict(report.prior), "decision": asdict(report.rule), "seed": SEED},
         "warnings": [asdict(w) for w in report.warnings],
         "data_quality": {
@@ -81,7 +76,7 @@ def report_dict(report: Report) -> dict[str, Any]:
             "status": series.status,
             "stage": report.stats.target_stage,
             "metric": "conversion",
-            "computed_at": _iso(series.computed_at),
+            "computed_at": iso_z(series.computed_at),
             "points": [
                 {
                     "day": p.day.isoformat(),
@@ -99,7 +94,7 @@ def report_dict(report: Report) -> dict[str, Any]:
         else {
             "attribute": report.options.segment,
             "status": segments.status,
-            "computed_at": _iso(segments.computed_at),
+            "computed_at": iso_z(segments.computed_at),
             "values": [
                 {"value": s.value, "exposed": s.exposed, "result": s.result.to_dict()} for s in (segments.value or ())
             ],
