@@ -383,7 +383,9 @@ class ExposureStore:
             connection = self._engine.raw_connection()
             connection.detach()  # ours now: closing it closes the driver connection
             if self._sql.postgres:
-                connection.dbapi_connection.autocommit = True
+                driver = connection.dbapi_connection
+                assert driver is not None  # None only once the connection is closed or invalidated
+                driver.autocommit = True
             holder = self._local.holder = _ThreadConnection(connection)
             self._open.add(holder)
         return holder

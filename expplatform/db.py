@@ -22,7 +22,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask, current_app, g
 from sqlalchemy import MetaData, create_engine, event, text
@@ -32,6 +32,10 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool, StaticPool
 
 from .config import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor, DBAPIModule
+    from sqlalchemy.pool import PoolProxiedConnection
 
 T = TypeVar("T")
 
@@ -152,8 +156,12 @@ def _discard_broken_connections(engine: Engine) -> None:
     dialect = engine.dialect
     detect = dialect.is_disconnect
 
-    def is_disconnect(exc: Exception, connection: Any, cursor: Any) -> bool:
-        return detect(exc, connection, cursor) or connection_is_broken(exc)
+    def is_disconnect(  # the names of Dialect.is_disconnect's parameters, as they may be passed by name
+        e: DBAPIModule.Error,
+        connection: PoolProxiedConnection | DBAPIConnection | None,
+        cursor: DBAPICursor | None,
+    ) -> bool:
+        return detect(e, connection, cursor) or connection_is_broken(e)
 
     dialect.is_disconnect = is_disconnect  # type: ignore[method-assign]
 

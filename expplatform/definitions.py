@@ -390,7 +390,9 @@ def _scale(errors: _Errors, value: Any) -> tuple[int, int] | None:
     return low, high  # type: ignore[return-value]
 
 
-def _settings(errors: _Errors, name: str, value: Any, cls: type) -> Any:
+def _settings(
+    errors: _Errors, name: str, value: Any, cls: type[DecisionRule] | type[Prior]
+) -> DecisionRule | Prior | None:
     """Validate each setting on its own first (so every bad one is named), then together
     (for rules that relate two settings), blaming the setting the message starts with."""
     if not isinstance(value, Mapping):

@@ -35,10 +35,10 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, cast
 
 from flask import Flask
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 
 from analysis.types import DecisionRule, ExperimentStats, Prior
 
@@ -222,7 +222,7 @@ class JobRunner:
             raise Conflict("fit_active", f"A full-model fit (#{job.id}) is already {job.status} for {experiment_key}.")
         self._execute(job.id, progress)
         with self.database.sessionmaker() as session:
-            return session.get(AnalysisJob, job.id)
+            return session.get_one(AnalysisJob, job.id)  # jobs are never deleted
 
     def request_stop(self, reason: str) -> None:
         """Stop :meth:`serve` after the current job; called from a signal handler in
@@ -318,7 +318,7 @@ class JobRunner:
                 .where(AnalysisJob.id == job_id, AnalysisJob.status == "running", AnalysisJob.worker == self.identity)
                 .values(status="queued", worker=None, started_at=None, heartbeat_at=None, snapshot=None)
             )
-        return changed.rowcount == 1
+        return cast(CursorResult[Any], changed).rowcount == 1  # an UPDATE's result is a cursor's
 
     def _own(self, job_id: int) -> None:
         """Hold a job: its heartbeat is kept while held."""
@@ -387,7 +387,7 @@ class JobRunner:
                 .where(AnalysisJob.id == job_id, AnalysisJob.status == "running", AnalysisJob.worker == self.identity)
                 .values(status=status, heartbeat_at=utcnow(), **values)
             )
-        if changed.rowcount != 1:
+        if cast(CursorResult[Any], changed).rowcount != 1:  # an UPDATE's result is a cursor's
             log.warning("job %s was taken from this worker (marked failed as stale); its outcome is dropped", job_id)
             return None
         return status

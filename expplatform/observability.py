@@ -75,7 +75,7 @@ class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time (as ``logging.lastResort``
     does), so that a replaced stderr (a test's capture) never gets a closed stream."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 

@@ -230,5 +230,5 @@ def init_app(app: Flask) -> None:
         )
         return
     rule = _assign_rule(app)
-    access = post_assign.required_access  # type: ignore[attr-defined]  # set by auth.api_access
+    access = post_assign.required_access  # set by auth.api_access
     app.wsgi_app = FastAssign(app, app.wsgi_app, rule.rule, access)  # type: ignore[method-assign]
