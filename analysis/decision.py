@@ -9,7 +9,17 @@ from __future__ import annotations
 from typing import cast
 
 from .sequential import DECISION_CODES, decisions
-from .types import Action, Decision, DecisionRule, ExperimentStats, Guardrail, Recommendation, SampleRatio, StageResult
+from .types import (
+    Action,
+    Decision,
+    DecisionRule,
+    ExperimentStats,
+    Guardrail,
+    Metric,
+    Recommendation,
+    SampleRatio,
+    StageResult,
+)
 
 GuardBounds = dict[tuple[str, str, str], tuple[float, float]]
 """(stage, metric, treatment) -> (anytime-valid upper bound of the effect at the
@@ -68,7 +78,7 @@ def guardrails(
     target = stats.stages.index(stats.target_stage)
     broken = []
     for i, stage in enumerate(stages):
-        watched = ["mean_rating"] + (["conversion"] if i > target else [])
+        watched: list[Metric] = ["mean_rating", "conversion"] if i > target else ["mean_rating"]
         for metric in watched:
             c = stage.metric(metric).comparison(treatment)
             if c.decision in (None, "not_enough_data") or c.p_better is None:
@@ -76,11 +86,11 @@ def guardrails(
             if c.p_better > rule.guardrail_probability:
                 continue
             if guard is None:
-                broken.append(Guardrail(treatment, stage.stage, metric, c.p_better))  # type: ignore[arg-type]
+                broken.append(Guardrail(treatment, stage.stage, metric, c.p_better))
                 continue
             high, alpha = guard[(stage.stage, metric, treatment)]
             if high < 0:
-                broken.append(Guardrail(treatment, stage.stage, metric, c.p_better, high, alpha))  # type: ignore[arg-type]
+                broken.append(Guardrail(treatment, stage.stage, metric, c.p_better, high, alpha))
     return broken
 
 
