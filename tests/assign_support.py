@@ -4,11 +4,13 @@ exposures read back."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 
+from expplatform.assignment import ExposureStore
 from expplatform.bucketing import Split, place
 from expplatform.models import Experiment, Exposure, Variant
 from expplatform.versioning import bump_version
@@ -69,3 +71,27 @@ def exposures(db, customer_id: str | None = None) -> list[Exposure]:
 def variant_key(db, variant_id: int) -> str:
     with db.sessionmaker() as session:
         return session.get(Variant, variant_id).key
+
+
+@contextmanager
+def statements(db) -> Iterator[list[str]]:
+    """Every SQL statement sent: through SQLAlchemy, and through the exposure store's
+    driver connections (the only SQL that bypasses SQLAlchemy)."""
+    seen: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args):
+        seen.append(statement)
+
+    original = ExposureStore._run
+
+    def run(self, sql, params, **kwargs):
+        seen.append(sql)
+        return original(self, sql, params, **kwargs)
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    ExposureStore._run = run  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        ExposureStore._run = original  # type: ignore[method-assign]
+        event.remove(db.engine, "before_cursor_execute", record)

@@ -4,18 +4,16 @@ layers, forced variants, lifecycle states, the warm hot path, scopes and bad inp
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import select, update
 
-from expplatform.assignment import ExposureStore, Rule, compile_rule, targeting_matches
+from expplatform.assignment import Rule, compile_rule, targeting_matches
 from expplatform.bucketing import NOT_IN_TRAFFIC, OUTSIDE_LAYER, place
 from expplatform.models import Experiment, Exposure, Variant
 from expplatform.versioning import bump_version
 
-from .assign_support import URL, customer_where, exposures, seed, variant_key
+from .assign_support import URL, customer_where, exposures, seed, statements, variant_key
 from .conftest import Api, make_test_app
 from .openapi_check import assert_matches_openapi, checked
 
@@ -23,30 +21,6 @@ from .openapi_check import assert_matches_openapi, checked
 @pytest.fixture
 def api(client_api) -> Api:
     return checked(client_api)
-
-
-@contextmanager
-def statements(db) -> Iterator[list[str]]:
-    """Every SQL statement sent: through SQLAlchemy, and through the exposure store's
-    driver connections (the only SQL that bypasses SQLAlchemy)."""
-    seen: list[str] = []
-
-    def record(_conn, _cursor, statement, *_args):
-        seen.append(statement)
-
-    original = ExposureStore._run
-
-    def run(self, sql, params, **kwargs):
-        seen.append(sql)
-        return original(self, sql, params, **kwargs)
-
-    event.listen(db.engine, "before_cursor_execute", record)
-    ExposureStore._run = run  # type: ignore[method-assign]
-    try:
-        yield seen
-    finally:
-        ExposureStore._run = original  # type: ignore[method-assign]
-        event.remove(db.engine, "before_cursor_execute", record)
 
 
 # -- enrolment and exposures --------------------------------------------------------------
