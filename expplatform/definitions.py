@@ -41,7 +41,7 @@ from .errors import InvalidInput, MalformedRequest
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # Characters no text field may hold: NUL (PostgreSQL refuses it) and lone surrogates
 # (not encodable as UTF-8).
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 DEFAULT_STAGES: tuple[str, ...] = ("awareness", "consideration", "purchase", "retention", "advocacy")
 Operator = Literal["eq", "ne", "in", "not_in", "lt", "lte", "gt", "gte"]
 OPERATORS: tuple[str, ...] = ("eq", "ne", "in", "not_in", "lt", "lte", "gt", "gte")
@@ -178,11 +178,12 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, float) and math.isfinite(value)
 
 
-def _storable(value: str) -> bool:
-    return _UNSTORABLE.search(value) is None
+def storable(value: str) -> bool:
+    """Text that both databases store and every JSON encoder writes back."""
+    return UNSTORABLE.search(value) is None
 
 
-_UNSTORABLE_MESSAGE = "must not contain NUL characters or unpaired surrogates"
+UNSTORABLE_MESSAGE = "must not contain NUL characters or unpaired surrogates"
 
 
 def _is_scalar(value: Any) -> bool:
@@ -203,8 +204,8 @@ def _text(errors: _Errors, path: str, value: Any, *, max_length: int, required: 
     if not isinstance(value, str):
         errors.add(path, "must be text")
         return None
-    if not _storable(value):
-        errors.add(path, _UNSTORABLE_MESSAGE)
+    if not storable(value):
+        errors.add(path, UNSTORABLE_MESSAGE)
         return None
     value = value.strip()
     if required and not value:
@@ -324,8 +325,8 @@ def _rule(errors: _Errors, path: str, item: Any) -> TargetingRule | None:
     if not isinstance(attribute, str) or not 1 <= len(attribute.strip()) <= MAX_ATTRIBUTE:
         errors.add(f"{path}.attribute", f"must be an attribute name of 1 to {MAX_ATTRIBUTE} characters")
         attribute = None
-    elif not _storable(attribute):
-        errors.add(f"{path}.attribute", _UNSTORABLE_MESSAGE)
+    elif not storable(attribute):
+        errors.add(f"{path}.attribute", UNSTORABLE_MESSAGE)
         attribute = None
     op = item.get("op")
     if op not in OPERATORS:
@@ -343,8 +344,8 @@ def _rule(errors: _Errors, path: str, item: Any) -> TargetingRule | None:
             if not _is_scalar(element) or (isinstance(element, str) and len(element) > MAX_STRING_VALUE):
                 errors.add(f"{path}.value.{j}", "must be text, a number or true/false")
                 return None
-            if isinstance(element, str) and not _storable(element):
-                errors.add(f"{path}.value.{j}", _UNSTORABLE_MESSAGE)
+            if isinstance(element, str) and not storable(element):
+                errors.add(f"{path}.value.{j}", UNSTORABLE_MESSAGE)
                 return None
         value = tuple(value)
     elif op in NUMERIC_OPERATORS:
@@ -354,8 +355,8 @@ def _rule(errors: _Errors, path: str, item: Any) -> TargetingRule | None:
     elif op is not None and (not _is_scalar(value) or (isinstance(value, str) and len(value) > MAX_STRING_VALUE)):
         errors.add(f"{path}.value", f"must be text, a number or true/false for '{op}'")
         return None
-    elif isinstance(value, str) and not _storable(value):
-        errors.add(f"{path}.value", _UNSTORABLE_MESSAGE)
+    elif isinstance(value, str) and not storable(value):
+        errors.add(f"{path}.value", UNSTORABLE_MESSAGE)
         return None
     if attribute is None or op is None:
         return None
@@ -434,9 +435,9 @@ def _forced(errors: _Errors, value: Any, variant_keys: set[str] | None) -> Mappi
         path = f"forced_variants.{customer}"
         if not isinstance(customer, str) or not 1 <= len(customer) <= MAX_CUSTOMER_ID:
             errors.add(path, f"customer ids must be 1 to {MAX_CUSTOMER_ID} characters")
-        elif not _storable(customer):
+        elif not storable(customer):
             # The path itself would carry the character into the error response.
-            errors.add(f"forced_variants.{_UNSTORABLE.sub('?', customer)}", f"customer ids {_UNSTORABLE_MESSAGE}")
+            errors.add(f"forced_variants.{UNSTORABLE.sub('?', customer)}", f"customer ids {UNSTORABLE_MESSAGE}")
         elif not isinstance(variant, str):
             errors.add(path, "must be a variant key")
         elif variant_keys is not None and variant not in variant_keys:

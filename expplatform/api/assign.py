@@ -17,7 +17,7 @@ from flask import Flask, Response, current_app, request
 
 from .. import assignment
 from ..auth import api_access
-from ..definitions import MAX_ATTRIBUTE, MAX_CUSTOMER_ID, MAX_STRING_VALUE
+from ..definitions import MAX_ATTRIBUTE, MAX_CUSTOMER_ID, MAX_STRING_VALUE, UNSTORABLE_MESSAGE, storable
 from ..errors import MalformedRequest
 from . import bp
 from .bodies import json_body
@@ -35,9 +35,9 @@ def _invalid(field: str, why: str) -> MalformedRequest:
 
 
 def _text(field: str, value: Any, limit: int) -> str:
-    # NUL: PostgreSQL text cannot hold it (and events refuse it in customer ids too).
-    if not isinstance(value, str) or not 1 <= len(value) <= limit or "\x00" in value:
-        raise _invalid(field, f"must be a string of 1 to {limit} characters, without NUL")
+    # NUL: PostgreSQL text cannot hold it; a lone surrogate cannot be written back as UTF-8.
+    if not isinstance(value, str) or not 1 <= len(value) <= limit or not storable(value):
+        raise _invalid(field, f"must be a string of 1 to {limit} characters, without NUL or unpaired surrogates")
     return value
 
 
@@ -47,11 +47,13 @@ def _attributes(value: Any) -> Mapping[str, assignment.Scalar]:
     if len(value) > MAX_ATTRIBUTES:
         raise _invalid("attributes", f"at most {MAX_ATTRIBUTES} attributes")
     for name, item in value.items():
-        if not 1 <= len(name) <= MAX_ATTRIBUTE:
-            raise _invalid("attributes", f"names must be 1 to {MAX_ATTRIBUTE} characters")
+        if not 1 <= len(name) <= MAX_ATTRIBUTE or not storable(name):
+            raise _invalid("attributes", f"names must be 1 to {MAX_ATTRIBUTE} characters, without NUL or surrogates")
         if isinstance(item, str):
             if len(item) > MAX_STRING_VALUE:
                 raise _invalid(f"attributes.{name}", f"text values are at most {MAX_STRING_VALUE} characters")
+            if not storable(item):
+                raise _invalid(f"attributes.{name}", UNSTORABLE_MESSAGE)
         elif not isinstance(item, (bool, int, float)) or (isinstance(item, float) and not math.isfinite(item)):
             raise _invalid(f"attributes.{name}", "must be text, a finite number or true/false")
     return value

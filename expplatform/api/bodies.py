@@ -25,6 +25,8 @@ def json_body() -> Any:
         return request.get_json()
     except BadRequest:
         raise MalformedRequest(code="malformed_json", message="The body is not valid JSON.") from None
+    except RecursionError:  # Python's parser recurses per level: a hostile body nests ~1,000 deep
+        raise MalformedRequest(code="json_too_deep", message="The body nests too deeply to be a request.") from None
 
 
 def json_object(*, optional: bool = False) -> dict[str, Any]:

@@ -74,7 +74,12 @@ def _handle_http_exception(exc: HTTPException):
     if not _is_api_request():
         return exc
     status = exc.code or 500
-    return error_response(status, _HTTP_CODES.get(status, "http_error"), exc.description or exc.name)
+    response = error_response(status, _HTTP_CODES.get(status, "http_error"), exc.description or exc.name)
+    # The exception's own headers (Allow on a 405, WWW-Authenticate, Retry-After), not its HTML's type.
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
 
 
 RETRY_AFTER_SECONDS = "1"

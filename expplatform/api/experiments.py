@@ -42,12 +42,17 @@ def _actor() -> str:
     return principal.actor
 
 
+MAX_PAGE_ARG = 1_000_000  # far past any real list; an offset beyond it would overflow the database's integers
+
+
 def _int_arg(name: str, default: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise MalformedRequest(fields={name: "must be a whole number of at least 1"})
+    if not (raw.isascii() and raw.isdigit() and 1 <= len(raw) <= len(str(MAX_PAGE_ARG))) or not (
+        1 <= int(raw) <= MAX_PAGE_ARG
+    ):
+        raise MalformedRequest(fields={name: f"must be a whole number from 1 to {MAX_PAGE_ARG}"})
     return int(raw)
 
 
@@ -57,7 +62,7 @@ def list_experiments():
     statuses = request.args.getlist("status")
     stage = request.args.get("stage")
     bad = {"status": f"must be one of {', '.join(service.STATUSES)}"} if set(statuses) - set(service.STATUSES) else {}
-    if stage is not None and not SLUG.match(stage):
+    if stage is not None and not SLUG.fullmatch(stage):
         bad["stage"] = "must be a stage slug"
     if bad:
         raise MalformedRequest(fields=bad)
@@ -270,7 +275,11 @@ OPENAPI: dict[str, Any] = {
                         "schema": {"type": "array", "items": {"type": "string", "enum": list(service.STATUSES)}},
                     },
                     {"name": "stage", "in": "query", "description": "Target stage", "schema": _SLUG},
-                    {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 1}},
+                    {
+                        "name": "page",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_ARG, "default": 1},
+                    },
                     {
                         "name": "per_page",
                         "in": "query",

@@ -48,7 +48,7 @@ from .errors import database_unavailable
 log = logging.getLogger(__name__)
 _STATIC_HEADERS = [("Content-Type", "application/json"), *RESPONSE_HEADERS.items()]
 # Refusals the Flask view gives again, with its own error body: not worth a log line.
-_EXPECTED = (DomainError, ValueError)
+_EXPECTED = (DomainError, ValueError, RecursionError)
 
 WSGIApp = Callable[[dict[str, Any], Callable], Iterable[bytes]]
 

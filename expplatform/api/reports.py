@@ -27,6 +27,8 @@ from .bodies import json_object
 read_access = api_access(scope="admin", session_role="viewer")
 fit_access = api_access(scope="admin", session_role="editor")
 
+MAX_JOB_ID = 2**63 - 1
+
 
 def _report(key: str) -> Report:
     options = ReportOptions.parse(request.args)
@@ -67,7 +69,8 @@ def list_full_model_jobs(key: str):
     return {"jobs": [job_dict(job) for job in recent_jobs(get_db(), session, experiment, limit=10)]}
 
 
-@bp.get("/experiments/<key>/full-model/<int:job_id>")
+# Ids past the database's BIGINT are no job of ours: the route itself answers 404.
+@bp.get(f"/experiments/<key>/full-model/<int(max={MAX_JOB_ID}):job_id>")
 @read_access
 def get_full_model_job(key: str, job_id: int):
     session = get_session()
@@ -260,7 +263,15 @@ OPENAPI: dict[str, Any] = {
         "/experiments/{key}/full-model/{job_id}": {
             "get": {
                 "summary": "One full-model job: status, and when finished its result and data snapshot",
-                "parameters": [_KEY, {"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "parameters": [
+                    _KEY,
+                    {
+                        "name": "job_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_JOB_ID},
+                    },
+                ],
                 "responses": {
                     "200": {
                         "description": "The job",
