@@ -620,7 +620,20 @@ def test_the_statistics_handed_to_the_analysis_are_plain_integers(db, seeded):
 
 # -- the package's layering ----------------------------------------------------------------------
 
-LAYERS = ("options", "background", "series", "warnings", "build", "views", "figures", "render", "table")
+LAYERS = (
+    "options",
+    "background",
+    "series",
+    "warnings",
+    "build",
+    "decisions",
+    "exploratory",
+    "planning",
+    "views",
+    "figures",
+    "render",
+    "table",
+)
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:

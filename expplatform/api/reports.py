@@ -12,12 +12,14 @@ from typing import Any
 from flask import Response, current_app, request, url_for
 
 from .. import experiments as experiments_service
+from ..aggregation import experiment_stats
 from ..auth import api_access, current_principal
 from ..db import get_db, get_session
 from ..errors import NotFound
 from ..job_records import get_job, recent_jobs
 from ..jobs import FitParams, get_runner
 from ..reports.build import Report, build_report
+from ..reports.decisions import check_full_model
 from ..reports.options import ReportOptions
 from ..reports.render import CSV_COLUMNS, job_dict, report_dict, to_csv
 from ..reports.views import report_rows
@@ -53,6 +55,8 @@ def get_report_csv(key: str):
 @fit_access
 def queue_full_model(key: str):
     params = FitParams.parse(json_object(optional=True), current_app.extensions["settings"])
+    session = get_session()
+    check_full_model(experiment_stats(session, experiments_service.get_experiment(session, key)))
     principal = current_principal()
     job, created = get_runner(current_app).queue(key, principal.actor, params)  # type: ignore[union-attr]
     location = url_for("api.get_full_model_job", key=key, job_id=job.id)
