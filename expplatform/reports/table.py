@@ -5,6 +5,7 @@ asked for and the latest full-model fit, in plain text that fits 140 columns.
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 from .build import Report
@@ -12,6 +13,8 @@ from .decisions import headline, treatment_calls
 from .exploratory import explore, segment_label
 from .planning import forecasts
 from .views import full_model_view, lift_map
+
+WIDTH = 138
 
 
 def format_table(report: Report) -> str:
@@ -30,15 +33,18 @@ def format_table(report: Report) -> str:
         lines.append(f"  anytime-valid {head.level:.0%} interval (what the call rests on): {_lift_text(head.interval)}")
     lines += [f"  - {reason}" for reason in result.recommendation.reasons]
     lines += ["", f"The call at {stats.target_stage} conversion:"]
-    for call in treatment_calls(report):
+    calls = treatment_calls(report)
+    for call in calls:
         if not call.has_data:
             lines.append(f"  {call.treatment}: no data at this stage - no call")
             continue
         anytime = _lift_text(call.anytime) if call.anytime is not None else "-"
-        level = f"{call.anytime_level:.0%}" if call.anytime_level is not None else ""
+        level = f"{call.anytime_level:.0%} " if call.anytime_level is not None else ""
         decision = (call.decision or "").replace("_", " ")
-        lines.append(f"  {call.treatment}: {decision}; anytime-valid {level} {anytime}. {call.basis or ''}".rstrip())
-    lines.append(f"  ({treatment_calls(report)[0].rests_on})" if treatment_calls(report) else "")
+        lines.append(f"  {call.treatment}: {decision}; anytime-valid {level}interval {anytime}")
+        lines += textwrap.wrap(call.basis or "", WIDTH, initial_indent="    ", subsequent_indent="    ")
+    if calls:
+        lines += textwrap.wrap(calls[0].rests_on, WIDTH, initial_indent="  ", subsequent_indent="  ")
     found = forecasts(report)
     if found is not None:
         lines.append(f"  At the current rate ({found.traffic.per_arm_per_day:,.0f} customers per arm a day):")

@@ -69,28 +69,50 @@ class MetricRow:
     always_valid_scale: str | None = None
     always_valid_level: float | None = None
     decision_basis: str | None = None
+    guardrail: str | None = None
 
 
 def metric_rows(stats: ExperimentStats, result: ExperimentResult, segment: str | None = None) -> list[MetricRow]:
-    """The rows of one analysis. A segment's rows are exploratory: role
-    ``exploratory`` and no decision (a segment never makes its own call)."""
+    """The rows of one analysis. ``decision`` is filled only where a call is made (the
+    stage under test's conversion); guardrail rows say ``guardrail`` holds or broken. A
+    segment's rows are exploratory: role ``exploratory``, no decision (a segment never
+    makes its own call)."""
     rows = []
+    broken = {(g.variant, g.stage, g.metric) for g in result.recommendation.guardrails}
     for stage_result in result.stages:
         stage = stage_result.stage
         for metric in stage_result.metrics:
+            role = "exploratory" if segment is not None else metric_role(stats, stage, metric.metric)
             for arm in metric.arms:
                 cell = stats.cells[stage][arm.variant]
                 is_control = arm.variant == result.control
                 comparison = None if is_control else metric.comparison(arm.variant)
                 row = _row(segment, stage, metric.metric, metric.status, arm, comparison, cell, is_control)
                 data = has_outcomes(cell) if is_control else comparable(stats, stage, arm.variant)
-                role = "exploratory" if segment is not None else stage_role(stats, stage)
                 if not data:
                     row = _without_numbers(row)
-                elif role != "decides":
-                    row = replace(row, decision=None)
-                rows.append(replace(row, has_data=data, role=role))
+                guardrail = None
+                if role == "guardrail" and not is_control:
+                    guardrail = "broken" if (arm.variant, stage, metric.metric) in broken else "holds" if data else None
+                rows.append(
+                    replace(
+                        row,
+                        decision=row.decision if role == "decides" else None,
+                        has_data=data,
+                        role=role,
+                        guardrail=guardrail,
+                    )
+                )
     return rows
+
+
+def metric_role(stats: ExperimentStats, stage: str, metric: str) -> str:
+    """``decides`` (the stage under test's conversion), ``balance_check`` (conversion
+    before it), ``guardrail`` (conversion after it, the mean rating everywhere) or
+    ``reported`` (top-box share and NPS)."""
+    if metric == "conversion":
+        return stage_role(stats, stage)
+    return "guardrail" if metric == "mean_rating" else "reported"
 
 
 def _without_numbers(row: MetricRow) -> MetricRow:
@@ -98,10 +120,10 @@ def _without_numbers(row: MetricRow) -> MetricRow:
     blank = {
         name: None
         for name in MetricRow.__dataclass_fields__
-        if name not in {"segment", "stage", "variant", "is_control", "metric", "exposed", "count", "status", "role"}
-        and name != "has_data"
+        if name
+        not in {"segment", "stage", "variant", "is_control", "metric", "exposed", "count", "status", "role", "has_data"}
     }
-    return replace(row, **blank, decision_basis="No outcome data at this stage.")
+    return replace(row, **{**blank, "decision_basis": "No outcome data at this stage."})
 
 
 def _row(
