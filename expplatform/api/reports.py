@@ -312,7 +312,7 @@ OPENAPI: dict[str, Any] = {
                     },
                     "400": {"description": "Bad options or body", **_ERROR},
                     "409": {
-                        "description": "No variant has any outcome data yet (no_data): the fit would only repeat its prior",
+                        "description": "No variant has any outcome data yet (no_data): a fit would repeat its prior",
                         **_ERROR,
                     },
                     "401": _READ_ERRORS["401"],

@@ -16,10 +16,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from analysis import Forecast, Plan, forecast, plan
 from analysis.types import DecisionRule, ExperimentStats
 
+from ..aggregation import experiment_stats
 from ..errors import MalformedRequest
+from ..experiment_settings import experiment_settings
 from ..models import Experiment
 from .background import report_cache
 from .build import Report, data_version
@@ -169,3 +173,41 @@ def plan_estimate(given: PlanInput, rule: DecisionRule) -> Plan:
         arms=given.arms,
         rule=rule,
     )
+
+
+@dataclass(frozen=True)
+class DurationPanel:
+    """The experiment page's duration estimate: the form's values (as entered, or
+    prefilled from the running experiment), the plan when the form was sent, and the
+    errors of a bad form."""
+
+    values: dict[str, str]
+    plan: Plan | None
+    errors: dict[str, str]
+    traffic: Traffic | None
+    arms: int
+    prefilled: bool
+
+
+def duration_panel(session: Session, experiment: Experiment, args: Mapping[str, Any], now: datetime) -> DurationPanel:
+    """Read the panel's GET form; prefill traffic (and the baseline: the control's
+    rate at the stage under test) from a started experiment's exposures."""
+    prior_rule = experiment_settings(experiment)
+    arms = len(experiment.variants)
+    traffic = None
+    defaults: dict[str, str] = {}
+    if experiment.started_at is not None:
+        stats = experiment_stats(session, experiment)
+        traffic = measured_traffic(experiment, stats, now)
+        control = stats.cells[stats.target_stage][stats.control]
+        if traffic is not None:
+            defaults["per_day"] = f"{traffic.per_day:.0f}"
+        if control.exposed and control.converted:
+            defaults["baseline"] = f"{100 * control.converted / control.exposed:.3g}"
+    values = {name: str(args.get(name) or defaults.get(name, "")) for name in ("baseline", "lift", "per_day")}
+    try:
+        given = parse_plan(args, arms)
+    except MalformedRequest as exc:
+        return DurationPanel(values, None, exc.fields, traffic, arms, bool(defaults))
+    found = plan_estimate(given, prior_rule[1]) if given is not None else None
+    return DurationPanel(values, found, {}, traffic, arms, bool(defaults))

@@ -117,7 +117,7 @@ def metric_role(stats: ExperimentStats, stage: str, metric: str) -> str:
 
 def _without_numbers(row: MetricRow) -> MetricRow:
     """A row with no outcome data behind it: counts stay, every estimate goes."""
-    blank = {
+    blank: dict[str, Any] = {
         name: None
         for name in MetricRow.__dataclass_fields__
         if name
