@@ -15,20 +15,33 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from analysis import forecast, plan, segment_differences
+from analysis import analyze, forecast, plan, segment_differences
 from expplatform.aggregation import experiment_stats, segment_stats
+from expplatform.cli import main
 from expplatform.events import record_events
 from expplatform.experiment_settings import experiment_settings
 from expplatform.jobs import get_runner
 from expplatform.models import AnalysisJob, Experiment, utcnow
 from expplatform.reports.decisions import has_outcomes
 
+from .conftest import make_test_app
 from .events_support import expose, iso, make_experiment
 from .openapi_check import checked
-from .reports_support import WAIT, app, seeded  # noqa: F401  (fixtures)
+from .reports_support import WAIT
 from .test_reports import fake_fit
 
 JOURNEY = ("awareness", "browse", "cart", "purchase")
+
+
+@pytest.fixture(name="app")
+def report_app(database_url, tmp_path):
+    """As in reports_support: slow report parts are waited for, background work ends
+    with the test."""
+    made = make_test_app(database_url, tmp_path, report_wait_seconds=float(WAIT))
+    yield made
+    made.extensions["report_cache"].slow.wait_idle(WAIT)
+    get_runner(made).wait_idle(WAIT)
+    made.extensions["db"].engine.dispose()
 
 
 def seed_counts(
@@ -124,7 +137,6 @@ def gap(app, db):
 
 def test_the_call_and_its_anytime_valid_interval_stand_beside_the_bayesian_numbers(db, client, login, admin_api, gap):
     stats, prior, rule = stats_of(db, "gap")
-    from analysis import analyze
 
     result = analyze(stats, prior=prior, rule=rule, seed=0)
     c = result.stage("cart").metric("conversion").comparison("treatment")
@@ -149,7 +161,6 @@ def test_the_call_and_its_anytime_valid_interval_stand_beside_the_bayesian_numbe
 
 
 def test_the_terminal_table_names_what_the_call_rests_on(runner, gap):
-    from expplatform.cli import main
 
     output = runner.invoke(main, ["report", "gap"], catch_exceptions=False).output
     assert "The call at cart conversion:" in output
@@ -171,7 +182,7 @@ def test_a_stage_without_outcome_data_shows_no_numbers(db, client, login, admin_
     # Stages with data keep their numbers.
     assert "P(better)" in stage_block(body, "browse") and "Exp. loss" in stage_block(body, "cart")
     # The engine itself still has numbers for awareness (0% against 0%): the page hides them.
-    stats, prior, rule = stats_of(db, "gap")
+    stats, _prior, _rule = stats_of(db, "gap")
     assert not any(has_outcomes(stats.cells["awareness"][v]) for v in ("control", "treatment"))
     # Nor is a stage without data the journey's largest gain or pain point.
     journey = section(body, 'id="journey-title"')
@@ -266,7 +277,7 @@ def test_a_broken_guardrail_is_labelled_as_such_and_only_the_target_carries_badg
 def test_the_lift_map_and_the_journey_show_the_same_observed_rate(db, client, login, gap):
     login("viewer")
     body = page(client, "/experiments/gap/report")
-    stats, prior, rule = stats_of(db, "gap")
+    stats, _prior, _rule = stats_of(db, "gap")
     journey = section(body, 'id="journey-title"')
     assert "End-to-end conversion, observed" in journey and "Estimated (95% credible)" in journey
     for variant in ("control", "treatment"):
@@ -299,7 +310,6 @@ def test_a_ship_headline_shows_the_interval_it_rests_on_at_any_credible_level(ap
     assert summary.startswith("Ship treatment: the peeking-safe rule calls it better at cart conversion")
     assert "credibly" not in summary
     stats, prior, rule = stats_of(db, "winner")
-    from analysis import analyze
 
     c = analyze(stats, prior=prior, rule=rule, seed=0).stage("cart").metric("conversion").comparison("treatment")
     anytime = c.always_valid_interval
@@ -340,7 +350,6 @@ def test_a_segment_view_makes_no_call_and_flags_a_segment_that_differs(app, db, 
         experiment = session.scalars(select(Experiment).where(Experiment.key == "seg")).one()
         by_value = segment_stats(session, experiment, "platform")
         prior, rule = experiment_settings(experiment)
-    from analysis import analyze
 
     assert analyze(by_value["ios"], prior=prior, rule=rule, seed=0).recommendation.action == "ship"
     expected = {d.segment: d for d in segment_differences(by_value, treatment="treatment", rule=rule)}
@@ -373,7 +382,7 @@ def test_a_segment_view_makes_no_call_and_flags_a_segment_that_differs(app, db, 
 
 def test_a_running_experiment_forecasts_the_days_to_a_decision(app, db, client, login, admin_api, gap):
     body = checked(admin_api).get("/api/v1/experiments/gap/report").get_json()["forecast"]
-    stats, prior, rule = stats_of(db, "gap")
+    stats, _prior, rule = stats_of(db, "gap")
     # 400 per arm over the two days since the start.
     assert body["measured_over_days"] == pytest.approx(2.0, abs=0.01)
     assert body["per_arm_per_day"] == pytest.approx(200, rel=0.01)
