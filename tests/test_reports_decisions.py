@@ -184,6 +184,9 @@ def test_a_stage_without_outcome_data_shows_no_numbers(db, client, login, admin_
     # The engine itself still has numbers for awareness (0% against 0%): the page hides them.
     stats, _prior, _rule = stats_of(db, "gap")
     assert not any(has_outcomes(stats.cells["awareness"][v]) for v in ("control", "treatment"))
+    # No lift is drawn for it either.
+    forest = body.split('<svg class="plot plot-forest"', 1)[1].split("</svg>", 1)[0]
+    assert "browse" in forest and "awareness" not in forest
     # Nor is a stage without data the journey's largest gain or pain point.
     journey = section(body, 'id="journey-title"')
     assert "awareness" not in journey

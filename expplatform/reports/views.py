@@ -296,7 +296,8 @@ def lift_map(report: Report) -> list[LiftStage]:
 # -- the full model beside the conjugate results ------------------------------------------------
 
 
-def _has_metric_data(stats: ExperimentStats, stage: str, treatment: str, metric: str) -> bool:
+def has_metric_data(stats: ExperimentStats, stage: str, treatment: str, metric: str) -> bool:
+    """Whether both arms have data behind a comparison of ``metric`` at ``stage``."""
     cells = stats.cells[stage]
     if metric == "conversion":
         return comparable(stats, stage, treatment)
@@ -343,7 +344,7 @@ def full_model_view(report: Report) -> FullModelView | None:
         for stage_result in report.result.stages:
             for metric_name in ("conversion", "mean_rating"):
                 for c in stage_result.metric(metric_name).comparisons:
-                    if not _has_metric_data(report.stats, stage_result.stage, c.treatment, metric_name):
+                    if not has_metric_data(report.stats, stage_result.stage, c.treatment, metric_name):
                         continue  # no pooled number where there is no data
                     full = comparisons.get((stage_result.stage, metric_name, c.treatment), {})
                     rows.append(
