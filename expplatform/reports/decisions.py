@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from analysis.types import CellStats, Comparison, Estimate, ExperimentResult, ExperimentStats, JourneyVariant
+from analysis.types import CellStats, Comparison, Estimate, ExperimentStats, JourneyVariant
 
 from ..errors import Conflict
 from .build import Report
@@ -279,8 +279,3 @@ def decision_dict(report: Report) -> dict[str, object]:
         "stage_roles": {stage: stage_role(report.stats, stage) for stage in report.stats.stages},
         "outcome_data": outcome_data(report.stats),
     }
-
-
-def result_has_stage_data(result: ExperimentResult, stats: ExperimentStats, stage: str) -> bool:
-    """Whether any treatment's comparison at ``stage`` is backed by data in both arms."""
-    return any(comparable(stats, stage, v) for v in stats.variants if v != result.control)
