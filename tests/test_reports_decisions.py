@@ -176,7 +176,7 @@ def test_a_stage_without_outcome_data_shows_no_numbers(db, client, login, admin_
     login("viewer")
     body = page(client, "/experiments/gap/report")
     awareness = stage_block(body, "awareness")
-    assert awareness.count("No data at this stage") == 2
+    assert awareness.count("No data at this stage") == 2 and "Other variants have outcomes" not in awareness
     for word in ("Conversion", "P(better)", "Exp. loss", "Lift", "0.0%", "evidence-strong", "evidence-better"):
         assert word not in awareness, word
     # Stages with data keep their numbers.
@@ -213,6 +213,7 @@ def test_a_variant_without_data_where_the_control_has_some_gets_no_comparison(ap
     browse = stage_block(page(client, "/experiments/half/report"), "browse")
     treatment = browse.split('data-variant="treatment"', 1)[1]
     assert "No data at this stage" in treatment and "P(better)" not in treatment
+    assert "Other variants have outcomes here: check this variant's event tracking." in treatment
     assert "50.0%" in browse.split('data-variant="treatment"', 1)[0]  # the control's own rate stays
 
 
