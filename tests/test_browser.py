@@ -236,5 +236,16 @@ def test_a_stage_without_data_shows_no_number_and_a_segment_view_no_ship_headlin
     ]
     segments.scroll_into_view_if_needed()
     page.screenshot(path=str(tmp_path / "report-segments.png"), full_page=True)
-    for name in ("report-stage-without-data.png", "report-segments.png"):
+
+    # The duration estimate on the experiment page: a plain GET form, prefilled from
+    # the running experiment (3,000 customers over two days; 10% at cart for control).
+    page.goto(f"{live_server}/experiments/no-awareness")
+    assert page.input_value("input[name=per_day]") == "1500" and page.input_value("input[name=baseline]") == "10"
+    page.fill("input[name=lift]", "15")
+    page.click("#duration button[type=submit]")
+    page.wait_for_url(re.compile(r".*lift=15.*"))
+    result = page.inner_text("#duration .plan-result")
+    assert re.match(r"About \d+ days? \([\d,]+ customers per variant\) until a call", result), result
+    page.screenshot(path=str(tmp_path / "experiment-duration.png"), full_page=True)
+    for name in ("report-stage-without-data.png", "report-segments.png", "experiment-duration.png"):
         assert (tmp_path / name).stat().st_size > 50_000
