@@ -422,6 +422,7 @@ def test_a_stopped_experiment_has_no_forecast(app, db, admin_api):
 def test_the_experiment_page_estimates_the_duration_from_a_baseline_a_lift_and_traffic(app, db, client, login, gap):
     login("viewer")
     body = page(client, "/experiments/gap?baseline=10&lift=15&per_day=800")
+    assert "and its anytime-valid interval lies above 0" in body  # the rule as it now is
     panel = section(body, 'id="duration-title"')
     expected = plan(baseline=0.10, lift=0.15, per_arm_per_day=400, arms=2)
     assert f"About <strong>{expected.median_days} days</strong>" in panel
