@@ -176,3 +176,76 @@ def test_an_editor_creates_starts_and_reads_an_experiment_in_a_browser(
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
     assert (ARTIFACTS / "report.png").stat().st_size > 50_000
+
+
+def test_a_stage_without_data_shows_no_number_and_a_segment_view_no_ship_headline(
+    app, live_server, browser_context, make_user, tmp_path
+):
+    """Issue 12 in a real browser: 'awareness' has no outcome at all, so its cells show
+    no number but the exposed count; the breakdown by platform (each platform alone
+    would be a 'ship') is exploratory and has no ship headline of its own."""
+    from analysis import analyze
+    from expplatform.aggregation import segment_stats
+    from expplatform.experiment_settings import experiment_settings
+    from expplatform.models import Experiment
+
+    from .test_reports_decisions import seed_counts
+
+    db = app.extensions["db"]
+    counts = {
+        "control": (1500, {"browse": 900, "cart": 150, "purchase": 60}),
+        "treatment": (1500, {"browse": 900, "cart": 300, "purchase": 120}),
+    }
+    seed_counts(app, db, "no-awareness", counts)
+    with db.sessionmaker() as session:
+        experiment = session.query(Experiment).filter_by(key="no-awareness").one()
+        prior, rule = experiment_settings(experiment)
+        by_platform = segment_stats(session, experiment, "platform")
+    assert {analyze(s, prior=prior, rule=rule, seed=0).recommendation.action for s in by_platform.values()} == {"ship"}
+
+    make_user("viewer", "viewer@example.com")
+    page = browser_context.new_page()
+    page.goto(f"{live_server}/login")
+    page.fill("#email", "viewer@example.com")
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(re.compile(r".*/experiments.*|.*/$"))
+
+    page.goto(f"{live_server}/experiments/no-awareness/report")
+    awareness = page.locator(".lm-stage[data-stage=awareness]")
+    assert awareness.locator("[data-variant]").count() == 2
+    for text in awareness.locator("[data-variant]").all_inner_texts():
+        assert "No data at this stage" in text, text
+        numbers = re.findall(r"\d[\d,.]*%?", text)
+        assert numbers == ["1,500"], text  # the exposed count, and no other number
+    cart = page.locator(".lm-stage[data-stage=cart] [data-variant=treatment]").inner_text()
+    assert re.search(r"P\(better\)\s+\S", cart) and "Ship" in cart
+    assert page.inner_text(".recommendation .rec-summary").startswith("Ship treatment")
+    page.screenshot(path=str(tmp_path / "report-stage-without-data.png"), full_page=True)
+
+    page.select_option("select[name=segment]", "platform")
+    page.click(".report-options button[type=submit]")
+    page.wait_for_url(re.compile(r".*segment=platform.*"))
+    segments = page.locator("#segments")
+    text = segments.inner_text()
+    assert "exploratory" in text.lower() and "2 segments looked at" in text
+    assert "Ship" not in text and segments.locator(".decision").count() == 0
+    assert [t.split(" ·")[0] for t in segments.locator("h3.segment-title").all_inner_texts()] == [
+        "platform = ios",
+        "platform = web",
+    ]
+    segments.scroll_into_view_if_needed()
+    page.screenshot(path=str(tmp_path / "report-segments.png"), full_page=True)
+
+    # The duration estimate on the experiment page: a plain GET form, prefilled from
+    # the running experiment (3,000 customers over two days; 10% at cart for control).
+    page.goto(f"{live_server}/experiments/no-awareness")
+    assert page.input_value("input[name=per_day]") == "1500" and page.input_value("input[name=baseline]") == "10"
+    page.fill("input[name=lift]", "15")
+    page.click("#duration button[type=submit]")
+    page.wait_for_url(re.compile(r".*lift=15.*"))
+    result = page.inner_text("#duration .plan-result")
+    assert re.match(r"About \d+ days? \([\d,]+ customers per variant\) until a call", result), result
+    page.screenshot(path=str(tmp_path / "experiment-duration.png"), full_page=True)
+    for name in ("report-stage-without-data.png", "report-segments.png", "experiment-duration.png"):
+        assert (tmp_path / name).stat().st_size > 50_000

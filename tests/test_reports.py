@@ -27,7 +27,7 @@ from expplatform.models import Experiment
 from expplatform.reports import build
 from expplatform.reports.background import Pending, SlowParts
 from expplatform.reports.options import SEED
-from expplatform.reports.render import CSV_COLUMNS
+from expplatform.reports.render import CSV_COLUMNS, exploratory_result
 from expplatform.reports.series import SeriesPoint, series_points, target_only, with_live_point
 
 from .events_support import expose, iso, make_experiment
@@ -181,7 +181,26 @@ def test_the_csv_has_one_row_per_stage_variant_metric_matching_the_analysis(db, 
         assert _number(row["absolute_difference"]) == comparison.absolute_difference.mean
         assert _number(row["p_better"]) == comparison.p_better
         assert _number(row["expected_loss"]) == comparison.expected_loss
-        assert (row["decision"] or None) == comparison.decision
+        # A decision only where a call is made: the stage under test's conversion.
+        deciding = row["stage"] == "cart" and row["metric"] == "conversion"
+        assert (row["decision"] or None) == (comparison.decision if deciding else None)
+        assert row["role"] == (
+            "decides"
+            if deciding
+            else "balance_check"
+            if row["stage"] == "browse" and row["metric"] == "conversion"
+            else "guardrail"
+            if row["metric"] in ("conversion", "mean_rating")
+            else "reported"
+        )
+        assert row["has_data"] == "true"
+        if row["metric"] in ("conversion", "mean_rating"):
+            anytime = comparison.always_valid_interval
+            assert (_number(row["always_valid_low"]), _number(row["always_valid_high"])) == (anytime.low, anytime.high)
+            assert row["always_valid_scale"] == comparison.always_valid_scale
+            assert _number(row["always_valid_level"]) == comparison.always_valid_level
+            assert row["decision_basis"] == comparison.decision_basis
+            assert row["guardrail"] == ("holds" if row["role"] == "guardrail" else "")
     session.close()
 
 
@@ -195,7 +214,14 @@ def test_segments_split_the_report_by_a_recorded_attribute(db, admin_api, seeded
     by_value = segment_stats(session, experiment, "platform")
     for segment in segments["values"]:
         expected = analyze(by_value[segment["value"]], prior=prior, rule=rule, seed=0).to_dict()
-        assert segment["result"] == roundtrip(expected)
+        # A segment's analysis without its calls: exploratory, no ship headline of its own.
+        assert segment["result"]["recommendation"] is None and expected["recommendation"]["summary"]
+        decisions = [
+            c["decision"] for st in segment["result"]["stages"] for m in st["metrics"] for c in m["comparisons"]
+        ]
+        assert set(decisions) == {None}
+        assert segment["result"] == roundtrip(exploratory_result(expected))
+    assert segments["exploratory"] is True and segments["looked_at"] == 3 and segments["stage"] == "cart"
     # The CSV follows the whole experiment's rows with each segment's.
     rows = parse_csv(checked(admin_api).get("/api/v1/experiments/checkout/report.csv?segment=platform").data)
     assert Counter(r["segment"] for r in rows) == {
@@ -602,7 +628,20 @@ def test_the_statistics_handed_to_the_analysis_are_plain_integers(db, seeded):
 
 # -- the package's layering ----------------------------------------------------------------------
 
-LAYERS = ("options", "background", "series", "warnings", "build", "views", "figures", "render", "table")
+LAYERS = (
+    "options",
+    "background",
+    "series",
+    "warnings",
+    "build",
+    "decisions",
+    "exploratory",
+    "planning",
+    "views",
+    "figures",
+    "render",
+    "table",
+)
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:

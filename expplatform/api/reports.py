@@ -12,12 +12,14 @@ from typing import Any
 from flask import Response, current_app, request, url_for
 
 from .. import experiments as experiments_service
+from ..aggregation import experiment_stats
 from ..auth import api_access, current_principal
 from ..db import get_db, get_session
 from ..errors import NotFound
 from ..job_records import get_job, recent_jobs
 from ..jobs import FitParams, get_runner
 from ..reports.build import Report, build_report
+from ..reports.decisions import check_full_model
 from ..reports.options import ReportOptions
 from ..reports.render import CSV_COLUMNS, job_dict, report_dict, to_csv
 from ..reports.views import report_rows
@@ -55,6 +57,8 @@ def get_report_csv(key: str):
 @fit_access
 def queue_full_model(key: str):
     params = FitParams.parse(json_object(optional=True), current_app.extensions["settings"])
+    session = get_session()
+    check_full_model(experiment_stats(session, experiments_service.get_experiment(session, key)))
     principal = current_principal()
     job, created = get_runner(current_app).queue(key, principal.actor, params)  # type: ignore[union-attr]
     location = url_for("api.get_full_model_job", key=key, job_id=job.id)
@@ -114,6 +118,86 @@ _OPTIONS = [
         "description": "Include the latest full-model job and its results.",
     },
 ]
+_DECISION = {
+    "type": "object",
+    "description": (
+        "The call and what it rests on: the headline's words come from the decision, with the anytime-valid "
+        "interval it rests on; per treatment at the stage under test, the decision, its reason, and whether there "
+        "is data; each stage's role (only the stage under test decides) and which variants have outcome data "
+        "(a conversion or a rating) at each stage."
+    ),
+    "required": ["headline", "action", "variant", "interval", "stage", "treatments", "stage_roles", "outcome_data"],
+    "properties": {
+        "headline": {"type": "string"},
+        "action": {"enum": ["ship", "keep_control", "keep_running", "not_enough_data", "investigate"]},
+        "variant": {"type": ["string", "null"]},
+        "interval": _ESTIMATE,
+        "interval_level": _NUMBER,
+        "interval_scale": {"type": ["string", "null"]},
+        "stage": {"type": "string"},
+        "metric": {"const": "conversion"},
+        "treatments": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["treatment", "has_data", "decision", "decision_basis", "rests_on"],
+                "properties": {
+                    "treatment": {"type": "string"},
+                    "has_data": {"type": "boolean"},
+                    "decision": {"enum": ["ship", "harmful", "keep_running", "not_enough_data", None]},
+                    "decision_basis": {"type": ["string", "null"]},
+                    "rests_on": {"type": "string"},
+                    "always_valid_interval": _ESTIMATE,
+                    "always_valid_level": _NUMBER,
+                    "always_valid_scale": {"type": ["string", "null"]},
+                },
+            },
+        },
+        "stage_roles": {
+            "type": "object",
+            "additionalProperties": {"enum": ["balance_check", "decides", "guardrail"]},
+        },
+        "outcome_data": {
+            "type": "object",
+            "additionalProperties": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        },
+    },
+}
+_FORECAST = {
+    "oneOf": [
+        {"type": "null"},
+        {
+            "type": "object",
+            "description": (
+                "A running experiment's 'about N more days at the current rate' per treatment, from the customers "
+                "exposed per arm per day since the start and the current estimate at the stage under test."
+            ),
+            "required": ["per_arm_per_day", "per_day", "measured_over_days", "treatments"],
+            "properties": {
+                "per_arm_per_day": {"type": "number"},
+                "per_day": {"type": "number"},
+                "measured_over_days": {"type": "number"},
+                "treatments": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["treatment", "more_days", "p_decision_by_then", "decided_now"],
+                        "properties": {
+                            "treatment": {"type": "string"},
+                            "more_days": {"type": ["integer", "null"]},
+                            "p_decision_by_then": {"type": "number"},
+                            "p_ship_by_then": {"type": "number"},
+                            "p_harmful_by_then": {"type": "number"},
+                            "horizon_days": {"type": "integer"},
+                            "assumed_lift": _NUMBER,
+                            "decided_now": {"type": "boolean"},
+                        },
+                    },
+                },
+            },
+        },
+    ]
+}
 _JOB = {
     "type": "object",
     "required": ["id", "status", "requested_by", "params", "created_at"],
@@ -230,6 +314,10 @@ OPENAPI: dict[str, Any] = {
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FullModelJob"}}},
                     },
                     "400": {"description": "Bad options or body", **_ERROR},
+                    "409": {
+                        "description": "No variant has any outcome data yet (no_data): a fit would repeat its prior",
+                        **_ERROR,
+                    },
                     "401": _READ_ERRORS["401"],
                     "403": {"description": "Not an admin key or an editor", **_ERROR},
                     "404": _READ_ERRORS["404"],
@@ -324,6 +412,17 @@ OPENAPI: dict[str, Any] = {
                 "expected_loss": _NUMBER,
                 "expected_loss_relative": _NUMBER,
                 "decision": {"enum": ["ship", "harmful", "keep_running", "not_enough_data", None]},
+                "has_data": {
+                    "type": "boolean",
+                    "description": "False when an arm has no exposed customers or no ratings: no numbers, no decision.",
+                },
+                "always_valid_interval": {
+                    **_ESTIMATE,
+                    "description": "Anytime-valid interval of the effect (its ends hold at every look at once).",
+                },
+                "always_valid_scale": {"enum": ["relative_lift", "absolute_difference", None]},
+                "always_valid_level": _NUMBER,
+                "decision_basis": {"type": ["string", "null"], "description": "Why the decision is what it is."},
             },
         },
         "AnalysisResult": {
@@ -386,7 +485,8 @@ OPENAPI: dict[str, Any] = {
                     },
                 },
                 "recommendation": {
-                    "type": "object",
+                    "type": ["object", "null"],
+                    "description": "Null in a segment's result: a segment breakdown makes no call of its own.",
                     "required": ["action", "variant", "summary", "reasons"],
                     "properties": {
                         "action": {"enum": ["ship", "keep_control", "keep_running", "not_enough_data", "investigate"]},
@@ -418,6 +518,8 @@ OPENAPI: dict[str, Any] = {
                 "segments",
                 "recorded_attributes",
                 "full_model",
+                "decision",
+                "forecast",
             ],
             "properties": {
                 "experiment": {
@@ -453,6 +555,8 @@ OPENAPI: dict[str, Any] = {
                 },
                 "exposed": {"type": "object", "additionalProperties": {"type": "integer"}},
                 "result": {"$ref": "#/components/schemas/AnalysisResult"},
+                "decision": _DECISION,
+                "forecast": _FORECAST,
                 "time_series": {
                     "oneOf": [
                         {"type": "null"},
@@ -490,6 +594,34 @@ OPENAPI: dict[str, Any] = {
                             "properties": {
                                 "attribute": {"type": "string"},
                                 "status": {"enum": ["ready", "computing", "failed"]},
+                                "exploratory": {"const": True},
+                                "looked_at": {"type": "integer", "description": "Segments looked at (the split)."},
+                                "alpha": {"type": "number"},
+                                "stage": {"type": "string"},
+                                "differences": {
+                                    "type": "array",
+                                    "description": (
+                                        "Per segment x treatment x metric at the stage under test: does its effect "
+                                        "differ from the other segments' together (anytime-valid, the budget split "
+                                        "over looked_at)? Exploratory: no decision."
+                                    ),
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["segment", "treatment", "metric", "status", "flagged"],
+                                        "properties": {
+                                            "segment": {"type": "string"},
+                                            "treatment": {"type": "string"},
+                                            "metric": {"enum": ["conversion", "mean_rating"]},
+                                            "status": {"enum": ["ok", "no_data", "not_enough_data"]},
+                                            "effect": _NUMBER,
+                                            "rest_effect": _NUMBER,
+                                            "difference": _ESTIMATE,
+                                            "flagged": {"type": "boolean"},
+                                            "alpha": {"type": "number"},
+                                            "scale": {"type": "string"},
+                                        },
+                                    },
+                                },
                                 "values": {
                                     "type": "array",
                                     "items": {

@@ -171,6 +171,7 @@ class ReportCache:
     def __init__(self, settings: Settings) -> None:
         self.results: Memo[ExperimentResult] = Memo(64)
         self.plots: Memo[dict[str, str]] = Memo(32)
+        self.forecasts: Memo[Any] = Memo(32)
         self.slow = SlowParts(settings.report_refresh_seconds)
 
 

@@ -15,7 +15,7 @@ from .. import plots
 from .background import report_cache
 from .build import Report, data_version
 from .series import SeriesPoint
-from .views import METRIC_LABELS
+from .views import METRIC_LABELS, has_metric_data
 
 
 def render_plots(report: Report) -> dict[str, str]:
@@ -37,6 +37,8 @@ def _draw(report: Report, series: Sequence[SeriesPoint]) -> dict[str, str]:
     for stage_result in result.stages:
         for metric in ("conversion", "mean_rating"):
             for c in stage_result.metric(metric).comparisons:
+                if not has_metric_data(stats, stage_result.stage, c.treatment, metric):
+                    continue  # no lift drawn where there is no data
                 lift = c.relative_lift  # all three or none are known (see analysis.summarize)
                 if lift is not None and lift.mean is not None and lift.low is not None and lift.high is not None:
                     rows.append(

@@ -15,7 +15,10 @@ from typing import Any
 
 from ..models import AnalysisJob, iso_z
 from .build import Report
+from .decisions import decision_dict
+from .exploratory import exploration_dict, explore
 from .options import SEED
+from .planning import forecast_dict, forecasts
 from .views import MetricRow
 
 CSV_COLUMNS = tuple(f for f in MetricRow.__dataclass_fields__)
@@ -70,6 +73,8 @@ def report_dict(report: Report) -> dict[str, Any]:
         },
         "exposed": {v: report.stats.cells[report.stats.stages[0]][v].exposed for v in report.stats.variants},
         "result": report.result.to_dict(),
+        "decision": decision_dict(report),
+        "forecast": forecast_dict(forecasts(report)),
         "time_series": None
         if series is None
         else {
@@ -96,12 +101,26 @@ def report_dict(report: Report) -> dict[str, Any]:
             "status": segments.status,
             "computed_at": iso_z(segments.computed_at),
             "values": [
-                {"value": s.value, "exposed": s.exposed, "result": s.result.to_dict()} for s in (segments.value or ())
+                {"value": s.value, "exposed": s.exposed, "result": exploratory_result(s.result.to_dict())}
+                for s in (segments.value or ())
             ],
+            **(exploration_dict(explore(report)) or {"exploratory": True, "looked_at": 0, "differences": []}),
         },
         "recorded_attributes": list(report.attributes),
         "full_model": job_dict(report.job) if report.options.full_model else None,
     }
+
+
+def exploratory_result(result: dict[str, Any]) -> dict[str, Any]:
+    """A segment's analysis without calls: no recommendation and no decisions (a
+    segment breakdown is exploratory and never ships anything on its own)."""
+    for stage in result["stages"]:
+        for metric in stage["metrics"]:
+            for comparison in metric["comparisons"]:
+                comparison["decision"] = None
+                comparison["decision_basis"] = None
+    result["recommendation"] = None
+    return result
 
 
 def to_csv(rows: Sequence[MetricRow]) -> str:

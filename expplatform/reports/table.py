@@ -5,10 +5,16 @@ asked for and the latest full-model fit, in plain text that fits 140 columns.
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 from .build import Report
+from .decisions import headline, treatment_calls
+from .exploratory import explore, segment_label
+from .planning import forecasts
 from .views import full_model_view, lift_map
+
+WIDTH = 138
 
 
 def format_table(report: Report) -> str:
@@ -17,23 +23,63 @@ def format_table(report: Report) -> str:
     result, stats = report.result, report.stats
     e = report.experiment
     level = f"{report.rule.credible_level:.0%}"
+    head = headline(report)
     lines = [
         f"{e.name} ({e.key}, {e.status}) - testing {stats.target_stage}; {report.exposed_total:,} customers exposed",
         "",
-        f"Recommendation: {result.recommendation.summary}",
-        *(f"  - {reason}" for reason in result.recommendation.reasons),
+        f"Recommendation: {head.text}",
     ]
+    if head.interval is not None and head.level is not None:
+        lines.append(f"  anytime-valid {head.level:.0%} interval (what the call rests on): {_lift_text(head.interval)}")
+    lines += [f"  - {reason}" for reason in result.recommendation.reasons]
+    lines += ["", f"The call at {stats.target_stage} conversion:"]
+    calls = treatment_calls(report)
+    for call in calls:
+        if not call.has_data:
+            lines.append(f"  {call.treatment}: no data at this stage - no call")
+            continue
+        anytime = _lift_text(call.anytime) if call.anytime is not None else "-"
+        level = f"{call.anytime_level:.0%} " if call.anytime_level is not None else ""
+        decision = (call.decision or "").replace("_", " ")
+        lines.append(f"  {call.treatment}: {decision}; anytime-valid {level}interval {anytime}")
+        lines += textwrap.wrap(call.basis or "", WIDTH, initial_indent="    ", subsequent_indent="    ")
+    if calls:
+        lines += textwrap.wrap(calls[0].rests_on, WIDTH, initial_indent="  ", subsequent_indent="  ")
+    found = forecasts(report)
+    if found is not None:
+        lines.append(f"  At the current rate ({found.traffic.per_arm_per_day:,.0f} customers per arm a day):")
+        for f in found.treatments:
+            fc = f.forecast
+            if fc.decided_now:
+                lines.append(f"    {f.treatment}: already decided")
+            elif fc.more_days is not None:
+                lines.append(
+                    f"    {f.treatment}: about {fc.more_days} more days; chance of a decision by then "
+                    f"{fc.p_decision_by_then:.0%}"
+                )
+            else:
+                lines.append(f"    {f.treatment}: probably not within {fc.horizon_days} days")
     if report.warnings:
         lines += ["", "Warnings:", *(f"  ! {w.message}" for w in report.warnings)]
-    header = ("variant", "exposed", "conv", f"lift [{level}]", "P(better)", "exp.loss", "rating", "top-box", "decision")
-    widths = (max(8, *(len(v) for v in stats.variants)), 9, 7, 27, 9, 8, 6, 7, 15)
-    for stage in lift_map(stats, result, report.rule, report.colors):
+    header = (
+        "variant",
+        "exposed",
+        "conv obs",
+        f"lift [{level}]",
+        "P(better)",
+        "exp.loss",
+        "rating",
+        "top-box",
+        "decision",
+    )
+    widths = (max(8, *(len(v) for v in stats.variants)), 9, 8, 27, 9, 8, 6, 7, 24)
+    for stage in lift_map(report):
         marker = (
             "  <- under test"
             if stage.is_target
             else "  (before the tested step: a balance check)"
             if stage.before_target
-            else ""
+            else "  (guardrail)"
         )
         lines += ["", f"{stage.stage}{marker}"]
         lines.append(
@@ -44,16 +90,33 @@ def format_table(report: Report) -> str:
         )
         for cell in stage.cells:
             lift = cell.lift
+            name = cell.variant + (" (control)" if cell.is_control and cell.variant != "control" else "")
+            if not cell.has_data:
+                values: tuple[str, ...] = (name, f"{cell.exposed:,}", "no data at this stage", *("",) * 6)
+                lines.append("  " + name.ljust(widths[0]) + "  " + values[1].rjust(widths[1]) + "  " + values[2])
+                continue
+            broken = [m.replace("_", " ") for m, status in cell.guardrails if status == "broken"]
+            verdict = (
+                cell.decision.replace("_", " ")
+                if cell.decision is not None
+                else ("guardrail broken: " + ", ".join(broken))
+                if broken
+                else "guardrails hold"
+                if cell.guardrails and all(status == "holds" for _, status in cell.guardrails)
+                else ""
+            )
             values = (
-                cell.variant + (" (control)" if cell.is_control and cell.variant != "control" else ""),
+                name,
                 f"{cell.exposed:,}",
                 _pct(cell.conversion.observed),
                 "" if lift is None else _lift_text(lift.relative_lift),
                 "" if lift is None else _prob(lift.p_better),
                 "" if lift is None else _pct(lift.expected_loss_relative, 2),
-                "-" if cell.mean_rating.observed is None else f"{cell.mean_rating.observed:.2f}",
-                _pct(cell.top_box.observed, 0),
-                "" if lift is None or lift.decision is None or stage.before_target else lift.decision.replace("_", " "),
+                "-"
+                if not cell.rating_data or cell.mean_rating.observed is None
+                else f"{cell.mean_rating.observed:.2f}",
+                _pct(cell.top_box.observed, 0) if cell.rating_data else "-",
+                verdict,
             )
             lines.append(
                 "  "
@@ -61,16 +124,27 @@ def format_table(report: Report) -> str:
                     v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True))
                 )
             )
+    exploration = explore(report)
     if report.segments is not None and report.segments.status == "ready":
-        lines += ["", f"By {report.options.segment}:"]
+        looked = exploration.looked_at if exploration is not None else 0
+        lines += [
+            "",
+            f"By {report.options.segment} (exploratory: {looked} segments looked at; no segment makes its own call):",
+        ]
         for segment in report.segments.value:
-            label = "(not recorded)" if segment.value is None else segment.value
+            label = segment_label(segment.value)
             target = segment.result.stage(stats.target_stage).metric("conversion")
             lifts = ", ".join(
                 f"{c.treatment} {_lift_text(c.relative_lift)} P(better) {_prob(c.p_better)}" for c in target.comparisons
             )
             lines.append(f"  {label}: {segment.exposed:,} exposed; {stats.target_stage} conversion {lifts}")
-            lines.append(f"    {segment.result.recommendation.summary}")
+            for c in target.comparisons:
+                flag = exploration.flag(label, c.treatment) if exploration is not None else None
+                if flag is not None and flag.difference.flagged and flag.difference.difference is not None:
+                    lines.append(
+                        f"    flagged: {c.treatment}'s effect here differs from the other segments' "
+                        f"({_lift_text(flag.difference.difference)})"
+                    )
     job = report.job
     if job is not None:
         lines += ["", f"Full model: fit #{job.id} {job.status}" + (f" - {job.error}" if job.error else "")]

@@ -7,8 +7,7 @@ These only rearrange what ``Report`` holds; they compute no statistics.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from analysis.types import (
@@ -24,6 +23,7 @@ from analysis.types import (
 from ..models import AnalysisJob
 from ..plots import CONTROL_COLOR
 from .build import Report
+from .decisions import comparable, guardrail_status, has_outcomes, stage_role
 
 METRIC_LABELS = {"conversion": "conversion", "mean_rating": "mean rating", "top_box": "top-box share", "nps": "NPS"}
 
@@ -58,20 +58,72 @@ class MetricRow:
     expected_loss_relative: float | None
     decision: str | None
     status: str
+    # Added by issue 12: whether there is outcome data behind the numbers (false: they
+    # are left empty), the stage's role, and the anytime-valid interval the decision
+    # rests on (the conversion and mean-rating comparisons), with the reason in words.
+    has_data: bool = True
+    role: str = "decides"
+    always_valid_mean: float | None = None
+    always_valid_low: float | None = None
+    always_valid_high: float | None = None
+    always_valid_scale: str | None = None
+    always_valid_level: float | None = None
+    decision_basis: str | None = None
+    guardrail: str | None = None
 
 
 def metric_rows(stats: ExperimentStats, result: ExperimentResult, segment: str | None = None) -> list[MetricRow]:
+    """The rows of one analysis. ``decision`` is filled only where a call is made (the
+    stage under test's conversion); guardrail rows say ``guardrail`` holds or broken. A
+    segment's rows are exploratory: role ``exploratory``, no decision (a segment never
+    makes its own call)."""
     rows = []
+    broken = {(g.variant, g.stage, g.metric) for g in result.recommendation.guardrails}
     for stage_result in result.stages:
+        stage = stage_result.stage
         for metric in stage_result.metrics:
+            role = "exploratory" if segment is not None else metric_role(stats, stage, metric.metric)
             for arm in metric.arms:
-                cell = stats.cells[stage_result.stage][arm.variant]
+                cell = stats.cells[stage][arm.variant]
                 is_control = arm.variant == result.control
                 comparison = None if is_control else metric.comparison(arm.variant)
+                row = _row(segment, stage, metric.metric, metric.status, arm, comparison, cell, is_control)
+                data = has_outcomes(cell) if is_control else comparable(stats, stage, arm.variant)
+                if not data:
+                    row = _without_numbers(row)
+                guardrail = None
+                if role == "guardrail" and not is_control:
+                    guardrail = "broken" if (arm.variant, stage, metric.metric) in broken else "holds" if data else None
                 rows.append(
-                    _row(segment, stage_result.stage, metric.metric, metric.status, arm, comparison, cell, is_control)
+                    replace(
+                        row,
+                        decision=row.decision if role == "decides" else None,
+                        has_data=data,
+                        role=role,
+                        guardrail=guardrail,
+                    )
                 )
     return rows
+
+
+def metric_role(stats: ExperimentStats, stage: str, metric: str) -> str:
+    """``decides`` (the stage under test's conversion), ``balance_check`` (conversion
+    before it), ``guardrail`` (conversion after it, the mean rating everywhere) or
+    ``reported`` (top-box share and NPS)."""
+    if metric == "conversion":
+        return stage_role(stats, stage)
+    return "guardrail" if metric == "mean_rating" else "reported"
+
+
+def _without_numbers(row: MetricRow) -> MetricRow:
+    """A row with no outcome data behind it: counts stay, every estimate goes."""
+    blank: dict[str, Any] = {
+        name: None
+        for name in MetricRow.__dataclass_fields__
+        if name
+        not in {"segment", "stage", "variant", "is_control", "metric", "exposed", "count", "status", "role", "has_data"}
+    }
+    return replace(row, **{**blank, "decision_basis": "No outcome data at this stage."})
 
 
 def _row(
@@ -87,6 +139,7 @@ def _row(
     posterior = arm.posterior
     lift = comparison.relative_lift if comparison else None
     diff = comparison.absolute_difference if comparison else None
+    anytime = comparison.always_valid_interval if comparison else None
     return MetricRow(
         segment=segment,
         stage=stage,
@@ -111,6 +164,12 @@ def _row(
         expected_loss_relative=comparison.expected_loss_relative if comparison else arm.expected_loss_relative,
         decision=comparison.decision if comparison else None,
         status=comparison.status if comparison else status,
+        always_valid_mean=anytime.mean if anytime else None,
+        always_valid_low=anytime.low if anytime else None,
+        always_valid_high=anytime.high if anytime else None,
+        always_valid_scale=comparison.always_valid_scale if comparison else None,
+        always_valid_level=comparison.always_valid_level if comparison else None,
+        decision_basis=comparison.decision_basis if comparison else None,
     )
 
 
@@ -138,9 +197,13 @@ class LiftCell:
     conversion: ArmSummary
     mean_rating: ArmSummary
     top_box: ArmSummary
-    lift: Comparison | None  # conversion
-    rating_lift: Comparison | None  # mean rating
+    lift: Comparison | None  # conversion; None for the control and without data
+    rating_lift: Comparison | None  # mean rating; likewise
     evidence: str
+    has_data: bool  # any outcome (conversion or rating) recorded for this variant here
+    rating_data: bool  # ratings recorded for this variant here
+    decision: str | None  # at the stage under test only
+    guardrails: tuple[tuple[str, str], ...]  # (metric, 'holds' | 'broken' | 'no_data')
 
 
 @dataclass(frozen=True)
@@ -151,6 +214,8 @@ class LiftStage:
     # numbers are a balance check (they should agree), not a result to act on.
     before_target: bool
     cells: tuple[LiftCell, ...]
+    role: str = "decides"  # 'balance_check', 'decides' or 'guardrail'
+    has_data: bool = True  # some variant has outcome data at this stage
 
 
 def evidence(comparison: Comparison | None, rule: DecisionRule) -> str:
@@ -170,20 +235,33 @@ def evidence(comparison: Comparison | None, rule: DecisionRule) -> str:
     return "unclear"
 
 
-def lift_map(
-    stats: ExperimentStats, result: ExperimentResult, rule: DecisionRule, colors: Mapping[str, str]
-) -> list[LiftStage]:
-    """One entry per stage in journey order, each with a cell per variant."""
+def lift_map(report: Report) -> list[LiftStage]:
+    """One entry per stage in journey order, each with a cell per variant. A variant
+    with no outcome data at a stage gets no numbers there (``has_data`` false), a
+    comparison needs data in both arms, and decisions are shown at the stage under
+    test only (elsewhere: guardrail verdicts)."""
+    stats, result, rule, colors = report.stats, report.result, report.rule, report.colors
     stages = []
     target_index = stats.stages.index(result.target_stage)
     for stage_result in result.stages:
+        stage = stage_result.stage
         conversion = stage_result.metric("conversion")
         rating = stage_result.metric("mean_rating")
         top_box = stage_result.metric("top_box")
+        role = stage_role(stats, stage)
         cells = []
         for variant in stats.variants:
             is_control = variant == result.control
-            lift = None if is_control else conversion.comparison(variant)
+            cell = stats.cells[stage][variant]
+            both = not is_control and comparable(stats, stage, variant)
+            lift = conversion.comparison(variant) if both else None
+            rated = any(cell.ratings) and any(stats.cells[stage][result.control].ratings)
+            rating_lift = rating.comparison(variant) if not is_control and rated else None
+            statuses = tuple(
+                (metric, status)
+                for metric in ("conversion", "mean_rating")
+                if (status := guardrail_status(report, stage, variant, metric)) is not None
+            )
             cells.append(
                 LiftCell(
                     variant=variant,
@@ -194,22 +272,36 @@ def lift_map(
                     mean_rating=rating.arm(variant),
                     top_box=top_box.arm(variant),
                     lift=lift,
-                    rating_lift=None if is_control else rating.comparison(variant),
+                    rating_lift=rating_lift,
                     evidence=evidence(lift, rule),
+                    has_data=has_outcomes(cell),
+                    rating_data=any(cell.ratings),
+                    decision=lift.decision if lift is not None and role == "decides" else None,
+                    guardrails=statuses,
                 )
             )
         stages.append(
             LiftStage(
-                stage_result.stage,
-                stage_result.stage == result.target_stage,
-                stats.stages.index(stage_result.stage) < target_index,
+                stage,
+                stage == result.target_stage,
+                stats.stages.index(stage) < target_index,
                 tuple(cells),
+                role,
+                any(c.has_data for c in cells),
             )
         )
     return stages
 
 
 # -- the full model beside the conjugate results ------------------------------------------------
+
+
+def has_metric_data(stats: ExperimentStats, stage: str, treatment: str, metric: str) -> bool:
+    """Whether both arms have data behind a comparison of ``metric`` at ``stage``."""
+    cells = stats.cells[stage]
+    if metric == "conversion":
+        return comparable(stats, stage, treatment)
+    return any(cells[treatment].ratings) and any(cells[stats.control].ratings)
 
 
 @dataclass(frozen=True)
@@ -252,6 +344,8 @@ def full_model_view(report: Report) -> FullModelView | None:
         for stage_result in report.result.stages:
             for metric_name in ("conversion", "mean_rating"):
                 for c in stage_result.metric(metric_name).comparisons:
+                    if not has_metric_data(report.stats, stage_result.stage, c.treatment, metric_name):
+                        continue  # no pooled number where there is no data
                     full = comparisons.get((stage_result.stage, metric_name, c.treatment), {})
                     rows.append(
                         FullModelRow(

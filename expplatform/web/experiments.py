@@ -18,6 +18,8 @@ from ..auth import current_principal, login_required, role_at_least
 from ..db import get_db, get_session
 from ..definitions import parse_definition
 from ..errors import DomainError, InvalidInput, NotFound
+from ..models import utcnow
+from ..reports.planning import duration_panel
 from . import bp, experiment_or_404
 from .experiment_form import (
     MAX_RULE_ROWS,
@@ -132,6 +134,7 @@ def experiment(key: str):
     return render_template(
         "experiments/detail.html",
         experiment=found,
+        duration=duration_panel(session, found, request.args, utcnow()),
         definition=service.export_definition(found),
         audit=service.audit_log(session, found),
         can_edit=_can_edit(),

@@ -13,13 +13,17 @@ from typing import Any
 
 from flask import Flask, abort, current_app, flash, redirect, render_template, request, url_for
 
+from ..aggregation import experiment_stats
 from ..auth import current_principal, login_required, role_at_least
 from ..db import get_session
 from ..errors import MalformedRequest, NotFound
 from ..jobs import FitParams, get_runner
 from ..reports.build import Report, build_report
+from ..reports.decisions import SCALE_WORDS, full_model_refusal, headline, journey_rows, treatment_calls
+from ..reports.exploratory import explore, segment_label
 from ..reports.figures import render_plots
 from ..reports.options import ReportOptions
+from ..reports.planning import forecasts
 from ..reports.views import METRIC_LABELS, full_model_view, lift_map
 from . import bp, experiment_or_404
 from .forms import ConfirmForm
@@ -76,6 +80,8 @@ class Format:
         return "—" if value is None else f"{value:,}"
 
 
+GUARDRAIL_WORDS = {"holds": "holds", "broken": "broken", "no_data": "no data yet"}
+
 DECISIONS = {
     "ship": "Ship",
     "harmful": "Harmful",
@@ -105,16 +111,26 @@ def report(key: str):
 
 
 def _context(built: Report, *, can_fit: bool) -> dict[str, Any]:
+    refusal = full_model_refusal(built.stats)
     return {
         "report": built,
-        "lift_map": lift_map(built.stats, built.result, built.rule, built.colors),
+        "headline": headline(built),
+        "calls": treatment_calls(built),
+        "lift_map": lift_map(built),
+        "journey": journey_rows(built),
+        "exploration": explore(built),
+        "segment_label": segment_label,
+        "forecasts": forecasts(built),
         "plots": render_plots(built),
         "full_model": full_model_view(built),
+        "full_model_refusal": refusal,
         "fmt": Format,
         "decisions": DECISIONS,
+        "guardrail_words": GUARDRAIL_WORDS,
+        "scale_words": SCALE_WORDS,
         "metric_labels": METRIC_LABELS,
         "levels": CREDIBLE_LEVELS,
-        "can_fit": can_fit,
+        "can_fit": can_fit and refusal is None,
         "confirm": ConfirmForm() if can_fit else None,
     }
 
@@ -143,6 +159,10 @@ def render_standalone(app: Flask, built: Report) -> str:
 def run_full_model(key: str):
     principal = current_principal()
     assert principal is not None
+    reason = full_model_refusal(experiment_stats(get_session(), experiment_or_404(key)))
+    if reason is not None:
+        flash("The full model was not started: " + reason, "error")
+        return redirect(url_for("web.report", key=key) + "#full-model")
     try:
         job, created = get_runner(current_app).queue(
             key, principal.actor, FitParams.defaults(current_app.extensions["settings"])
