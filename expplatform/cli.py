@@ -232,8 +232,10 @@ def report_command(
 
     from flask import current_app
 
+    from .aggregation import experiment_stats
     from .jobs import FitParams, get_runner
     from .reports.build import build_report
+    from .reports.decisions import check_full_model
     from .reports.options import ReportOptions
     from .reports.render import report_dict, to_csv
     from .reports.table import format_table
@@ -242,6 +244,8 @@ def report_command(
     try:
         options = ReportOptions.parse({"segment": segment, "credible_level": credible_level})
         if full_model:
+            with get_db().sessionmaker() as session:
+                check_full_model(experiment_stats(session, experiments.get_experiment(session, key)))
             job = _fit_with_progress(
                 get_runner(current_app), key, FitParams.defaults(current_app.extensions["settings"])
             )

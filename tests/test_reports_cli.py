@@ -102,3 +102,15 @@ def test_full_model_fits_with_a_progress_bar_and_stores_the_fit(app, runner, see
         session.execute(update(AnalysisJob).values(status="running"))
     again = runner.invoke(main, ["report", "checkout", "--full-model"])
     assert again.exit_code == 1 and "already running" in again.output
+
+
+def test_full_model_is_refused_without_any_outcome_data(app, db, runner):
+    from .events_support import make_experiment
+
+    with db.write() as session:
+        make_experiment(session, "empty", stages=STAGES, target_stage="cart", variants=("control", "bold"))
+    calls = []
+    get_runner(app).fit = lambda *args, **kwargs: calls.append(args)
+    result = runner.invoke(main, ["report", "empty", "--full-model"])
+    assert result.exit_code == 1 and not calls
+    assert "No variant has any outcome data yet" in result.output
