@@ -8,11 +8,13 @@ never imported here (only the full-model path loads it, lazily).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
 from flask_wtf import CSRFProtect
+from sqlalchemy.exc import OperationalError
 
 from .bundled import check_analysis
 
@@ -22,6 +24,8 @@ from . import api, assignment, auth, db, jobs, migrations, observability, probes
 from .api import fast_assign
 from .config import load_settings
 from .cookie_session import CookieSessionInterface
+
+log = logging.getLogger(__name__)
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
@@ -44,7 +48,13 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
     database = db.init_app(app, settings)
     if settings.check_migrations:
-        migrations.require_current(database.engine)
+        try:
+            migrations.require_current(database.engine)
+        except OperationalError as exc:
+            # Unreachable now (an outage, a read-only file): a worker that refused to boot
+            # would make gunicorn stop the whole service. Serve; /readyz says not ready,
+            # and requests answer 503 until the database is back.
+            log.warning("starting with the database unreachable: %s", exc.orig)
     auth.init_app(app)
     assignment.init_app(app)
     jobs.init_app(app)

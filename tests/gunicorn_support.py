@@ -52,11 +52,13 @@ def free_port() -> int:
 
 def get(port: int, path: str, headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    connection.request("GET", path, headers=headers or {})
-    response = connection.getresponse()
-    response.read()
-    connection.close()
-    return response
+    try:
+        connection.request("GET", path, headers=headers or {})
+        response = connection.getresponse()
+        response.read()
+        return response
+    finally:
+        connection.close()  # also when the server is not up yet (the callers poll)
 
 
 def prepare(tmp_path: Path) -> dict[str, str]:

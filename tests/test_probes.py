@@ -83,6 +83,17 @@ def down(database_url: str, tmp_path: Path) -> str:
     return make_url(database_url).set(host="127.0.0.1", port=9).render_as_string(hide_password=False)
 
 
+def test_a_worker_starting_during_an_outage_boots_and_is_not_ready(database_url, tmp_path):
+    """A worker that refused to boot would make gunicorn stop the whole service; one
+    started while the database is down serves 503s and recovers with it."""
+    app = probed_app(down(database_url, tmp_path), tmp_path, check_migrations=True)
+    try:
+        ready, _ = timed_get(app, "/readyz")
+    finally:
+        app.extensions["db"].engine.dispose()
+    assert_not_ready(ready, "database_unreachable")
+
+
 def test_the_database_down_is_not_ready_but_still_alive(database_url, tmp_path):
     app = probed_app(down(database_url, tmp_path), tmp_path)
     try:
