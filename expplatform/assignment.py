@@ -380,7 +380,14 @@ class ExposureStore:
     def _connection(self) -> _ThreadConnection:
         holder = getattr(self._local, "holder", None)
         if holder is None:
-            connection = self._engine.raw_connection()
+            try:
+                connection = self._engine.raw_connection()
+            except self._engine.dialect.loaded_dbapi.Error as exc:
+                # raw_connection() lets the driver's own error through; wrapped, it is a
+                # database error like any other (a 503 while the database is down).
+                raise DBAPIError.instance(
+                    "connect", None, exc, self._engine.dialect.loaded_dbapi.Error, connection_invalidated=True
+                ) from exc
             connection.detach()  # ours now: closing it closes the driver connection
             if self._sql.postgres:
                 driver = connection.dbapi_connection

@@ -180,8 +180,19 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int, *, wal: bool) -> Non
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection):
-        mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
-        connection.exec_driver_sql(f"BEGIN {mode}")
+        options = connection.get_execution_options()
+        mode = options.get("sqlite_begin", "DEFERRED")
+        wait_ms = options.get("sqlite_lock_wait_ms")
+        if wait_ms is None:
+            connection.exec_driver_sql(f"BEGIN {mode}")
+            return
+        # What is left of a wait that began earlier (ingest's turn): BEGIN IMMEDIATE
+        # waits that long for the write lock, then the connection's own timeout again.
+        connection.exec_driver_sql(f"PRAGMA busy_timeout={int(wait_ms)}")
+        try:
+            connection.exec_driver_sql(f"BEGIN {mode}")
+        finally:
+            connection.exec_driver_sql(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
 
 
 def _ensure_wal(cursor) -> None:
@@ -212,17 +223,21 @@ class Database:
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
+    def write(self, *, lock_wait_ms: int | None = None) -> Iterator[Session]:
         """A session in one write transaction, committed on success.
 
         On SQLite it begins IMMEDIATE (waits for the write lock rather than failing
-        later). Lock errors that still escape the busy timeout are not retried here:
-        callers that are idempotent use :func:`retry_on_lock`.
+        later), for ``lock_wait_ms`` when given instead of the busy timeout. Lock errors
+        that still escape are not retried here: callers that are idempotent use
+        :func:`retry_on_lock`.
         """
         session = self.sessionmaker()
         try:
             if self.settings.is_sqlite:
-                session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+                options: dict[str, Any] = {"sqlite_begin": "IMMEDIATE"}
+                if lock_wait_ms is not None:
+                    options["sqlite_lock_wait_ms"] = lock_wait_ms
+                session.connection(execution_options=options)
             yield session
             session.commit()
         except BaseException:

@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 
 from expplatform.auth import SESSION_TOKEN, create_api_key
 from expplatform.config import ConfigError, load_settings
-from expplatform.db import get_session
+from expplatform.db import Base, get_session
 
 from .assign_support import seed
 from .conftest import POSTGRES_URL, make_test_app
@@ -213,3 +213,36 @@ def client_key_for():
             return create_api_key(session, "client", "pool", created_by="tests")[1]
 
     return make
+
+
+def test_event_batches_queued_behind_a_lock_each_wait_at_most_the_busy_timeout(tmp_path, client_key_for):
+    """On SQLite, batches take turns for the write lock: the turn and the BEGIN share
+    one busy timeout, so four batches stuck behind a held lock each answer 503 after
+    about one timeout, not one after another (the last after four)."""
+    busy_ms = 1000
+    app = make_test_app(f"sqlite:///{tmp_path / 'turns.sqlite3'}", tmp_path, sqlite_busy_timeout_ms=busy_ms)
+    Base.metadata.create_all(app.extensions["db"].engine)
+    key = client_key_for(app.extensions["db"])
+    seed(app.extensions["db"], "checkout-button")
+    headers = {"Authorization": f"Bearer {key}"}
+    answers: list[tuple[int, float]] = []
+
+    def send(i: int) -> None:
+        batch = {"events": [{"event_id": f"e-{i}", "customer_id": "c", "stage": "purchase", "type": "conversion"}]}
+        started = time.monotonic()
+        status = app.test_client().post("/api/v1/events", json=batch, headers=headers).status_code
+        answers.append((status, time.monotonic() - started))
+
+    try:
+        with hot_tables_locked(f"sqlite:///{tmp_path / 'turns.sqlite3'}"):
+            threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+    finally:
+        app.extensions["db"].engine.dispose()
+    assert [status for status, _ in answers] == [503] * 4
+    # One timeout each (plus slack for a loaded machine); taking turns would make the
+    # last wait four.
+    assert max(seconds for _, seconds in answers) < 2.5 * busy_ms / 1000

@@ -21,11 +21,12 @@ from urllib.parse import urljoin
 import pytest
 from sqlalchemy import select
 
+from expplatform.ingest import record_events
 from expplatform.jobs import FitParams, get_runner
 from expplatform.models import AnalysisJob
 
 from .conftest import BACKENDS, drop_postgres_schema, fresh_postgres_schema, make_test_app, process_tag
-from .events_support import expose, make_experiment
+from .events_support import at, expose, iso, make_experiment
 from .server_support import START_SECONDS, STOP_SECONDS, cli, gunicorn, http, service_env, wait_for
 
 pytestmark = pytest.mark.slow  # real processes and a real (small) PyMC fit
@@ -58,6 +59,20 @@ def seeded(migrated_url, tmp_path) -> str:
             experiment = make_experiment(session, "checkout", stages=("cart", "purchase"))
             for i in range(40):
                 expose(session, experiment, f"c{i}", "control" if i % 2 else "treatment")
+        # Some outcomes: the full model is refused on an experiment without any.
+        when = iso(at(60))
+        conversions = [
+            {
+                "event_id": f"e{i}",
+                "customer_id": f"c{i}",
+                "stage": "cart",
+                "type": "conversion",
+                "timestamp": when,
+            }
+            for i in range(0, 40, 3)
+        ]
+        result = record_events(app.extensions["db"], conversions, app.extensions["settings"])
+        assert result.accepted == len(conversions), result.rejected
     finally:
         app.extensions["db"].engine.dispose()
     created = cli(
@@ -91,7 +106,8 @@ def test_a_fit_queued_from_the_web_survives_a_web_worker_restart_and_is_run_by_t
         (web_worker,) = server.worker_pids()
         os.kill(web_worker, signal.SIGKILL)
         wait_for(lambda: server.worker_pids() not in (set(), {web_worker}) and server.healthy(), "a new web worker")
-        assert time.monotonic() - queued_at > float(JOB_TIMEOUT)  # long enough for a dead holder to be judged
+        # Past the job timeout, a job a dead worker held would be judged failed by now.
+        wait_for(lambda: time.monotonic() - queued_at > float(JOB_TIMEOUT), "the job timeout to pass")
         # Nobody held it, so nothing died with it: still queued, and nothing ran it in the web.
         waiting = http("GET", location, key=seeded).json()
         assert waiting["status"] == "queued" and waiting["started_at"] is None
