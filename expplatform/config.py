@@ -86,7 +86,7 @@ class Settings:
     # lock (a migration or a manual LOCK TABLE), and the longest a new connection (or
     # a connection from an exhausted pool) may take.
     db_statement_timeout_ms: int = 10_000
-    db_lock_timeout_ms: int = 5_000
+    db_lock_timeout_ms: int = 2_500  # per statement: a request that meets two locks still answers within 5 s
     db_connect_timeout_seconds: int = 5
     # PostgreSQL: the statement timeout of work no request waits for (report series and
     # segments computed in the background), through Database.background_reader().
