@@ -3,6 +3,8 @@ accepted although wrong: each is refused with a clear 4xx JSON answer."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
 DEEP = "[" * 1000 + "]" * 1000
@@ -53,3 +55,30 @@ def test_a_405_says_which_methods_are_allowed(client, client_key):
     response = client.put("/api/v1/assign", headers={"Authorization": f"Bearer {client_key}"})
     assert response.status_code == 405 and response.get_json()["error"] == "method_not_allowed"
     assert set(response.headers["Allow"].split(", ")) >= {"GET", "POST"}
+
+
+def _chunked(client, key: str, body: bytes):
+    """As gunicorn hands over a chunked request: no Content-Length, the stream ended by the server."""
+    return client.post(
+        "/api/v1/events",
+        input_stream=io.BytesIO(body),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+
+def _events(count: int) -> bytes:
+    event = '{"event_id": "e%d", "customer_id": "c", "stage": "purchase", "type": "conversion"}'
+    return ('{"events": [' + ",".join(event % i for i in range(count)) + "]}").encode()
+
+
+def test_a_chunked_body_over_the_limit_is_a_413_not_truncated_json(app, client, client_key):
+    body = _events(40_000)
+    assert len(body) > app.config["MAX_CONTENT_LENGTH"]
+    response = _chunked(client, client_key, body)
+    assert response.status_code == 413 and response.get_json()["error"] == "payload_too_large"
+
+
+def test_a_chunked_body_within_the_limit_is_read_whole(client, client_key):
+    response = _chunked(client, client_key, _events(3))
+    assert response.status_code == 200, response.get_json()  # the three events parsed (none attributed)

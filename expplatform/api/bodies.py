@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import request
+from flask import current_app, request
 from werkzeug.exceptions import BadRequest
 
 from ..auth import current_principal
-from ..errors import MalformedRequest
+from ..errors import MalformedRequest, TooLarge
 
 
 def json_body() -> Any:
@@ -21,12 +21,24 @@ def json_body() -> Any:
         raise MalformedRequest(
             code="invalid_content_type", message="Send a JSON body with 'Content-Type: application/json'."
         )
+    _refuse_a_streamed_body_over_the_limit()
     try:
         return request.get_json()
     except BadRequest:
         raise MalformedRequest(code="malformed_json", message="The body is not valid JSON.") from None
     except RecursionError:  # Python's parser recurses per level: a hostile body nests ~1,000 deep
         raise MalformedRequest(code="json_too_deep", message="The body nests too deeply to be a request.") from None
+
+
+def _refuse_a_streamed_body_over_the_limit() -> None:
+    """A chunked body (no Content-Length) is cut at the size limit by Werkzeug without
+    a word, which would turn it into 'not valid JSON'; say 413 instead."""
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is not None or limit is None:
+        return  # a declared length over the limit is a 413 from Werkzeug already
+    data = request.get_data(cache=True)
+    if len(data) >= limit and request.environ["wsgi.input"].read(1):
+        raise TooLarge(code="payload_too_large", message=f"The body is larger than {limit} bytes.")
 
 
 def json_object(*, optional: bool = False) -> dict[str, Any]:
