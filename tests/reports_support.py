@@ -11,6 +11,7 @@ import numpy as np
 
 from analysis import analyze
 from expplatform.ingest import record_events
+from expplatform.models import utcnow
 
 from .events_support import expose, iso, make_experiment
 
@@ -125,3 +126,59 @@ def fake_fit(stats, params, *, prior, rule, progress):
             "passed": True,
         },
     }
+
+
+JOURNEY = ("awareness", "browse", "cart", "purchase")
+
+
+def seed_counts(
+    app,
+    db,
+    key: str,
+    counts: dict[str, tuple[int, dict[str, int]]],
+    *,
+    stages=JOURNEY,
+    target="cart",
+    ratings: dict[str, dict[str, list[int]]] | None = None,
+    attributes=None,
+    started=None,
+    status="running",
+):
+    """``counts[variant] = (exposed, {stage: converters})``: the first customers of a
+    variant convert at each stage; ``ratings[variant][stage]`` are the ratings of its
+    first customers there. A stage missing from both gets no event at all."""
+    started = started or utcnow() - timedelta(days=2)
+    events = []
+    with db.write() as session:
+        experiment = make_experiment(
+            session, key, stages=stages, target_stage=target, variants=tuple(counts), started_at=started, status=status
+        )
+        for variant, (exposed, converters) in counts.items():
+            for i in range(exposed):
+                customer = f"{variant}-{i}"
+                at = started + timedelta(hours=1, seconds=i)
+                attrs = attributes(variant, i) if attributes else {"platform": ("ios", "web")[i % 2]}
+                expose(session, experiment, customer, variant, exposed_at=at, attributes=attrs)
+                for stage in stages:
+                    if i < converters.get(stage, 0):
+                        events.append(event_of(key, customer, stage, at, "conversion"))
+                    values = (ratings or {}).get(variant, {}).get(stage, [])
+                    if i < len(values):
+                        events.append(event_of(key, customer, stage, at, "satisfaction", values[i]))
+    settings = app.extensions["settings"]
+    for start in range(0, len(events), settings.max_batch_events):
+        result = record_events(db, events[start : start + settings.max_batch_events], settings)
+        assert not result.rejected, result.rejected[:3]
+
+
+def event_of(key, customer, stage, at, kind, value=None):
+    event = {
+        "event_id": f"{key}-{customer}-{stage}-{kind}",
+        "customer_id": customer,
+        "stage": stage,
+        "type": kind,
+        "timestamp": iso(at + timedelta(minutes=5)),
+    }
+    if value is not None:
+        event["value"] = value
+    return event

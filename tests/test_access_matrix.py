@@ -10,6 +10,8 @@ it means the guard let the caller through).
 
 from __future__ import annotations
 
+import re
+
 from expplatform.auth import role_at_least
 
 from .conftest import sign_in
@@ -33,9 +35,9 @@ def _routes(app):
         role = getattr(view, "required_role", None)
         path = rule.rule
         for name in rule.arguments:
-            path = path.replace(f"<{name}>", PLACEHOLDERS.get(name, "x"))
-            for converter in ("int", "path", "string"):
-                path = path.replace(f"<{converter}:{name}>", PLACEHOLDERS.get(name, "1"))
+            # <name>, <int:name>, <int(max=...):name>: an argument with a converter is a number here.
+            path = re.sub(rf"<{name}>", PLACEHOLDERS.get(name, "x"), path)
+            path = re.sub(rf"<[a-z]+(\([^)]*\))?:{name}>", PLACEHOLDERS.get(name, "1"), path)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             yield path, method, access, role
 

@@ -189,7 +189,7 @@ def test_a_stage_without_data_shows_no_number_and_a_segment_view_no_ship_headlin
     from expplatform.experiment_settings import experiment_settings
     from expplatform.models import Experiment
 
-    from .test_reports_decisions import seed_counts
+    from .reports_support import seed_counts
 
     db = app.extensions["db"]
     counts = {

@@ -18,12 +18,13 @@ from expplatform.aggregation import experiment_stats
 from expplatform.auth import create_user
 from expplatform.db import Base
 from expplatform.errors import MalformedRequest
+from expplatform.ingest import record_events
 from expplatform.job_records import DEAD_WORKER, recent_jobs
 from expplatform.jobs import FitParams, JobRunner, get_runner, snapshot_of
 from expplatform.models import AnalysisJob, utcnow
 
 from .conftest import make_test_app, sign_in
-from .events_support import expose, make_experiment
+from .events_support import at, expose, iso, make_experiment
 
 WAIT = 30  # seconds: an upper bound for a fake fit, never a synchronisation delay
 
@@ -43,6 +44,11 @@ def experiment(fast_app):
         for i in range(30):
             expose(session, experiment, f"c{i}", "control" if i % 3 else "treatment")
         expose(session, experiment, "qa", "treatment", forced=True)
+    # Some outcomes: the full model is refused on an experiment without any.
+    conversion = {"customer_id": "c1", "stage": "purchase", "type": "conversion", "timestamp": iso(at(60))}
+    database, settings = fast_app.extensions["db"], fast_app.extensions["settings"]
+    result = record_events(database, [{"event_id": "e1", **conversion}], settings)
+    assert result.accepted == 1, result.rejected
     return experiment
 
 

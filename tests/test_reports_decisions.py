@@ -18,83 +18,15 @@ from sqlalchemy import func, select
 from analysis import analyze, forecast, plan, segment_differences
 from expplatform.aggregation import experiment_stats, segment_stats
 from expplatform.cli import main
-from expplatform.events import record_events
 from expplatform.experiment_settings import experiment_settings
+from expplatform.ingest import record_events
 from expplatform.jobs import get_runner
-from expplatform.models import AnalysisJob, Experiment, utcnow
+from expplatform.models import AnalysisJob, Experiment
 from expplatform.reports.decisions import has_outcomes
 
-from .conftest import make_test_app
-from .events_support import expose, iso, make_experiment
+from .events_support import expose, make_experiment
 from .openapi_check import checked
-from .reports_support import WAIT
-from .test_reports import fake_fit
-
-JOURNEY = ("awareness", "browse", "cart", "purchase")
-
-
-@pytest.fixture(name="app")
-def report_app(database_url, tmp_path):
-    """As in reports_support: slow report parts are waited for, background work ends
-    with the test."""
-    made = make_test_app(database_url, tmp_path, report_wait_seconds=float(WAIT))
-    yield made
-    made.extensions["report_cache"].slow.wait_idle(WAIT)
-    get_runner(made).wait_idle(WAIT)
-    made.extensions["db"].engine.dispose()
-
-
-def seed_counts(
-    app,
-    db,
-    key: str,
-    counts: dict[str, tuple[int, dict[str, int]]],
-    *,
-    stages=JOURNEY,
-    target="cart",
-    ratings: dict[str, dict[str, list[int]]] | None = None,
-    attributes=None,
-    started=None,
-    status="running",
-):
-    """``counts[variant] = (exposed, {stage: converters})``: the first customers of a
-    variant convert at each stage; ``ratings[variant][stage]`` are the ratings of its
-    first customers there. A stage missing from both gets no event at all."""
-    started = started or utcnow() - timedelta(days=2)
-    events = []
-    with db.write() as session:
-        experiment = make_experiment(
-            session, key, stages=stages, target_stage=target, variants=tuple(counts), started_at=started, status=status
-        )
-        for variant, (exposed, converters) in counts.items():
-            for i in range(exposed):
-                customer = f"{variant}-{i}"
-                at = started + timedelta(hours=1, seconds=i)
-                attrs = attributes(variant, i) if attributes else {"platform": ("ios", "web")[i % 2]}
-                expose(session, experiment, customer, variant, exposed_at=at, attributes=attrs)
-                for stage in stages:
-                    if i < converters.get(stage, 0):
-                        events.append(_event(key, customer, stage, at, "conversion"))
-                    values = (ratings or {}).get(variant, {}).get(stage, [])
-                    if i < len(values):
-                        events.append(_event(key, customer, stage, at, "satisfaction", values[i]))
-    settings = app.extensions["settings"]
-    for start in range(0, len(events), settings.max_batch_events):
-        result = record_events(db, events[start : start + settings.max_batch_events], settings)
-        assert not result.rejected, result.rejected[:3]
-
-
-def _event(key, customer, stage, at, kind, value=None):
-    event = {
-        "event_id": f"{key}-{customer}-{stage}-{kind}",
-        "customer_id": customer,
-        "stage": stage,
-        "type": kind,
-        "timestamp": iso(at + timedelta(minutes=5)),
-    }
-    if value is not None:
-        event["value"] = value
-    return event
+from .reports_support import event_of, fake_fit, seed_counts
 
 
 def page(client, path) -> str:
@@ -244,7 +176,7 @@ def test_the_full_model_is_refused_without_any_outcome_data(app, db, client, log
 def test_the_full_model_reports_nothing_for_stages_without_data(app, db, client, login, admin_api, gap):
     get_runner(app).fit = fake_fit
     assert admin_api.post("/api/v1/experiments/gap/full-model", json={}).status_code == 202
-    assert get_runner(app).wait_idle(WAIT)
+    assert get_runner(app).run_pending() == 1
     login("editor")
     table = page(client, "/experiments/gap/report").split('class="compact side-by-side"')[1].split("</table>")[0]
     stages = re.findall(r"<tr>\s*<td>(\w+)</td><td>([\w ]+)</td>", table)
@@ -345,7 +277,7 @@ def test_a_segment_view_makes_no_call_and_flags_a_segment_that_differs(app, db, 
         rank = (i // 3) / n_ios
         if rank < share:
             at = started + timedelta(hours=1, seconds=i)
-            events.append(_event("seg", f"treatment-{i}", "cart", at, "conversion"))
+            events.append(event_of("seg", f"treatment-{i}", "cart", at, "conversion"))
     settings = app.extensions["settings"]
     for start in range(0, len(events), settings.max_batch_events):
         assert not record_events(db, events[start : start + settings.max_batch_events], settings).rejected

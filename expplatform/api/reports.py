@@ -29,7 +29,7 @@ from .bodies import json_object
 read_access = api_access(scope="admin", session_role="viewer")
 fit_access = api_access(scope="admin", session_role="editor")
 
-MAX_JOB_ID = 2**63 - 1
+MAX_JOB_ID = 2**31 - 1  # analysis_jobs.id is an INTEGER
 
 
 def _report(key: str) -> Report:
@@ -73,7 +73,7 @@ def list_full_model_jobs(key: str):
     return {"jobs": [job_dict(job) for job in recent_jobs(get_db(), session, experiment, limit=10)]}
 
 
-# Ids past the database's BIGINT are no job of ours: the route itself answers 404.
+# Ids past the column's INTEGER are no job of ours: the route itself answers 404.
 @bp.get(f"/experiments/<key>/full-model/<int(max={MAX_JOB_ID}):job_id>")
 @read_access
 def get_full_model_job(key: str, job_id: int):
