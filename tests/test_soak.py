@@ -25,9 +25,11 @@ from .conftest import BACKENDS, POSTGRES_URL
 ROOT = Path(__file__).resolve().parent.parent
 SECONDS = 20
 
-# One soak per backend serves every test below: under pytest-xdist, --dist loadgroup
-# keeps them in one worker (other distributions would run a soak per worker).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("soak")]
+# One soak per backend serves every test below. Its stall and recovery targets are
+# timings of the service, so `make test` runs it alone, after the rest (marker `soak`),
+# never beside other tests on the same cores; under pytest-xdist, --dist loadgroup would
+# keep it in one worker.
+pytestmark = [pytest.mark.slow, pytest.mark.soak, pytest.mark.xdist_group("soak")]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
