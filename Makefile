@@ -28,12 +28,12 @@ run: $(STAMP)
 	$(BIN)/expplatform serve --port $(PORT) --workers $(WORKERS) --threads 4 --fit-workers 1
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n auto -m "not soak" $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -m soak $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto -m "not alone" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m alone $(PYTEST_ARGS)
 
 # The inner loop: no slow simulations, no browser.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -n auto -m "not slow and not browser and not soak" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto -m "not slow and not browser and not alone" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

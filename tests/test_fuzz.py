@@ -32,6 +32,7 @@ NOT_FOR_THE_REAL_EXPERIMENT = {("POST", "/experiments/{key}/full-model")}
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # run after the parallel part, where its printed case counts are shown
 @pytest.mark.parametrize("scope", ["client", "admin"])
 def test_no_request_gets_a_server_error(app, make_key, scope, capsys):
     admin_key = make_key("admin", "setup")

@@ -26,10 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SECONDS = 20
 
 # One soak per backend serves every test below. Its stall and recovery targets are
-# timings of the service, so `make test` runs it alone, after the rest (marker `soak`),
+# timings of the service, so `make test` runs it alone, after the rest (marker `alone`),
 # never beside other tests on the same cores; under pytest-xdist, --dist loadgroup would
 # keep it in one worker.
-pytestmark = [pytest.mark.slow, pytest.mark.soak, pytest.mark.xdist_group("soak")]
+pytestmark = [pytest.mark.slow, pytest.mark.alone, pytest.mark.xdist_group("soak")]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
