@@ -7,19 +7,10 @@ from datetime import UTC, datetime, timedelta, timezone
 
 from sqlalchemy import func, select
 
+from expplatform.ingest.outcomes import OUTCOME_COLUMNS
 from expplatform.models import Outcome
 from expplatform.rawsql import RawConnection
 
-_COLUMNS = (
-    ("experiment_id", "integer"),
-    ("customer_id", "text"),
-    ("stage", "text"),
-    ("variant_id", "integer"),
-    ("converted_at", "timestamptz"),
-    ("rating", "integer"),
-    ("rated_at", "timestamptz"),
-    ("rating_event_id", "bigint"),
-)
 _INSERT = (
     "INSERT INTO outcomes (experiment_id, customer_id, stage, variant_id, converted_at, rating, rated_at, "
     "rating_event_id) {rows} ON CONFLICT (experiment_id, customer_id, stage) DO NOTHING "
@@ -33,7 +24,7 @@ def test_a_timestamp_written_raw_is_stored_as_the_orm_stores_it(db):
     with db.write() as session:
         sql = RawConnection(session.connection())
         time_in = sql.dialect.time_in
-        sql.rows(_INSERT, _COLUMNS, [(1, "raw", "purchase", 1, time_in(moment), None, None, None)])
+        sql.rows(_INSERT, OUTCOME_COLUMNS, [(1, "raw", "purchase", 1, time_in(moment), None, None, None)])
         session.add(Outcome(experiment_id=1, customer_id="orm", stage="purchase", variant_id=1, converted_at=moment))
     with db.sessionmaker() as session:
         # Equal stored values: a comparison in SQL finds both rows.
@@ -54,13 +45,13 @@ def test_a_row_source_larger_than_one_statement_carries_every_row_once(db):
     with db.write() as session:
         sql = RawConnection(session.connection())
         # More rows than one SQLite statement takes, and not a multiple of the padding.
-        count = sql.MAX_PARAMS // len(_COLUMNS) + sql.PAD_ROWS + 3
+        count = sql.MAX_PARAMS // len(OUTCOME_COLUMNS) + sql.PAD_ROWS + 3
         at = sql.dialect.time_in(datetime(2024, 5, 1, tzinfo=UTC))
         rows = [(1, f"c{i:06d}", "purchase", 1, at, i % 5 + 1, at, i) for i in range(count)]
-        returned = sql.rows(_INSERT, _COLUMNS, rows, fetch=True)
+        returned = sql.rows(_INSERT, OUTCOME_COLUMNS, rows, fetch=True)
         # Padding repeats a row, which the conflict clause skips: each row comes back once.
         assert sorted(row[0] for row in returned) == [row[1] for row in rows]
-        again = sql.rows(_INSERT, _COLUMNS, rows[:10], fetch=True)
+        again = sql.rows(_INSERT, OUTCOME_COLUMNS, rows[:10], fetch=True)
         assert len(again) == 0
     with db.sessionmaker() as session:
         assert session.scalar(select(func.count()).select_from(Outcome)) == count

@@ -45,7 +45,7 @@ OutcomeKey = tuple[int, str, str]  # experiment id, customer id, stage
 CountKey = tuple[int, str, int, str, str, int]  # experiment id, stage, variant id, day, kind, value
 
 
-_OUTCOME_COLUMNS = (
+OUTCOME_COLUMNS = (
     ("experiment_id", "integer"),
     ("customer_id", "text"),
     ("stage", "text"),
@@ -55,7 +55,7 @@ _OUTCOME_COLUMNS = (
     ("rated_at", "timestamptz"),
     ("rating_event_id", "bigint"),
 )
-_OUTCOME_NAMES = ", ".join(name for name, _kind in _OUTCOME_COLUMNS)
+_OUTCOME_NAMES = ", ".join(name for name, _kind in OUTCOME_COLUMNS)
 
 
 def apply_outcomes(sql: RawConnection, folds: dict[OutcomeKey, Fold]) -> dict[CountKey, int]:
@@ -88,7 +88,7 @@ def apply_outcomes(sql: RawConnection, folds: dict[OutcomeKey, Fold]) -> dict[Co
         for r in sql.rows(
             f"INSERT INTO outcomes ({_OUTCOME_NAMES}) {{rows}} "
             "ON CONFLICT (experiment_id, customer_id, stage) DO NOTHING RETURNING experiment_id, customer_id, stage",
-            _OUTCOME_COLUMNS,
+            OUTCOME_COLUMNS,
             rows,
             fetch=True,
         )
@@ -105,7 +105,7 @@ def apply_outcomes(sql: RawConnection, folds: dict[OutcomeKey, Fold]) -> dict[Co
     current = sql.rows(
         f"SELECT {_OUTCOME_NAMES} FROM outcomes WHERE (experiment_id, customer_id, stage) IN ({{rows}}) "
         f"ORDER BY experiment_id, customer_id, stage{sql.dialect.lock}",
-        _OUTCOME_COLUMNS[:3],
+        OUTCOME_COLUMNS[:3],
         existing,
         fetch=True,
     )
@@ -129,7 +129,7 @@ def apply_outcomes(sql: RawConnection, folds: dict[OutcomeKey, Fold]) -> dict[Co
         f"INSERT INTO outcomes ({_OUTCOME_NAMES}) {{rows}} ON CONFLICT (experiment_id, customer_id, stage) DO UPDATE "
         "SET converted_at = excluded.converted_at, rating = excluded.rating, rated_at = excluded.rated_at, "
         "rating_event_id = excluded.rating_event_id",
-        _OUTCOME_COLUMNS,
+        OUTCOME_COLUMNS,
         updates,
     )
     return deltas
