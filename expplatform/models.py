@@ -144,6 +144,101 @@ class ApiKey(Base):
     __table_args__ = (_one_of("scope", Scope),)
 
 
+class Journey(Base):
+    """A customer journey: ordered stages met at touchpoints, the personas it is
+    designed for, and the rating questions asked along it. Experiments belong to one
+    and test one of its stages; events name its stages and questions."""
+
+    __tablename__ = "journeys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    # The customer attribute whose values are the personas (sent with assign calls).
+    persona_attribute: Mapped[str] = mapped_column(String(64), default="persona")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    stages: Mapped[list[JourneyStage]] = relationship(
+        back_populates="journey", order_by="JourneyStage.position", cascade="all, delete-orphan"
+    )
+    personas: Mapped[list[JourneyPersona]] = relationship(
+        back_populates="journey", order_by="JourneyPersona.position", cascade="all, delete-orphan"
+    )
+    questions: Mapped[list[RatingQuestion]] = relationship(
+        back_populates="journey", order_by="RatingQuestion.position", cascade="all, delete-orphan"
+    )
+
+
+class JourneyStage(Base):
+    __tablename__ = "journey_stages"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    journey_id: Mapped[int] = mapped_column(ForeignKey("journeys.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    position: Mapped[int] = mapped_column(Integer)
+    # The stage's conversion goal in words ("placed an order").
+    goal: Mapped[str] = mapped_column(Text, default="")
+    # Where customers meet the stage: screens, emails, calls.
+    touchpoints: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+    journey: Mapped[Journey] = relationship(back_populates="stages")
+
+    __table_args__ = (UniqueConstraint("journey_id", "key"),)
+
+
+class JourneyPersona(Base):
+    """A persona: one value of the journey's persona attribute, with a name."""
+
+    __tablename__ = "journey_personas"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    journey_id: Mapped[int] = mapped_column(ForeignKey("journeys.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    position: Mapped[int] = mapped_column(Integer)
+
+    journey: Mapped[Journey] = relationship(back_populates="personas")
+
+    __table_args__ = (UniqueConstraint("journey_id", "key"),)
+
+
+class RatingQuestion(Base):
+    """A rating question (a satisfaction metric) asked at one stage of a journey.
+    Keys are unique across journeys, so a rating event names its question alone;
+    ratings are validated against the question's scale, never an experiment's."""
+
+    __tablename__ = "rating_questions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    journey_id: Mapped[int] = mapped_column(ForeignKey("journeys.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    stage: Mapped[str] = mapped_column(String(64), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    scale_min: Mapped[int] = mapped_column(Integer)
+    scale_max: Mapped[int] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(Integer)
+
+    journey: Mapped[Journey] = relationship(back_populates="questions")
+
+    __table_args__ = (CheckConstraint("scale_min < scale_max", name="scale"),)
+
+
+class JourneyAuditEntry(Base):
+    __tablename__ = "journey_audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    journey_id: Mapped[int | None] = mapped_column(ForeignKey("journeys.id", ondelete="SET NULL"), index=True)
+    journey_key: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(300))
+    action: Mapped[str] = mapped_column(String(32))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class Experiment(Base):
     __tablename__ = "experiments"
 
@@ -151,14 +246,16 @@ class Experiment(Base):
     key: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     hypothesis: Mapped[str] = mapped_column(Text, default="")
+    journey_id: Mapped[int] = mapped_column(ForeignKey("journeys.id"), index=True)
+    # The journey stages measured (in journey order) and, per measured stage that has
+    # one, the rating question measured there: stage key -> question key.
     stages: Mapped[list[str]] = mapped_column(JSON)
+    metrics: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     target_stage: Mapped[str] = mapped_column(String(64), index=True)
     # Seed of every hash for this experiment; equal to the key unless set otherwise.
     salt: Mapped[str] = mapped_column(String(128))
     traffic: Mapped[float] = mapped_column(Float, default=1.0)
     targeting: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
-    scale_min: Mapped[int] = mapped_column(Integer, default=1)
-    scale_max: Mapped[int] = mapped_column(Integer, default=5)
     layer: Mapped[str | None] = mapped_column(String(64), index=True)
     # Share of the layer's hash space this experiment holds, and the buckets it was
     # given ([[start, end), ...] out of LAYER_BUCKETS) when it joined the layer.
@@ -175,6 +272,7 @@ class Experiment(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
+    journey: Mapped[Journey] = relationship()
     variants: Mapped[list[Variant]] = relationship(
         back_populates="experiment", order_by="Variant.position", cascade="all, delete-orphan"
     )
@@ -182,7 +280,6 @@ class Experiment(Base):
     __table_args__ = (
         _one_of("status", ExperimentStatus),
         CheckConstraint("traffic > 0 AND traffic <= 1", name="traffic"),
-        CheckConstraint("scale_min < scale_max", name="scale"),
     )
 
 
@@ -270,6 +367,9 @@ class Event(Base):
     customer_id: Mapped[str] = mapped_column(String(256))
     stage: Mapped[str] = mapped_column(String(64))
     type: Mapped[str] = mapped_column(String(16))
+    # The rating question a satisfaction event answers; None for conversions, and for
+    # ratings sent without one (each journey's one question at the stage, if single).
+    metric: Mapped[str | None] = mapped_column(String(64))
     value: Mapped[int | None] = mapped_column(Integer)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -356,6 +456,47 @@ class UnmatchedEventCount(Base):
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     stage: Mapped[str] = mapped_column(String(64), primary_key=True)
     events: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class JourneyOutcome(Base):
+    """One row per journey x customer x stage (``metric`` '') or question (``metric``
+    the question key): the customer's first conversion at the stage, or latest rating
+    to the question, whatever experiment they are in; kept at ingest like
+    ``outcomes``, so the journey map counts each customer once. ``persona`` is the
+    journey's persona attribute as the customer's exposures carried it when the row
+    was made ('' when unknown or not one of the journey's personas)."""
+
+    __tablename__ = "journey_outcomes"
+
+    journey_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(64), primary_key=True)
+    metric: Mapped[str] = mapped_column(String(64), primary_key=True)
+    persona: Mapped[str] = mapped_column(String(64), default="")
+    converted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    rating: Mapped[int | None] = mapped_column(Integer)
+    rated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    rating_event_id: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class JourneyCount(Base):
+    """Customers per journey x stage x question ('' for conversions) x persona x UTC
+    day: who first converted at the stage that day (kind ``converted``, value 0), or
+    whose latest rating, given that day, is ``value`` (kind ``rating``). The journey
+    map sums a period's days of these cells, whatever the number of events."""
+
+    __tablename__ = "journey_counts"
+
+    journey_id: Mapped[int] = mapped_column(ForeignKey("journeys.id", ondelete="CASCADE"), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(64), primary_key=True)
+    metric: Mapped[str] = mapped_column(String(64), primary_key=True)
+    persona: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer, primary_key=True)
+    customers: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    __table_args__ = (_one_of("kind", OutcomeKind),)
 
 
 class AnalysisJob(Base):
