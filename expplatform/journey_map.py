@@ -660,7 +660,7 @@ def _drop_off_point(shape: JourneyShape, stages: Sequence[StageFigures], draws: 
         f"The largest drop-off is from {name} to {following}: {_pct(drop.mean)} of the customers reaching "
         f"{name} do not reach {following} ({LEVEL:.0%} interval {_pct(drop.low)} to {_pct(drop.high)}). "
     )
-    message += _certainty(shape, "the largest drop-off", chances[best], len(candidates), runner, p_runner)
+    message += _certainty("the largest drop-off", chances[best], len(candidates), _step_name(shape, runner), p_runner)
     return PainPoint("drop_off", "ok", worst.stage, drop, float(chances[best]), runner, p_runner, message)
 
 
@@ -695,7 +695,7 @@ def _satisfaction_point(shape: JourneyShape, stages: Sequence[StageFigures], dra
         f"(mean rating rescaled from the lowest to the highest rating; {LEVEL:.0%} interval {value.low:.2f} to "
         f"{value.high:.2f}). "
     )
-    message += _certainty(shape, "the lowest", chances[best], len(candidates), runner, p_runner)
+    message += _certainty("the lowest", chances[best], len(candidates), runner and shape.stage_name(runner), p_runner)
     return PainPoint("satisfaction", "ok", worst.stage, value, float(chances[best]), runner, p_runner, message)
 
 
@@ -706,15 +706,22 @@ def _runner_up(candidates: Sequence[StageFigures], chances: FloatArray, best: in
     return candidates[order[0]].stage, float(chances[order[0]])
 
 
-def _certainty(
-    shape: JourneyShape, what: str, chance: float, candidates: int, runner: str | None, p_runner: float | None
-) -> str:
+def _certainty(what: str, chance: float, candidates: int, runner: str | None, p_runner: float | None) -> str:
+    """``runner``: the next likeliest, named as the message names the worst."""
     if candidates == 1:
         return "It is the only stage with enough data to compare."
     text = f"Probability that it really is {what}: {_p(chance)}"
     if runner is not None and p_runner is not None and chance < 0.9:
-        text += f"; not settled: {shape.stage_name(runner)} could be ({_p(p_runner)})"
+        text += f"; not settled: {runner} could be ({_p(p_runner)})"
     return text + "."
+
+
+def _step_name(shape: JourneyShape, stage: str | None) -> str | None:
+    if stage is None:
+        return None
+    keys = [s.key for s in shape.stages]
+    following = keys[keys.index(stage) + 1]
+    return f"{shape.stage_name(stage)} to {shape.stage_name(following)}"
 
 
 # -- comparison ---------------------------------------------------------------------------------

@@ -438,7 +438,7 @@ def test_a_close_call_says_it_is_not_settled(shop, admin_api):
     drop = get_map(admin_api, "?persona=new")["groups"][0]["pain_points"]["drop_off"]
     assert drop["stage"] == "compare" and drop["runner_up"] == "buy"
     assert 0.6 < drop["p_worst"] < 0.97 and drop["p_worst"] + drop["p_runner_up"] == pytest.approx(1, abs=0.01)
-    assert "not settled: Buy could be" in drop["message"]
+    assert "not settled: Buy to Come back could be (" in drop["message"]
 
 
 def test_pure_map_with_a_near_tie_and_a_one_stage_journey():
