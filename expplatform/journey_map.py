@@ -403,6 +403,7 @@ class StageFigures:
     questions: tuple[QuestionFigures, ...]
     satisfaction: Estimate | None
     satisfaction_enough_data: bool
+    observed_satisfaction: float | None = None  # the same average of observed means
 
 
 PainKind = Literal["drop_off", "satisfaction"]
@@ -412,17 +413,19 @@ PainStatus = Literal["ok", "not_enough_data", "not_applicable"]
 @dataclass(frozen=True)
 class PainPoint:
     """The stage with the largest drop-off to the next (or the lowest satisfaction)
-    among stages with enough data, with P(it really is the worst) over joint posterior
-    draws, and the next likeliest, in words in ``message``."""
+    among stages with enough data (the worst posterior mean), its observed value and
+    posterior, P(it really is the worst) over joint posterior draws, and the next
+    likeliest; in words in ``message``."""
 
     kind: PainKind
     status: PainStatus
-    stage: str | None
-    value: Estimate | None
-    p_worst: float | None
-    runner_up: str | None
-    p_runner_up: float | None
     message: str
+    stage: str | None = None
+    observed: float | None = None
+    value: Estimate | None = None
+    p_worst: float | None = None
+    runner_up: str | None = None
+    p_runner_up: float | None = None
 
 
 @dataclass(frozen=True)
@@ -438,8 +441,10 @@ class GroupMap:
 
 @dataclass(frozen=True)
 class Difference:
-    """First group minus second; ``credible`` when the 95% interval excludes 0."""
+    """First group minus second: the observed difference, the posterior's (mean and
+    interval, from independent draws of both); ``credible`` when the interval excludes 0."""
 
+    observed: float
     estimate: Estimate
     credible: bool
 
@@ -591,6 +596,7 @@ def group_map(shape: JourneyShape, group: Group, counts: Counts) -> tuple[GroupM
                 q.satisfaction.mean for q in rated if q.satisfaction is not None and q.satisfaction.mean is not None
             ]
             satisfaction = _draw_estimate(float(np.mean(means)), stage_draws)
+        observed = [((q.observed_mean or 0.0) - q.scale_min) / (q.scale_max - q.scale_min) for q in rated]
         stages.append(
             StageFigures(
                 stage=stage.key,
@@ -599,6 +605,7 @@ def group_map(shape: JourneyShape, group: Group, counts: Counts) -> tuple[GroupM
                 questions=questions,
                 satisfaction=satisfaction,
                 satisfaction_enough_data=bool(rated) and all(q.enough_data for q in rated),
+                observed_satisfaction=float(np.mean(observed)) if observed else None,
             )
         )
     figures = tuple(stages)
@@ -632,21 +639,11 @@ def _pct(value: float | None) -> str:
 def _drop_off_point(shape: JourneyShape, stages: Sequence[StageFigures], draws: _Draws) -> PainPoint:
     steps = [s for s in stages if s.step is not None]
     if not steps:
-        return PainPoint(
-            "drop_off", "not_applicable", None, None, None, None, None, "A one-stage journey has no drop-off."
-        )
+        return PainPoint("drop_off", "not_applicable", "A one-stage journey has no drop-off.")
     candidates = [s for s in steps if s.step is not None and s.step.enough_data]
     if not candidates:
-        return PainPoint(
-            "drop_off",
-            "not_enough_data",
-            None,
-            None,
-            None,
-            None,
-            None,
-            f"Not enough data: no stage was reached by {MIN_CUSTOMERS} customers in this period.",
-        )
+        message = f"Not enough data: no stage was reached by {MIN_CUSTOMERS} customers in this period."
+        return PainPoint("drop_off", "not_enough_data", message)
     samples = np.vstack([1.0 - draws.conversion[s.stage] for s in candidates])
     chances = _chances(samples, "max")
     means = [(s.step.drop_off.mean or 0.0) if s.step and s.step.drop_off else 0.0 for s in candidates]
@@ -656,32 +653,23 @@ def _drop_off_point(shape: JourneyShape, stages: Sequence[StageFigures], draws: 
     runner, p_runner = _runner_up(candidates, chances, best)
     name, following = shape.stage_name(worst.stage), shape.stage_name(worst.step.to_stage)
     drop = worst.step.drop_off
+    observed = 1.0 - (worst.step.observed or 0.0)
     message = (
-        f"The largest drop-off is from {name} to {following}: {_pct(drop.mean)} of the customers reaching "
+        f"The largest drop-off is from {name} to {following}: {_pct(observed)} of the customers reaching "
         f"{name} do not reach {following} ({LEVEL:.0%} interval {_pct(drop.low)} to {_pct(drop.high)}). "
     )
     message += _certainty("the largest drop-off", chances[best], len(candidates), _step_name(shape, runner), p_runner)
-    return PainPoint("drop_off", "ok", worst.stage, drop, float(chances[best]), runner, p_runner, message)
+    return PainPoint("drop_off", "ok", message, worst.stage, observed, drop, float(chances[best]), runner, p_runner)
 
 
 def _satisfaction_point(shape: JourneyShape, stages: Sequence[StageFigures], draws: _Draws) -> PainPoint:
     rated = [s for s in stages if s.satisfaction is not None]
     if not shape.questions:
-        return PainPoint(
-            "satisfaction", "not_applicable", None, None, None, None, None, "The journey has no rating questions."
-        )
+        return PainPoint("satisfaction", "not_applicable", "The journey has no rating questions.")
     candidates = [s for s in rated if s.satisfaction_enough_data]
     if not candidates:
-        return PainPoint(
-            "satisfaction",
-            "not_enough_data",
-            None,
-            None,
-            None,
-            None,
-            None,
-            f"Not enough data: no stage's questions had {MIN_RATINGS} ratings each in this period.",
-        )
+        message = f"Not enough data: no stage's questions had {MIN_RATINGS} ratings each in this period."
+        return PainPoint("satisfaction", "not_enough_data", message)
     samples = np.vstack([draws.satisfaction[s.stage] for s in candidates])
     chances = _chances(samples, "min")
     means = [s.satisfaction.mean if s.satisfaction and s.satisfaction.mean is not None else 1.0 for s in candidates]
@@ -690,13 +678,16 @@ def _satisfaction_point(shape: JourneyShape, stages: Sequence[StageFigures], dra
     value = worst.satisfaction
     assert value is not None and value.mean is not None and value.low is not None and value.high is not None
     runner, p_runner = _runner_up(candidates, chances, best)
+    observed = worst.observed_satisfaction if worst.observed_satisfaction is not None else value.mean
     message = (
-        f"The lowest satisfaction is at {shape.stage_name(worst.stage)}: {value.mean:.2f} on the 0-1 scale "
+        f"The lowest satisfaction is at {shape.stage_name(worst.stage)}: {observed:.2f} on the 0-1 scale "
         f"(mean rating rescaled from the lowest to the highest rating; {LEVEL:.0%} interval {value.low:.2f} to "
         f"{value.high:.2f}). "
     )
     message += _certainty("the lowest", chances[best], len(candidates), runner and shape.stage_name(runner), p_runner)
-    return PainPoint("satisfaction", "ok", worst.stage, value, float(chances[best]), runner, p_runner, message)
+    return PainPoint(
+        "satisfaction", "ok", message, worst.stage, observed, value, float(chances[best]), runner, p_runner
+    )
 
 
 def _runner_up(candidates: Sequence[StageFigures], chances: FloatArray, best: int) -> tuple[str | None, float | None]:
@@ -727,10 +718,10 @@ def _step_name(shape: JourneyShape, stage: str | None) -> str | None:
 # -- comparison ---------------------------------------------------------------------------------
 
 
-def _difference(first: FloatArray, second: FloatArray, mean: float) -> Difference:
+def _difference(observed: float, first: FloatArray, second: FloatArray, mean: float) -> Difference:
     estimate = _draw_estimate(mean, first - second)
     assert estimate.low is not None and estimate.high is not None
-    return Difference(estimate, estimate.low > 0 or estimate.high < 0)
+    return Difference(observed, estimate, estimate.low > 0 or estimate.high < 0)
 
 
 def differences(
@@ -746,14 +737,16 @@ def differences(
         if stage.key in draws_a.conversion and stage.key in draws_b.conversion:
             assert a.step and b.step and a.step.conversion and b.step.conversion
             mean = (a.step.conversion.mean or 0.0) - (b.step.conversion.mean or 0.0)
-            conversion = _difference(draws_a.conversion[stage.key], draws_b.conversion[stage.key], mean)
+            observed = (a.step.observed or 0.0) - (b.step.observed or 0.0)
+            conversion = _difference(observed, draws_a.conversion[stage.key], draws_b.conversion[stage.key], mean)
         ratings: list[tuple[str, Difference | None]] = []
         for qa, qb in zip(a.questions, b.questions, strict=True):
             if qa.mean is None or qb.mean is None:
                 ratings.append((qa.key, None))
                 continue
             mean = (qa.mean.mean or 0.0) - (qb.mean.mean or 0.0)
-            ratings.append((qa.key, _difference(draws_a.mean[qa.key], draws_b.mean[qb.key], mean)))
+            observed = (qa.observed_mean or 0.0) - (qb.observed_mean or 0.0)
+            ratings.append((qa.key, _difference(observed, draws_a.mean[qa.key], draws_b.mean[qb.key], mean)))
         result.append(StageDifference(stage.key, conversion, tuple(ratings)))
     return tuple(result)
 

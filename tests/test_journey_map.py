@@ -303,6 +303,8 @@ def test_a_stage_without_a_question_has_no_satisfaction_and_stage_satisfaction_a
     buy = stage_of(body, "buy")
     scaled = [q["satisfaction"]["mean"] for q in buy["questions"]]
     assert buy["satisfaction"]["mean"] == pytest.approx(sum(scaled) / 2)
+    # Observed: NPS question mean 8.3 of 0-10 (0.83), ease 2.3 of 1-3 (0.65).
+    assert buy["observed_satisfaction"] == pytest.approx((0.83 + 0.65) / 2)
     assert buy["satisfaction"]["low"] < buy["satisfaction"]["mean"] < buy["satisfaction"]["high"]
     # 25 ratings at 'return': figures shown, but not enough to name a pain point.
     back = question_of(body, "return", "return-csat")
@@ -382,7 +384,7 @@ def test_comparison_marks_a_credible_difference_and_not_a_null_one(shop, admin_a
     conversion = differences["discover"]["conversion"]
     assert conversion["credible"] is True
     assert conversion["difference"]["mean"] == pytest.approx(beta_figures(1000, 600)[0] - beta_figures(1000, 300)[0])
-    assert conversion["difference"]["low"] > 0.25
+    assert conversion["observed"] == pytest.approx(0.6 - 0.3) and conversion["difference"]["low"] > 0.25
     # compare -> buy: 120/600 and 60/300, both 20%: not credible, the interval spans 0.
     null = differences["compare"]["conversion"]
     assert null["credible"] is False and null["difference"]["low"] < 0 < null["difference"]["high"]
@@ -422,7 +424,8 @@ def test_pain_points_name_the_worst_stage_with_its_probability(shop, admin_api):
     # 2040 -> 905 -> 188 -> 78: compare -> buy loses 79%, far more than the others.
     assert drop["status"] == "ok" and drop["stage"] == "compare" and drop["p_worst"] > 0.999
     assert drop["value"]["mean"] == pytest.approx(1 - beta_figures(905, 188)[0])
-    assert "from Compare to Buy" in drop["message"] and "> 0.999" in drop["message"]
+    assert drop["observed"] == pytest.approx(1 - 188 / 905)
+    assert "from Compare to Buy: 79.2% of the customers" in drop["message"] and "> 0.999" in drop["message"]
     satisfaction = pains["satisfaction"]
     # discover's mean rating is about 3.08 of 1-5 (0.52); buy's questions average about 0.74;
     # return has too few ratings to be named.
@@ -430,7 +433,9 @@ def test_pain_points_name_the_worst_stage_with_its_probability(shop, admin_api):
     assert satisfaction["value"]["mean"] == pytest.approx(
         (dirichlet_mean(expected_histogram("discover-csat"), 1)[0] - 1) / 4
     )
-    assert "at Discover" in satisfaction["message"]
+    # Observed: (2134 + 950 + 24) / 1008 ratings = 3.083 of 1-5: 0.52 on the 0-1 axis.
+    assert satisfaction["observed"] == pytest.approx((3108 / 1008 - 1) / 4)
+    assert "at Discover: 0.52 on the 0-1 scale" in satisfaction["message"]
 
 
 def test_a_close_call_says_it_is_not_settled(shop, admin_api):

@@ -96,7 +96,10 @@ def map_dict(built: JourneyMap, tests: dict[str, StageTests]) -> dict[str, Any]:
                 "stage": d.stage,
                 "conversion": _difference(d.conversion),
                 "mean_ratings": [
-                    {"question": key, **(_difference(diff) or {"difference": None, "credible": False})}
+                    {
+                        "question": key,
+                        **(_difference(diff) or {"observed": None, "difference": None, "credible": False}),
+                    }
                     for key, diff in d.mean_ratings
                 ],
             }
@@ -120,6 +123,7 @@ def _group(group: GroupMap) -> dict[str, Any]:
                 "questions": [asdict(q) for q in s.questions],
                 "satisfaction": None if s.satisfaction is None else asdict(s.satisfaction),
                 "satisfaction_enough_data": s.satisfaction_enough_data,
+                "observed_satisfaction": s.observed_satisfaction,
             }
             for s in group.stages
         ],
@@ -130,7 +134,7 @@ def _group(group: GroupMap) -> dict[str, Any]:
 def _difference(difference: Difference | None) -> dict[str, Any] | None:
     if difference is None:
         return None
-    return {"difference": asdict(difference.estimate), "credible": difference.credible}
+    return {"observed": difference.observed, "difference": asdict(difference.estimate), "credible": difference.credible}
 
 
 def _tests(tests: StageTests | None) -> dict[str, Any]:
@@ -183,8 +187,8 @@ _ESTIMATE = {"oneOf": [{"$ref": "#/components/schemas/Estimate"}, {"type": "null
 _NUMBER = {"type": ["number", "null"]}
 _DIFFERENCE = {
     "type": "object",
-    "required": ["difference", "credible"],
-    "properties": {"difference": _ESTIMATE, "credible": {"type": "boolean"}},
+    "required": ["observed", "difference", "credible"],
+    "properties": {"observed": {"type": "number"}, "difference": _ESTIMATE, "credible": {"type": "boolean"}},
 }
 _EXPERIMENT = {
     "type": "object",
@@ -230,12 +234,13 @@ _EXPERIMENT = {
 }
 _PAIN_POINT = {
     "type": "object",
-    "required": ["kind", "status", "stage", "value", "p_worst", "message"],
+    "required": ["kind", "status", "stage", "observed", "value", "p_worst", "message"],
     "properties": {
         "kind": {"enum": ["drop_off", "satisfaction"]},
         "status": {"enum": ["ok", "not_enough_data", "not_applicable"]},
         "stage": {"type": ["string", "null"]},
-        "value": _ESTIMATE,
+        "observed": {**_NUMBER, "description": "The observed drop-off (or 0-1 satisfaction) of that stage."},
+        "value": {**_ESTIMATE, "description": "Its posterior mean and credible interval."},
         "p_worst": _NUMBER,
         "runner_up": {"type": ["string", "null"]},
         "p_runner_up": _NUMBER,
@@ -312,8 +317,12 @@ _GROUP = {
                     },
                     "step": _STEP,
                     "questions": {"type": "array", "items": _QUESTION},
-                    "satisfaction": _ESTIMATE,
+                    "satisfaction": {
+                        **_ESTIMATE,
+                        "description": "The posterior of the average of the stage's questions' 0-1 satisfaction.",
+                    },
                     "satisfaction_enough_data": {"type": "boolean"},
+                    "observed_satisfaction": _NUMBER,
                 },
             },
         },
@@ -478,9 +487,10 @@ OPENAPI: dict[str, Any] = {
                                         "type": "array",
                                         "items": {
                                             "type": "object",
-                                            "required": ["question", "difference", "credible"],
+                                            "required": ["question", "observed", "difference", "credible"],
                                             "properties": {
                                                 "question": {"type": "string"},
+                                                "observed": _NUMBER,
                                                 "difference": _ESTIMATE,
                                                 "credible": {"type": "boolean"},
                                             },

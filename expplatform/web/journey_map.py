@@ -198,10 +198,11 @@ def _plots(built: JourneyMap) -> dict[str, str]:
                 )
             )
         funnel.append(journey_plots.FunnelSeries(group.group.label, color, tuple(bars)))
+        # The observed satisfaction (as the cards show it) with its posterior interval.
         points = tuple(
-            journey_plots.CurvePoint(s.satisfaction.mean, s.satisfaction.low, s.satisfaction.high)
+            journey_plots.CurvePoint(s.observed_satisfaction, s.satisfaction.low, s.satisfaction.high)
             if s.satisfaction is not None
-            and s.satisfaction.mean is not None
+            and s.observed_satisfaction is not None
             and s.satisfaction.low is not None
             and s.satisfaction.high is not None
             else None
