@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
+from typing import Any
 
 from sqlalchemy import Select, select
 from sqlalchemy.orm import InstrumentedAttribute, Session, selectinload
