@@ -43,7 +43,7 @@ import benchlib  # noqa: E402  (beside this script)
 from sqlalchemy import create_engine, func, select, text  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from expplatform import migrations  # noqa: E402
+from expplatform import journeys, migrations  # noqa: E402
 from expplatform.auth import create_api_key  # noqa: E402
 from expplatform.bucketing import Split, place, place_many  # noqa: E402
 from expplatform.models import Experiment, Exposure, Variant, utcnow  # noqa: E402
@@ -141,6 +141,7 @@ def prepare(url: str, repeat_customers: int) -> str:
             salt=EXPERIMENT,
             status="running",
             started_at=utcnow(),
+            **journeys.implicit_fields(session, ["purchase"]),
         )
         experiment.variants = [
             Variant(key=name, weight=weight, position=i, is_control=i == 0)

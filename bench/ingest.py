@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 import benchlib  # noqa: E402  (beside this script)
 
-from expplatform import aggregation, migrations  # noqa: E402
+from expplatform import aggregation, journeys, migrations  # noqa: E402
 from expplatform.auth import create_api_key  # noqa: E402
 from expplatform.ingest import rebuild_outcomes, stored_outcomes  # noqa: E402
 from expplatform.models import Event, Experiment, OutcomeCount, Variant  # noqa: E402
@@ -77,8 +77,7 @@ def prepare(url: str, exposures: int, *, forced_every: int = 1000) -> tuple[int,
             salt="bench",
             status="running",
             started_at=BASE,
-            scale_min=1,
-            scale_max=5,
+            **journeys.implicit_fields(session, STAGES),
         )
         experiment.variants = [
             Variant(key="control", weight=1, position=0, is_control=True),

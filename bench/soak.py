@@ -102,7 +102,7 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from expplatform import migrations  # noqa: E402
+from expplatform import journeys, migrations  # noqa: E402
 from expplatform.auth import create_api_key  # noqa: E402
 from expplatform.models import Experiment, Variant, utcnow  # noqa: E402
 from expplatform.versioning import bump_version  # noqa: E402
@@ -608,8 +608,7 @@ def prepare(url: str) -> tuple[str, str]:
             salt=EXPERIMENT,
             status="running",
             started_at=utcnow(),
-            scale_min=1,
-            scale_max=5,
+            **journeys.implicit_fields(session, STAGES),
         )
         experiment.variants = [
             Variant(key=name, weight=0.5, position=i, is_control=i == 0) for i, name in enumerate(VARIANTS)

@@ -92,7 +92,9 @@ TOP_LEVEL_FIELDS: tuple[str, ...] = (
     "key",
     "name",
     "hypothesis",
+    "journey",
     "stages",
+    "metrics",
     "target_stage",
     "variants",
     "traffic",
@@ -133,11 +135,18 @@ class ExperimentDefinition:
     target_stage: str
     variants: tuple[VariantDefinition, ...]
     hypothesis: str = ""
-    stages: tuple[str, ...] = DEFAULT_STAGES
+    # The journey the experiment belongs to, the stages of it measured (None: all)
+    # and the rating question measured at each (None: each stage's first). Without a
+    # journey, ``stages`` (default: the five default stages) and ``scale`` (the
+    # satisfaction scale, default 1-5) name an implicit journey (``journeys``). The
+    # experiment service resolves every definition to the explicit form before it
+    # is stored or compared, so exports always carry journey, stages and metrics.
+    journey: str | None = None
+    stages: tuple[str, ...] | None = None
+    metrics: tuple[str, ...] | None = None
+    scale: tuple[int, int] | None = None
     traffic: float = 1.0
     targeting: tuple[TargetingRule, ...] = ()
-    scale_min: int = 1
-    scale_max: int = 5
     layer: str | None = None
     layer_share: float | None = None
     decision: DecisionRule = field(default_factory=DecisionRule)
@@ -254,6 +263,19 @@ def _stages(errors: _Errors, value: Any) -> tuple[str, ...] | None:
             return None
         seen.add(stage)  # type: ignore[arg-type]
     return tuple(stages)  # type: ignore[arg-type]
+
+
+def _keys(errors: _Errors, path: str, value: Any) -> tuple[str, ...] | None:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_STAGES * 5:
+        errors.add(path, f"must be a list of 1 to {MAX_STAGES * 5} keys")
+        return None
+    keys = [_slug(errors, f"{path}.{i}", item) for i, item in enumerate(value)]
+    for i, key in enumerate(keys):
+        if key is not None and key in keys[:i]:
+            errors.add(f"{path}.{i}", f"duplicate {key!r}")
+    if errors.has_under(path):
+        return None
+    return tuple(keys)  # type: ignore[arg-type]
 
 
 def _variants(errors: _Errors, value: Any) -> tuple[tuple[VariantDefinition, ...], tuple[str, ...]] | None:
@@ -463,11 +485,18 @@ def parse_definition(data: Any) -> ExperimentDefinition:
     if "name" in data:
         values["name"] = _text(errors, "name", data["name"], max_length=MAX_NAME, required=True)
     values["hypothesis"] = _text(errors, "hypothesis", data.get("hypothesis", ""), max_length=MAX_TEXT, required=False)
-    stages = _stages(errors, data["stages"]) if "stages" in data else DEFAULT_STAGES
+    journey = data.get("journey")
+    if journey is not None:
+        values["journey"] = _slug(errors, "journey", journey)
+    stages = _stages(errors, data["stages"]) if data.get("stages") is not None else None
     values["stages"] = stages
+    if data.get("metrics") is not None:
+        values["metrics"] = _keys(errors, "metrics", data["metrics"])
+        if journey is None:
+            errors.add("metrics", "needs a journey: metrics are the journey's rating question keys")
     if "target_stage" in data:
         target = _slug(errors, "target_stage", data["target_stage"])
-        if target is not None and stages is not None and target not in stages:
+        if target is not None and stages and target not in stages:
             errors.add("target_stage", f"must be one of the stages: {', '.join(stages)}")
         values["target_stage"] = target
     variants = _variants(errors, data["variants"]) if "variants" in data else None
@@ -478,10 +507,14 @@ def parse_definition(data: Any) -> ExperimentDefinition:
         values["traffic"] = _fraction(errors, "traffic", data["traffic"])
     if "targeting" in data:
         values["targeting"] = _targeting(errors, data["targeting"])
-    if "satisfaction_scale" in data:
-        scale = _scale(errors, data["satisfaction_scale"])
-        if scale is not None:
-            values["scale_min"], values["scale_max"] = scale
+    if data.get("satisfaction_scale") is not None:
+        if journey is not None:
+            errors.add(
+                "satisfaction_scale",
+                "applies only without a journey: a journey's rating questions carry their own scales",
+            )
+        else:
+            values["scale"] = _scale(errors, data["satisfaction_scale"])
 
     layer = data.get("layer")
     if layer is not None:
@@ -518,7 +551,14 @@ def definition_to_mapping(definition: ExperimentDefinition) -> dict[str, Any]:
         "key": definition.key,
         "name": definition.name,
         "hypothesis": definition.hypothesis,
-        "stages": list(definition.stages),
+    }
+    if definition.journey is not None:
+        data["journey"] = definition.journey
+    if definition.stages is not None:
+        data["stages"] = list(definition.stages)
+    if definition.metrics is not None:
+        data["metrics"] = list(definition.metrics)
+    data |= {
         "target_stage": definition.target_stage,
         "traffic": definition.traffic,
         "variants": [
@@ -529,8 +569,9 @@ def definition_to_mapping(definition: ExperimentDefinition) -> dict[str, Any]:
             {"attribute": r.attribute, "op": r.op, "value": list(r.value) if isinstance(r.value, tuple) else r.value}
             for r in definition.targeting
         ],
-        "satisfaction_scale": {"min": definition.scale_min, "max": definition.scale_max},
     }
+    if definition.scale is not None:
+        data["satisfaction_scale"] = {"min": definition.scale[0], "max": definition.scale[1]}
     if definition.layer is not None:
         data["layer"] = definition.layer
         data["layer_share"] = definition.layer_share

@@ -10,7 +10,8 @@ free layer buckets) cannot race; on SQLite ``BEGIN IMMEDIATE`` already does.
 Rules, in one place:
 - keys are immutable (and are the hashing salt);
 - a draft may change freely; once started (running or paused) the variants (keys,
-  weights, control), stages, target stage, satisfaction scale, layer and layer share
+  weights, control), journey, measured stages and questions, target stage, layer
+  and layer share
   are frozen, because changing them would move or mis-measure enrolled customers:
   clone the experiment as its next iteration instead;
 - while started, traffic may be raised but not lowered (lowering would drop enrolled
@@ -34,6 +35,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from analysis.types import DecisionRule, Prior
 
+from . import journeys
 from .bucketing import LayerFull, allocate_layer_ranges
 from .definitions import (
     SLUG,
@@ -44,7 +46,7 @@ from .definitions import (
     parse_definition,
 )
 from .errors import Conflict, InvalidInput, NotFound
-from .models import AuditEntry, Experiment, Variant, utcnow
+from .models import AuditEntry, Experiment, Journey, Variant, utcnow
 from .models import ExperimentStatus as Status
 from .versioning import bump_version
 
@@ -58,7 +60,16 @@ TRANSITIONS: dict[str, tuple[tuple[Status, ...], Status, str]] = {
     "resume": (("paused",), "running", "resumed"),
     "stop": (("running", "paused"), "stopped", "stopped"),
 }
-FROZEN_FIELDS = ("variants", "stages", "target_stage", "satisfaction_scale", "layer", "layer_share")
+FROZEN_FIELDS = (
+    "variants",
+    "journey",
+    "stages",
+    "metrics",
+    "satisfaction_scale",
+    "target_stage",
+    "layer",
+    "layer_share",
+)
 _ITERATION = re.compile(r"^(?P<base>.+)-v(?P<n>\d+)$")
 
 
@@ -85,7 +96,11 @@ class Page:
 
 
 def _by_key(session: Session, key: str, *, fresh: bool = False) -> Experiment | None:
-    query = select(Experiment).where(Experiment.key == key).options(selectinload(Experiment.variants))
+    query = (
+        select(Experiment)
+        .where(Experiment.key == key)
+        .options(selectinload(Experiment.variants), selectinload(Experiment.journey).selectinload(Journey.questions))
+    )
     if fresh:  # re-read after taking the lock, over anything the identity map holds
         query = query.execution_options(populate_existing=True)
     return session.scalars(query).one_or_none()
@@ -139,7 +154,9 @@ def definition_of(experiment: Experiment) -> ExperimentDefinition:
         key=experiment.key,
         name=experiment.name,
         hypothesis=experiment.hypothesis,
+        journey=experiment.journey.key,
         stages=tuple(experiment.stages),
+        metrics=tuple(experiment.metrics[s] for s in experiment.stages if s in experiment.metrics),
         target_stage=experiment.target_stage,
         variants=tuple(
             VariantDefinition(key=v.key, description=v.description, weight=v.weight, is_control=v.is_control)
@@ -154,8 +171,6 @@ def definition_of(experiment: Experiment) -> ExperimentDefinition:
             )
             for rule in experiment.targeting
         ),
-        scale_min=experiment.scale_min,
-        scale_max=experiment.scale_max,
         layer=experiment.layer,
         layer_share=experiment.layer_share,
         decision=DecisionRule.from_mapping(experiment.decision),
@@ -176,6 +191,8 @@ def with_changes(experiment: Experiment, changes: Mapping[str, Any]) -> Experime
     each top-level field given replaces the stored one; ``null`` resets a field to its
     default, and clearing ``layer`` also clears ``layer_share``."""
     merged = export_definition(experiment)
+    if "journey" not in changes and ("stages" in changes or "satisfaction_scale" in changes):
+        _as_implicit(experiment, merged, changes)
     for name, value in changes.items():
         if value is None:
             merged.pop(name, None)
@@ -184,6 +201,26 @@ def with_changes(experiment: Experiment, changes: Mapping[str, Any]) -> Experime
     if "layer" in changes and changes["layer"] is None and changes.get("layer_share") is None:
         merged.pop("layer_share", None)
     return parse_definition(merged)
+
+
+def _as_implicit(experiment: Experiment, merged: dict[str, Any], changes: Mapping[str, Any]) -> None:
+    """A patch of ``stages`` or ``satisfaction_scale`` without ``journey`` (the form
+    from before journeys): stages of the current journey choose among them (the
+    questions of stages left out go); otherwise, or with a scale, the experiment
+    moves to the implicit journey of its stages and scale (``journeys``)."""
+    stages = changes.get("stages")
+    known = {stage.key for stage in experiment.journey.stages}
+    if "satisfaction_scale" not in changes and isinstance(stages, list) and set(stages) <= known:
+        at = {q.key: q.stage for q in experiment.journey.questions}
+        merged["metrics"] = [key for key in merged.get("metrics", []) if at.get(key) in stages] or None
+        return
+    merged.pop("journey", None)
+    merged.pop("metrics", None)
+    if "satisfaction_scale" not in changes:
+        target = experiment.metrics.get(experiment.target_stage)
+        question = next((q for q in experiment.journey.questions if q.key == target), None)
+        if question is not None:
+            merged["satisfaction_scale"] = {"min": question.scale_min, "max": question.scale_max}
 
 
 def diff(old: ExperimentDefinition, new: ExperimentDefinition) -> dict[str, dict[str, Any]]:
@@ -211,18 +248,19 @@ def _audit(session: Session, experiment: Experiment, actor: str, action: str, de
     )
 
 
-def _store(experiment: Experiment, definition: ExperimentDefinition) -> None:
-    """Copy a definition onto the row. Variants are matched by key and updated in
-    place, so their ids (which exposures reference) survive edits."""
+def _store(session: Session, experiment: Experiment, definition: ExperimentDefinition) -> None:
+    """Copy a resolved definition onto the row. Variants are matched by key and
+    updated in place, so their ids (which exposures reference) survive edits."""
     data = definition_to_mapping(definition)
     experiment.name = definition.name
     experiment.hypothesis = definition.hypothesis
+    experiment.journey = journeys.get_journey(session, data["journey"])
     experiment.stages = data["stages"]
+    stage_of = {q.key: q.stage for q in experiment.journey.questions}
+    experiment.metrics = {stage_of[key]: key for key in data["metrics"]}
     experiment.target_stage = definition.target_stage
     experiment.traffic = definition.traffic
     experiment.targeting = data["targeting"]
-    experiment.scale_min = definition.scale_min
-    experiment.scale_max = definition.scale_max
     experiment.layer = definition.layer
     experiment.layer_share = definition.layer_share
     experiment.decision = data["decision"]
@@ -241,6 +279,7 @@ def _store(experiment: Experiment, definition: ExperimentDefinition) -> None:
 
 
 def _create(session: Session, definition: ExperimentDefinition, actor: str, *, cloned_from: str | None = None) -> Saved:
+    definition = journeys.resolve_definition(session, definition)
     if _by_key(session, definition.key) is not None:
         raise Conflict(
             "duplicate_key",
@@ -251,7 +290,7 @@ def _create(session: Session, definition: ExperimentDefinition, actor: str, *, c
     experiment = Experiment(
         key=definition.key, salt=definition.key, status="draft", cloned_from=cloned_from, created_at=now, updated_at=now
     )
-    _store(experiment, definition)
+    _store(session, experiment, definition)
     session.add(experiment)
     session.flush()
     _audit(session, experiment, actor, "created", {"cloned_from": cloned_from} if cloned_from else {})
@@ -297,6 +336,20 @@ def _check_changes(
     return ()
 
 
+def _given_changes(old: ExperimentDefinition, new: ExperimentDefinition) -> dict[str, Any]:
+    """The fields an unresolved definition gives that differ from the stored ones
+    (a field it leaves to a default is not a change yet), so that a frozen field is
+    reported as frozen before the new value is checked against the journey."""
+    given = definition_to_mapping(new)
+    changes = {name: value for name, value in diff(old, new).items() if name in given}
+    if "journey" not in given:  # the implicit form: its journey, stages and questions may all move
+        resolved = diff(old, replace(new, journey=old.journey, stages=new.stages or old.stages, metrics=old.metrics))
+        if new.scale is not None and (old.journey, old.metrics) != (new.journey, new.metrics):
+            changes["satisfaction_scale"] = {"to": given["satisfaction_scale"]}
+        changes |= {name: value for name, value in resolved.items() if name in ("stages",)}
+    return changes
+
+
 def _assignment_shape(definition: ExperimentDefinition) -> tuple[tuple[str, float, bool], ...]:
     return tuple((v.key, v.weight, v.is_control) for v in definition.variants)
 
@@ -309,11 +362,14 @@ def _update(session: Session, experiment: Experiment, definition: ExperimentDefi
             fields={"key": f"must stay {experiment.key!r}"},
         )
     old = definition_of(experiment)
+    if experiment.status in STARTED:
+        _check_changes(experiment, old, definition, _given_changes(old, definition))
+    definition = journeys.resolve_definition(session, definition)
     changes = diff(old, definition)
     notices = _check_changes(experiment, old, definition, changes)
     if not changes:
         return Saved(experiment, "unchanged", notices=definition.notices)
-    _store(experiment, definition)
+    _store(session, experiment, definition)
     experiment.updated_at = utcnow()  # also when only variant rows changed
     _audit(session, experiment, actor, "updated", {"changes": changes})
     session.flush()
@@ -339,14 +395,14 @@ def apply_definition(session: Session, definition: ExperimentDefinition, actor: 
     files' way in. An unchanged definition writes nothing (not even the version, so
     re-applying a folder does not make every worker reload)."""
     current = _by_key(session, definition.key)
-    if current is not None and not diff(definition_of(current), definition):
+    if current is not None and _resolves_to(session, current, definition):
         return Saved(current, "unchanged", notices=definition.notices)
     bump_version(session)
     current = _by_key(session, definition.key, fresh=True)
     if current is None:
         return _create(session, definition, actor)
     if current.status != "draft":
-        if not diff(definition_of(current), definition):
+        if _resolves_to(session, current, definition):
             return Saved(current, "unchanged", notices=definition.notices)
         raise Conflict(
             "not_a_draft",
@@ -354,6 +410,19 @@ def apply_definition(session: Session, definition: ExperimentDefinition, actor: 
             "Change it through the API or the web pages, or clone it as its next iteration.",
         )
     return _update(session, current, definition, actor)
+
+
+def _resolves_to(session: Session, experiment: Experiment, definition: ExperimentDefinition) -> bool:
+    """Whether ``definition`` is what ``experiment`` holds already. Resolving an
+    implicit journey may create it (and questions), so this runs in a savepoint
+    that is rolled back: an unchanged file writes nothing."""
+    if definition.journey is not None:
+        return not diff(definition_of(experiment), journeys.resolve_definition(session, definition))
+    savepoint = session.begin_nested()
+    try:
+        return not diff(definition_of(experiment), journeys.resolve_definition(session, definition))
+    finally:
+        savepoint.rollback()
 
 
 def change_status(session: Session, key: str, action: Action, actor: str) -> Experiment:

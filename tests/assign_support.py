@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import event, select
 
+from expplatform import journeys
 from expplatform.assignment import ExposureStore
 from expplatform.bucketing import Split, place
 from expplatform.models import Experiment, Exposure, Variant
@@ -47,6 +48,7 @@ def seed(
             layer_ranges=layer_ranges,
             layer_share=None if layer_ranges is None else sum(e - s for s, e in layer_ranges) / 10_000,
             forced_variants=forced or {},
+            **journeys.implicit_fields(session, [stage]),
         )
         experiment.variants = [
             Variant(key=name, weight=weight, position=i, is_control=i == 0) for i, (name, weight) in enumerate(variants)

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from expplatform import journeys
 from expplatform.ingest import stored_outcomes
 from expplatform.models import EventQualityCount, Experiment, Exposure, OutcomeCount, Variant
 
@@ -43,8 +44,7 @@ def make_experiment(
         stages=stages,
         target_stage=target_stage or stages[0],
         salt=key,
-        scale_min=scale[0],
-        scale_max=scale[1],
+        **journeys.implicit_fields(session, stages, scale),
         status=status,
         started_at=started_at,
         stopped_at=stopped_at,

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import requests
 
 from analysis.types import CellStats, ExperimentStats, Scale
-from expplatform import aggregation
+from expplatform import aggregation, journeys
 from expplatform.ingest import rebuild_outcomes
 from expplatform.models import Experiment, Variant
 from expplatform.versioning import bump_version
@@ -39,8 +39,7 @@ def _seed(db) -> int:
             salt="journey",
             status="running",
             traffic=0.8,
-            scale_min=1,
-            scale_max=5,
+            **journeys.implicit_fields(session, STAGES),
             forced_variants=dict(FORCED),
             started_at=datetime.now(UTC),
         )

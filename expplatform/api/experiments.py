@@ -196,19 +196,37 @@ _DEFINITION_PROPERTIES: dict[str, Any] = {
     "key": {**_SLUG, "description": "Unique and immutable; also the hashing salt."},
     "name": {"type": "string", "minLength": 1, "maxLength": 200},
     "hypothesis": {"type": "string", "default": ""},
+    "journey": {
+        **_SLUG,
+        "description": "The journey the experiment belongs to. Without one, `stages` and `satisfaction_scale` "
+        "name an implicit journey (the journey with exactly those stages, made if missing); responses always "
+        "carry it.",
+    },
     "stages": {
         "type": "array",
         "items": _SLUG,
         "minItems": 1,
         "maxItems": MAX_STAGES,
         "uniqueItems": True,
-        "default": list(DEFAULT_STAGES),
+        "description": "The journey's stages measured, stored in journey order; default: all of them "
+        f"(without a journey: {', '.join(DEFAULT_STAGES)}).",
+    },
+    "metrics": {
+        "type": "array",
+        "items": _SLUG,
+        "minItems": 1,
+        "uniqueItems": True,
+        "description": "The journey's rating questions measured, at most one per measured stage; default: the "
+        "first question of each measured stage. Needs `journey`.",
     },
     "target_stage": {**_SLUG, "description": "The stage whose variants are tested; one of `stages`."},
     "variants": {"type": "array", "items": _ref("Variant"), "minItems": MIN_VARIANTS, "maxItems": MAX_VARIANTS},
     "traffic": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 1},
     "targeting": {"type": "array", "items": _ref("TargetingRule"), "default": []},
-    "satisfaction_scale": _ref("SatisfactionScale"),
+    "satisfaction_scale": {
+        **_ref("SatisfactionScale"),
+        "description": "Only without `journey`: the scale of the implicit journey's questions (default 1-5).",
+    },
     "layer": {"type": ["string", "null"], "pattern": SLUG.pattern, "description": "Mutual-exclusion layer."},
     "layer_share": {
         "type": ["number", "null"],
@@ -235,7 +253,8 @@ _EXAMPLE = {
     ],
     "traffic": 0.5,
     "targeting": [{"attribute": "platform", "op": "in", "value": ["web", "ios"]}],
-    "satisfaction_scale": {"min": 1, "max": 5},
+    "journey": "default",
+    "stages": ["purchase", "retention", "advocacy"],
 }
 _STATE_PROPERTIES: dict[str, Any] = {
     "status": {"type": "string", "enum": list(service.STATUSES)},
@@ -431,7 +450,7 @@ OPENAPI: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "required": [
-                *_DEFINITION_PROPERTIES,
+                *(name for name in _DEFINITION_PROPERTIES if name != "satisfaction_scale"),
                 "status",
                 "salt",
                 "layer_ranges",
