@@ -36,11 +36,11 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from analysis.types import Estimate, Scale
 
-from .errors import MalformedRequest, NotFound
+from .errors import MalformedRequest
 from .models import Journey, JourneyCount, utcnow
 
 LEVEL = 0.95
@@ -124,18 +124,6 @@ class JourneyShape:
         if value == "":
             return "Unknown persona"
         return next((p.name for p in self.personas if p.key == value), value)
-
-
-def get_journey(session: Session, key: str) -> Journey:
-    """The journey with ``key`` with its stages, questions and personas loaded."""
-    journey = session.scalars(
-        select(Journey)
-        .options(selectinload(Journey.stages), selectinload(Journey.personas), selectinload(Journey.questions))
-        .where(Journey.key == key)
-    ).one_or_none()
-    if journey is None:
-        raise NotFound(f"No journey with key {key!r}.", code="journey_not_found")
-    return journey
 
 
 # -- what a caller may ask ----------------------------------------------------------------------

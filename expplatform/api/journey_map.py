@@ -23,13 +23,13 @@ from ..journey_map import (
     MapOptions,
     StageExperiment,
     StageTests,
-    get_journey,
     journey_map,
     measure_stopped,
     persona_word,
     stage_tests,
     today_utc,
 )
+from ..journeys import get_journey
 from ..models import iso_z
 from . import bp
 from .reports import read_access

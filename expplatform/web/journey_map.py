@@ -15,7 +15,7 @@ from typing import Any
 
 from flask import Response, abort, current_app, flash, render_template, request
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from .. import journey_plots
 from ..auth import login_required, public
@@ -30,14 +30,14 @@ from ..journey_map import (
     JourneyMap,
     MapOptions,
     StageTests,
-    get_journey,
     journey_map,
     measure_stopped,
     persona_word,
     stage_tests,
     today_utc,
 )
-from ..models import Experiment, Journey
+from ..journeys import get_journey, list_journeys
+from ..models import Experiment
 from ..reports.background import Memo
 from . import bp
 from .reports import DECISIONS, Format
@@ -93,8 +93,8 @@ class MapFormat(Format):
 @login_required("viewer")
 def journeys():
     session = get_session()
-    rows = session.scalars(select(Journey).options(selectinload(Journey.stages)).order_by(Journey.name, Journey.key))
-    return render_template("journeys/list.html", journeys=list(rows), counts=_experiment_counts(session))
+    rows = sorted(list_journeys(session), key=lambda j: (j.name.lower(), j.key))
+    return render_template("journeys/list.html", journeys=rows, counts=_experiment_counts(session))
 
 
 def _experiment_counts(session: Session) -> dict[int, dict[str, int]]:
