@@ -24,7 +24,7 @@ viewer; each figure is the median of several requests. Printed per backend: the
 counters' SQL alone (28 and 365 days), the first request of a fresh worker (HTML,
 then JSON), warm medians of the default view (28 days, everyone), a year, one
 persona and two side by side, and baselines measured in the same run: a trivial
-logged-in page (the password form) and the JSON health check, with the ratio.
+logged-in page (the password form, /account/password) and the JSON health check, with the ratio.
 
 The machine has 2 cores shared with everything else running on it: figures are noisy.
 
@@ -57,7 +57,8 @@ import benchlib  # noqa: E402  (beside this script)
 
 from expplatform import create_app, migrations  # noqa: E402
 from expplatform.auth import create_user  # noqa: E402
-from expplatform.journey_map import JourneyShape, Period, get_journey, read_counts  # noqa: E402
+from expplatform.journey_map import JourneyShape, Period, read_counts  # noqa: E402
+from expplatform.journeys import get_journey  # noqa: E402
 from expplatform.models import (  # noqa: E402
     Experiment,
     Journey,
@@ -260,7 +261,7 @@ def add_experiments(engine, session: Session, journey: Journey, exposed: int) ->
     return len(stopped)
 
 
-def build(url: str, customers: int, days: int, exposed: int) -> None:
+def build(url: str, customers: int, days: int, exposed: int, experiments: bool = True) -> None:
     started = time.perf_counter()
     engine = create_engine(url)
     migrations.upgrade(engine)
@@ -276,7 +277,7 @@ def build(url: str, customers: int, days: int, exposed: int) -> None:
             session.commit()
             cells += len(rows)
             if key == "retail":
-                stopped = add_experiments(engine, session, journey, exposed)
+                stopped = add_experiments(engine, session, journey, exposed) if experiments else 0
         create_user(session, "viewer@example.com", "bench-password", "viewer")
         session.commit()
     if engine.dialect.name == "postgresql":
@@ -299,6 +300,7 @@ def viewer_client(url: str) -> Iterator:
             "secret_key": "bench",
             "check_migrations": False,
             "wtf_csrf_enabled": False,
+            "log_level": "WARNING",
         }
     )
     try:
@@ -349,19 +351,19 @@ VIEWS = {
 def bench(backend: str, args) -> None:
     admin = args.pg_url if backend == "postgresql" else None
     with benchlib.fresh_database(backend, PG_DB, admin) as url:
-        build(url, args.customers, args.days, args.exposed)
+        build(url, args.customers, args.days, args.exposed, not args.without_experiments)
         with viewer_client(url) as (app, client):
             cold_html, html_size = timed(client, "/journeys/retail")
             cold_json, json_size = timed(client, "/api/v1/journeys/retail/map")
             body = client.get("/api/v1/journeys/retail/map").get_json()
             measured = sum(1 for s in body["stages"] for e in s["experiments"]["stopped"] if e["measured"] is not None)
-            base_html = median(client, "/password", args.runs)
+            base_html = median(client, "/account/password", args.runs)
             base_json = median(client, "/api/v1/health", args.runs)
             print(
                 f"  {backend}: counters' SQL alone {sql_only(app, 28, args.runs) * 1000:.1f} ms (28 days), "
                 f"{sql_only(app, 365, args.runs) * 1000:.1f} ms (365 days); first request of a worker "
                 f"HTML {cold_html * 1000:.0f} ms, JSON {cold_json * 1000:.0f} ms (matplotlib, {measured} stopped "
-                f"experiments analysed); baselines: /password page {base_html * 1000:.1f} ms, "
+                f"experiments analysed); baselines: /account/password page {base_html * 1000:.1f} ms, "
                 f"/api/v1/health {base_json * 1000:.1f} ms [page {html_size / 1024:.0f} KiB, "
                 f"JSON {json_size / 1024:.0f} KiB]"
             )
@@ -384,6 +386,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--exposed", type=int, default=EXPOSED, help="exposures per stopped experiment")
     parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--without-experiments", action="store_true", help="the counters only")
     parser.add_argument("--quick", action="store_true", help="90 days, 10k exposures per stopped experiment")
     args = parser.parse_args()
     if args.quick:

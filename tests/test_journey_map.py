@@ -517,3 +517,50 @@ def test_the_map_reads_the_counters_in_one_statement(shop, admin_api, db):
     assert len(counters) == 1 and "GROUP BY" in counters[0].upper()
     for table in ("events", "outcomes", "journey_outcomes", "outcome_counts", "exposures"):
         assert not any(f"FROM {table}" in s or f"JOIN {table}" in s for s in seen), table
+
+
+def test_a_persona_the_journey_no_longer_has_counts_as_unknown(db, admin_api, today):
+    seed(db, today, cells=[*CELLS, *conversions("vip", "discover", {1: 7})])
+    body = get_map(admin_api, "?persona=unknown")
+    assert stage_of(body, "discover")["reached"] == 40 + 7
+    assert stage_of(get_map(admin_api), "discover")["reached"] == 2040 + 7
+
+
+def test_a_question_with_a_wide_scale_is_read_a_row_per_value(db, admin_api, today):
+    """More rating values than MAX_PIVOT columns: the other form of the statement,
+    with the same figures."""
+    with db.write() as session:
+        journey = Journey(key="wide", name="Wide")
+        journey.stages = [JourneyStage(key="visit", name="Visit", position=0)]
+        journey.questions = [
+            RatingQuestion(key="wide-score", stage="visit", text="Score?", scale_min=1, scale_max=40, position=0)
+        ]
+        session.add(journey)
+        session.flush()
+        day = today - timedelta(days=1)
+        session.add_all(
+            JourneyCount(
+                journey_id=journey.id,
+                stage="visit",
+                metric=metric,
+                persona="",
+                day=day,
+                kind=kind,
+                value=v,
+                customers=n,
+            )
+            for metric, kind, v, n in (
+                ("", "converted", 0, 90),
+                ("wide-score", "rating", 40, 30),
+                ("wide-score", "rating", 3, 10),
+                ("wide-score", "rating", 41, 5),
+            )
+        )
+    response = admin_api.get("/api/v1/journeys/wide/map")
+    assert response.status_code == 200
+    stage = response.get_json()["groups"][0]["stages"][0]
+    histogram = stage["questions"][0]["histogram"]
+    assert stage["reached"] == 90 and len(histogram) == 40
+    assert (histogram[2], histogram[39], sum(histogram)) == (10, 30, 40)  # 41 is off the scale
+    assert stage["questions"][0]["observed_mean"] == pytest.approx((3 * 10 + 40 * 30) / 40)
+    assert stage["questions"][0]["top_box_min"] == 39
