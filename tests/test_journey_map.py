@@ -16,6 +16,7 @@ from itertools import pairwise
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
+from sqlalchemy import select
 
 from analysis.types import Scale
 from expplatform.journey_map import (
@@ -564,3 +565,139 @@ def test_a_question_with_a_wide_scale_is_read_a_row_per_value(db, admin_api, tod
     assert (histogram[2], histogram[39], sum(histogram)) == (10, 30, 40)  # 41 is off the scale
     assert stage["questions"][0]["observed_mean"] == pytest.approx((3 * 10 + 40 * 30) / 40)
     assert stage["questions"][0]["top_box_min"] == 39
+
+
+# -- the experiments testing each stage --------------------------------------------------------
+
+
+def add_experiment(session, journey_id: int, key: str, status: str, target: str, **fields):
+    from expplatform.models import Experiment, Variant
+
+    now = utcnow()
+    experiment = Experiment(
+        key=key,
+        name=key.title(),
+        journey_id=journey_id,
+        stages=[k for k, *_ in STAGES],
+        target_stage=target,
+        salt=key,
+        status=status,
+        started_at=None if status == "draft" else now - timedelta(days=30),
+        **fields,
+    )
+    experiment.variants = [
+        Variant(key="control", weight=1, position=0, is_control=True),
+        Variant(key="treatment", weight=1, position=1),
+    ]
+    session.add(experiment)
+    session.flush()
+    return experiment
+
+
+def seed_experiments(db, journey_id: int, iterations: int = 4) -> None:
+    """At 'buy': a running, a paused and a draft experiment, and a clone chain of
+    ``iterations`` stopped iterations then a draft one; at 'discover' one stopped."""
+    now = utcnow()
+    with db.write() as session:
+        add_experiment(session, journey_id, "buy-banner", "running", "buy")
+        add_experiment(session, journey_id, "buy-wallet", "paused", "buy")
+        add_experiment(session, journey_id, "buy-idea", "draft", "buy")
+        previous = None
+        for n in range(1, iterations + 1):
+            add_experiment(
+                session,
+                journey_id,
+                f"buy-v{n}",
+                "stopped",
+                "buy",
+                cloned_from=previous,
+                stopped_at=now - timedelta(days=iterations + 1 - n),
+                created_at=now - timedelta(days=40 - n),
+            )
+            previous = f"buy-v{n}"
+        add_experiment(session, journey_id, f"buy-v{iterations + 1}", "draft", "buy", cloned_from=previous)
+        add_experiment(session, journey_id, "discover-ad", "stopped", "discover", stopped_at=now)
+
+
+def fake_measure(calls: list[str]):
+    from analysis.types import Estimate
+    from expplatform.journey_map import Measured, TreatmentLift
+
+    def measure(experiment):
+        calls.append(experiment.key)
+        if experiment.key == "discover-ad":
+            return None  # could not be analysed
+        n = int(experiment.key.rsplit("v", 1)[1])
+        lift = Estimate(n / 100, n / 100 - 0.01, n / 100 + 0.01)
+        return Measured(
+            "ship" if n % 2 else "keep_control", f"summary {n}", (TreatmentLift("treatment", lift, 0.9, None),)
+        )
+
+    return measure
+
+
+def test_each_stage_lists_active_and_latest_stopped_experiments_and_iterations(app, db, today):
+    from expplatform.journey_map import stage_tests
+    from expplatform.journeys import get_journey
+
+    seed_experiments(db, seed(db, today))
+    calls: list[str] = []
+    with app.app_context(), db.sessionmaker() as session:
+        tests = stage_tests(session, get_journey(session, "shop"), fake_measure(calls))
+    buy = tests["buy"]
+    assert [(e.key, e.status) for e in buy.active] == [("buy-banner", "running"), ("buy-wallet", "paused")]
+    assert [e.key for e in buy.stopped] == ["buy-v4", "buy-v3", "buy-v2"] and buy.stopped_total == 4
+    assert buy.stopped[0].measured.treatments[0].lift.mean == pytest.approx(0.04)
+    assert buy.stopped[0].measured.action == "keep_control" and buy.stopped[1].measured.action == "ship"
+    # The clone chain, oldest first, with the draft that is its next iteration.
+    (chain,) = buy.iterations
+    assert [e.key for e in chain] == ["buy-v1", "buy-v2", "buy-v3", "buy-v4", "buy-v5"] and buy.earlier == (0,)
+    assert chain[0].measured.treatments[0].lift.mean == pytest.approx(0.01) and chain[-1].measured is None
+    # Each stopped experiment shown is analysed once; drafts and running ones never.
+    assert sorted(calls) == ["buy-v1", "buy-v2", "buy-v3", "buy-v4", "discover-ad"]
+    discover = tests["discover"]
+    assert discover.stopped[0].measured is None and "could not be analysed" in discover.stopped[0].note
+    assert tests["compare"].active == tests["compare"].stopped == () and tests["compare"].iterations == ()
+
+
+def test_a_long_chain_shows_its_latest_iterations(app, db, today):
+    from expplatform.journey_map import SHOWN_ITERATIONS, stage_tests
+    from expplatform.journeys import get_journey
+
+    seed_experiments(db, seed(db, today), iterations=8)
+    with app.app_context(), db.sessionmaker() as session:
+        buy = stage_tests(session, get_journey(session, "shop"), fake_measure([]))["buy"]
+    (chain,) = buy.iterations
+    assert len(chain) == SHOWN_ITERATIONS == 6 and buy.earlier == (3,)
+    assert [e.key for e in chain] == [f"buy-v{n}" for n in range(4, 10)]
+
+
+def test_the_api_shows_the_experiments_with_their_report_links(shop, db, admin_api, monkeypatch):
+    import expplatform.journey_map as journey_map
+
+    calls: list[str] = []
+    monkeypatch.setattr(journey_map, "_measure", lambda _session, experiment: fake_measure(calls)(experiment))
+    with db.sessionmaker() as session:
+        journey_id = session.scalar(select(Journey.id).where(Journey.key == "shop"))
+    seed_experiments(db, journey_id)
+    body = get_map(admin_api)
+    buy = next(s for s in body["stages"] if s["key"] == "buy")["experiments"]
+    assert [e["key"] for e in buy["active"]] == ["buy-banner", "buy-wallet"]
+    assert buy["active"][0]["report_url"] == "/experiments/buy-banner/report" and buy["active"][0]["measured"] is None
+    latest = buy["stopped"][0]
+    assert latest["key"] == "buy-v4" and latest["measured"]["action"] == "keep_control"
+    assert latest["measured"]["treatments"] == [
+        {
+            "variant": "treatment",
+            "relative_lift": {"mean": 0.04, "low": 0.03, "high": 0.05},
+            "p_better": 0.9,
+            "decision": None,
+        }
+    ]
+    assert [[e["key"] for e in chain["experiments"]] for chain in buy["iterations"]] == [
+        ["buy-v1", "buy-v2", "buy-v3", "buy-v4", "buy-v5"]
+    ]
+    # Measured once per worker: a second request analyses nothing again.
+    before = len(calls)
+    get_map(admin_api)
+    assert len(calls) == before

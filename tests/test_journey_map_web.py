@@ -39,11 +39,18 @@ def add_journey(session, key: str = "web") -> Journey:
         JourneyPersona(key="pro", name="Professionals", position=1),
     ]
     journey.questions = [
-        RatingQuestion(key=f"{key}-signup-ease", stage="signup", text="How easy was signing up?", scale_min=1,
-                       scale_max=5, position=0),
-        RatingQuestion(key=f"{key}-order-nps", stage="order", text="Would you recommend us?", scale_min=0,
-                       scale_max=10, position=1),
-    ]  # fmt: skip
+        RatingQuestion(
+            key=f"{key}-signup-ease",
+            stage="signup",
+            text="How easy was signing up?",
+            scale_min=1,
+            scale_max=5,
+            position=0,
+        ),
+        RatingQuestion(
+            key=f"{key}-order-nps", stage="order", text="Would you recommend us?", scale_min=0, scale_max=10, position=1
+        ),
+    ]
     session.add(journey)
     session.flush()
     return journey
