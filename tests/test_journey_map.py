@@ -190,10 +190,10 @@ def beta_figures(this: int, following: int) -> tuple[float, float, float]:
 
 
 def dirichlet_mean(histogram: np.ndarray, low: int) -> tuple[float, float]:
-    """Posterior mean of the mean rating under Dirichlet(1 + histogram) and its
-    standard deviation (closed form)."""
+    """Posterior mean of the mean rating under Dirichlet(histogram + 1/K) (a prior
+    worth one rating) and its standard deviation (closed form)."""
     values = np.arange(low, low + len(histogram))
-    alpha = histogram + 1
+    alpha = histogram + 1 / len(histogram)
     total = alpha.sum()
     mean = alpha @ values / total
     second = alpha @ values**2 / total
@@ -201,8 +201,8 @@ def dirichlet_mean(histogram: np.ndarray, low: int) -> tuple[float, float]:
 
 
 def reference_means(histogram: np.ndarray, low: int, draws: int = 200_000) -> np.ndarray:
-    """Draws of the mean rating under Dirichlet(1 + histogram), as normalised gammas."""
-    gammas = np.random.default_rng(12345).gamma(histogram + 1, size=(draws, len(histogram)))
+    """Draws of the mean rating under Dirichlet(histogram + 1/K), as normalised gammas."""
+    gammas = np.random.default_rng(12345).gamma(histogram + 1 / len(histogram), size=(draws, len(histogram)))
     return (gammas / gammas.sum(axis=1, keepdims=True)) @ np.arange(low, low + len(histogram))
 
 
@@ -274,7 +274,7 @@ def test_ratings_mean_top_box_and_nps_with_their_posteriors(shop, admin_api):
         assert figures["top_box_min"] == top_min
         top = values >= top_min
         assert figures["observed_top_box"] == pytest.approx(histogram[top].sum() / n)
-        alpha = histogram + 1
+        alpha = histogram + 1 / len(histogram)
         a, b = alpha[top].sum(), alpha[~top].sum()
         assert figures["top_box"]["mean"] == pytest.approx(a / (a + b))
         assert figures["top_box"]["low"] == pytest.approx(scipy_stats.beta.ppf(0.025, a, b), rel=1e-6)
