@@ -55,7 +55,8 @@ DEFAULT_DAYS = 28
 MAX_DAYS = 366
 ALL, UNKNOWN = "all", "unknown"  # query words: every customer; customers without a known persona
 PARAMETERS = ("days", "from", "to", "persona", "compare")
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # matched whole; ASCII digits only
+_DAYS = re.compile(r"[0-9]{1,3}")
 _TAILS = ((1 - LEVEL) / 2, 1 - (1 - LEVEL) / 2)
 
 FloatArray = npt.NDArray[np.float64]
@@ -217,7 +218,7 @@ class MapOptions:
 def _days(raw: str, errors: dict[str, str]) -> int | None:
     if not raw:
         return DEFAULT_DAYS
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_DAYS:
+    if not _DAYS.fullmatch(raw) or not 1 <= int(raw) <= MAX_DAYS:
         errors["days"] = f"must be a whole number of days from 1 to {MAX_DAYS}"
         return None
     return int(raw)
@@ -225,7 +226,7 @@ def _days(raw: str, errors: dict[str, str]) -> int | None:
 
 def _date(raw: str, name: str, errors: dict[str, str]) -> date | None:
     try:
-        if _DATE.match(raw):
+        if _DATE.fullmatch(raw):
             return date.fromisoformat(raw)
     except ValueError:
         pass

@@ -481,6 +481,10 @@ def test_pure_map_with_a_near_tie_and_a_one_stage_journey():
         ("?days=367", "days"),
         ("?days=seven", "days"),
         ("?days=-3", "days"),
+        ("?days=%C2%B2", "days"),  # a superscript two: a digit to str.isdigit, not to int()
+        ("?days=%D9%A3", "days"),  # an Arabic-Indic three
+        ("?days=0028", "days"),
+        ("?from=%EF%BC%92026-01-01", "from"),  # a fullwidth digit
         ("?from=2026-02-30", "from"),
         ("?from=yesterday", "from"),
         ("?to=20260101", "to"),
