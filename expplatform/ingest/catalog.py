@@ -149,10 +149,8 @@ _caches: weakref.WeakKeyDictionary[Database, VersionedCache[JourneyCatalog]] = w
 _caches_lock = threading.Lock()
 
 
-def cached_catalog(database: Database) -> JourneyCatalog:
-    """The database's catalog as this process last read it, reloaded when the
-    definitions version has moved (checked at most every
-    ``definitions_refresh_seconds``, as the assignment cache is)."""
+def catalog_cache(database: Database) -> VersionedCache[JourneyCatalog]:
+    """This process's cache of the database's catalog (one per database)."""
     cache = _caches.get(database)
     if cache is None:
         with _caches_lock:
@@ -160,4 +158,11 @@ def cached_catalog(database: Database) -> JourneyCatalog:
             if cache is None:
                 cache = VersionedCache(load_catalog, database.settings.definitions_refresh_seconds)
                 _caches[database] = cache
-    return cache.get(database.sessionmaker)
+    return cache
+
+
+def cached_catalog(database: Database) -> JourneyCatalog:
+    """The database's catalog as this process last read it, reloaded when the
+    definitions version has moved (checked at most every
+    ``definitions_refresh_seconds``, as the assignment cache is)."""
+    return catalog_cache(database).get(database.sessionmaker)
