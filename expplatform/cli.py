@@ -204,6 +204,35 @@ def experiments_list(status: tuple[str, ...], stage: str | None) -> None:
             click.echo(f"{' '.join(columns)} {variants:<24} {experiment.name}")
 
 
+# -- events ---------------------------------------------------------------------------
+
+
+@main.group("events")
+def events_group() -> None:
+    """Stored events and what ingest derives from them."""
+
+
+@events_group.command("rebuild")
+@with_appcontext
+def events_rebuild() -> None:
+    """Recompute every experiment's outcomes and counters, and every journey's
+    counters (the journey map), from the stored events and exposures.
+
+    Run after migration 0003 (the journey counters start empty) or to repair the
+    counters. One transaction: ingest waits for it (on PostgreSQL a batch that waits
+    too long answers 503 and the client retries), and nothing changes if it fails."""
+    from .ingest import rebuild_everything
+
+    with get_db().write() as session:
+        summary = rebuild_everything(session)
+    for key, (rows, customers) in summary.experiments.items():
+        click.echo(f"experiment {key}: {rows} outcome rows, {customers} customer outcomes counted")
+    for key, (rows, customers) in summary.journeys.items():
+        click.echo(f"journey {key}: {rows} journey outcome rows, {customers} customer outcomes counted")
+    made = f"{len(summary.experiments)} experiment(s) and {len(summary.journeys)} journey(s)"
+    click.echo(f"rebuilt {made} from the stored events")
+
+
 # -- reports ------------------------------------------------------------------------
 
 

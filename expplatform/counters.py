@@ -8,11 +8,15 @@ outcome never a day before its exposure (clock skew may date an event a moment
 earlier, and a day with more converters than exposed customers would be nonsense).
 Keeping the Python rule and its SQL twins here, side by side, is what keeps ingest,
 rebuild and reports in agreement; they depend on SQLAlchemy expressions only.
+
+The journey counters have no exposure to clamp to (a customer may be in no
+experiment): their day is the event's own UTC date (:func:`event_day`, and
+:func:`utc_day` in SQL).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Date, case, cast, func
@@ -22,6 +26,11 @@ from sqlalchemy.orm import Session
 def outcome_day(moment: datetime, exposed_at: datetime) -> str:
     """The UTC day (ISO date) an outcome counts from: never before its exposure."""
     return max(moment, exposed_at).date().isoformat()
+
+
+def event_day(moment: datetime) -> str:
+    """The UTC day (ISO date) of an event's time, for the journey counters."""
+    return moment.astimezone(UTC).date().isoformat()
 
 
 def utc_day(session: Session, column: Any) -> Any:

@@ -1,6 +1,6 @@
-"""Seeding helpers shared by the event and aggregation tests: experiments, variants
-and exposures written with the ORM (exposures are the assignment service's to make;
-these tests only need them to exist)."""
+"""Seeding helpers shared by the event and aggregation tests: journeys, experiments,
+variants and exposures written with the ORM (exposures are the assignment service's
+to make; these tests only need them to exist), and readers of what ingest keeps."""
 
 from __future__ import annotations
 
@@ -11,8 +11,20 @@ from typing import Any
 from sqlalchemy import func, select
 
 from expplatform import journeys
-from expplatform.ingest import stored_outcomes
-from expplatform.models import EventQualityCount, Experiment, Exposure, OutcomeCount, Variant
+from expplatform.ingest import stored_journey_counters, stored_outcomes
+from expplatform.models import (
+    EventQualityCount,
+    Experiment,
+    Exposure,
+    Journey,
+    JourneyCount,
+    JourneyPersona,
+    JourneyStage,
+    OutcomeCount,
+    RatingQuestion,
+    Variant,
+)
+from expplatform.versioning import bump_version
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -36,15 +48,26 @@ def make_experiment(
     status: str = "running",
     started_at: datetime = T0 - timedelta(days=1),
     stopped_at: datetime | None = None,
+    journey: Journey | None = None,
+    metrics: dict[str, str] | None = None,
 ) -> Experiment:
+    """An experiment on ``stages`` of ``journey`` measuring ``metrics``, or (no
+    journey) on the implicit journey of its stage list, with that journey's question
+    of ``scale`` at each stage (made where missing). Bumps the definitions version,
+    as every experiment change does, so caches see the new journey and questions."""
     stages = list(stages)
+    fields: dict[str, Any] = (
+        journeys.implicit_fields(session, stages, scale)
+        if journey is None
+        else {"journey": journey, "metrics": dict(metrics or {})}
+    )
     experiment = Experiment(
         key=key,
         name=key.title(),
         stages=stages,
         target_stage=target_stage or stages[0],
         salt=key,
-        **journeys.implicit_fields(session, stages, scale),
+        **fields,
         status=status,
         started_at=started_at,
         stopped_at=stopped_at,
@@ -52,8 +75,37 @@ def make_experiment(
     for position, variant in enumerate(variants):
         experiment.variants.append(Variant(key=variant, weight=1.0, position=position, is_control=position == 0))
     session.add(experiment)
+    bump_version(session)
     session.flush()
     return experiment
+
+
+def make_journey(
+    session,
+    key: str,
+    stages: Iterable[str],
+    questions: Iterable[tuple[str, str, int, int]] = (),
+    *,
+    personas: Iterable[str] = (),
+    persona_attribute: str = "persona",
+) -> Journey:
+    """A journey with ``questions`` as (key, stage, min, max); bumps the definitions
+    version, as every journey change must."""
+    journey = Journey(
+        key=key,
+        name=key.title(),
+        persona_attribute=persona_attribute,
+        stages=[JourneyStage(key=s, name=s.title(), position=i) for i, s in enumerate(stages)],
+        personas=[JourneyPersona(key=p, name=p.title(), position=i) for i, p in enumerate(personas)],
+        questions=[
+            RatingQuestion(key=q, stage=s, text=f"{q}?", scale_min=lo, scale_max=hi, position=i)
+            for i, (q, s, lo, hi) in enumerate(questions)
+        ],
+    )
+    session.add(journey)
+    bump_version(session)
+    session.flush()
+    return journey
 
 
 def expose(
@@ -120,6 +172,42 @@ def quality(session, experiment_id: int) -> dict[tuple, int]:
     return {(s, k): n for s, k, n in rows if n}
 
 
+def journey_counts(session, journey_id: int | None = None, *, by_day: bool = False) -> dict[tuple, int]:
+    """Non-zero journey counters as {(journey key, stage, metric, persona, [day,]
+    kind, value): customers}, summed over days unless ``by_day``."""
+    day = (JourneyCount.day,) if by_day else ()
+    query = (
+        select(
+            Journey.key,
+            JourneyCount.stage,
+            JourneyCount.metric,
+            JourneyCount.persona,
+            *day,
+            JourneyCount.kind,
+            JourneyCount.value,
+            func.sum(JourneyCount.customers),
+        )
+        .join(Journey, Journey.id == JourneyCount.journey_id)
+        .group_by(
+            Journey.key,
+            JourneyCount.stage,
+            JourneyCount.metric,
+            JourneyCount.persona,
+            *day,
+            JourneyCount.kind,
+            JourneyCount.value,
+        )
+    )
+    if journey_id is not None:
+        query = query.where(JourneyCount.journey_id == journey_id)
+    return {tuple(row[:-1]): row[-1] for row in session.execute(query) if row[-1]}
+
+
+def journey_snapshot(session) -> tuple[list, list]:
+    """Everything ingest maintains for the journeys, to compare with a rebuild."""
+    return stored_journey_counters(session)
+
+
 def snapshot(session, experiment_id: int) -> tuple[list, dict, dict]:
     """Everything ingest maintains for one experiment, to compare with a rebuild."""
     return (
@@ -127,3 +215,59 @@ def snapshot(session, experiment_id: int) -> tuple[list, dict, dict]:
         daily_counts(session, experiment_id),
         quality(session, experiment_id),
     )
+
+
+def expected_journey_counts(
+    events: Iterable[dict[str, Any]],
+    journeys_spec: dict[str, dict[str, Any]],
+    persona_of: Any,
+    *,
+    by_day: bool = False,
+) -> dict[tuple, int]:
+    """The journey counters computed independently from stored wire events (dicts
+    with ``timestamp``, each event once, no two ratings of a customer to one question
+    at the same time): per journey, customer and stage the first conversion, and per
+    question the latest rating. ``journeys_spec``: journey key -> {"stages": [...],
+    "questions": {question key: stage}}; ``persona_of(journey key, customer)``.
+    A rating naming no question answers, in each journey with its stage, that
+    journey's one question there."""
+    first: dict[tuple, str] = {}
+    latest: dict[tuple, tuple[str, int]] = {}
+    for event in events:
+        customer, stage, when = event["customer_id"], event.get("stage"), event["timestamp"]
+        if event["type"] == "conversion":
+            for journey, spec in journeys_spec.items():
+                if stage in spec["stages"]:
+                    key = (journey, customer, stage, "")
+                    first[key] = min(first.get(key, when), when, key=_instant)
+            continue
+        if event.get("metric"):
+            answered = [
+                (j, event["metric"]) for j, spec in journeys_spec.items() if event["metric"] in spec["questions"]
+            ]
+        else:
+            answered = []
+            for journey, spec in journeys_spec.items():
+                if stage in spec["stages"]:
+                    (only,) = [q for q, s in spec["questions"].items() if s == stage]
+                    answered.append((journey, only))
+        for journey, question in answered:
+            key = (journey, customer, journeys_spec[journey]["questions"][question], question)
+            if key not in latest or _instant(when) > _instant(latest[key][0]):
+                latest[key] = (when, event["value"])
+    expected: dict[tuple, int] = {}
+
+    def add(journey: str, customer: str, stage: str, metric: str, when: str, kind: str, value: int) -> None:
+        day = (_instant(when).date(),) if by_day else ()
+        cell = (journey, stage, metric, persona_of(journey, customer), *day, kind, value)
+        expected[cell] = expected.get(cell, 0) + 1
+
+    for (journey, customer, stage, metric), when in first.items():
+        add(journey, customer, stage, metric, when, "converted", 0)
+    for (journey, customer, stage, metric), (when, value) in latest.items():
+        add(journey, customer, stage, metric, when, "rating", value)
+    return expected
+
+
+def _instant(timestamp: str) -> datetime:
+    return datetime.fromisoformat(timestamp).astimezone(UTC)

@@ -1,5 +1,6 @@
 """POST /api/v1/events: validation by index, idempotency (also under concurrent
-sends), all-or-nothing storage, request-level errors."""
+sends), all-or-nothing storage, request-level errors. (Ratings naming questions,
+journeys and their counters: ``test_journey_events``.)"""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from expplatform.ingest import validate_events
-from expplatform.models import Event, Outcome, OutcomeCount
-from tests.events_support import at, counts, expose, iso, make_experiment
+from expplatform.models import Event, JourneyCount, JourneyOutcome, Outcome, OutcomeCount
+from tests.events_support import at, counts, expose, iso, journey_counts, make_experiment
 from tests.openapi_check import assert_example_valid, checked
 
 URL = "/api/v1/events"
@@ -71,6 +72,7 @@ def stored(db, model=Event) -> int:
         (ev(event_id="a\ud800b"), "invalid_value"),
         (ev(stage="Purchase"), "invalid_value"),
         (ev(type="refund"), "invalid_value"),
+        (ev(type="Rating", value=4), "invalid_value"),
         (ev(type="satisfaction", value=2**31), "invalid_value"),
         (ev(timestamp="yesterday"), "invalid_timestamp"),
         (ev(timestamp="2024-06-01T10:00:00"), "invalid_timestamp"),
@@ -78,8 +80,15 @@ def stored(db, model=Event) -> int:
         (ev(timestamp=iso(NOW + timedelta(hours=24, seconds=1))), "timestamp_in_future"),
         (ev(type="satisfaction"), "value_required"),
         (ev(type="satisfaction", value=None), "value_required"),
+        (ev(type="rating", metric="purchase-rating"), "value_required"),
         (ev(value=1), "value_not_allowed"),
         (ev(experiment="Not A Key"), "unknown_experiment"),
+        # A conversion names its stage; a rating its question or its stage.
+        ({k: v for k, v in ev().items() if k != "stage"}, "missing_field"),
+        ({k: v for k, v in ev(type="rating", value=4).items() if k != "stage"}, "missing_field"),
+        (ev(metric="purchase-rating"), "metric_not_allowed"),
+        (ev(type="rating", value=4, metric=7), "invalid_type"),
+        (ev(type="rating", value=4, metric="Purchase Rating"), "unknown_metric"),
     ],
 )
 def test_each_invalid_event_is_rejected_with_its_code(raw, code):
@@ -95,14 +104,26 @@ def test_valid_events_parse_into_typed_objects():
             ev(timestamp="2024-06-01T14:00:00+02:00"),
             ev("e2", type="satisfaction", value=4, experiment="checkout", timestamp=None),
             ev("e3", timestamp=iso(NOW + timedelta(hours=24))),
+            {"event_id": "e4", "customer_id": "c1", "type": "rating", "metric": "checkout-csat", "value": 2},
+            ev("e5", type="rating", metric="checkout-csat", value=3),
         ],
         now=NOW,
         max_future_seconds=24 * 3600,
     )
     assert rejected == []
     assert valid[0].occurred_at == datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
+    assert (valid[0].type, valid[0].metric) == ("conversion", None)
     assert (valid[1].value, valid[1].experiment, valid[1].occurred_at) == (4, "checkout", None)
+    assert (valid[1].type, valid[1].metric) == ("satisfaction", None)
     assert valid[2].occurred_at == NOW + timedelta(hours=24)
+    # "rating" is stored as "satisfaction"; naming the question, the stage may be left out.
+    assert (valid[3].type, valid[3].stage, valid[3].metric, valid[3].value) == (
+        "satisfaction",
+        None,
+        "checkout-csat",
+        2,
+    )
+    assert (valid[4].type, valid[4].stage, valid[4].metric) == ("satisfaction", "purchase", "checkout-csat")
 
 
 def test_a_repeated_event_id_in_one_batch_is_rejected_after_its_first_valid_use():
@@ -113,24 +134,33 @@ def test_a_repeated_event_id_in_one_batch_is_rejected_after_its_first_valid_use(
     assert [(r.index, r.error) for r in rejected] == [(0, "invalid_value"), (3, "duplicate_in_batch")]
 
 
-def test_rules_that_need_the_experiment_reject_by_index(api, db, checkout):
+def test_rules_that_need_the_database_reject_by_index(api, db, checkout):
+    """checkout measures consideration/purchase/retention of its journey, asking
+    purchase-rating (1-5) at purchase; nps measures purchase, the one stage of
+    another journey, asking purchase-rating-0-10 there. c1 is in both."""
     with db.write() as session:
         nps = make_experiment(session, "nps", stages=("purchase",), scale=(0, 10))
         expose(session, nps, "c1", "treatment")
+        nps_id = nps.id
     response = api.post(
         URL,
         json={
             "events": [
                 ev("e0", experiment="nosuch"),
-                ev("e1", stage="awareness", experiment="checkout"),
-                # c1 is in checkout (1-5) and nps (0-10): 7 fits one scale only, so
-                # it is rejected whole rather than counted in one experiment.
-                ev("e2", type="satisfaction", value=7),
-                ev("e3", type="satisfaction", value=5),
-                # c2 is only in checkout; 0 is outside its scale.
-                ev("e4", customer_id="c2", type="satisfaction", value=0),
-                # Nobody measures this customer: any integer rating is stored.
-                ev("e5", customer_id="stranger", type="satisfaction", value=42),
+                ev("e1", stage="awareness"),  # no journey has this stage
+                ev("e2", stage="consideration", experiment="nps"),
+                # A rating naming only its stage answers each journey's one question
+                # there: 7 is outside purchase-rating's 1-5, so it is refused whole.
+                ev("e3", type="satisfaction", value=7),
+                ev("e4", type="satisfaction", value=5),
+                ev("e5", customer_id="c2", type="satisfaction", value=0),
+                # The question's scale holds whoever rates, even a customer nobody measures.
+                ev("e6", customer_id="stranger", type="satisfaction", value=42),
+                ev("e7", type="rating", metric="purchase-rating-0-10", value=7),
+                ev("e8", type="rating", metric="no-such-question", value=3),
+                ev("e9", stage="retention", type="rating", metric="purchase-rating", value=3),
+                ev("e10", type="rating", metric="purchase-rating-0-10", value=3, experiment="checkout"),
+                ev("e11", type="rating", metric="purchase-rating-0-10", value=11),
             ]
         },
     )
@@ -138,13 +168,27 @@ def test_rules_that_need_the_experiment_reject_by_index(api, db, checkout):
     body = response.get_json()
     assert [(r["index"], r["error"]) for r in body["rejected"]] == [
         (0, "unknown_experiment"),
-        (1, "stage_not_measured"),
-        (2, "value_out_of_scale"),
-        (4, "value_out_of_scale"),
+        (1, "unknown_stage"),
+        (2, "stage_not_measured"),
+        (3, "value_out_of_scale"),
+        (5, "value_out_of_scale"),
+        (6, "value_out_of_scale"),
+        (8, "unknown_metric"),
+        (9, "stage_mismatch"),
+        (10, "metric_not_measured"),
+        (11, "value_out_of_scale"),
     ]
+    messages = {r["index"]: r["message"] for r in body["rejected"]}
+    assert "purchase-rating-0-10" in messages[11] and "0-10" in messages[11]
     assert (body["accepted"], body["duplicates"]) == (2, 0)
     with db.sessionmaker() as session:
-        assert sorted(session.scalars(select(Event.event_id))) == ["e3", "e5"]
+        assert {row[0]: row[1] for row in session.execute(select(Event.event_id, Event.metric))} == {
+            "e4": None,  # two journeys, each with its one question at purchase
+            "e7": "purchase-rating-0-10",
+        }
+        # e4 is checkout's 5 and nps's 5; e7 (later in the batch, same time) replaces nps's.
+        assert counts(session, checkout) == {("purchase", "treatment", "rating", 5): 1}
+        assert counts(session, nps_id) == {("purchase", "treatment", "rating", 7): 1}
 
 
 # -- the endpoint ----------------------------------------------------------------------
@@ -265,7 +309,9 @@ def make_test_app_key(database_url, tmp_path):
 # -- failure and concurrency ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("failing_table", ["outcomes", "outcome_counts", "unmatched_event_counts"])
+@pytest.mark.parametrize(
+    "failing_table", ["outcomes", "outcome_counts", "journey_outcomes", "journey_counts", "unmatched_event_counts"]
+)
 def test_a_database_failure_mid_request_stores_nothing_and_is_503(api, db, checkout, failing_table):
     calls = {"n": 0}
 
@@ -284,8 +330,16 @@ def test_a_database_failure_mid_request_stores_nothing_and_is_503(api, db, check
     assert response.status_code == 503
     assert response.get_json()["error"] == "database_unavailable"
     assert stored(db) == 0 and stored(db, Outcome) == 0 and stored(db, OutcomeCount) == 0
+    assert stored(db, JourneyOutcome) == 0 and stored(db, JourneyCount) == 0
     # The client retries the same batch and it now counts, once.
     assert api.post(URL, json=batch).get_json() == {"accepted": 3, "duplicates": 0, "rejected": []}
+    with db.sessionmaker() as session:
+        journey = {
+            (stage, metric, kind, value): n
+            for (_j, stage, metric, _p, kind, value), n in journey_counts(session).items()
+        }
+    # c1 and nobody converted, c1 rated 3: the journey counts every customer.
+    assert journey == {("purchase", "", "converted", 0): 2, ("purchase", "purchase-rating", "rating", 3): 1}
 
 
 def test_the_same_batch_sent_concurrently_counts_once(live_server, db, client_key, checkout):
@@ -332,9 +386,19 @@ def test_the_same_batch_sent_concurrently_counts_once(live_server, db, client_ke
         key = ("purchase", variant, "rating", 1 + (30 + k) % 5)
         expected[key] = expected.get(key, 0) + 1
     assert got == expected
+    with db.sessionmaker() as session:
+        journey = {
+            (stage, metric, kind, value): n
+            for (_j, stage, metric, _p, kind, value), n in journey_counts(session).items()
+        }
+    expected_journey = {("purchase", "", "converted", 0): 10}
+    for k in range(10):
+        key = ("purchase", "purchase-rating", "rating", 1 + (30 + k) % 5)
+        expected_journey[key] = expected_journey.get(key, 0) + 1
+    assert journey == expected_journey
 
 
-def test_events_are_accepted_with_csrf_protection_on(make_test_app_key):
+def test_events_are_accepted_with_csrf_protection_on(make_test_app_key, checkout):
     """Production runs with CSRF on for the web pages; bearer-key API writes are exempt."""
     client, key = make_test_app_key(wtf_csrf_enabled=True)
     response = checked(client).post(URL, json=ev(), headers={"Authorization": f"Bearer {key}"})

@@ -9,10 +9,23 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from expplatform.ingest import rebuild_outcomes, record_events
+from expplatform.ingest import rebuild_journey_counters, rebuild_outcomes, record_events
 from expplatform.models import Event, Experiment, Outcome, UnmatchedEventCount, utcnow
 from tests.conftest import make_test_app
-from tests.events_support import T0, at, counts, daily_counts, expose, iso, make_experiment, quality, snapshot
+from tests.events_support import (
+    T0,
+    at,
+    counts,
+    daily_counts,
+    expose,
+    iso,
+    journey_counts,
+    journey_snapshot,
+    make_experiment,
+    make_journey,
+    quality,
+    snapshot,
+)
 
 
 @pytest.fixture
@@ -218,6 +231,10 @@ def test_a_paused_experiment_still_counts_its_exposed_customers(db, send, exp):
 
 
 def test_events_matching_no_exposure_are_stored_and_counted_per_stage_and_day(db, send, exp):
+    """Also at a stage of a journey that no experiment measures: the event is journey
+    data, stored and counted in the journey counters."""
+    with db.write() as session:
+        make_journey(session, "support", ["some-other-stage"])
     send(
         ev("u1", "nobody"),
         ev("u2", "nobody", stage="retention"),
@@ -227,17 +244,40 @@ def test_events_matching_no_exposure_are_stored_and_counted_per_stage_and_day(db
     with db.sessionmaker() as session:
         assert session.scalar(select(Event.attributed).where(Event.event_id == "u1")) == 0
         rows = {(r.stage, r.day): r.events for r in session.scalars(select(UnmatchedEventCount))}
+        journeys = {(j, stage, kind): n for (j, stage, _m, _p, kind, _v), n in journey_counts(session).items()}
     today = utcnow().date()
     assert rows == {("purchase", today): 2, ("retention", today): 1, ("some-other-stage", today): 1}
+    checkout_journey = next(j for j, _s, _k in journeys if j != "support")
+    assert journeys == {
+        (checkout_journey, "purchase", "converted"): 2,
+        (checkout_journey, "retention", "converted"): 1,
+        ("support", "some-other-stage", "converted"): 1,
+    }
 
 
-def test_a_rating_outside_a_non_counting_experiment_scale_is_accepted(db, app, exp):
-    """The scale applies only where the rating counts: a QA customer's 9 is stored."""
-    result = record_events(db, [rate("q", "qa", 9)], app.extensions["settings"])
-    assert (result.accepted, result.rejected) == (1, ())
+def test_ratings_are_judged_against_their_question_whoever_rates(db, app, exp):
+    """The question's scale holds for every rating, counted or not: a QA customer's
+    or a stranger's 9 on a 1-5 question is refused, a 5 stored."""
+    result = record_events(
+        db, [rate("q", "qa", 9), rate("s", "stranger", 9), rate("ok", "qa", 5)], app.extensions["settings"]
+    )
+    assert (result.accepted, [(r.index, r.error) for r in result.rejected]) == (
+        1,
+        [(0, "value_out_of_scale"), (1, "value_out_of_scale")],
+    )
 
 
 # -- rebuild ---------------------------------------------------------------------------------
+
+
+# The questions asked at each stage: checkout's journey (consideration, purchase,
+# retention) and onboarding's (awareness, purchase) each ask one per stage.
+QUESTIONS = {
+    "awareness": ["awareness-rating"],
+    "consideration": ["consideration-rating"],
+    "purchase": ["purchase-rating", "purchase-rating-1-5"],
+    "retention": ["retention-rating"],
+}
 
 
 def _workload(rng: random.Random, customers: list[str], batches: int, per_batch: int) -> list[list[dict]]:
@@ -254,12 +294,18 @@ def _workload(rng: random.Random, customers: list[str], batches: int, per_batch:
             # Around the exposure and the stop, and on later days (out of order).
             seconds = rng.choice([-30, -6, -5, -4, 0, 10, 10, 500, 1500, 2500, 90_000, 180_000])
             kind = rng.random()
-            event = (
-                ev(f"b{b}e{i}", customer, rng.choice(stages), seconds=seconds)
-                if kind < 0.5
-                else rate(f"b{b}e{i}", customer, rng.randint(1, 5), seconds=seconds, stage=rng.choice(stages))
-            )
-            if rng.random() < 0.1:
+            stage = rng.choice(stages)
+            if kind < 0.5:
+                event = ev(f"b{b}e{i}", customer, stage, seconds=seconds)
+            elif kind < 0.75:
+                event = rate(f"b{b}e{i}", customer, rng.randint(1, 5), seconds=seconds, stage=stage)
+            else:  # naming the question: checkout's, or onboarding's, at the stage
+                question = rng.choice(QUESTIONS[stage])
+                event = rate(f"b{b}e{i}", customer, rng.randint(1, 5), seconds=seconds, stage=stage, metric=question)
+                event["type"] = rng.choice(["rating", "satisfaction"])
+                if rng.random() < 0.5:
+                    del event["stage"]
+            if rng.random() < 0.1 and "metric" not in event:
                 event["experiment"] = rng.choice(["checkout", "onboarding"])
                 if event["experiment"] == "onboarding" and event["stage"] not in ("awareness", "purchase"):
                     event["stage"] = "purchase"
@@ -300,12 +346,25 @@ def test_rebuild_from_raw_events_equals_the_incrementally_kept_outcomes(db, app,
         accepted += result.accepted
     with db.write() as session:
         incremental = {eid: snapshot(session, eid) for eid in (exp, onboarding_id)}
+        journeys = journey_snapshot(session)
         assert all(incremental[eid][0] for eid in incremental)  # the workload did produce outcomes
         assert {kind for (_stage, kind) in incremental[exp][2]} >= {"before_exposure", "forced"}
         assert {kind for (_stage, kind) in incremental[onboarding_id][2]} >= {"after_stop"}
+        # Both journeys' rows, conversions and each question's ratings.
+        assert {(row[0], row[3]) for row in journeys[0]} == {
+            (checkout.journey_id, ""),
+            (checkout.journey_id, "consideration-rating"),
+            (checkout.journey_id, "purchase-rating"),
+            (checkout.journey_id, "retention-rating"),
+            (onboarding.journey_id, ""),
+            (onboarding.journey_id, "awareness-rating"),
+            (onboarding.journey_id, "purchase-rating-1-5"),
+        }
         for eid in (exp, onboarding_id):
             rebuild_outcomes(session, session.get(Experiment, eid))
+        rebuild_journey_counters(session)
     with db.sessionmaker() as session:
         for eid in (exp, onboarding_id):
             assert snapshot(session, eid) == incremental[eid]
+        assert journey_snapshot(session) == journeys
     assert accepted > 300

@@ -36,7 +36,7 @@ def post_events():
 
 _EVENT = {
     "type": "object",
-    "required": ["event_id", "customer_id", "stage", "type"],
+    "required": ["event_id", "customer_id", "type"],
     "additionalProperties": False,
     "properties": {
         "event_id": {
@@ -46,14 +46,31 @@ _EVENT = {
             "description": "Client-generated idempotency key: a re-sent event_id counts once.",
         },
         "customer_id": {"type": "string", "minLength": 1, "maxLength": 256},
-        "stage": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$", "description": "Journey stage slug."},
-        "type": {"type": "string", "enum": ["conversion", "satisfaction"]},
+        "stage": {
+            "type": ["string", "null"],
+            "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$",
+            "description": (
+                "Journey stage key. Required for a conversion; a rating naming its question may leave it out "
+                "(the question's stage; one that differs is rejected stage_mismatch)."
+            ),
+        },
+        "type": {
+            "type": "string",
+            "enum": ["conversion", "rating", "satisfaction"],
+            "description": "A conversion at the stage, or a rating ('satisfaction' is the older name of 'rating').",
+        },
+        "metric": {
+            "type": ["string", "null"],
+            "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$",
+            "description": (
+                "The rating question answered (its key, unique across journeys). Without it a rating names its "
+                "stage, and is accepted only where every journey with that stage asks exactly one question there "
+                "(else ambiguous_metric, or no_question). Not for conversions."
+            ),
+        },
         "value": {
             "type": ["integer", "null"],
-            "description": (
-                "The rating: required for satisfaction, within the scale of every experiment it counts for; "
-                "absent for conversion."
-            ),
+            "description": "The rating: required for a rating, within its question's scale; absent for conversion.",
         },
         "timestamp": {
             "type": ["string", "null"],
@@ -73,14 +90,18 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "summary": "Report stage outcomes (one event or a batch)",
                 "description": (
-                    "Each event counts for every experiment that exposed the customer before the event "
-                    "(clock skew tolerated), measures its stage, and is named by it if it names one; "
-                    "forced (QA) customers never count. A customer converts at most once per stage and "
-                    "experiment; their satisfaction is their latest rating. Other events are stored and "
-                    "reported as data quality. Rejection codes: invalid_event, missing_field, unknown_field, "
+                    "A conversion names a journey stage; a rating names its question (metric), or only its stage "
+                    "where that stage has one question in every journey. Each event counts for every experiment "
+                    "that exposed the customer before the event (clock skew tolerated), measures its stage (for a "
+                    "rating: measures its question there), and is named by it if it names one; forced (QA) "
+                    "customers never count. A customer converts at most once per stage and experiment; their "
+                    "satisfaction is their latest rating to the question. Other events are stored and reported "
+                    "as data quality. Every stored event also counts in its journeys' counters (the journey map), "
+                    "whatever experiment. Rejection codes: invalid_event, missing_field, unknown_field, "
                     "invalid_type, invalid_value, invalid_timestamp, timestamp_in_future, value_required, "
-                    "value_not_allowed, value_out_of_scale, unknown_experiment, stage_not_measured, "
-                    "duplicate_in_batch."
+                    "value_not_allowed, metric_not_allowed, unknown_stage, unknown_metric, stage_mismatch, "
+                    "ambiguous_metric, no_question, value_out_of_scale, unknown_experiment, stage_not_measured, "
+                    "metric_not_measured, duplicate_in_batch."
                 ),
                 "requestBody": {
                     "required": True,
@@ -113,8 +134,8 @@ OPENAPI: dict[str, Any] = {
                                     {
                                         "event_id": "7f3c-2",
                                         "customer_id": "cust-42",
-                                        "stage": "purchase",
-                                        "type": "satisfaction",
+                                        "type": "rating",
+                                        "metric": "purchase-rating",
                                         "value": 4,
                                     },
                                 ]

@@ -5,10 +5,14 @@ rows and counters that reports read.
 A batch flows through one module per step, each importing only the ones before it:
 
 - ``validation``: the body into typed events, or rejections by index (no database);
-- ``attribution``: which experiments each event counts for, from a read of the
-  exposures (and the rules that need the database);
-- ``outcomes``: the counted events folded into the per experiment x customer x stage
-  outcome rows, and the counter moves that follow;
+- ``catalog``: the journeys' stages and rating questions that events name, cached
+  per process until the definitions version moves;
+- ``attribution``: what each event is (its stage and question) and which experiments
+  it counts for, from the catalog and a read of the exposures (and the rules that
+  need the database);
+- ``outcomes``: the events folded into the per experiment x customer x stage outcome
+  rows and the per journey x customer x stage x question journey outcome rows, and
+  the counter moves that follow;
 - ``store``: the events, outcome rows and counters written in one idempotent,
   retried transaction, and :func:`record_events`, the entry point;
 - ``rebuild``: the same rows and counters recomputed from the raw data in SQL.
@@ -18,17 +22,28 @@ The raw-SQL layer is ``expplatform.rawsql`` (shared with the exposure writes of
 with ``aggregation``, which reads the counters); nothing here imports the API.
 """
 
-from .rebuild import rebuild_outcomes, stored_outcomes
+from .rebuild import (
+    RebuildSummary,
+    rebuild_everything,
+    rebuild_journey_counters,
+    rebuild_outcomes,
+    stored_journey_counters,
+    stored_outcomes,
+)
 from .store import IngestResult, record_events
 from .validation import EventIn, Rejection, batch_items, validate_events
 
 __all__ = [
     "EventIn",
     "IngestResult",
+    "RebuildSummary",
     "Rejection",
     "batch_items",
+    "rebuild_everything",
+    "rebuild_journey_counters",
     "rebuild_outcomes",
     "record_events",
+    "stored_journey_counters",
     "stored_outcomes",
     "validate_events",
 ]

@@ -1,5 +1,7 @@
 """Outcome rows and counters recomputed from the raw events and exposures, in SQL,
-by the same rules as ingest (``attribution`` and ``outcomes``).
+by the same rules as ingest (``attribution`` and ``outcomes``): each experiment's
+(:func:`rebuild_outcomes`), the journeys' (:func:`rebuild_journey_counters`), or all
+of them at once (:func:`rebuild_everything`, ``expplatform events rebuild``).
 
 Ingest maintains them incrementally; this is the independent recomputation that
 proves them (tests and ``bench/ingest.py`` compare both) and repairs them after an
@@ -9,12 +11,26 @@ counters' calendar (``counters``), which both must agree on by definition.
 
 from __future__ import annotations
 
-from sqlalchemy import and_, case, delete, func, insert, literal, or_, select
-from sqlalchemy.orm import Session
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, case, delete, false, func, insert, literal, or_, select, text
+from sqlalchemy.orm import Session, aliased, selectinload
 from sqlalchemy.sql import Select
 
 from ..counters import not_before, utc_day
-from ..models import Event, EventQualityCount, Experiment, Exposure, Outcome, OutcomeCount
+from ..models import (
+    Event,
+    EventQualityCount,
+    Experiment,
+    Exposure,
+    Journey,
+    JourneyCount,
+    JourneyOutcome,
+    Outcome,
+    OutcomeCount,
+    RatingQuestion,
+)
 
 
 def rebuild_outcomes(session: Session, experiment: Experiment) -> None:
@@ -24,6 +40,32 @@ def rebuild_outcomes(session: Session, experiment: Experiment) -> None:
     for model in (OutcomeCount, EventQualityCount, Outcome):
         session.execute(delete(model).where(model.experiment_id == experiment.id))
     stages = list(experiment.stages)
+    metrics = {stage: key for stage, key in (experiment.metrics or {}).items() if stage in stages}
+    asked = {
+        q.key: q
+        for q in session.scalars(select(RatingQuestion).where(RatingQuestion.key.in_(sorted(set(metrics.values())))))
+    }
+    per_stage = dict(
+        session.execute(
+            select(RatingQuestion.stage, func.count())
+            .where(RatingQuestion.journey_id == experiment.journey_id)
+            .group_by(RatingQuestion.stage)
+        ).all()
+    )
+    # A rating answers the experiment's question at its stage when it names it, or
+    # names none at a stage where the experiment's journey asks only that question.
+    answers = [
+        and_(
+            Event.stage == stage,
+            or_(Event.metric == key, Event.metric.is_(None)) if per_stage.get(stage) == 1 else Event.metric == key,
+        )
+        for stage, key in metrics.items()
+    ]
+    within_scale = [
+        and_(Event.stage == stage, Event.value.between(asked[key].scale_min, asked[key].scale_max))
+        for stage, key in metrics.items()
+        if key in asked
+    ]
     candidates = (
         select(
             Event.id,
@@ -40,6 +82,7 @@ def rebuild_outcomes(session: Session, experiment: Experiment) -> None:
         .join(Exposure, and_(Exposure.customer_id == Event.customer_id, Exposure.experiment_id == experiment.id))
         .where(
             Event.stage.in_(stages),
+            or_(Event.type == "conversion", and_(Event.type == "satisfaction", or_(false(), *answers))),
             or_(Event.experiment_key.is_(None), Event.experiment_key == experiment.key),
             Exposure.exposed_at <= Event.received_at,
         )
@@ -47,9 +90,7 @@ def rebuild_outcomes(session: Session, experiment: Experiment) -> None:
     counts = candidates.where(Exposure.forced.is_(False), Exposure.exposed_at <= Event.exposure_cutoff)
     if experiment.stopped_at is not None:
         counts = counts.where(Event.occurred_at <= experiment.stopped_at)
-    counted = counts.where(
-        or_(Event.type == "conversion", Event.value.between(experiment.scale_min, experiment.scale_max))
-    ).subquery()
+    counted = counts.where(or_(Event.type == "conversion", or_(false(), *within_scale))).subquery()
     latest = func.row_number().over(
         partition_by=(counted.c.customer_id, counted.c.stage, counted.c.type),
         order_by=(counted.c.occurred_at.desc(), counted.c.id.desc()),
@@ -162,3 +203,239 @@ def stored_outcomes(session: Session, experiment_id: int) -> list[tuple]:
             .order_by(Outcome.customer_id, Outcome.stage)
         )
     ]
+
+
+def rebuild_journey_counters(session: Session) -> None:
+    """Recompute every journey's ``journey_outcomes`` rows and ``journey_counts`` from
+    the raw events and exposures, in SQL, by the same rules as ingest, in the
+    caller's transaction. Every stored event counts, whatever experiment it does: a
+    conversion for each journey with its stage; a rating for the journey asking its
+    question (one naming no question: for each journey with the stage, that
+    journey's one question there, if it asks exactly one), within the question's
+    scale. The persona of a row is the one its customer's exposures gave when the
+    row was made: the latest made before the first of its events was received."""
+    session.execute(delete(JourneyCount))
+    session.execute(delete(JourneyOutcome))
+    journeys = session.scalars(
+        select(Journey).options(
+            selectinload(Journey.stages), selectinload(Journey.personas), selectinload(Journey.questions)
+        )
+    ).all()
+    for journey in journeys:
+        _rebuild_journey_outcomes(session, journey)
+    for kind, value_column, moment in (
+        ("converted", literal(0), JourneyOutcome.converted_at),
+        ("rating", JourneyOutcome.rating, JourneyOutcome.rated_at),
+    ):
+        day = utc_day(session, moment)
+        cell = (JourneyOutcome.journey_id, JourneyOutcome.stage, JourneyOutcome.metric, JourneyOutcome.persona)
+        session.execute(
+            insert(JourneyCount).from_select(
+                ["journey_id", "stage", "metric", "persona", "day", "kind", "value", "customers"],
+                select(*cell, day, literal(kind), value_column, func.count())
+                .where(moment.is_not(None))
+                .group_by(*cell, day, value_column),
+            )
+        )
+
+
+def _rebuild_journey_outcomes(session: Session, journey: Journey) -> None:
+    stages = [stage.key for stage in journey.stages]
+    if not stages:
+        return
+    asked: dict[str, list[RatingQuestion]] = {}
+    for question in journey.questions:
+        asked.setdefault(question.stage, []).append(question)
+    single = {stage: found[0] for stage, found in asked.items() if len(found) == 1 and stage in stages}
+    answers = [
+        and_(Event.metric == q.key, Event.stage == q.stage, Event.value.between(q.scale_min, q.scale_max))
+        for q in journey.questions
+    ] + [
+        and_(Event.metric.is_(None), Event.stage == stage, Event.value.between(q.scale_min, q.scale_max))
+        for stage, q in single.items()
+    ]
+    metric = case(
+        (Event.type == "conversion", literal("")),
+        (Event.metric.is_not(None), Event.metric),
+        *[(Event.stage == stage, literal(q.key)) for stage, q in single.items()],
+    )
+    events = (
+        select(
+            Event.id,
+            Event.customer_id,
+            Event.stage,
+            Event.type,
+            Event.value,
+            Event.occurred_at,
+            Event.received_at,
+            metric.label("metric"),
+        )
+        .where(
+            or_(
+                and_(Event.type == "conversion", Event.stage.in_(stages)),
+                and_(Event.type == "satisfaction", or_(false(), *answers)),
+            )
+        )
+        .subquery()
+    )
+    latest = func.row_number().over(
+        partition_by=(events.c.customer_id, events.c.stage, events.c.metric, events.c.type),
+        order_by=(events.c.occurred_at.desc(), events.c.id.desc()),
+    )
+    ranked = select(events, latest.label("rn")).subquery()
+    is_latest_rating = and_(ranked.c.type == "satisfaction", ranked.c.rn == 1)
+    rows = (
+        select(
+            ranked.c.customer_id,
+            ranked.c.stage,
+            ranked.c.metric,
+            func.min(case((ranked.c.type == "conversion", ranked.c.occurred_at))).label("converted_at"),
+            func.max(case((is_latest_rating, ranked.c.value))).label("rating"),
+            func.max(case((is_latest_rating, ranked.c.occurred_at))).label("rated_at"),
+            func.max(case((is_latest_rating, ranked.c.id))).label("rating_event_id"),
+            func.min(ranked.c.received_at).label("first_received"),
+        )
+        .group_by(ranked.c.customer_id, ranked.c.stage, ranked.c.metric)
+        .subquery()
+    )
+    persona = _persona(session, journey, rows.c.customer_id, rows.c.first_received)
+    session.execute(
+        insert(JourneyOutcome).from_select(
+            [
+                "journey_id",
+                "customer_id",
+                "stage",
+                "metric",
+                "persona",
+                "converted_at",
+                "rating",
+                "rated_at",
+                "rating_event_id",
+            ],
+            select(
+                literal(journey.id),
+                rows.c.customer_id,
+                rows.c.stage,
+                rows.c.metric,
+                persona,
+                rows.c.converted_at,
+                rows.c.rating,
+                rows.c.rated_at,
+                rows.c.rating_event_id,
+            ),
+        )
+    )
+
+
+def _persona(session: Session, journey: Journey, customer_id: Any, made_at: Any) -> Any:
+    """SQL for a customer's persona in the journey as of ``made_at``: the value of the
+    journey's persona attribute in the latest exposure made by then that carries it
+    (by time, then experiment id), if it is text and one of the journey's personas;
+    else ''."""
+    personas = sorted(p.key for p in journey.personas)
+    if not personas:
+        return literal("")
+    name = journey.persona_attribute
+    exposure = aliased(Exposure)
+    if session.get_bind().dialect.name == "sqlite":
+        pairs = func.json_each(exposure.attributes).table_valued("key", "value", "type").alias("pairs")
+        value: Any = select(case((pairs.c.type == "text", pairs.c.value))).where(pairs.c.key == name).scalar_subquery()
+        carries: Any = select(pairs.c.key).where(pairs.c.key == name).exists()
+    else:
+        found = exposure.attributes.op("->")(literal(name))
+        value = case((func.json_typeof(found) == "string", exposure.attributes.op("->>")(literal(name))))
+        carries = found.is_not(None)
+    latest = (
+        select(value)
+        .where(exposure.customer_id == customer_id, exposure.exposed_at <= made_at, carries)
+        .order_by(exposure.exposed_at.desc(), exposure.experiment_id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    return case((latest.in_(personas), latest), else_=literal(""))
+
+
+@dataclass(frozen=True)
+class RebuildSummary:
+    """What :func:`rebuild_everything` made."""
+
+    experiments: dict[str, tuple[int, int]]  # key -> (outcome rows, customers counted in outcome_counts)
+    journeys: dict[str, tuple[int, int]]  # key -> (journey outcome rows, customers counted in journey_counts)
+
+
+def rebuild_everything(session: Session) -> RebuildSummary:
+    """Every experiment's outcomes and counters and every journey's counters, rebuilt
+    from the stored events in the caller's transaction. On PostgreSQL the events
+    table is locked against writes first (ingest waits, or answers 503 and its
+    clients retry), so that no batch lands between the rebuild's reads; SQLite's
+    write transaction already excludes every other writer."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SET LOCAL statement_timeout = 0"))
+        session.execute(text("SET LOCAL lock_timeout = '60s'"))
+        session.execute(text("LOCK TABLE events IN SHARE MODE"))
+    experiments = session.scalars(select(Experiment).order_by(Experiment.key)).all()
+    for experiment in experiments:
+        rebuild_outcomes(session, experiment)
+    rebuild_journey_counters(session)
+    outcome_rows = dict(
+        session.execute(select(Outcome.experiment_id, func.count()).group_by(Outcome.experiment_id)).all()
+    )
+    outcome_customers = dict(
+        session.execute(
+            select(OutcomeCount.experiment_id, func.sum(OutcomeCount.customers)).group_by(OutcomeCount.experiment_id)
+        ).all()
+    )
+    journey_rows = dict(
+        session.execute(select(JourneyOutcome.journey_id, func.count()).group_by(JourneyOutcome.journey_id)).all()
+    )
+    journey_customers = dict(
+        session.execute(
+            select(JourneyCount.journey_id, func.sum(JourneyCount.customers)).group_by(JourneyCount.journey_id)
+        ).all()
+    )
+    journeys = session.execute(select(Journey.id, Journey.key).order_by(Journey.key)).all()
+    return RebuildSummary(
+        {e.key: (outcome_rows.get(e.id, 0), int(outcome_customers.get(e.id) or 0)) for e in experiments},
+        {key: (journey_rows.get(j, 0), int(journey_customers.get(j) or 0)) for j, key in journeys},
+    )
+
+
+def stored_journey_counters(session: Session) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Every journey outcome row and non-zero journey counter, in key order (for
+    comparisons)."""
+    rows = session.execute(
+        select(
+            JourneyOutcome.journey_id,
+            JourneyOutcome.customer_id,
+            JourneyOutcome.stage,
+            JourneyOutcome.metric,
+            JourneyOutcome.persona,
+            JourneyOutcome.converted_at,
+            JourneyOutcome.rating,
+            JourneyOutcome.rated_at,
+            JourneyOutcome.rating_event_id,
+        ).order_by(JourneyOutcome.journey_id, JourneyOutcome.customer_id, JourneyOutcome.stage, JourneyOutcome.metric)
+    )
+    cells = session.execute(
+        select(
+            JourneyCount.journey_id,
+            JourneyCount.stage,
+            JourneyCount.metric,
+            JourneyCount.persona,
+            JourneyCount.day,
+            JourneyCount.kind,
+            JourneyCount.value,
+            JourneyCount.customers,
+        )
+        .where(JourneyCount.customers != 0)
+        .order_by(
+            JourneyCount.journey_id,
+            JourneyCount.stage,
+            JourneyCount.metric,
+            JourneyCount.persona,
+            JourneyCount.day,
+            JourneyCount.kind,
+            JourneyCount.value,
+        )
+    )
+    return [tuple(r) for r in rows.all()], [tuple(c) for c in cells.all()]

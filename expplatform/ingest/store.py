@@ -6,10 +6,12 @@ Events are inserted with ``INSERT ... ON CONFLICT (event_id) DO NOTHING RETURNIN
 so only rows this transaction really inserted move outcomes and counters: a re-sent
 event, or the same batch racing in another worker, is reported as a duplicate and
 counts once. Locks are taken phase by phase, each in key order (events by event_id,
-then new outcome rows, then existing outcome rows, then counters), so concurrent
-batches wait for each other instead of deadlocking, and the whole transaction is
-safe to retry. Data-quality counts (per experiment and stage, and per day and stage
-for ``unmatched`` events) move in the same transaction.
+then new and existing outcome rows, then new and existing journey outcome rows, then
+the counters: outcome, journey, data quality, unmatched), so concurrent batches wait
+for each other instead of deadlocking, and the whole transaction is safe to retry.
+The journey counters (every stored event, whatever experiment it counts for) and the
+data-quality counts (per experiment and stage, and per day and stage for
+``unmatched`` events) move in the same transaction.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from ..db import Database, retry_on_lock
 from ..models import utcnow
 from ..rawsql import RawConnection, RawDialect
 from .attribution import Attributed, Attribution, attribute
-from .outcomes import Fold, OutcomeKey, apply_outcomes
+from .catalog import cached_catalog
+from .outcomes import JOURNEY_OUTCOMES, OUTCOMES, Fold, JourneyOutcomeKey, OutcomeKey, apply_outcomes
 from .validation import Rejection, validate_events
 
 
@@ -51,8 +54,9 @@ def record_events(database: Database, items: Sequence[Any], settings: Settings) 
     valid, rejected = validate_events(items, now=utcnow(), max_future_seconds=settings.max_future_seconds)
     if not valid:
         return IngestResult(0, 0, tuple(rejected))
+    catalog = cached_catalog(database)
     with database.sessionmaker() as reader:
-        attribution = attribute(reader, valid, clock_skew_seconds=settings.clock_skew_seconds)
+        attribution = attribute(reader, valid, catalog, clock_skew_seconds=settings.clock_skew_seconds)
     rejected = sorted(rejected + attribution.rejected, key=lambda r: r.index)
     batch = _Batch.of(RawDialect(database.engine.dialect), attribution)
     if not batch.rows:
@@ -71,6 +75,7 @@ _EVENT_COLUMNS = (
     ("customer_id", "text"),
     ("stage", "text"),
     ("type", "text"),
+    ("metric", "text"),
     ("value", "integer"),
     ("occurred_at", "timestamptz"),
     ("received_at", "timestamptz"),
@@ -98,8 +103,9 @@ class _Batch:
             (
                 a.event.event_id,
                 a.event.customer_id,
-                a.event.stage,
+                a.stage,
                 a.event.type,
+                a.metric,
                 a.event.value,
                 time_in(a.occurred_at),
                 received,
@@ -130,36 +136,32 @@ def _store(sql: RawConnection, batch: _Batch) -> IngestResult:
     )
 
     folds: dict[OutcomeKey, Fold] = {}
+    journey_folds: dict[JourneyOutcomeKey, Fold] = {}
     quality: dict[tuple[int, str, str], int] = defaultdict(int)
     unmatched: dict[tuple[str, str], int] = defaultdict(int)
     for event_id, row_id in inserted.items():
         attributed = batch.attributed[event_id]
-        event, decision = attributed.event, attributed.decision
+        event, decision, stage = attributed.event, attributed.decision, attributed.stage
         for experiment_id, exposure in decision.counted.items():
-            key = (experiment_id, event.customer_id, event.stage)
+            key = (experiment_id, event.customer_id, stage)
             fold = folds.get(key)
             if fold is None:
                 fold = folds[key] = Fold(exposure.variant_id, exposure.exposed_at)
             fold.add(event.type, event.value, attributed.occurred_at, row_id)
+        for journey_id, metric, persona in attributed.journeys:
+            journey_key = (journey_id, event.customer_id, stage, metric)
+            fold = journey_folds.get(journey_key)
+            if fold is None:
+                fold = journey_folds[journey_key] = Fold(persona, None)
+            fold.add(event.type, event.value, attributed.occurred_at, row_id)
         for experiment_id, kind in decision.quality:
-            quality[(experiment_id, event.stage, kind)] += 1
+            quality[(experiment_id, stage, kind)] += 1
         if decision.unmatched:
-            unmatched[(batch.received_day, event.stage)] += 1
-    deltas = apply_outcomes(sql, folds)
-    _add_counts(
-        sql,
-        "outcome_counts",
-        (
-            ("experiment_id", "integer"),
-            ("stage", "text"),
-            ("variant_id", "integer"),
-            ("day", "date"),
-            ("kind", "text"),
-            ("value", "integer"),
-        ),
-        "customers",
-        deltas,
-    )
+            unmatched[(batch.received_day, stage)] += 1
+    deltas = apply_outcomes(sql, OUTCOMES, folds)
+    journey_deltas = apply_outcomes(sql, JOURNEY_OUTCOMES, journey_folds)
+    _add_counts(sql, OUTCOMES.counts, OUTCOMES.count_columns, "customers", deltas)
+    _add_counts(sql, JOURNEY_OUTCOMES.counts, JOURNEY_OUTCOMES.count_columns, "customers", journey_deltas)
     _add_counts(
         sql,
         "event_quality_counts",

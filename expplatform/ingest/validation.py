@@ -5,10 +5,16 @@ Request-level problems (a body that is not an event or a batch, too many events)
 raise domain errors and store nothing; a bad event is rejected with a stable code
 (``missing_field``, ``unknown_field``, ``invalid_type``, ``invalid_value``,
 ``invalid_timestamp``, ``timestamp_in_future``, ``value_required``,
-``value_not_allowed``, ``unknown_experiment``, ``duplicate_in_batch``,
-``invalid_event``) while the others of its batch go on. Rules that need the
-database (the experiment exists, measures the stage, its rating scale) are
-attribution's.
+``value_not_allowed``, ``metric_not_allowed``, ``unknown_experiment``,
+``unknown_metric``, ``duplicate_in_batch``, ``invalid_event``) while the others of
+its batch go on.
+
+A conversion names its stage. A rating (``type`` ``rating``, or its older synonym
+``satisfaction``: both are stored as ``satisfaction``) names its question
+(``metric``) and may omit the stage, which the question gives, or names only its
+stage when that stage has a single question. Rules that need the journeys or the
+experiments (the stage and the question exist and agree, the question's scale, the
+experiment measures them) are attribution's.
 """
 
 from __future__ import annotations
@@ -16,29 +22,36 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, get_args
+from typing import Any
 
 from ..definitions import SLUG
 from ..errors import MalformedRequest, TooLarge
 from ..models import EventType
 
-EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
+# The wire's event types, and the stored type each one is.
+WIRE_TYPES: dict[str, EventType] = {
+    "conversion": "conversion",
+    "rating": "satisfaction",
+    "satisfaction": "satisfaction",
+}
 
-FIELDS = frozenset({"event_id", "customer_id", "stage", "type", "value", "timestamp", "experiment"})
-REQUIRED = ("event_id", "customer_id", "stage", "type")
+FIELDS = frozenset({"event_id", "customer_id", "stage", "type", "metric", "value", "timestamp", "experiment"})
+REQUIRED = ("event_id", "customer_id", "type")
 MAX_LENGTHS = {"event_id": 128, "customer_id": 256}
 INT32 = (-(2**31), 2**31 - 1)
 
 
 @dataclass(frozen=True)
 class EventIn:
-    """A syntactically valid event; ``occurred_at`` None means "when it reached us"."""
+    """A syntactically valid event; ``occurred_at`` None means "when it reached us".
+    ``stage`` is None only for a rating that names its question (``metric``)."""
 
     index: int
     event_id: str
     customer_id: str
-    stage: str
+    stage: str | None
     type: EventType
+    metric: str | None
     value: int | None
     occurred_at: datetime | None
     experiment: str | None
@@ -131,12 +144,27 @@ def _parse(raw: Any, index: int, now: datetime, max_future: timedelta) -> EventI
         raise _Invalid("missing_field", f"missing field(s): {', '.join(missing)}")
     event_id = _string(raw, "event_id")
     customer_id = _string(raw, "customer_id")
-    stage = _string(raw, "stage", slug=True)
-    kind = raw["type"]
-    if not isinstance(kind, str):
+    wire_type = raw["type"]
+    if not isinstance(wire_type, str):
         raise _Invalid("invalid_type", "type must be a string")
-    if kind not in EVENT_TYPES:
-        raise _Invalid("invalid_value", "type must be 'conversion' or 'satisfaction'")
+    kind = WIRE_TYPES.get(wire_type)
+    if kind is None:
+        raise _Invalid("invalid_value", "type must be 'conversion', 'rating' or 'satisfaction'")
+    metric = raw.get("metric")
+    if metric is not None:
+        if not isinstance(metric, str):
+            raise _Invalid("invalid_type", "metric must be a string")
+        if kind == "conversion":
+            raise _Invalid("metric_not_allowed", "a conversion names no metric (a rating question)")
+        if not SLUG.fullmatch(metric):
+            raise _Invalid("unknown_metric", f"no rating question has the key {metric!r}")
+    if raw.get("stage") is not None:
+        stage: str | None = _string(raw, "stage", slug=True)
+    elif metric is None:
+        what = "a conversion" if kind == "conversion" else "a rating without metric"
+        raise _Invalid("missing_field", f"missing field(s): stage ({what} names its stage)")
+    else:
+        stage = None
     value = raw.get("value")
     if value is not None:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -146,7 +174,7 @@ def _parse(raw: Any, index: int, now: datetime, max_future: timedelta) -> EventI
         if kind == "conversion":
             raise _Invalid("value_not_allowed", "a conversion carries no value")
     elif kind == "satisfaction":
-        raise _Invalid("value_required", "a satisfaction event needs an integer value (the rating)")
+        raise _Invalid("value_required", "a rating needs an integer value")
     experiment = raw.get("experiment")
     if experiment is not None:
         if not isinstance(experiment, str):
@@ -154,7 +182,7 @@ def _parse(raw: Any, index: int, now: datetime, max_future: timedelta) -> EventI
         if not SLUG.fullmatch(experiment):
             raise _Invalid("unknown_experiment", f"no experiment has the key {experiment!r}")
     occurred_at = _timestamp(raw["timestamp"], now, max_future) if raw.get("timestamp") is not None else None
-    return EventIn(index, event_id, customer_id, stage, kind, value, occurred_at, experiment)
+    return EventIn(index, event_id, customer_id, stage, kind, metric, value, occurred_at, experiment)
 
 
 def validate_events(
