@@ -705,3 +705,76 @@ def test_the_api_shows_the_experiments_with_their_report_links(shop, db, admin_a
     before = len(calls)
     get_map(admin_api)
     assert len(calls) == before
+
+
+def test_events_sent_through_ingest_show_on_the_map(db, admin_api, client_api, today):
+    """End to end with the real ingest: customers assigned with a persona (one whose
+    value is not the journey's, one never assigned), events sent to the API, a rating
+    replaced days later; the map counts each customer once, where ingest put them."""
+    from expplatform.versioning import bump_version
+
+    seed(db, today, cells=[])
+    with db.write() as session:
+        bump_version(session)  # the journeys' catalog is cached per definitions version
+    created = admin_api.post(
+        "/api/v1/experiments",
+        json={
+            "key": "buy-button",
+            "name": "Buy button",
+            "journey": "shop",
+            "target_stage": "buy",
+            "variants": [{"key": "control", "weight": 0.5}, {"key": "big", "weight": 0.5}],
+        },
+    )
+    assert created.status_code == 201, created.get_json()
+    assert admin_api.post("/api/v1/experiments/buy-button/start").status_code == 200
+    for customer, persona in (("c1", "new"), ("c2", "returning"), ("c3", "vip")):
+        response = client_api.post("/api/v1/assign", json={"customer_id": customer, "attributes": {"persona": persona}})
+        assert response.status_code == 200, response.get_json()
+    three_days_ago = (utcnow() - timedelta(days=3)).isoformat().replace("+00:00", "Z")
+
+    def conversion(n, customer, stage, **extra):
+        return {"event_id": f"e{n}", "customer_id": customer, "stage": stage, "type": "conversion", **extra}
+
+    def rating(n, customer, value, **extra):
+        return {
+            "event_id": f"e{n}",
+            "customer_id": customer,
+            "stage": "discover",
+            "type": "satisfaction",
+            "metric": "discover-csat",
+            "value": value,
+            **extra,
+        }
+
+    events = [
+        conversion(1, "c1", "discover"),
+        conversion(2, "c1", "compare"),
+        rating(3, "c1", 4),
+        conversion(4, "c1", "discover"),  # again: still one customer
+        conversion(5, "c2", "discover"),
+        rating(6, "c2", 2),
+        conversion(7, "c3", "discover"),
+        conversion(8, "c4", "discover", timestamp=three_days_ago),
+        rating(9, "c4", 1, timestamp=three_days_ago),
+        rating(10, "c4", 5),  # replaces the 1, today
+    ]
+    response = client_api.post("/api/v1/events", json={"events": events})
+    assert response.status_code == 200 and not response.get_json()["rejected"], response.get_json()
+
+    body = get_map(admin_api)
+    assert stage_of(body, "discover")["reached"] == 4 and stage_of(body, "compare")["reached"] == 1
+    assert question_of(body, "discover", "discover-csat")["histogram"] == [0, 1, 0, 1, 1]
+    body = get_map(admin_api, "?days=1")  # today: c4's conversion was three days ago, its rating moved here
+    assert stage_of(body, "discover")["reached"] == 3
+    assert question_of(body, "discover", "discover-csat")["histogram"] == [0, 1, 0, 1, 1]
+    day = (today - timedelta(days=3)).isoformat()
+    body = get_map(admin_api, f"?from={day}&to={day}")
+    assert stage_of(body, "discover")["reached"] == 1
+    assert question_of(body, "discover", "discover-csat")["rated"] == 0
+    body = get_map(admin_api, "?persona=new")
+    assert (stage_of(body, "discover")["reached"], stage_of(body, "compare")["reached"]) == (1, 1)
+    assert question_of(body, "discover", "discover-csat")["histogram"] == [0, 0, 0, 1, 0]
+    body = get_map(admin_api, "?persona=unknown")  # c3 (persona 'vip', not the journey's) and c4 (never assigned)
+    assert stage_of(body, "discover")["reached"] == 2
+    assert question_of(body, "discover", "discover-csat")["histogram"] == [0, 0, 0, 0, 1]
