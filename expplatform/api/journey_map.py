@@ -445,7 +445,19 @@ OPENAPI: dict[str, Any] = {
                             "position": {"type": "integer"},
                             "goal": {"type": "string"},
                             "touchpoints": {"type": "array", "items": {"type": "string"}},
-                            "questions": {"type": "array", "items": {"type": "object"}},
+                            "questions": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["key", "text", "scale_min", "scale_max"],
+                                    "properties": {
+                                        "key": {"type": "string"},
+                                        "text": {"type": "string"},
+                                        "scale_min": {"type": "integer"},
+                                        "scale_max": {"type": "integer"},
+                                    },
+                                },
+                            },
                             "experiments": {
                                 "type": "object",
                                 "required": ["active", "stopped", "stopped_total", "iterations"],
