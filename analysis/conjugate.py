@@ -2,7 +2,8 @@
 
 Conversion per stage x variant is Beta(alpha + converted, beta + exposed -
 converted); the rating histogram is Dirichlet(concentration + counts), from which
-the mean rating, top-box share and NPS are linear functionals. Intervals, expected
+the mean rating, top-box share and NPS are linear functionals (each stage on its own
+rating scale; a stage without a rating question has conversion only). Intervals, expected
 losses and P(best) come from ``draws`` independent posterior draws per cell (one
 numpy call each for all cells); P(better) comes from ``analysis.exact`` without
 simulation (exact quadrature for conversion and top-box share, an Edgeworth
@@ -22,7 +23,7 @@ import numpy.typing as npt
 from . import exact
 from .exceptions import AnalysisInputError
 from .sequential import SequentialDesign
-from .summarize import Counts, Posterior, metric_specs, summarize
+from .summarize import Counts, Posterior, ScaleGroup, put_rows, rating_specs, summarize, take_rows
 from .types import DecisionRule, ExperimentResult, ExperimentStats, Prior
 
 DEFAULT_DRAWS = 8_000
@@ -64,24 +65,35 @@ def analyze(
     control = stats.variants.index(stats.control)
     rng = np.random.default_rng(seed)
 
+    stages = len(stats.stages)
     conv_alpha = np.stack(
         [prior.conversion_beta + counts.exposed - counts.converted, prior.conversion_alpha + counts.converted], axis=-1
     ).astype(float)
-    rating_alpha = prior.rating_concentration + counts.ratings.astype(float)
+    rating_alphas = [prior.rating_concentration + group.ratings.astype(float) for group in counts.groups]
     conversion = rng.beta(conv_alpha[..., 1:2], conv_alpha[..., 0:1], size=(*counts.exposed.shape, draws))
-    theta = _Dirichlet(rng, rating_alpha, draws)
 
     posterior = Posterior(values={"conversion": conversion})
-    posterior.conjugate_params["conversion"] = conv_alpha[..., ::-1]  # (alpha, beta)
+    posterior.conjugate_params["conversion"] = list(conv_alpha[..., ::-1])  # (alpha, beta)
     p = exact.p_better(np.array([0.0, 1.0]), conv_alpha, control)
     posterior.p_better["conversion"] = (p, np.zeros_like(p))
-    for spec in metric_specs(stats)[1:]:
-        posterior.values[spec.name] = theta @ spec.weights
-        values, merged = exact.collapse(spec.weights, rating_alpha)
-        posterior.conjugate_params[spec.name] = merged[..., ::-1] if values.size == 2 else rating_alpha
-        p = exact.p_better(spec.weights, rating_alpha, control)
-        posterior.p_better[spec.name] = (p, np.zeros_like(p))
-    _simulate_missing_p_better(rng, rating_alpha, stats, posterior, control, max_p_better_error)
+    for group, rating_alpha in zip(counts.groups, rating_alphas, strict=True):  # the stages of one scale at once
+        theta = _Dirichlet(rng, rating_alpha, draws)
+        for spec in rating_specs(group.scale):
+            values, merged = exact.collapse(spec.weights, rating_alpha)
+            params = merged[..., ::-1] if values.size == 2 else rating_alpha
+            p = exact.p_better(spec.weights, rating_alpha, control)
+            known = posterior.p_better.get(spec.name, (None, None))
+            posterior.p_better[spec.name] = (
+                put_rows(known[0], p, group.rows, stages),
+                put_rows(known[1], np.zeros_like(p), group.rows, stages),
+            )
+            posterior.values[spec.name] = put_rows(
+                posterior.values.get(spec.name), theta @ spec.weights, group.rows, stages
+            )
+            per_stage = posterior.conjugate_params.setdefault(spec.name, [None] * stages)
+            for r, i in enumerate(group.rows):
+                per_stage[i] = params[r]
+    _simulate_missing_p_better(rng, counts.groups, rating_alphas, posterior, control, max_p_better_error)
     return summarize(stats, rule, posterior, method="conjugate", draws=draws, sequential=sequential)
 
 
@@ -104,8 +116,8 @@ class _Dirichlet:
 
 def _simulate_missing_p_better(
     rng: np.random.Generator,
-    alpha: npt.NDArray[np.float64],
-    stats: ExperimentStats,
+    groups: tuple[ScaleGroup, ...],
+    alphas: list[npt.NDArray[np.float64]],
     posterior: Posterior,
     control: int,
     max_error: float | None,
@@ -114,9 +126,26 @@ def _simulate_missing_p_better(
     the Mann-Whitney statistic over all pairs of independent draws (the unbiased
     estimator of least variance for two independent samples) and its standard error;
     where that error exceeds ``max_error``, the cells involved are redrawn with as many
-    draws as the error needs."""
-    specs = [spec for spec in metric_specs(stats)[1:] if np.isnan(posterior.p_better[spec.name][0]).any()]
-    for stage in range(alpha.shape[0]):
+    draws as the error needs. ``alphas`` are the Dirichlet posteriors of each group of
+    stages sharing a scale, (rows, variants, categories)."""
+    for group, alpha in zip(groups, alphas, strict=True):
+        _simulate_group(rng, group, alpha, posterior, control, max_error)
+
+
+def _simulate_group(
+    rng: np.random.Generator,
+    group: ScaleGroup,
+    alpha: npt.NDArray[np.float64],
+    posterior: Posterior,
+    control: int,
+    max_error: float | None,
+) -> None:
+    specs = [
+        spec
+        for spec in rating_specs(group.scale)
+        if np.isnan(take_rows(posterior.p_better[spec.name][0], group.rows)).any()
+    ]
+    for row, stage in enumerate(group.rows):
         unknown = np.any([np.isnan(posterior.p_better[spec.name][0][stage]) for spec in specs], axis=0)
         missing = [int(j) for j in np.flatnonzero(unknown)]
         if not missing:
@@ -126,7 +155,7 @@ def _simulate_missing_p_better(
         p, error = _mann_whitney(x, 0)
         if max_error is not None and error.max() > max_error:
             needed = min(_MAX_DRAWS, math.ceil(x.shape[-1] * (error.max() / max_error) ** 2 * 1.1))
-            theta = _Dirichlet(rng, alpha[stage, cells], needed)
+            theta = _Dirichlet(rng, alpha[row, cells], needed)
             p, error = _mann_whitney(np.stack([theta @ spec.weights for spec in specs]), 0)
         for k, spec in enumerate(specs):
             known, errors = posterior.p_better[spec.name]

@@ -1,7 +1,8 @@
 """The decision rule per comparison and the experiment-level recommendation.
 
-The target stage's conversion decides; downstream stages' conversion and every
-stage's mean rating are guardrails that can veto a treatment but never ship one.
+The target stage's conversion decides; downstream stages' conversion and the mean
+rating of every stage with a rating question are guardrails that can veto a treatment
+but never ship one.
 """
 
 from __future__ import annotations
@@ -56,12 +57,14 @@ def decide(
 
 
 def guardrail_checks(stats: ExperimentStats) -> int:
-    """How many guardrails watch one treatment: the mean rating at every stage and the
-    conversion at every stage after the target. The guardrail budget
-    (``guardrail_probability``) is split evenly over them (Bonferroni), so a treatment
-    that harms nothing is vetoed, at any look, with probability at most that budget."""
+    """How many guardrails watch one treatment: the mean rating at every stage with a
+    rating question and the conversion at every stage after the target. The guardrail
+    budget (``guardrail_probability``) is split evenly over them (Bonferroni), so a
+    treatment that harms nothing is vetoed, at any look, with probability at most that
+    budget."""
     target = stats.stages.index(stats.target_stage)
-    return len(stats.stages) + (len(stats.stages) - target - 1)
+    rated = sum(stats.scale_of(stage) is not None for stage in stats.stages)
+    return rated + (len(stats.stages) - target - 1)
 
 
 def guardrails(
@@ -72,14 +75,16 @@ def guardrails(
     guard: GuardBounds | None = None,
 ) -> list[Guardrail]:
     """Where the treatment is credibly worse, with enough data, on a downstream stage's
-    conversion or on any stage's mean rating: P(better) <= guardrail_probability and,
-    with ``guard`` (the peeking-safe rule), the anytime-valid upper bound of the effect
-    at the guardrail budget's share below 0."""
+    conversion or on the mean rating of any stage with a rating question: P(better) <=
+    guardrail_probability and, with ``guard`` (the peeking-safe rule), the anytime-valid
+    upper bound of the effect at the guardrail budget's share below 0."""
     target = stats.stages.index(stats.target_stage)
     broken = []
     for i, stage in enumerate(stages):
         watched: list[Metric] = ["mean_rating", "conversion"] if i > target else ["mean_rating"]
         for metric in watched:
+            if not stage.has(metric):  # no rating question at this stage
+                continue
             c = stage.metric(metric).comparison(treatment)
             if c.decision in (None, "not_enough_data") or c.p_better is None:
                 continue

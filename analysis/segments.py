@@ -65,9 +65,10 @@ def segment_differences(
     """Per segment, whether the treatment's effect there differs from elsewhere.
 
     ``segments`` maps a segment's name to its statistics (same experiment shape);
-    ``stage`` defaults to the target stage; ``looked_at`` is how many segments the
-    analyst has looked at in all (across every segmentation tried; default: these),
-    and the budget ``alpha`` is split over them.
+    ``stage`` defaults to the target stage; the mean rating is on that stage's own
+    scale (an error at a stage without a rating question); ``looked_at`` is how many
+    segments the analyst has looked at in all (across every segmentation tried;
+    default: these), and the budget ``alpha`` is split over them.
     """
     if len(segments) < 2:
         raise AnalysisInputError("at least two segments are needed to compare one with the rest")
@@ -79,10 +80,13 @@ def segment_differences(
     stage = stage or first.target_stage
     if treatment not in first.variants or treatment == first.control or stage not in first.stages:
         raise AnalysisInputError("treatment must be a non-control variant and stage one of the experiment's")
+    scale = first.scale_of(stage)
+    if any(stats.scale_of(stage) != scale for stats in segments.values()):
+        raise AnalysisInputError(f"the segments do not share one rating scale at stage {stage!r}")
+    if metric == "mean_rating" and scale is None:
+        raise AnalysisInputError(f"stage {stage!r} has no rating question: its mean rating cannot be compared")
     looked_at = max(looked_at or len(segments), len(segments))
     share = seq.split(alpha, looked_at) / 2  # two-sided: half on each side
-    scale = first.scale
-    values = np.arange(scale.min, scale.max + 1, dtype=float)
 
     def cells(stats: ExperimentStats) -> tuple[CellStats, CellStats]:
         return stats.cells[stage][treatment], stats.cells[stage][stats.control]
@@ -108,6 +112,8 @@ def segment_differences(
             e_r, v_r = seq.conversion_effect(rest_t.exposed, rest_t.converted, rest_c.exposed, rest_c.converted)
             tau = design.conversion_mixture_sd
         else:
+            assert scale is not None  # checked above
+            values = np.arange(scale.min, scale.max + 1, dtype=float)
             e_s, v_s = seq.mean_effect(np.array(t.ratings), np.array(c.ratings), values)
             e_r, v_r = seq.mean_effect(np.array(rest_t.ratings), np.array(rest_c.ratings), values)
             tau = design.rating_tau(scale.max - scale.min)

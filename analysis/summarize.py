@@ -5,6 +5,10 @@ Draws come per stage x variant on the last axis. The conjugate path's arms are
 independent and it passes P(better) computed exactly or by a rank statistic; the
 full model's draws are joint, and everything comparing arms is computed draw by
 draw.
+
+Each stage has the metrics of its own rating scale (conversion alone at a stage
+without a rating question): a rating metric is summarised over the stages that share
+a scale, together, and its draws are NaN on the other stages.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from .types import (
     MetricResult,
     Note,
     SampleRatio,
+    Scale,
     StageResult,
 )
 
@@ -52,11 +57,19 @@ class MetricSpec:
     what: str  # how the messages name its data
 
 
-def metric_specs(stats: ExperimentStats) -> tuple[MetricSpec, ...]:
-    scale = stats.scale
+METRICS: tuple[Metric, ...] = ("conversion", "mean_rating", "top_box", "nps")
+"""Every metric, in the order a stage lists those it has."""
+
+
+def metric_specs(scale: Scale | None) -> tuple[MetricSpec, ...]:
+    """The metrics of a stage whose rating question has ``scale``: conversion, then
+    (with a scale) the mean rating and the top-box share, and NPS on the 0-10 scale.
+    Without a rating question (None), conversion alone."""
+    specs = [MetricSpec("conversion", False, np.array([0.0, 1.0]), True, "exposed customers")]
+    if scale is None:
+        return tuple(specs)
     ratings = np.arange(scale.min, scale.max + 1, dtype=float)
-    specs = [
-        MetricSpec("conversion", False, np.array([0.0, 1.0]), True, "exposed customers"),
+    specs += [
         MetricSpec("mean_rating", True, ratings, True, "ratings"),
         MetricSpec("top_box", True, (ratings >= scale.top_box_min).astype(float), True, "ratings"),
     ]
@@ -66,40 +79,107 @@ def metric_specs(stats: ExperimentStats) -> tuple[MetricSpec, ...]:
     return tuple(specs)
 
 
+def rating_specs(scale: Scale) -> tuple[MetricSpec, ...]:
+    """The metrics read from the histograms of ``scale``."""
+    return metric_specs(scale)[1:]
+
+
+@dataclass(frozen=True)
+class ScaleGroup:
+    """The stages that share one rating scale: their rows (indices into the stages,
+    ascending) and their histograms, (rows, variants, categories)."""
+
+    scale: Scale
+    rows: tuple[int, ...]
+    ratings: np.ndarray
+
+
 @dataclass
 class Counts:
-    """The statistics as arrays: (stages, variants[, categories])."""
+    """The statistics as arrays: exposed and converted (stages, variants); the rating
+    histograms per group of stages sharing a scale (stages without a rating question
+    are in no group). A single-scale experiment has one group of every stage."""
 
     exposed: np.ndarray
     converted: np.ndarray
-    ratings: np.ndarray
+    groups: tuple[ScaleGroup, ...]
 
     @classmethod
     def of(cls, stats: ExperimentStats) -> Counts:
         cells = [[stats.cells[s][v] for v in stats.variants] for s in stats.stages]
+        rows: dict[Scale, list[int]] = {}
+        for i, stage in enumerate(stats.stages):
+            scale = stats.scale_of(stage)
+            if scale is not None:
+                rows.setdefault(scale, []).append(i)
         return cls(
             exposed=np.array([[c.exposed for c in row] for row in cells], dtype=np.int64),
             converted=np.array([[c.converted for c in row] for row in cells], dtype=np.int64),
-            ratings=np.array([[c.ratings for c in row] for row in cells], dtype=np.int64).reshape(
-                len(stats.stages), len(stats.variants), stats.scale.categories
+            groups=tuple(
+                ScaleGroup(
+                    scale,
+                    tuple(members),
+                    np.array([[c.ratings for c in cells[i]] for i in members], dtype=np.int64).reshape(
+                        len(members), len(stats.variants), scale.categories
+                    ),
+                )
+                for scale, members in rows.items()
             ),
         )
 
-    def histogram(self, spec: MetricSpec) -> np.ndarray:
-        """Counts per category of the metric's outcome: (stages, variants, categories)."""
-        if spec.from_ratings:
-            return self.ratings
-        return np.stack([self.exposed - self.converted, self.converted], axis=-1)
+
+def take_rows(x: np.ndarray, rows: tuple[int, ...]) -> np.ndarray:
+    """``x`` on the stages ``rows`` (first axis); ``x`` itself when those are all of them
+    in order, so that a single-scale experiment is computed exactly as it always was."""
+    if rows == tuple(range(x.shape[0])):
+        return x
+    return x[list(rows)]
+
+
+def put_rows(into: np.ndarray | None, part: np.ndarray, rows: tuple[int, ...], stages: int) -> np.ndarray:
+    """``part`` (one group's rows) placed into a (stages, ...) array, NaN on the stages of
+    no group so far; ``part`` itself when it covers every stage in order."""
+    if into is None:
+        if rows == tuple(range(stages)):
+            return part
+        into = np.full((stages, *part.shape[1:]), np.nan, dtype=part.dtype)
+    into[list(rows)] = part
+    return into
 
 
 @dataclass
 class Posterior:
-    """Draws of every metric, (stages, variants, draws), plus what the path knows
-    better than the draws: P(better) with its Monte Carlo error, conjugate params."""
+    """Draws of every metric, (stages, variants, draws) with NaN on the stages where the
+    metric does not apply, plus what the path knows better than the draws: P(better)
+    with its Monte Carlo error (stages, variants), and per stage the conjugate params
+    (variants, params), None where the metric does not apply."""
 
     values: dict[Metric, np.ndarray]
     p_better: dict[Metric, tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
-    conjugate_params: dict[Metric, np.ndarray] = field(default_factory=dict)
+    conjugate_params: dict[Metric, list[np.ndarray | None]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Slice:
+    """One metric on the stages that share its definition: every stage for conversion,
+    the stages of one scale for a rating metric."""
+
+    spec: MetricSpec
+    rows: tuple[int, ...]
+    histogram: np.ndarray  # (rows, variants, categories of the metric's outcome)
+    scale: Scale | None
+
+
+def _slices(counts: Counts, name: Metric) -> list[_Slice]:
+    if name == "conversion":
+        histogram = np.stack([counts.exposed - counts.converted, counts.converted], axis=-1)
+        return [_Slice(metric_specs(None)[0], tuple(range(counts.exposed.shape[0])), histogram, None)]
+    return [
+        _Slice(spec, group.rows, group.ratings, group.scale)
+        for group in counts.groups
+        for spec in rating_specs(group.scale)
+        if spec.name == name
+    ]
 
 
 def summarize(
@@ -120,12 +200,16 @@ def summarize(
     control = stats.variants.index(stats.control)
     notes: list[Note] = []
     guard: GuardBounds | None = {} if sequential is not None else None
-    metrics = {
-        spec.name: _metric(stats, rule, counts, spec, posterior, control, notes, sequential, guard)
-        for spec in metric_specs(stats)
-    }
+    by_stage: list[list[MetricResult]] = [[] for _ in stats.stages]
+    for name in METRICS:
+        stage_notes: dict[int, list[Note]] = {}
+        for part in _slices(counts, name):
+            for i, result in _metric(stats, rule, counts, part, posterior, control, stage_notes, sequential, guard):
+                by_stage[i].append(result)
+        for i in sorted(stage_notes):  # a metric's notes in stage order, whatever the scales
+            notes += stage_notes[i]
     stages = tuple(
-        StageResult(stage, tuple(metrics[name][i] for name in metrics)) for i, stage in enumerate(stats.stages)
+        StageResult(stage, tuple(by_stage[i]), stats.scale_of(stage)) for i, stage in enumerate(stats.stages)
     )
     journey = _journey(stats, rule, counts, posterior.values["conversion"], control, stages[-1].metric("conversion"))
     srm = sample_ratio(stats.stages, counts.exposed, stats.weights, rule.srm_alpha)
@@ -205,18 +289,17 @@ class _Vectors:
     def of(
         cls,
         rule: DecisionRule,
-        counts: Counts,
-        spec: MetricSpec,
+        part: _Slice,
         posterior: Posterior,
         control: int,
         treatments: list[int],
     ) -> _Vectors:
-        histogram = counts.histogram(spec)
+        spec, histogram = part.spec, part.histogram
         n = histogram.sum(-1)
         has_data = n > 0
         with np.errstate(invalid="ignore", divide="ignore"):
             observed = histogram @ spec.weights / n
-        x = posterior.values[spec.name]
+        x = take_rows(posterior.values[spec.name], part.rows)
         lo_q, hi_q = (1 - rule.credible_level) / 2, (1 + rule.credible_level) / 2
         low, high = np.quantile(x, [lo_q, hi_q], axis=-1)
         p_best, loss, loss_relative = _abn(x, has_data, spec.relative)
@@ -226,6 +309,8 @@ class _Vectors:
             lift = xt / xc - 1 if spec.relative else None
         if spec.name in posterior.p_better:
             p_all, error_all = posterior.p_better[spec.name]
+            p_all = take_rows(p_all, part.rows)
+            error_all = take_rows(error_all, part.rows) if error_all is not None else None
             p_better, p_error = p_all[:, treatments], (error_all[:, treatments] if error_all is not None else None)
         else:  # joint draws: compare draw by draw
             p_better, p_error = (diff > 0).mean(-1), None
@@ -251,45 +336,51 @@ def _metric(
     stats: ExperimentStats,
     rule: DecisionRule,
     counts: Counts,
-    spec: MetricSpec,
+    part: _Slice,
     posterior: Posterior,
     control: int,
-    notes: list[Note],
+    stage_notes: dict[int, list[Note]],
     design: seq.SequentialDesign | None,
     guard: GuardBounds | None,
-) -> list[MetricResult]:
-    """This metric at every stage."""
+) -> list[tuple[int, MetricResult]]:
+    """This metric at each stage of ``part``: (stage index, result); the notes go to
+    ``stage_notes`` under the stage's index."""
+    spec = part.spec
     treatments = [j for j in range(len(stats.variants)) if j != control]
-    v = _Vectors.of(rule, counts, spec, posterior, control, treatments)
-    anytime = _anytime(stats, rule, counts, spec, control, treatments, design)
+    v = _Vectors.of(rule, part, posterior, control, treatments)
+    anytime = _anytime(stats, rule, counts, part, control, treatments, design)
     codes = _decisions(rule, spec, v, anytime, control, treatments)
     if anytime is not None and guard is not None:
-        for i, stage in enumerate(stats.stages):
+        for r, i in enumerate(part.rows):
             for k, j in enumerate(treatments):
-                guard[(stage, spec.name, stats.variants[j])] = (
-                    float(anytime.guard_high[i, k]),
+                guard[(stats.stages[i], spec.name, stats.variants[j])] = (
+                    float(anytime.guard_high[r, k]),
                     anytime.guard_alpha,
                 )
     params = posterior.conjugate_params.get(spec.name)
     results = []
-    for i, stage in enumerate(stats.stages):
+    for r, i in enumerate(part.rows):  # r: the row among the part's arrays, i: the stage
+        stage = stats.stages[i]
+        notes = stage_notes.setdefault(i, [])
+        cell_params = params[i] if params is not None else None
         arms = tuple(
             ArmSummary(
                 variant=variant,
-                n=int(v.n[i, j]),
-                observed=_num(v.observed[i, j]) if v.has_data[i, j] else None,
-                posterior=Estimate(*(_num(a[i, j]) for a in v.arm)) if v.has_data[i, j] else None,
-                p_best=_num(v.p_best[i, j]),
-                expected_loss=_num(v.loss[i, j]),
-                expected_loss_relative=_num(v.loss_relative[i, j]) if v.loss_relative is not None else None,
-                conjugate_params=tuple(float(a) for a in params[i, j]) if params is not None else None,
+                n=int(v.n[r, j]),
+                observed=_num(v.observed[r, j]) if v.has_data[r, j] else None,
+                posterior=Estimate(*(_num(a[r, j]) for a in v.arm)) if v.has_data[r, j] else None,
+                p_best=_num(v.p_best[r, j]),
+                expected_loss=_num(v.loss[r, j]),
+                expected_loss_relative=_num(v.loss_relative[r, j]) if v.loss_relative is not None else None,
+                conjugate_params=tuple(float(a) for a in cell_params[j]) if cell_params is not None else None,
             )
             for j, variant in enumerate(stats.variants)
         )
         comparisons = tuple(
-            _comparison(stats, rule, spec, v, anytime, codes, i, k, j, control, notes) for k, j in enumerate(treatments)
+            _comparison(stats, rule, spec, v, anytime, codes, i, r, k, j, control, notes)
+            for k, j in enumerate(treatments)
         )
-        with_data = [stats.variants[j] for j in range(len(stats.variants)) if v.has_data[i, j]]
+        with_data = [stats.variants[j] for j in range(len(stats.variants)) if v.has_data[r, j]]
         if not with_data:
             status = messages.NO_DATA
             notes.append(messages.note(status, stage=stage, variant="any variant", metric=spec.name, what=spec.what))
@@ -298,7 +389,7 @@ def _metric(
             notes.append(messages.note(status, stage=stage, variant=with_data[0], metric=spec.name, what=spec.what))
         else:
             status = messages.OK
-        results.append(MetricResult(stage, spec.name, status, arms, comparisons))
+        results.append((i, MetricResult(stage, spec.name, status, arms, comparisons)))
     return results
 
 
@@ -327,7 +418,7 @@ def _decisions(
 
 @dataclass
 class _Anytime:
-    """Peeking-safe bounds of one deciding metric, (stages, treatments), on the
+    """Peeking-safe bounds of one deciding metric, (rows, treatments), on the
     display scale (relative lift for conversion, difference for the mean rating)."""
 
     scale: str
@@ -348,15 +439,17 @@ def _anytime(
     stats: ExperimentStats,
     rule: DecisionRule,
     counts: Counts,
-    spec: MetricSpec,
+    part: _Slice,
     control: int,
     treatments: list[int],
     design: seq.SequentialDesign | None,
 ) -> _Anytime | None:
     """Anytime-valid bounds for conversion (log relative risk, shown as a relative
-    lift) and the mean rating (difference in means); None for the other metrics or
-    without a sequential design. The ship and harm budgets are split over the
-    treatments (Bonferroni), the guardrail budget over one treatment's guardrails."""
+    lift) and the mean rating (difference in means; the mixing scale from the width of
+    the stages' own scale); None for the other metrics or without a sequential design.
+    The ship and harm budgets are split over the treatments (Bonferroni), the
+    guardrail budget over one treatment's guardrails."""
+    spec = part.spec
     if design is None or spec.name not in DECIDING_METRICS or not treatments:
         return None
     k = len(treatments)
@@ -364,11 +457,12 @@ def _anytime(
     alpha_harm = seq.split(rule.harm_probability, k)
     guard_alpha = seq.split(rule.guardrail_probability, guardrail_checks(stats))
     if spec.name == "conversion":
+        exposed, converted = take_rows(counts.exposed, part.rows), take_rows(counts.converted, part.rows)
         estimate, variance = seq.conversion_effect(
-            counts.exposed[:, treatments],
-            counts.converted[:, treatments],
-            counts.exposed[:, [control]],
-            counts.converted[:, [control]],
+            exposed[:, treatments],
+            converted[:, treatments],
+            exposed[:, [control]],
+            converted[:, [control]],
         )
         tau = design.conversion_mixture_sd
 
@@ -378,8 +472,9 @@ def _anytime(
 
         scale = "relative_lift"
     else:
-        estimate, variance = seq.mean_effect(counts.ratings[:, treatments], counts.ratings[:, [control]], spec.weights)
-        tau = design.rating_tau(stats.scale.max - stats.scale.min)
+        assert part.scale is not None  # rating metrics exist on stages with a scale only
+        estimate, variance = seq.mean_effect(part.histogram[:, treatments], part.histogram[:, [control]], spec.weights)
+        tau = design.rating_tau(part.scale.max - part.scale.min)
 
         def show(x: np.ndarray) -> np.ndarray:
             return x
@@ -401,17 +496,19 @@ def _comparison(
     anytime: _Anytime | None,
     codes: np.ndarray | None,
     i: int,
+    r: int,
     k: int,
     j: int,
     control: int,
     notes: list[Note],
 ) -> Comparison:
-    """Treatment ``j`` (the ``k``-th treatment) against the control at stage ``i``."""
+    """Treatment ``j`` (the ``k``-th treatment) against the control at stage ``i``, row
+    ``r`` of the metric's arrays."""
     stage, variant = stats.stages[i], stats.variants[j]
     deciding = spec.name in DECIDING_METRICS
-    if not (v.has_data[i, j] and v.has_data[i, control]):
-        missing = variant if not v.has_data[i, j] else stats.control
-        if v.has_data[i].any():  # a stage without any data gets one note for the metric
+    if not (v.has_data[r, j] and v.has_data[r, control]):
+        missing = variant if not v.has_data[r, j] else stats.control
+        if v.has_data[r].any():  # a stage without any data gets one note for the metric
             notes.append(
                 messages.note(messages.NO_DATA, stage=stage, variant=missing, metric=spec.name, what=spec.what)
             )
@@ -431,36 +528,36 @@ def _comparison(
             else None,
         )
     status = messages.OK
-    relative = v.lift[i][k] if v.lift is not None else None
-    if spec.relative and v.observed[i, control] == 0:
+    relative = v.lift[r][k] if v.lift is not None else None
+    if spec.relative and v.observed[r, control] == 0:
         status, relative = messages.ZERO_BASELINE, None
         notes.append(messages.note(status, stage=stage, variant=variant, metric=spec.name, what=_successes(spec)))
-    elif v.extreme[i, j] or v.extreme[i, control]:
+    elif v.extreme[r, j] or v.extreme[r, control]:
         status = messages.BOUNDARY_RATE
         for arm in (j, control):
-            if v.extreme[i, arm]:
-                what = _boundary(spec, at_top=v.observed[i, arm] == spec.weights.max())
+            if v.extreme[r, arm]:
+                what = _boundary(spec, at_top=v.observed[r, arm] == spec.weights.max())
                 where = {"stage": stage, "variant": stats.variants[arm], "metric": spec.name}
                 notes.append(messages.note(status, what=what, **where))
-    p = float(v.p_better[i, k])
-    loss_relative = _num(v.shortfall_relative[i, k]) if v.shortfall_relative is not None else None
+    p = float(v.p_better[r, k])
+    loss_relative = _num(v.shortfall_relative[r, k]) if v.shortfall_relative is not None else None
     interval = None
     decision: Decision | None = None
     basis = None
     if deciding:
         assert codes is not None  # computed for every deciding metric
-        decision = cast(Decision, seq.DECISION_CODES[int(codes[i, k])])
+        decision = cast(Decision, seq.DECISION_CODES[int(codes[r, k])])
         if anytime is not None:
-            interval = Estimate(_num(anytime.estimate[i, k]), _num(anytime.low[i, k]), _num(anytime.high[i, k]))
+            interval = Estimate(_num(anytime.estimate[r, k]), _num(anytime.low[r, k]), _num(anytime.high[r, k]))
         basis = _basis(rule, spec, decision, p, loss_relative, anytime, interval)
     return Comparison(
         treatment=variant,
         status=status,
         relative_lift=relative,
-        absolute_difference=v.difference[i][k],
+        absolute_difference=v.difference[r][k],
         p_better=p,
-        p_better_error=_num(v.p_error[i, k]) if v.p_error is not None else None,
-        expected_loss=_num(v.shortfall[i, k]),
+        p_better_error=_num(v.p_error[r, k]) if v.p_error is not None else None,
+        expected_loss=_num(v.shortfall[r, k]),
         expected_loss_relative=loss_relative,
         decision=decision,
         has_data=True,

@@ -10,7 +10,7 @@ JSON-ready (no NaN or infinity: undefined numbers are None).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import Field, asdict, dataclass, fields
+from dataclasses import Field, asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 if TYPE_CHECKING:
@@ -88,6 +88,11 @@ class ExperimentStats:
     ``cells[stage][variant]`` for every stage and variant listed; ``weights`` are the
     configured traffic shares of the variants (for the sample-ratio check);
     ``variants[0]`` need not be the control: ``control`` names it.
+
+    Each stage may ask its own rating question on its own scale: ``stage_scales[stage]``
+    is that stage's scale, or None when the stage has no rating question (its cells
+    then have no histogram: ``ratings == ()``); a stage not in ``stage_scales`` uses
+    ``scale``. ``scale_of(stage)`` says which applies.
     """
 
     stages: tuple[str, ...]
@@ -97,6 +102,7 @@ class ExperimentStats:
     weights: tuple[float, ...]
     scale: Scale
     cells: Mapping[str, Mapping[str, CellStats]]
+    stage_scales: Mapping[str, Scale | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.target_stage not in self.stages:
@@ -105,27 +111,55 @@ class ExperimentStats:
             raise AnalysisInputError(f"control {self.control!r} is not among the variants")
         if len(self.weights) != len(self.variants):
             raise AnalysisInputError("one weight per variant is needed")
+        unknown = [stage for stage in self.stage_scales if stage not in self.stages]
+        if unknown:
+            raise AnalysisInputError(f"stage_scales names stages that are not among the stages: {unknown!r}")
+        for stage, scale in self.stage_scales.items():
+            if scale is not None and not isinstance(scale, Scale):
+                raise AnalysisInputError(f"the scale of stage {stage!r} must be a Scale or None, not {scale!r}")
         for stage in self.stages:
+            scale = self.scale_of(stage)
+            categories = scale.categories if scale is not None else 0
             for variant in self.variants:
                 cell = self.cells.get(stage, {}).get(variant)
                 if cell is None:
                     raise AnalysisInputError(f"no statistics for stage {stage!r}, variant {variant!r}")
-                if len(cell.ratings) != self.scale.categories:
+                if len(cell.ratings) != categories:
+                    if scale is None:
+                        raise AnalysisInputError(
+                            f"stage {stage!r} has no rating question, but the histogram of {stage}/{variant} "
+                            f"has {len(cell.ratings)} bins (it must be empty)"
+                        )
                     raise AnalysisInputError(
-                        f"histogram of {stage}/{variant} has {len(cell.ratings)} bins, "
-                        f"scale has {self.scale.categories}"
+                        f"histogram of {stage}/{variant} has {len(cell.ratings)} bins, scale has {categories}"
                     )
+
+    def scale_of(self, stage: str) -> Scale | None:
+        """The rating scale of ``stage``: its entry in ``stage_scales`` (None: no rating
+        question there), else the experiment's ``scale``."""
+        if stage in self.stage_scales:
+            return self.stage_scales[stage]
+        return self.scale
 
     def __add__(self, other: object) -> ExperimentStats:
         if not isinstance(other, ExperimentStats):
             return NotImplemented
-        if (self.stages, self.variants, self.scale) != (other.stages, other.variants, other.scale):
+        if (self.stages, self.variants, self.scale) != (other.stages, other.variants, other.scale) or dict(
+            self.stage_scales
+        ) != dict(other.stage_scales):
             raise TypeError("cannot add statistics of differently shaped experiments")
         cells = {
             stage: {v: self.cells[stage][v] + other.cells[stage][v] for v in self.variants} for stage in self.stages
         }
         return ExperimentStats(
-            self.stages, self.target_stage, self.variants, self.control, self.weights, self.scale, cells
+            self.stages,
+            self.target_stage,
+            self.variants,
+            self.control,
+            self.weights,
+            self.scale,
+            cells,
+            stage_scales=self.stage_scales,
         )
 
 
@@ -335,11 +369,20 @@ class MetricResult(_Serialisable):
 
 @dataclass(frozen=True)
 class StageResult(_Serialisable):
+    """One stage's metrics: ``conversion`` always; ``mean_rating`` and ``top_box`` only
+    when the stage has a rating question (``scale`` is its scale, None without one);
+    ``nps`` only on the 0-10 scale."""
+
     stage: str
     metrics: tuple[MetricResult, ...]
+    scale: Scale | None
 
     def metric(self, name: str) -> MetricResult:
         return next(m for m in self.metrics if m.metric == name)
+
+    def has(self, name: str) -> bool:
+        """Whether the stage reports metric ``name`` (see the class docstring)."""
+        return any(m.metric == name for m in self.metrics)
 
 
 @dataclass(frozen=True)
@@ -391,9 +434,10 @@ class SampleRatio(_Serialisable):
 @dataclass(frozen=True)
 class Guardrail(_Serialisable):
     """A guardrail a treatment breaks: P(better) at or below guardrail_probability on
-    a downstream stage's conversion or on a stage's mean rating, and (peeking-safe
-    rule) the anytime-valid upper bound ``always_valid_high`` of the effect below 0 at
-    level ``alpha``: the guardrail budget split over the treatment's guardrails."""
+    a downstream stage's conversion or on the mean rating of a stage with a rating
+    question, and (peeking-safe rule) the anytime-valid upper bound
+    ``always_valid_high`` of the effect below 0 at level ``alpha``: the guardrail
+    budget split over the treatment's guardrails."""
 
     variant: str
     stage: str
