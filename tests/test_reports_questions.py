@@ -222,6 +222,18 @@ def test_the_page_shows_each_question_and_nps_on_the_0_10_stage_only(client, log
     assert f'<dd class="nps-difference">{round(difference.mean) + 0.0:+.0f} ' in stages["advocacy"]
     purchase = result.stage("purchase").metric("mean_rating")
     assert f"{purchase.arm('treatment').observed:,.2f}" in stages["purchase"]
+    # The forest plot names the question of each mean-rating row (shortened), and has
+    # none where no question is asked.
+    forest = body.split("plot-forest")[1].split("</svg>")[0]
+    labels = [t for t in re.findall(r"<text[^>]*>([^<]*)</text>", forest) if " · " in t]
+    assert labels == [
+        f"advocacy · mean rating: How likely are you to recommend us to a… (0{DASH}10) · treatment",
+        "advocacy · conversion · treatment",
+        "retention · conversion · treatment",
+        f"purchase · mean rating: How easy was checkout? (1{DASH}5) · treatment",
+        "purchase · conversion · treatment",
+        "browse · conversion · treatment",
+    ]
     # The data-quality table says which question each stage measures.
     assert (
         f"<td><code>checkout-csat</code> 1{DASH}5</td>" in body
