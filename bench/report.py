@@ -73,12 +73,13 @@ TREATMENT_GAIN = 0.012
 RUN = int(time.time())  # new events of this run are new even in a kept database
 
 
-def bulk_funnel_events(engine, count: int) -> None:
+def bulk_funnel_events(engine, count: int, questions: dict[str, str]) -> None:
     """``count`` events, four per customer id c0..c{count/4} (with 5 events per
     exposure, the top 20% of those ids were never exposed): at stages awareness..retention, a
     conversion when the customer's hash falls under the stage's rate (the treatment
-    converts more at purchase), otherwise a 1-5 rating; each some hours after the
-    customer's exposure."""
+    converts more at purchase), otherwise a 1-5 rating naming the stage's question
+    (``questions``: stage -> question key, the experiment's metrics); each some hours
+    after the customer's exposure."""
     dialect = engine.dialect.name
     c, k = "(i / 4)", "(i % 4)"
     h = f"(({c} * 2654435761 + {k} * 40503 + ({c} / 7) * 97) % 1000003)"
@@ -94,6 +95,7 @@ def bulk_funnel_events(engine, count: int) -> None:
         + " END"
     )
     converted = f"({h} < {threshold})"
+    metric = "CASE " + k + " " + " ".join(f"WHEN {n} THEN '{questions[s]}'" for n, s in enumerate(STAGES[:4])) + " END"
     seconds = f"({c} % 1209600 + {k} * 3600 + {h} % 86400)"
     occurred = ingest._timestamp_sql(engine, seconds)
     cutoff = ingest._timestamp_sql(engine, f"{seconds} + 5")
@@ -101,10 +103,11 @@ def bulk_funnel_events(engine, count: int) -> None:
     with engine.begin() as connection:
         connection.execute(
             text(
-                f"""INSERT INTO events (event_id, customer_id, stage, type, value, occurred_at, received_at,
+                f"""INSERT INTO events (event_id, customer_id, stage, type, metric, value, occurred_at, received_at,
                                         experiment_key, attributed, exposure_cutoff)
                 SELECT 'r' || i, 'c' || {c}, {stage},
                        CASE WHEN {converted} THEN 'conversion' ELSE 'satisfaction' END,
+                       CASE WHEN {converted} THEN NULL ELSE {metric} END,
                        CASE WHEN {converted} THEN NULL ELSE 1 + ({h} / 7) % 5 END,
                        {occurred}, {cutoff}, NULL, 0, {cutoff}
                 FROM {series}"""
@@ -131,7 +134,9 @@ def build(url: str, exposures: int, events: int) -> int:
     started = time.perf_counter()
     experiment_id, _key = ingest.prepare(url, exposures)
     engine = create_engine(url)
-    bulk_funnel_events(engine, events)
+    with Session(engine) as session:
+        questions = dict(session.get_one(Experiment, experiment_id).metrics)
+    bulk_funnel_events(engine, events, questions)
     with Session(engine) as session, session.begin():
         experiment = session.get(Experiment, experiment_id)
         rebuild_outcomes(session, experiment)
@@ -266,7 +271,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--keep", help="keep the SQLite database in this folder and reuse it next time")
     parser.add_argument("--quick", action="store_true", help="50k exposures and 250k events")
+    parser.add_argument(
+        "--pg-database", default=ingest.PG_DB, help="the PostgreSQL database to (re)create (the server may be shared)"
+    )
     args = parser.parse_args()
+    ingest.PG_DB = args.pg_database
     if args.quick:
         args.exposures, args.events, args.runs = 50_000, 250_000, 5
     print(f"bench/report.py on {os.cpu_count()} CPUs (shared; figures are noisy)")
