@@ -5,8 +5,9 @@
   min over repeats, and the CPU time (single-threaded, so it is what the wall clock
   would be on an idle core), with the largest Monte Carlo error of any P(better);
   the same on a 0-10
-  scale (NPS too), for an A/A experiment, with small samples (P(better) partly
-  simulated), and in the time-series mode (FAST_DRAWS, no top-up);
+  scale (NPS too), for an A/A experiment, with a rating question of its own per stage
+  (none, 1-5, 1-7, none, 0-10), with small samples (P(better) partly simulated), and
+  in the time-series mode (FAST_DRAWS, no top-up);
 - the full model on 5 stages x 3 variants, 4 chains x 1000 draws after 1000 tuning
   steps: cold (a new process with an empty PyTensor compile cache) and warm (a new
   process with that cache filled), split into compile and sampling, with R-hat,
@@ -52,20 +53,41 @@ BASE_RATES = (0.6, 0.35, 0.12, 0.06, 0.03)
 CSAT = (0.05, 0.07, 0.18, 0.35, 0.35)
 
 
-def experiment(variants, lifts, exposed=20_000, scale=Scale(1, 5), rated_share=0.2, seed=1) -> ExperimentStats:
+# A journey whose stages ask different questions: none, a 1-5 CSAT, a 1-7 effort
+# score, none, a 0-10 recommendation (NPS).
+MIXED = {"awareness": None, "consideration": Scale(1, 5), "purchase": Scale(1, 7), "retention": None}
+MIXED["advocacy"] = Scale(0, 10)
+
+
+def _shape(scale: Scale) -> np.ndarray:
+    if scale.categories == 5:
+        return np.array(CSAT)
+    if scale.categories == 11:
+        return np.array([1, 1, 1, 1, 2, 3, 5, 10, 20, 25, 31]) / 100
+    weights = np.arange(1, scale.categories + 1, dtype=float)  # higher ratings likelier
+    return weights / weights.sum()
+
+
+def experiment(
+    variants, lifts, exposed=20_000, scale=Scale(1, 5), rated_share=0.2, seed=1, stage_scales=None
+) -> ExperimentStats:
     """Conversion at each stage = base rate x (1 + lift); ratings from a fixed
-    histogram shape for up to ``rated_share`` of the exposed converters."""
+    histogram shape for up to ``rated_share`` of the exposed converters, on ``scale``
+    or the stage's own (``stage_scales``; None: no rating question, no ratings)."""
     rng = np.random.default_rng(seed)
-    shape = np.array(CSAT) if scale.categories == 5 else np.array([1, 1, 1, 1, 2, 3, 5, 10, 20, 25, 31]) / 100
+    stage_scales = stage_scales or {}
     cells = {}
     for i, stage in enumerate(STAGES):
         cells[stage] = {}
+        own = stage_scales.get(stage, scale)
         for variant, lift in zip(variants, lifts, strict=True):
             converted = int(rng.binomial(exposed, BASE_RATES[i] * (1 + lift)))
-            ratings = rng.multinomial(min(converted, int(exposed * rated_share)), shape)
+            ratings = rng.multinomial(min(converted, int(exposed * rated_share)), _shape(own)) if own else ()
             cells[stage][variant] = CellStats(exposed, converted, tuple(int(r) for r in ratings))
     weights = (1 / len(variants),) * len(variants)
-    return ExperimentStats(STAGES, "purchase", tuple(variants), variants[0], weights, scale, cells)
+    return ExperimentStats(
+        STAGES, "purchase", tuple(variants), variants[0], weights, scale, cells, stage_scales=stage_scales
+    )
 
 
 def time_conjugate(label: str, stats: ExperimentStats, repeats: int = 30, **kwargs) -> None:
@@ -90,6 +112,10 @@ def conjugate_figures() -> None:
     time_conjugate("1-5 scale, 20k exposed per variant, effects", experiment(four, (0, 0.03, -0.02, 0)))
     time_conjugate("1-5 scale, A/A (no effects)", experiment(four, (0, 0, 0, 0)))
     time_conjugate("0-10 scale (mean rating, top box, NPS)", experiment(four, (0, 0.03, -0.02, 0), scale=Scale(0, 10)))
+    time_conjugate(
+        "a question per stage: none, 1-5, 1-7, none, 0-10",
+        experiment(four, (0, 0.03, -0.02, 0), stage_scales=MIXED),
+    )
     small = experiment(four, (0, 0.1, -0.1, 0), exposed=300, rated_share=0.02)
     time_conjugate("1-5 scale, 300 exposed, ~6 ratings per cell (simulated)", small)
     time_conjugate(

@@ -73,12 +73,13 @@ TREATMENT_GAIN = 0.012
 RUN = int(time.time())  # new events of this run are new even in a kept database
 
 
-def bulk_funnel_events(engine, count: int) -> None:
+def bulk_funnel_events(engine, count: int, questions: dict[str, str]) -> None:
     """``count`` events, four per customer id c0..c{count/4} (with 5 events per
     exposure, the top 20% of those ids were never exposed): at stages awareness..retention, a
     conversion when the customer's hash falls under the stage's rate (the treatment
-    converts more at purchase), otherwise a 1-5 rating; each some hours after the
-    customer's exposure."""
+    converts more at purchase), otherwise a 1-5 rating naming the stage's question
+    (``questions``: stage -> question key, the experiment's metrics); each some hours
+    after the customer's exposure."""
     dialect = engine.dialect.name
     c, k = "(i / 4)", "(i % 4)"
     h = f"(({c} * 2654435761 + {k} * 40503 + ({c} / 7) * 97) % 1000003)"
@@ -94,6 +95,7 @@ def bulk_funnel_events(engine, count: int) -> None:
         + " END"
     )
     converted = f"({h} < {threshold})"
+    metric = "CASE " + k + " " + " ".join(f"WHEN {n} THEN '{questions[s]}'" for n, s in enumerate(STAGES[:4])) + " END"
     seconds = f"({c} % 1209600 + {k} * 3600 + {h} % 86400)"
     occurred = ingest._timestamp_sql(engine, seconds)
     cutoff = ingest._timestamp_sql(engine, f"{seconds} + 5")
@@ -101,10 +103,11 @@ def bulk_funnel_events(engine, count: int) -> None:
     with engine.begin() as connection:
         connection.execute(
             text(
-                f"""INSERT INTO events (event_id, customer_id, stage, type, value, occurred_at, received_at,
+                f"""INSERT INTO events (event_id, customer_id, stage, type, metric, value, occurred_at, received_at,
                                         experiment_key, attributed, exposure_cutoff)
                 SELECT 'r' || i, 'c' || {c}, {stage},
                        CASE WHEN {converted} THEN 'conversion' ELSE 'satisfaction' END,
+                       CASE WHEN {converted} THEN NULL ELSE {metric} END,
                        CASE WHEN {converted} THEN NULL ELSE 1 + ({h} / 7) % 5 END,
                        {occurred}, {cutoff}, NULL, 0, {cutoff}
                 FROM {series}"""
@@ -131,7 +134,9 @@ def build(url: str, exposures: int, events: int) -> int:
     started = time.perf_counter()
     experiment_id, _key = ingest.prepare(url, exposures)
     engine = create_engine(url)
-    bulk_funnel_events(engine, events)
+    with Session(engine) as session:
+        questions = dict(session.get_one(Experiment, experiment_id).metrics)
+    bulk_funnel_events(engine, events, questions)
     with Session(engine) as session, session.begin():
         experiment = session.get(Experiment, experiment_id)
         rebuild_outcomes(session, experiment)
@@ -187,17 +192,21 @@ def viewer_client(url: str) -> Iterator:
         shutil.rmtree(instance, ignore_errors=True)
 
 
-def timed(client, path: str) -> tuple[float, int, int]:
-    started = time.perf_counter()
+def timed(client, path: str) -> tuple[float, int, int, float]:
+    """Wall time, size, plots drawn, and this process's CPU time (the web worker's
+    share: SQLite's included, PostgreSQL's server not; steadier than the wall clock
+    on a shared machine)."""
+    started, started_cpu = time.perf_counter(), time.process_time()
     response = client.get(path)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - started_cpu
     assert response.status_code == 200, (path, response.status_code, response.data[:300])
-    return elapsed, len(response.data), response.data.count(b"<svg")
+    return elapsed, len(response.data), response.data.count(b"<svg"), cpu
 
 
-def _median(client, path: str, runs: int) -> tuple[float, int, int]:
+def _median(client, path: str, runs: int) -> tuple[float, int, int, float]:
     results = [timed(client, path) for _ in range(runs)]
-    return statistics.median(r[0] for r in results), results[-1][1], results[-1][2]
+    median = statistics.median
+    return median(r[0] for r in results), results[-1][1], results[-1][2], median(r[3] for r in results)
 
 
 def bench(backend: str, args) -> None:
@@ -210,8 +219,8 @@ def bench(backend: str, args) -> None:
             started = time.perf_counter()
             assert app.extensions["report_cache"].slow.wait_idle(1800)
             background = time.perf_counter() - started + cold_html + cold_json
-            warm_html, size, svgs = _median(client, html, args.runs)
-            warm_json, json_size, _ = _median(client, json_, args.runs)
+            warm_html, size, svgs, cpu_html = _median(client, html, args.runs)
+            warm_json, json_size, _, cpu_json = _median(client, json_, args.runs)
             before = client.get(json_).get_json()["result"]
             add_events(url, 0, 200, args.exposures)
             moved_html = timed(client, html)[0]
@@ -220,7 +229,8 @@ def bench(backend: str, args) -> None:
             assert client.get(json_).get_json()["result"] != before, "the new events did not move the data"
         print(
             f"  report {backend:10s} exposures={args.exposures:,} events={args.events:,}: "
-            f"HTML {warm_html * 1000:.0f} ms, JSON {warm_json * 1000:.0f} ms (warm medians of {args.runs}); "
+            f"HTML {warm_html * 1000:.0f} ms, JSON {warm_json * 1000:.0f} ms (warm medians of {args.runs}; "
+            f"CPU {cpu_html * 1000:.0f} and {cpu_json * 1000:.0f} ms); "
             f"after new events HTML {moved_html * 1000:.0f} ms, JSON {moved_json * 1000:.0f} ms; "
             f"cold worker HTML {cold_html * 1000:.0f} ms ({cold_svgs} of 4 plots"
             f"{'' if cold_svgs == 4 else ': the daily series was still computing'}), "
@@ -266,7 +276,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--keep", help="keep the SQLite database in this folder and reuse it next time")
     parser.add_argument("--quick", action="store_true", help="50k exposures and 250k events")
+    parser.add_argument(
+        "--pg-database", default=ingest.PG_DB, help="the PostgreSQL database to (re)create (the server may be shared)"
+    )
     args = parser.parse_args()
+    ingest.PG_DB = args.pg_database
     if args.quick:
         args.exposures, args.events, args.runs = 50_000, 250_000, 5
     print(f"bench/report.py on {os.cpu_count()} CPUs (shared; figures are noisy)")

@@ -15,11 +15,18 @@ x days]), whatever the number of events:
 
 Forced (QA) exposures are never in a denominator, and their events never in outcomes.
 A day is the counters' calendar (``counters``), the one ingest writes them by.
+
+Each measured stage has at most one rating question (``Experiment.metrics``), whose
+scale is the stage's: its histograms have one bin per rating of that scale, and a
+stage without a question has none (conversion only). Ingest counts a rating for the
+experiment only when it answers the stage's question, so the outcome rows hold the
+latest rating to that question.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -46,6 +53,59 @@ MAX_SEGMENTS = 100
 
 
 @dataclass(frozen=True)
+class StageQuestion:
+    """The rating question an experiment measures at one stage: its key, its text and
+    its scale (the stage's rating scale)."""
+
+    key: str
+    text: str
+    scale: Scale
+
+    @property
+    def scale_text(self) -> str:
+        """The scale as the reports write it: ``1\N{EN DASH}7``."""
+        return f"{self.scale.min}\N{EN DASH}{self.scale.max}"
+
+    @property
+    def label(self) -> str:
+        """The question and its scale as a report names the stage's ratings:
+        ``How easy was checkout? (1\N{EN DASH}7)`` (a text that already ends with its
+        scale, as implicit journeys' questions do, does not get it twice)."""
+        text = self.text.rstrip()
+        for written in (f"({self.scale.min}-{self.scale.max})", f"({self.scale_text})"):
+            text = text.removesuffix(written).rstrip()
+        return f"{text} ({self.scale_text})"
+
+
+def stage_questions(experiment: Experiment) -> dict[str, StageQuestion | None]:
+    """Per measured stage (in order), the question the experiment measures there, or
+    None where it measures none (``Experiment.metrics`` names the journey's question)."""
+    by_key = {q.key: q for q in experiment.journey.questions}
+    found: dict[str, StageQuestion | None] = {}
+    for stage in experiment.stages:
+        question = by_key.get(experiment.metrics.get(stage, ""))
+        found[stage] = (
+            None
+            if question is None
+            else StageQuestion(question.key, question.text, Scale(question.scale_min, question.scale_max))
+        )
+    return found
+
+
+DEFAULT_SCALE = Scale(1, 5)
+
+
+def stats_scales(scales: Mapping[str, Scale | None]) -> tuple[Scale, dict[str, Scale | None]]:
+    """``ExperimentStats``' ``scale`` and ``stage_scales`` for the stages' scales: the
+    commonest scale (the first stage's on a tie) as ``scale``, and only the stages
+    that differ from it in ``stage_scales``. An experiment whose questions share one
+    scale has the statistics it had when the scale was the experiment's."""
+    common = Counter(scale for scale in scales.values() if scale is not None).most_common(1)
+    scale = common[0][0] if common else DEFAULT_SCALE
+    return scale, {stage: s for stage, s in scales.items() if s != scale}
+
+
+@dataclass(frozen=True)
 class _Shape:
     """What an experiment's statistics look like, and how variant ids map to keys."""
 
@@ -55,6 +115,7 @@ class _Shape:
     control: str
     weights: tuple[float, ...]
     scale: Scale
+    stage_scales: Mapping[str, Scale | None]
     variant_keys: Mapping[int, str]
 
     @classmethod
@@ -62,25 +123,34 @@ class _Shape:
         variants = sorted(experiment.variants, key=lambda v: v.position)
         control = next((v for v in variants if v.is_control), variants[0])
         total = sum(v.weight for v in variants)
+        questions = stage_questions(experiment)
+        scale, stage_scales = stats_scales({s: q.scale if q else None for s, q in questions.items()})
         return cls(
             stages=tuple(experiment.stages),
             target_stage=experiment.target_stage,
             variants=tuple(v.key for v in variants),
             control=control.key,
             weights=tuple(v.weight / total for v in variants),
-            scale=Scale(experiment.scale_min, experiment.scale_max),
+            scale=scale,
+            stage_scales=stage_scales,
             variant_keys={v.id: v.key for v in variants},
         )
 
+    def scale_of(self, stage: str) -> Scale | None:
+        return self.stage_scales.get(stage, self.scale)
+
 
 class _Accumulator:
-    """Per stage x variant counts as the rows of a report arrive."""
+    """Per stage x variant counts as the rows of a report arrive; each stage's
+    histograms sized to its own scale (empty without a rating question)."""
 
     def __init__(self, shape: _Shape) -> None:
         self.shape = shape
         self.exposed = {v: 0 for v in shape.variants}
         self.converted = {(s, v): 0 for s in shape.stages for v in shape.variants}
-        self.ratings = {(s, v): [0] * shape.scale.categories for s in shape.stages for v in shape.variants}
+        # stage -> (lowest rating, highest rating) of its scale; absent: no question.
+        self.bounds = {s: (scale.min, scale.max) for s in shape.stages if (scale := shape.scale_of(s)) is not None}
+        self.ratings = {(s, v): [0] * (hi - lo + 1) for s, (lo, hi) in self.bounds.items() for v in shape.variants}
 
     # int(n): PostgreSQL sums BIGINT counters as NUMERIC, which arrives as Decimal.
     def add_exposed(self, variant_id: int, n: int) -> None:
@@ -92,21 +162,30 @@ class _Accumulator:
             self.converted[key] += int(n)
 
     def add_rating(self, stage: str, variant_id: int, rating: int, n: int) -> None:
-        key = (stage, self.shape.variant_keys[variant_id])
-        if key in self.ratings:
-            self.ratings[key][rating - self.shape.scale.min] += int(n)
+        """A rating at a stage without a question (or out of its scale: the question
+        changed since) is not the stage's rating, and is left out."""
+        bounds = self.bounds.get(stage)
+        if bounds is not None and bounds[0] <= rating <= bounds[1]:
+            self.ratings[(stage, self.shape.variant_keys[variant_id])][rating - bounds[0]] += int(n)
 
     def stats(self) -> ExperimentStats:
         shape = self.shape
         cells = {
             stage: {
-                v: CellStats(self.exposed[v], self.converted[(stage, v)], tuple(self.ratings[(stage, v)]))
+                v: CellStats(self.exposed[v], self.converted[(stage, v)], tuple(self.ratings.get((stage, v), ())))
                 for v in shape.variants
             }
             for stage in shape.stages
         }
         return ExperimentStats(
-            shape.stages, shape.target_stage, shape.variants, shape.control, shape.weights, shape.scale, cells
+            shape.stages,
+            shape.target_stage,
+            shape.variants,
+            shape.control,
+            shape.weights,
+            shape.scale,
+            cells,
+            stage_scales=shape.stage_scales,
         )
 
 

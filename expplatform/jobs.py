@@ -21,8 +21,11 @@ so any number of workers may run, on any number of machines:
   in the queue for the next worker;
 - one active job per experiment: queueing while one is queued or running returns it.
 
-The result is stored as JSON with the data snapshot it was fitted on (when, and the
-counts), since the live data keeps moving while the report shows the fit.
+The result is stored as JSON with the data snapshot it was fitted on (when, the
+counts, and each stage's rating question and scale), since the live data keeps
+moving while the report shows the fit. The fit itself sees each stage on its own
+scale (``ExperimentStats.stage_scales``): no ordinal likelihood where a stage has no
+question, and its result lists per stage only the metrics of that stage's scale.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from sqlalchemy import CursorResult, select, update
 
 from analysis.types import DecisionRule, ExperimentStats, Prior
 
-from .aggregation import experiment_stats
+from .aggregation import experiment_stats, stage_questions
 from .config import Settings
 from .db import Database
 from .errors import Conflict, MalformedRequest
@@ -132,14 +135,25 @@ def full_model_fit(
     return result.to_dict()
 
 
-def snapshot_of(stats: ExperimentStats, taken_at: datetime) -> dict[str, Any]:
-    """The counts a fit saw, to show next to its result."""
-    return {
+def snapshot_of(
+    stats: ExperimentStats, taken_at: datetime, questions: Mapping[str, str | None] | None = None
+) -> dict[str, Any]:
+    """The counts a fit saw, to show next to its result: per stage its rating scale
+    (None: no rating question there, so nobody rated) and, given ``questions``, the
+    key of the question measured there."""
+    snapshot = {
         "taken_at": taken_at.isoformat(),
         "exposed": {v: stats.cells[stats.stages[0]][v].exposed for v in stats.variants},
         "converted": {s: {v: stats.cells[s][v].converted for v in stats.variants} for s in stats.stages},
         "rated": {s: {v: sum(stats.cells[s][v].ratings) for v in stats.variants} for s in stats.stages},
+        "scales": {
+            s: None if (scale := stats.scale_of(s)) is None else {"min": scale.min, "max": scale.max}
+            for s in stats.stages
+        },
     }
+    if questions is not None:
+        snapshot["questions"] = {s: questions.get(s) for s in stats.stages}
+    return snapshot
 
 
 # -- queueing (reading the rows: job_records.py) ----------------------------------------
@@ -371,7 +385,8 @@ class JobRunner:
             prior, rule = experiment_settings(experiment)
             taken_at = utcnow()
             stats = experiment_stats(session, experiment)
-        self._update(job_id, "running", snapshot=snapshot_of(stats, taken_at))
+            questions = {stage: q.key if q else None for stage, q in stage_questions(experiment).items()}
+        self._update(job_id, "running", snapshot=snapshot_of(stats, taken_at, questions))
         self.fitting = True
         try:
             if self.stopping.is_set():  # asked to stop before the fit began

@@ -146,7 +146,10 @@ def statements(db):
 )
 def test_each_report_is_one_query(data, statements, report):
     session, experiment = data
-    experiment.variants  # noqa: B018 - loaded before counting: the report itself is what is measured
+    # Loaded before counting (the report itself is what is measured): the variants, and
+    # the journey's questions, which give each stage its scale.
+    experiment.variants  # noqa: B018
+    experiment.journey.questions  # noqa: B018
     statements.clear()
     report(session, experiment)
     assert len(statements) == 1, statements
@@ -221,3 +224,78 @@ def test_the_exposed_count_reads_the_covering_index(data):
     else:
         plan = "\n".join(aggregation.explain_experiment_stats(session, experiment))
         assert "USING COVERING INDEX ix_exposures_experiment_id" in plan, plan
+
+
+# -- each stage on its own question's scale ---------------------------------------------------
+
+
+def test_the_stages_scales_are_their_questions(db):
+    """Stages whose questions share a scale give the statistics of a single-scale
+    experiment (stage_scales empty); other scales, and stages without a question, are
+    listed in stage_scales, the commonest scale being the experiment's."""
+    from expplatform.models import Journey, JourneyStage, RatingQuestion
+
+    stages = ("browse", "cart", "purchase", "advocacy")
+    with db.write() as session:
+        journey = Journey(
+            key="shop",
+            name="Shop",
+            stages=[JourneyStage(key=s, name=s, position=n) for n, s in enumerate(stages)],
+            questions=[
+                RatingQuestion(key="cart-ease", stage="cart", text="Easy?", scale_min=1, scale_max=7, position=0),
+                RatingQuestion(key="pay-ease", stage="purchase", text="Paid?", scale_min=1, scale_max=7, position=1),
+                RatingQuestion(key="nps", stage="advocacy", text="Recommend?", scale_min=0, scale_max=10, position=2),
+                RatingQuestion(key="cart-csat", stage="cart", text="Happy?", scale_min=1, scale_max=5, position=3),
+            ],
+        )
+        same = make_experiment(session, "same", stages=("cart", "purchase"), target_stage="cart")
+        same.journey, same.metrics = journey, {"cart": "cart-ease", "purchase": "pay-ease"}
+        mixed = make_experiment(session, "mixed", stages=stages, target_stage="cart")
+        mixed.journey, mixed.metrics = journey, {"cart": "cart-csat", "purchase": "pay-ease", "advocacy": "nps"}
+        session.flush()
+        one = aggregation.experiment_stats(session, same)
+        assert (one.scale, dict(one.stage_scales)) == (Scale(1, 7), {})
+        assert {s: one.cells[s]["control"].ratings for s in one.stages} == {s: (0,) * 7 for s in one.stages}
+        many = aggregation.experiment_stats(session, mixed)
+        assert {s: many.scale_of(s) for s in stages} == {
+            "browse": None,
+            "cart": Scale(1, 5),
+            "purchase": Scale(1, 7),
+            "advocacy": Scale(0, 10),
+        }
+        assert [len(many.cells[s]["treatment"].ratings) for s in stages] == [0, 5, 7, 11]
+        questions = aggregation.stage_questions(mixed)
+        assert questions["browse"] is None
+        assert questions["cart"] == aggregation.StageQuestion("cart-csat", "Happy?", Scale(1, 5))
+        assert questions["advocacy"].label == "Recommend? (0\N{EN DASH}10)"
+
+
+def test_a_rating_counter_with_no_bin_on_its_stages_scale_is_left_out(db):
+    """Counters ingest would not write (a rating at a stage without a question, or off
+    its scale) do not land in another bin: the histograms stay the stage's own."""
+    from expplatform.models import OutcomeCount
+
+    with db.write() as session:
+        experiment = make_experiment(session, "odd", stages=("cart", "purchase"), target_stage="cart")
+        experiment.metrics = {"purchase": experiment.metrics["purchase"]}  # no question at cart
+        for i, variant in enumerate(("control", "treatment")):
+            for n in range(3):
+                expose(session, experiment, f"{variant}{n}", variant)
+            variant_id = experiment.variants[i].id
+            for stage, value in (("cart", 4), ("purchase", 5), ("purchase", 9), ("purchase", 0)):
+                session.add(
+                    OutcomeCount(
+                        experiment_id=experiment.id,
+                        stage=stage,
+                        variant_id=variant_id,
+                        day=date(2024, 5, 1),
+                        kind="rating",
+                        value=value,
+                        customers=1,
+                    )
+                )
+        session.flush()
+        found = aggregation.experiment_stats(session, experiment)
+        assert found.scale_of("cart") is None and found.scale_of("purchase") == Scale(1, 5)
+        assert found.cells["cart"]["control"] == CellStats(3, 0, ())
+        assert found.cells["purchase"]["treatment"] == CellStats(3, 0, (0, 0, 0, 0, 1))

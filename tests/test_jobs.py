@@ -466,3 +466,43 @@ def test_the_real_full_model_runs_in_the_foreground_with_progress(tmp_path):
         assert seen[-1] == (800, 800) and [d for d, _ in seen] == sorted(d for d, _ in seen)
     finally:
         app.extensions["db"].engine.dispose()
+
+
+@pytest.mark.slow
+def test_the_real_full_model_fits_each_stage_on_its_own_questions_scale(tmp_path):
+    """PyMC end to end on an experiment whose stages ask a 1-5 question, none, and a
+    0-10 one: each stage of the stored result has its scale and only its metrics, and
+    the snapshot says which question and scale each stage had."""
+    from .reports_support import MEASURED, QUESTION_STAGES, seed_questions
+
+    url = f"sqlite:///{tmp_path / 'fit.sqlite3'}"
+    engine = create_engine(url)
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    app = make_test_app(url, tmp_path)
+    try:
+        seed_questions(app, app.extensions["db"], via="rows", customers=120)
+        job = get_runner(app).run_here("mixed", "cli", FitParams(draws=200, tune=200, chains=2, seed=3))
+        assert job.status == "finished", job.error
+        assert job.result["method"] == "hierarchical"
+        stages = {s["stage"]: s for s in job.result["stages"]}
+        assert list(stages) == list(QUESTION_STAGES)
+        scales = {
+            "browse": None,
+            "purchase": {"min": 1, "max": 5},
+            "retention": None,
+            "advocacy": {"min": 0, "max": 10},
+        }
+        assert {s: stages[s]["scale"] for s in QUESTION_STAGES} == scales
+        assert {s: [m["metric"] for m in stages[s]["metrics"]] for s in QUESTION_STAGES} == {
+            "browse": ["conversion"],
+            "purchase": ["conversion", "mean_rating", "top_box"],
+            "retention": ["conversion"],
+            "advocacy": ["conversion", "mean_rating", "top_box", "nps"],
+        }
+        assert job.snapshot["scales"] == scales
+        assert job.snapshot["questions"] == {s: MEASURED.get(s) for s in QUESTION_STAGES}
+        assert job.snapshot["rated"]["browse"] == {"control": 0, "treatment": 0}
+        assert job.snapshot["rated"]["advocacy"] == {"control": 60, "treatment": 60}
+    finally:
+        app.extensions["db"].engine.dispose()

@@ -20,14 +20,14 @@ from sqlalchemy import select, text
 from analysis import FAST_DRAWS, analyze
 from analysis.types import DecisionRule, Prior
 from expplatform import reports
-from expplatform.aggregation import daily_stats, data_quality, experiment_stats, segment_stats
+from expplatform.aggregation import daily_stats, data_quality, experiment_stats, segment_stats, stage_questions
 from expplatform.ingest import record_events
 from expplatform.jobs import get_runner
 from expplatform.models import Experiment
 from expplatform.reports import build
 from expplatform.reports.background import Pending, SlowParts
 from expplatform.reports.options import SEED
-from expplatform.reports.render import CSV_COLUMNS, exploratory_result
+from expplatform.reports.render import CSV_COLUMNS, exploratory_result, with_questions
 from expplatform.reports.series import SeriesPoint, series_points, target_only, with_live_point
 
 from .events_support import expose, iso, make_experiment
@@ -37,6 +37,12 @@ from .reports_support import STAGES, START, WAIT, fake_fit, seed_journey
 
 def roundtrip(value):
     return json.loads(json.dumps(value))
+
+
+def analysed(stats, experiment, **kwargs):
+    """The JSON the report gives for ``analyze(stats, **kwargs)``: the analysis, each
+    stage with the rating question the experiment measures there."""
+    return roundtrip(with_questions(analyze(stats, **kwargs).to_dict(), stage_questions(experiment)))
 
 
 def current(db, key="checkout"):
@@ -52,7 +58,7 @@ def test_the_json_report_is_the_analysis_of_the_stored_data(db, admin_api, seede
     response = checked(admin_api).get("/api/v1/experiments/checkout/report")
     assert response.status_code == 200
     body = response.get_json()
-    session, _experiment, stats, prior, rule = current(db)
+    session, experiment, stats, prior, rule = current(db)
     # The stored statistics are what the seeding sent...
     assert body["exposed"] == seeded.exposed
     for stage in STAGES:
@@ -61,8 +67,22 @@ def test_the_json_report_is_the_analysis_of_the_stored_data(db, admin_api, seede
             assert cell.converted == seeded.converted.get((stage, variant), 0)
             histogram = Counter(seeded.rated.get((stage, variant), []))
             assert cell.ratings == tuple(histogram[r] for r in range(1, 6))
-    # ...and the report's numbers are the analysis of them, exactly.
-    assert body["result"] == roundtrip(analyze(stats, prior=prior, rule=rule, seed=SEED).to_dict())
+    # ...and the report's numbers are the analysis of them, exactly, each stage with the
+    # question its ratings answer (here the implicit journey's 1-5 question per stage).
+    assert body["result"] == analysed(stats, experiment, prior=prior, rule=rule, seed=SEED)
+    assert [(s["stage"], s["scale"], s["question"]) for s in body["result"]["stages"]] == [
+        (
+            stage,
+            {"min": 1, "max": 5},
+            {
+                "key": f"{stage}-rating",
+                "text": f"How would you rate the {stage} step? (1-5)",
+                "scale": {"min": 1, "max": 5},
+            },
+        )
+        for stage in STAGES
+    ]
+    assert body["experiment"]["journey"] == experiment.journey.key
     assert body["settings"] == {"prior": roundtrip(vars(prior)), "decision": roundtrip(vars(rule)), "seed": 0}
     assert body["experiment"]["stages"] == list(STAGES) and body["experiment"]["target_stage"] == "cart"
     assert [v["key"] for v in body["experiment"]["variants"]] == ["control", "bold", "plain"]
@@ -81,10 +101,8 @@ def test_the_experiments_own_settings_and_a_credible_level_override_are_used(app
     narrow = checked(admin_api).get("/api/v1/experiments/tuned/report?credible_level=0.8").get_json()
     session, experiment, stats, prior, rule = current(db, "tuned")
     assert prior == Prior(conversion_alpha=3.0, conversion_beta=7.0) and rule.ship_probability == 0.9
-    assert wide["result"] == roundtrip(analyze(stats, prior=prior, rule=rule, seed=0).to_dict())
-    assert narrow["result"] == roundtrip(
-        analyze(stats, prior=prior, rule=replace(rule, credible_level=0.8), seed=0).to_dict()
-    )
+    assert wide["result"] == analysed(stats, experiment, prior=prior, rule=rule, seed=0)
+    assert narrow["result"] == analysed(stats, experiment, prior=prior, rule=replace(rule, credible_level=0.8), seed=0)
     assert narrow["result"]["credible_level"] == 0.8 and narrow["settings"]["decision"]["credible_level"] == 0.8
     for w_stage, n_stage in zip(wide["result"]["stages"], narrow["result"]["stages"], strict=True):
         for w_metric, n_metric in zip(w_stage["metrics"], n_stage["metrics"], strict=True):
@@ -220,7 +238,7 @@ def test_segments_split_the_report_by_a_recorded_attribute(db, admin_api, seeded
             c["decision"] for st in segment["result"]["stages"] for m in st["metrics"] for c in m["comparisons"]
         ]
         assert set(decisions) == {None}
-        assert segment["result"] == roundtrip(exploratory_result(expected))
+        assert segment["result"] == roundtrip(with_questions(exploratory_result(expected), stage_questions(experiment)))
     assert segments["exploratory"] is True and segments["looked_at"] == 3 and segments["stage"] == "cart"
     # The CSV follows the whole experiment's rows with each segment's.
     rows = parse_csv(checked(admin_api).get("/api/v1/experiments/checkout/report.csv?segment=platform").data)

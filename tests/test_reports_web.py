@@ -20,6 +20,8 @@ from .reports_support import STAGES, WAIT, fake_fit, seed_journey
 
 LIFT = re.compile(r"[+-]\d+\.\d%</strong> <span class=\"interval\">\[[+-]\d+\.\d%, [+-]\d+\.\d%\]</span>")
 
+DASH = "\N{EN DASH}"  # between a scale's ends, as the reports write it
+
 
 def page(client, path="/experiments/checkout/report") -> str:
     response = client.get(path)
@@ -61,7 +63,11 @@ def test_the_lift_map_shows_stages_in_journey_order_with_every_variant(client, l
     assert 'class="decision' not in by_stage["browse"] + by_stage["purchase"]
     assert by_stage["purchase"].count("Guardrail (conversion): holds") == 2
     assert re.findall(r'<h3>(\w+) <span class="chip chip-muted"[^>]*>balance check</span>', lift_map) == ["browse"]
-    assert "Exp. loss" in body and "top-box" in body and "Satisfaction" in body
+    assert "Exp. loss" in body and "top-box" in body
+    # Each stage's ratings are named by the question asked there, with its scale.
+    for stage in STAGES:
+        question = f"How would you rate the {stage} step? (1{DASH}5)"
+        assert f'<p class="lm-question" data-question="{stage}-rating">{question}</p>' in by_stage[stage]
 
 
 def test_the_plots_are_inline_svg(client, login, seeded):

@@ -92,6 +92,25 @@ _ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/sche
 _KEY = {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}
 _NUMBER = {"type": ["number", "null"]}
 _ESTIMATE = {"oneOf": [{"$ref": "#/components/schemas/Estimate"}, {"type": "null"}]}
+_SCALE = {
+    "type": "object",
+    "required": ["min", "max"],
+    "properties": {"min": {"type": "integer"}, "max": {"type": "integer"}},
+}
+_QUESTION = {
+    "description": (
+        "The rating question the experiment measures at this stage (its key, text and scale), or null where it "
+        "measures none: the stage then has conversion only. In reports (live and segments), not in stored fits."
+    ),
+    "oneOf": [
+        {"type": "null"},
+        {
+            "type": "object",
+            "required": ["key", "text", "scale"],
+            "properties": {"key": {"type": "string"}, "text": {"type": "string"}, "scale": _SCALE},
+        },
+    ],
+}
 _READ_ERRORS = {
     "401": {"description": "No credentials", **_ERROR},
     "403": {"description": "Not an admin key or a viewer", **_ERROR},
@@ -226,6 +245,16 @@ _JOB = {
                         "exposed": {"type": "object", "additionalProperties": {"type": "integer"}},
                         "converted": {"type": "object"},
                         "rated": {"type": "object"},
+                        "scales": {
+                            "type": "object",
+                            "description": "Per stage, its rating scale; null: no rating question there.",
+                            "additionalProperties": {"oneOf": [{"type": "null"}, _SCALE]},
+                        },
+                        "questions": {
+                            "type": "object",
+                            "description": "Per stage, the key of the rating question measured there, or null.",
+                            "additionalProperties": {"type": ["string", "null"]},
+                        },
                     },
                 },
             ],
@@ -243,7 +272,9 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "The lift report of an experiment",
                 "description": (
-                    "Per stage x variant x metric (conversion, mean rating, top-box share, NPS on 0-10 scales): "
+                    "Per stage x variant x metric (conversion; where the experiment measures a rating question at "
+                    "the stage, the mean rating, top-box share, and NPS on 0-10 questions, on that question's scale; "
+                    "each stage names its question): "
                     "posterior, relative lift and absolute difference against the control with credible intervals, "
                     "P(better), P(best), expected loss, decision; the journey; the sample-ratio check; the "
                     "recommendation; warnings; the daily series of the target stage's conversion; optionally a "
@@ -264,7 +295,14 @@ OPENAPI: dict[str, Any] = {
         "/experiments/{key}/report.csv": {
             "get": {
                 "summary": "The report as CSV: one row per stage x variant x metric",
-                "description": "Columns: " + ", ".join(CSV_COLUMNS) + ". With `segment`, each segment's rows follow.",
+                "description": (
+                    "Columns: "
+                    + ", ".join(CSV_COLUMNS)
+                    + ". A stage has conversion rows, and rating rows (mean_rating, top_box, nps on 0-10) only where "
+                    "the experiment measures a rating question there; a rating row names its question (question, "
+                    "question_text) and scale (scale_min, scale_max). credible_level is the level of the posterior "
+                    "and lift intervals. With `segment`, each segment's rows follow."
+                ),
                 "parameters": _OPTIONS[:3],
                 "responses": {
                     "200": {
@@ -453,6 +491,11 @@ OPENAPI: dict[str, Any] = {
                         "required": ["stage", "metrics"],
                         "properties": {
                             "stage": {"type": "string"},
+                            "scale": {
+                                "description": "The stage's rating scale; null: no rating question, conversion only.",
+                                "oneOf": [{"type": "null"}, _SCALE],
+                            },
+                            "question": _QUESTION,
                             "metrics": {
                                 "type": "array",
                                 "items": {
@@ -525,6 +568,10 @@ OPENAPI: dict[str, Any] = {
                 "experiment": {
                     "type": "object",
                     "required": ["key", "name", "status", "stages", "target_stage", "control", "variants"],
+                    "properties": {
+                        "journey": {"type": "string", "description": "The key of the journey it belongs to."},
+                        "stages": {"type": "array", "items": {"type": "string"}},
+                    },
                 },
                 "generated_at": {"type": "string", "format": "date-time"},
                 "settings": {"type": "object", "required": ["prior", "decision", "seed"]},

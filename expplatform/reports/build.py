@@ -22,7 +22,7 @@ from analysis import analyze
 from analysis.types import DecisionRule, ExperimentResult, ExperimentStats, Prior
 
 from .. import plots
-from ..aggregation import SEGMENT_ATTRIBUTE, DataQuality, data_quality, experiment_stats
+from ..aggregation import SEGMENT_ATTRIBUTE, DataQuality, StageQuestion, data_quality, experiment_stats, stage_questions
 from ..db import get_db
 from ..experiment_settings import experiment_settings
 from ..job_records import recent_jobs
@@ -53,6 +53,8 @@ class Report:
     segments: Pending | None
     job: AnalysisJob | None
     colors: Mapping[str, str] = field(default_factory=dict)
+    # Per measured stage, the rating question measured there (None: conversion only).
+    questions: Mapping[str, StageQuestion | None] = field(default_factory=dict)
 
     @property
     def exposed_total(self) -> int:
@@ -128,16 +130,18 @@ def build_report(
         segments=segments,
         job=job,
         colors=plots.variant_colors(stats.variants, stats.control),
+        questions=stage_questions(experiment),
     )
 
 
 def data_version(experiment: Experiment, stats: ExperimentStats) -> Hashable:
-    """Identifies the data a result was computed from: the definition's last change
+    """Identifies the data a result was computed from: the definition's last change,
+    each stage's rating scale (a question is edited in its journey, not the experiment)
     and every count (any new exposure, conversion or rating moves one)."""
     counts = tuple(
         (cell.exposed, cell.converted, cell.ratings) for s in stats.stages for cell in stats.cells[s].values()
     )
-    return (experiment.updated_at, counts)
+    return (experiment.updated_at, tuple(stats.scale_of(s) for s in stats.stages), counts)
 
 
 def recorded_attributes(session: Session, experiment: Experiment) -> tuple[str, ...]:

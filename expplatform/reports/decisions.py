@@ -8,8 +8,8 @@ and hides the numbers that mean nothing:
 - a variant with no outcome (no conversion and no rating) recorded at a stage has
   *no data at this stage*: no rate, P(better), expected loss or journey gain there;
 - only the stage under test carries decision badges ('Ship', 'Harmful'); the stages
-  before it are balance checks, the later ones (and every stage's mean rating) are
-  guardrails, shown as holding or broken;
+  before it are balance checks, the later ones (and the mean rating of every stage
+  with a rating question) are guardrails, shown as holding or broken;
 - the headline's words come from the decision, with the anytime-valid interval the
   decision rests on beside it (never a credible interval at another level);
 - the full model needs some outcome data (``full_model_refusal``).
@@ -172,13 +172,15 @@ def headline(report: Report) -> Headline:
 
 def guardrail_status(report: Report, stage: str, variant: str, metric: str) -> str | None:
     """'broken', 'holds' or 'no_data' for a guardrail of a treatment (conversion after
-    the stage under test, the mean rating at every stage); None where the metric at
-    this stage is not a guardrail or the variant is the control."""
+    the stage under test, the mean rating at every stage with a rating question); None
+    where the metric at this stage is not a guardrail or the variant is the control."""
     stats = report.stats
     if variant == stats.control:
         return None
     if metric == "conversion" and stage_role(stats, stage) != "guardrail":
         return None
+    if metric != "conversion" and stats.scale_of(stage) is None:
+        return None  # no rating question here: no rating to guard
     if any(
         g.variant == variant and g.stage == stage and g.metric == metric
         for g in report.result.recommendation.guardrails

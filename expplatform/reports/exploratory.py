@@ -1,7 +1,8 @@
 """A segment breakdown is exploratory: it never makes its own call.
 
-Per treatment and deciding metric at the stage under test, each segment is compared
-with all the other segments together by ``analysis.segment_differences`` (anytime-
+Per treatment and deciding metric at the stage under test (conversion, and the mean
+rating when that stage has a rating question), each segment is compared with all the
+other segments together by ``analysis.segment_differences`` (anytime-
 valid, the budget split over the number of segments looked at): a segment is
 *flagged* when its effect differs from the rest's. There is no 'ship' per segment;
 a flag is a hypothesis to test next.
@@ -63,7 +64,8 @@ def explore(report: Report) -> Exploration | None:
     stats = report.stats
     flags: list[SegmentFlag] = []
     if len(by_label) >= 2:
-        metrics: tuple[DeciderMetric, ...] = ("conversion", "mean_rating")
+        rated = stats.scale_of(stats.target_stage) is not None
+        metrics: tuple[DeciderMetric, ...] = ("conversion", "mean_rating") if rated else ("conversion",)
         for treatment in (v for v in stats.variants if v != stats.control):
             for metric in metrics:
                 rows = segment_differences(

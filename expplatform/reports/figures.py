@@ -7,11 +7,13 @@ series in the app's report cache: a page whose data did not move is not drawn ag
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 from analysis.types import Estimate
 
 from .. import plots
+from ..aggregation import StageQuestion
 from .background import report_cache
 from .build import Report, data_version
 from .series import SeriesPoint
@@ -27,6 +29,7 @@ def render_plots(report: Report) -> dict[str, str]:
         report.prior,
         report.rule,
         tuple(series),
+        tuple(report.questions.items()),  # the forest's labels name the questions
     )
     return report_cache().plots.get(key, lambda: _draw(report, series))
 
@@ -36,16 +39,15 @@ def _draw(report: Report, series: Sequence[SeriesPoint]) -> dict[str, str]:
     rows = []
     for stage_result in result.stages:
         for metric in ("conversion", "mean_rating"):
+            if not stage_result.has(metric):
+                continue  # no rating question at this stage
+            label = _label(metric, report.questions.get(stage_result.stage))
             for c in stage_result.metric(metric).comparisons:
                 if not has_metric_data(stats, stage_result.stage, c.treatment, metric):
                     continue  # no lift drawn where there is no data
                 lift = c.relative_lift  # all three or none are known (see analysis.summarize)
                 if lift is not None and lift.mean is not None and lift.low is not None and lift.high is not None:
-                    rows.append(
-                        plots.LiftRow(
-                            stage_result.stage, METRIC_LABELS[metric], c.treatment, lift.mean, lift.low, lift.high
-                        )
-                    )
+                    rows.append(plots.LiftRow(stage_result.stage, label, c.treatment, lift.mean, lift.low, lift.high))
     target = result.stage(result.target_stage).metric("conversion")
     curves = [
         plots.BetaCurve(arm.variant, *arm.conjugate_params[:2])
@@ -75,6 +77,14 @@ def _draw(report: Report, series: Sequence[SeriesPoint]) -> dict[str, str]:
             harm_probability=report.rule.harm_probability,
         )
     return drawn
+
+
+def _label(metric: str, question: StageQuestion | None) -> str:
+    """A forest row's metric: a rating names its question (shortened) and scale."""
+    if metric == "conversion" or question is None:
+        return METRIC_LABELS[metric]
+    text = textwrap.shorten(question.text, 40, placeholder="…")
+    return f"{METRIC_LABELS[metric]}: {text} ({question.scale_text})"
 
 
 def _estimate(estimate: Estimate | None) -> tuple[float | None, float | None, float | None]:

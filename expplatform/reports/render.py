@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
+from ..aggregation import StageQuestion
 from ..models import AnalysisJob, iso_z
 from .build import Report
 from .decisions import decision_dict
@@ -42,16 +43,32 @@ def job_dict(job: AnalysisJob | None) -> dict[str, Any] | None:
     }
 
 
+def question_dict(question: StageQuestion | None) -> dict[str, Any] | None:
+    if question is None:
+        return None
+    scale = {"min": question.scale.min, "max": question.scale.max}
+    return {"key": question.key, "text": question.text, "scale": scale}
+
+
+def with_questions(result: dict[str, Any], questions: Mapping[str, StageQuestion | None]) -> dict[str, Any]:
+    """An analysis result's JSON with each stage's rating question beside its scale."""
+    for stage in result["stages"]:
+        stage["question"] = question_dict(questions.get(stage["stage"]))
+    return result
+
+
 def report_dict(report: Report) -> dict[str, Any]:
     """The whole report as JSON-ready values (documented as ``Report`` in the API)."""
     experiment = report.experiment
     series = report.series
     segments = report.segments
+    questions = report.questions
     return {
         "experiment": {
             "key": experiment.key,
             "name": experiment.name,
             "status": experiment.status,
+            "journey": experiment.journey.key,
             "stages": list(report.stats.stages),
             "target_stage": report.stats.target_stage,
             "control": report.stats.control,
@@ -72,7 +89,7 @@ def report_dict(report: Report) -> dict[str, Any]:
             "stages": {stage: asdict(q) for stage, q in report.quality.stages.items()},
         },
         "exposed": {v: report.stats.cells[report.stats.stages[0]][v].exposed for v in report.stats.variants},
-        "result": report.result.to_dict(),
+        "result": with_questions(report.result.to_dict(), questions),
         "decision": decision_dict(report),
         "forecast": forecast_dict(forecasts(report)),
         "time_series": None
@@ -101,7 +118,11 @@ def report_dict(report: Report) -> dict[str, Any]:
             "status": segments.status,
             "computed_at": iso_z(segments.computed_at),
             "values": [
-                {"value": s.value, "exposed": s.exposed, "result": exploratory_result(s.result.to_dict())}
+                {
+                    "value": s.value,
+                    "exposed": s.exposed,
+                    "result": with_questions(exploratory_result(s.result.to_dict()), questions),
+                }
                 for s in (segments.value or ())
             ],
             **(exploration_dict(explore(report)) or {"exploratory": True, "looked_at": 0, "differences": []}),

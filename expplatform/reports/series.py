@@ -53,7 +53,14 @@ def target_only(stats: ExperimentStats) -> ExperimentStats:
     and the analysis of one stage costs a fifth of five."""
     target = stats.target_stage
     return ExperimentStats(
-        (target,), target, stats.variants, stats.control, stats.weights, stats.scale, {target: stats.cells[target]}
+        (target,),
+        target,
+        stats.variants,
+        stats.control,
+        stats.weights,
+        stats.scale,
+        {target: stats.cells[target]},
+        stage_scales={target: stats.stage_scales[target]} if target in stats.stage_scales else {},
     )
 
 

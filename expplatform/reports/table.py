@@ -1,6 +1,8 @@
 """The report for a terminal (``expplatform report``): the recommendation and
-warnings, then one block per journey stage with a line per variant, the segments
-asked for and the latest full-model fit, in plain text that fits 140 columns.
+warnings, then one block per journey stage with a line per variant (the ratings to
+the stage's own question, and NPS on a 0-10 one; conversion only where there is no
+question), the segments asked for and the latest full-model fit, in plain text that
+fits 140 columns.
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ def format_table(report: Report) -> str:
             lines.append(f"  {call.treatment}: no data at this stage - no call")
             continue
         anytime = _lift_text(call.anytime) if call.anytime is not None else "-"
-        level = f"{call.anytime_level:.0%} " if call.anytime_level is not None else ""
+        anytime_level = f"{call.anytime_level:.0%} " if call.anytime_level is not None else ""
         decision = (call.decision or "").replace("_", " ")
-        lines.append(f"  {call.treatment}: {decision}; anytime-valid {level}interval {anytime}")
+        lines.append(f"  {call.treatment}: {decision}; anytime-valid {anytime_level}interval {anytime}")
         lines += textwrap.wrap(call.basis or "", WIDTH, initial_indent="    ", subsequent_indent="    ")
     if calls:
         lines += textwrap.wrap(calls[0].rests_on, WIDTH, initial_indent="  ", subsequent_indent="  ")
@@ -61,18 +63,6 @@ def format_table(report: Report) -> str:
                 lines.append(f"    {f.treatment}: probably not within {fc.horizon_days} days")
     if report.warnings:
         lines += ["", "Warnings:", *(f"  ! {w.message}" for w in report.warnings)]
-    header = (
-        "variant",
-        "exposed",
-        "conv obs",
-        f"lift [{level}]",
-        "P(better)",
-        "exp.loss",
-        "rating",
-        "top-box",
-        "decision",
-    )
-    widths = (max(8, *(len(v) for v in stats.variants)), 9, 8, 27, 9, 8, 6, 7, 24)
     for stage in lift_map(report):
         marker = (
             "  <- under test"
@@ -82,18 +72,33 @@ def format_table(report: Report) -> str:
             else "  (guardrail)"
         )
         lines += ["", f"{stage.stage}{marker}"]
-        lines.append(
-            "  "
-            + "  ".join(
-                h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths, strict=True))
-            )
-        )
+        question = stage.question
+        nps = any(cell.nps is not None for cell in stage.cells)
+        if question is not None:
+            lines.append(f"  rating question {question.key}: {question.label}")
+        else:
+            lines.append("  no rating question at this stage: conversion only")
+        columns = [
+            ("variant", max(8, *(len(v) for v in stats.variants))),
+            ("exposed", 9),
+            ("conv obs", 8),
+            (f"lift [{level}]", 27),
+            ("P(better)", 9),
+            ("exp.loss", 8),
+        ]
+        if question is not None:
+            columns += [("rating", 6), ("top-box", 7)]
+        if nps:
+            columns.append(("NPS", 5))
+        columns.append(("decision", 24))
+        widths = tuple(w for _, w in columns)
+        lines.append("  " + _line(tuple(h for h, _ in columns), widths))
         for cell in stage.cells:
             lift = cell.lift
             name = cell.variant + (" (control)" if cell.is_control and cell.variant != "control" else "")
             if not cell.has_data:
-                values: tuple[str, ...] = (name, f"{cell.exposed:,}", "no data at this stage", *("",) * 6)
-                lines.append("  " + name.ljust(widths[0]) + "  " + values[1].rjust(widths[1]) + "  " + values[2])
+                exposed = f"{cell.exposed:,}".rjust(widths[1])
+                lines.append(f"  {name.ljust(widths[0])}  {exposed}  no data at this stage")
                 continue
             broken = [m.replace("_", " ") for m, status in cell.guardrails if status == "broken"]
             verdict = (
@@ -105,25 +110,24 @@ def format_table(report: Report) -> str:
                 if cell.guardrails and all(status == "holds" for _, status in cell.guardrails)
                 else ""
             )
-            values = (
+            values = [
                 name,
                 f"{cell.exposed:,}",
                 _pct(cell.conversion.observed),
                 "" if lift is None else _lift_text(lift.relative_lift),
                 "" if lift is None else _prob(lift.p_better),
                 "" if lift is None else _pct(lift.expected_loss_relative, 2),
-                "-"
-                if not cell.rating_data or cell.mean_rating.observed is None
-                else f"{cell.mean_rating.observed:.2f}",
-                _pct(cell.top_box.observed, 0) if cell.rating_data else "-",
-                verdict,
-            )
-            lines.append(
-                "  "
-                + "  ".join(
-                    v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True))
-                )
-            )
+            ]
+            if question is not None:
+                rated = cell.rating_data and cell.mean_rating is not None and cell.mean_rating.observed is not None
+                values += [
+                    f"{cell.mean_rating.observed:.2f}" if rated and cell.mean_rating is not None else "-",
+                    _pct(cell.top_box.observed, 0) if rated and cell.top_box is not None else "-",
+                ]
+            if nps:
+                values.append(_nps(cell.nps.observed) if cell.rating_data and cell.nps is not None else "-")
+            values.append(verdict)
+            lines.append("  " + _line(tuple(values), widths))
     exploration = explore(report)
     if report.segments is not None and report.segments.status == "ready":
         looked = exploration.looked_at if exploration is not None else 0
@@ -162,6 +166,15 @@ def format_table(report: Report) -> str:
                         f"full model {_lift_text(row.full_lift)}"
                     )
     return "\n".join(lines) + "\n"
+
+
+def _line(values: tuple[str, ...], widths: tuple[int, ...]) -> str:
+    """The first column left-aligned, the others right-aligned."""
+    return "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True)))
+
+
+def _nps(value: float | None) -> str:
+    return "-" if value is None else f"{round(value) + 0:+d}"
 
 
 def _pct(value: float | None, digits: int = 1) -> str:

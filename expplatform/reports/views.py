@@ -7,6 +7,7 @@ These only rearrange what ``Report`` holds; they compute no statistics.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,6 +21,7 @@ from analysis.types import (
     ExperimentStats,
 )
 
+from ..aggregation import StageQuestion
 from ..models import AnalysisJob
 from ..plots import CONTROL_COLOR
 from .build import Report
@@ -70,18 +72,38 @@ class MetricRow:
     always_valid_level: float | None = None
     decision_basis: str | None = None
     guardrail: str | None = None
+    # Added with journeys: the rating question a rating row (mean rating, top-box
+    # share, NPS) is about, with its text and scale (empty on conversion rows), and
+    # the credible level of the posterior and lift intervals of every row.
+    question: str | None = None
+    question_text: str | None = None
+    scale_min: int | None = None
+    scale_max: int | None = None
+    credible_level: float | None = None
 
 
-def metric_rows(stats: ExperimentStats, result: ExperimentResult, segment: str | None = None) -> list[MetricRow]:
-    """The rows of one analysis. ``decision`` is filled only where a call is made (the
-    stage under test's conversion); guardrail rows say ``guardrail`` holds or broken. A
-    segment's rows are exploratory: role ``exploratory``, no decision (a segment never
-    makes its own call)."""
+def metric_rows(
+    stats: ExperimentStats,
+    result: ExperimentResult,
+    segment: str | None = None,
+    questions: Mapping[str, StageQuestion | None] | None = None,
+) -> list[MetricRow]:
+    """The rows of one analysis: per stage the metrics that apply to it (conversion;
+    with a rating question, its mean rating and top-box share, and NPS on 0-10), each
+    rating row naming its question (``questions``) and scale. ``decision`` is filled
+    only where a call is made (the stage under test's conversion); guardrail rows say
+    ``guardrail`` holds or broken. A segment's rows are exploratory: role
+    ``exploratory``, no decision (a segment never makes its own call)."""
     rows = []
     broken = {(g.variant, g.stage, g.metric) for g in result.recommendation.guardrails}
     for stage_result in result.stages:
         stage = stage_result.stage
+        question = (questions or {}).get(stage)
+        scale = stage_result.scale
         for metric in stage_result.metrics:
+            rating = metric.metric != "conversion"
+            asked = question if rating else None
+            scale_of = scale if rating else None
             role = "exploratory" if segment is not None else metric_role(stats, stage, metric.metric)
             for arm in metric.arms:
                 cell = stats.cells[stage][arm.variant]
@@ -101,6 +123,11 @@ def metric_rows(stats: ExperimentStats, result: ExperimentResult, segment: str |
                         has_data=data,
                         role=role,
                         guardrail=guardrail,
+                        question=asked.key if asked else None,
+                        question_text=asked.text if asked else None,
+                        scale_min=scale_of.min if scale_of else None,
+                        scale_max=scale_of.max if scale_of else None,
+                        credible_level=result.credible_level,
                     )
                 )
     return rows
@@ -175,11 +202,11 @@ def _row(
 
 def report_rows(report: Report) -> list[MetricRow]:
     """The whole experiment's rows, then each segment's when a segment was asked for."""
-    rows = metric_rows(report.stats, report.result)
+    rows = metric_rows(report.stats, report.result, questions=report.questions)
     if report.segments is not None and report.segments.status == "ready":
         for segment in report.segments.value:
             label = "(not recorded)" if segment.value is None else segment.value
-            rows += metric_rows(segment.stats, segment.result, f"{report.options.segment}={label}")
+            rows += metric_rows(segment.stats, segment.result, f"{report.options.segment}={label}", report.questions)
     return rows
 
 
@@ -195,10 +222,12 @@ class LiftCell:
     is_control: bool
     exposed: int
     conversion: ArmSummary
-    mean_rating: ArmSummary
-    top_box: ArmSummary
+    mean_rating: ArmSummary | None  # None (and top_box) at a stage without a rating question
+    top_box: ArmSummary | None
+    nps: ArmSummary | None  # on a 0-10 question only
     lift: Comparison | None  # conversion; None for the control and without data
     rating_lift: Comparison | None  # mean rating; likewise
+    nps_difference: Estimate | None  # NPS (0-10 questions), in points; likewise
     evidence: str
     has_data: bool  # any outcome (conversion or rating) recorded for this variant here
     rating_data: bool  # ratings recorded for this variant here
@@ -216,6 +245,7 @@ class LiftStage:
     cells: tuple[LiftCell, ...]
     role: str = "decides"  # 'balance_check', 'decides' or 'guardrail'
     has_data: bool = True  # some variant has outcome data at this stage
+    question: StageQuestion | None = None  # the rating question measured here, if any
 
 
 def evidence(comparison: Comparison | None, rule: DecisionRule) -> str:
@@ -246,9 +276,11 @@ def lift_map(report: Report) -> list[LiftStage]:
     for stage_result in result.stages:
         stage = stage_result.stage
         conversion = stage_result.metric("conversion")
-        rating = stage_result.metric("mean_rating")
-        top_box = stage_result.metric("top_box")
+        rating = stage_result.metric("mean_rating") if stage_result.has("mean_rating") else None
+        top_box = stage_result.metric("top_box") if stage_result.has("top_box") else None
+        nps = stage_result.metric("nps") if stage_result.has("nps") else None
         role = stage_role(stats, stage)
+        guarded = ("conversion", "mean_rating") if rating is not None else ("conversion",)
         cells = []
         for variant in stats.variants:
             is_control = variant == result.control
@@ -256,10 +288,11 @@ def lift_map(report: Report) -> list[LiftStage]:
             both = not is_control and comparable(stats, stage, variant)
             lift = conversion.comparison(variant) if both else None
             rated = any(cell.ratings) and any(stats.cells[stage][result.control].ratings)
-            rating_lift = rating.comparison(variant) if not is_control and rated else None
+            rating_lift = rating.comparison(variant) if rating is not None and not is_control and rated else None
+            nps_difference = nps.comparison(variant).absolute_difference if nps is not None and rating_lift else None
             statuses = tuple(
                 (metric, status)
-                for metric in ("conversion", "mean_rating")
+                for metric in guarded
                 if (status := guardrail_status(report, stage, variant, metric)) is not None
             )
             cells.append(
@@ -269,10 +302,12 @@ def lift_map(report: Report) -> list[LiftStage]:
                     is_control=is_control,
                     exposed=stats.cells[stage_result.stage][variant].exposed,
                     conversion=conversion.arm(variant),
-                    mean_rating=rating.arm(variant),
-                    top_box=top_box.arm(variant),
+                    mean_rating=rating.arm(variant) if rating is not None else None,
+                    top_box=top_box.arm(variant) if top_box is not None else None,
+                    nps=nps.arm(variant) if nps is not None else None,
                     lift=lift,
                     rating_lift=rating_lift,
+                    nps_difference=nps_difference,
                     evidence=evidence(lift, rule),
                     has_data=has_outcomes(cell),
                     rating_data=any(cell.ratings),
@@ -288,6 +323,7 @@ def lift_map(report: Report) -> list[LiftStage]:
                 tuple(cells),
                 role,
                 any(c.has_data for c in cells),
+                report.questions.get(stage),
             )
         )
     return stages
@@ -343,6 +379,8 @@ def full_model_view(report: Report) -> FullModelView | None:
     if fitted is not None:
         for stage_result in report.result.stages:
             for metric_name in ("conversion", "mean_rating"):
+                if not stage_result.has(metric_name):
+                    continue  # no rating question at this stage
                 for c in stage_result.metric(metric_name).comparisons:
                     if not has_metric_data(report.stats, stage_result.stage, c.treatment, metric_name):
                         continue  # no pooled number where there is no data

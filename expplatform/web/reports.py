@@ -76,6 +76,17 @@ class Format:
         return "—" if value is None else f"{value:,.{digits}f}"
 
     @staticmethod
+    def nps(value: float | None, digits: int = 0) -> str:
+        """An NPS (or a difference of NPS) in points, signed: ``+23``."""
+        return "—" if value is None else f"{round(value, digits) + 0.0:+.{digits}f}"
+
+    @staticmethod
+    def nps_interval(estimate: Any, digits: int = 0) -> str:
+        if estimate is None or estimate.low is None or estimate.high is None:
+            return "—"
+        return f"[{Format.nps(estimate.low, digits)}, {Format.nps(estimate.high, digits)}]"
+
+    @staticmethod
     def count(value: int | None) -> str:
         return "—" if value is None else f"{value:,}"
 
