@@ -2,7 +2,8 @@
 
 Inputs are summable sufficient statistics: per stage x variant, the exposed
 customers, the customers who converted at that stage, and the histogram of their
-latest satisfaction ratings over the scale. Anything (days, segments) can be
+latest satisfaction ratings over the stage's scale (each stage may have its own, or no
+rating question and an empty histogram). Anything (days, segments) can be
 combined by adding them. Results are frozen dataclasses whose ``to_dict()`` is
 JSON-ready (no NaN or infinity: undefined numbers are None).
 """

@@ -442,7 +442,7 @@ def test_full_model_recovers_a_strong_effect_on_the_nps_stage_beside_a_stage_wit
         return kept["idata"], diagnostics
 
     monkeypatch.setattr(hierarchical, "sample", keep)
-    result = hierarchical.fit_full_model(stats, draws=1000, tune=1000, chains=4, seed=5)
+    result = hierarchical.fit_full_model(stats, draws=1000, tune=500, chains=4, seed=5)
     assert result.diagnostics.r_hat_max < 1.01 and result.diagnostics.divergences == 0, result.diagnostics
     assert [m.metric for m in result.stage("retention").metrics] == ["conversion"]
     assert result.stage("advocacy").has("nps") and not result.stage("purchase").has("nps")
