@@ -1,0 +1,639 @@
+"""Driving synthetic customers through the real HTTP API with the Python client.
+
+Worker threads (``concurrency``) take customers in simulated arrival order. For each:
+assign on the scenario's experiments (attributes: the persona and the platform), draw
+what they do given the variants they got (``customers.Behaviour``), and ``track``
+their conversions and ratings through the worker's own :class:`~expplatform.client.Client`,
+which sends them in background batches with retries. A worker waits while its client
+has more than a few batches pending, so memory stays bounded at any speed.
+
+Timestamps. The service stamps an exposure when the customer is assigned, i.e. now,
+and counts an event for an experiment only when ``exposed_at <= min(timestamp + clock
+skew, received)``: an event dated on a simulated day in the past would be a
+"before exposure" event and count nowhere, and it has no way to record an exposure
+in the past (no backfill path). So every event carries the real time the customer
+"did" it, just after their assignment; the simulated days (``--days``, weekends
+lighter) decide the order customers arrive in and are written to the truth file, but
+the service sees the whole run on today's date. Late events keep the time they
+happened and are sent at the end of the run.
+
+Faults, at the scenario's rates: an event sent a second time (same ``event_id``,
+after the first was acknowledged: counted as a duplicate, stored once); an event held
+back and sent at the end (late, still counted); an event sent before the assign call
+and dated before it (counts nowhere: "before exposure", or "unmatched" if it arrives
+first); a customer never assigned who sends events ("unmatched"); and the
+sample-ratio fault (see ``scenario.SampleRatioFault``).
+
+Every id (customers, events) derives from the scenario name, the seed and the
+customer's number, so a second run with the same seed stores nothing new: its
+assignments return the recorded variants and all its events come back as duplicates.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import random
+import socket
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..bucketing import Split, place
+from ..client import Client, ClientError, Failure
+from .customers import Behaviour, Calendar, Customer, Population, Truth, effects_of
+from .scenario import Experiment, Scenario
+
+BEFORE_ASSIGNMENT = timedelta(seconds=60)  # how long before the assign call the early event is dated
+PENDING_BATCHES = 4  # a worker waits while its client has this many batches queued or in flight
+ASSIGN_TIMEOUT = 10.0
+UNUSABLE_REASONS = frozenset({"unknown_experiment", "not_running", "paused"})
+
+
+class SimulationError(Exception):
+    """The simulation cannot run (or go on): the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Options:
+    url: str = "http://127.0.0.1:8000"
+    key: str = ""
+    customers: int = 5000
+    days: int = 28
+    seed: int = 1
+    concurrency: int = 8
+    max_seconds: float | None = None
+    admin_key: str | None = None
+    create: bool = False
+    legacy: bool = False  # a service before journeys: legacy definitions, metric-less satisfaction ratings
+    batch_size: int = 250
+    last_day: date | None = None  # the last simulated day (default: today, UTC)
+
+
+# -- the service's host -------------------------------------------------------------------------
+
+
+def is_loopback(url: str) -> bool:
+    """Whether every address the URL's host names is a loopback address."""
+    host = urllib.parse.urlsplit(url).hostname
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
+# -- the admin API (for --create) ----------------------------------------------------------------
+
+
+def _admin(url: str, key: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    request = urllib.request.Request(url.rstrip("/") + "/api/v1" + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            try:
+                return exc.code, json.load(exc)
+            except ValueError:
+                return exc.code, None
+    except (urllib.error.URLError, OSError) as exc:
+        raise SimulationError(f"cannot reach {url}: {exc}") from None
+
+
+def definition_for(scenario: Scenario, experiment: Experiment, *, legacy: bool) -> dict[str, Any]:
+    """The definition ``--create`` sends: the scenario's fields, with the journey
+    (or, for a service before journeys, the stage list and one satisfaction scale)."""
+    definition = dict(experiment.definition)
+    definition.setdefault("name", experiment.key)
+    if legacy:
+        for name in ("journey", "metrics"):
+            definition.pop(name, None)
+        definition.setdefault("stages", list(scenario.stages))
+        lo, hi = scenario.legacy_scale
+        definition.setdefault("satisfaction_scale", {"min": lo, "max": hi})
+    else:
+        definition.setdefault("journey", scenario.journey)
+    return definition
+
+
+def prepare_experiments(scenario: Scenario, options: Options, say: Callable[[str], None]) -> None:
+    """With an admin key: create the scenario's missing experiments (``create``) and
+    start drafts / resume paused ones; without ``create`` only check that each exists
+    and runs."""
+    key = options.admin_key
+    if not key:
+        raise SimulationError("--create needs an admin key (--admin-key; `expplatform keys create --scope admin`)")
+    for experiment in scenario.experiments.values():
+        status, body = _admin(options.url, key, "GET", f"/experiments/{experiment.key}")
+        if status == 404 and options.create:
+            definition = definition_for(scenario, experiment, legacy=options.legacy)
+            status, body = _admin(options.url, key, "POST", "/experiments", definition)
+            if status != 201:
+                hint = ""
+                if not options.legacy and isinstance(body, dict) and "journey" in (body.get("fields") or {}):
+                    hint = (
+                        f" (is the journey {scenario.journey!r} defined? `expplatform demo setup` defines the demo "
+                        "journey; --legacy creates the experiment in the form from before journeys)"
+                    )
+                raise SimulationError(f"creating {experiment.key} failed: HTTP {status} {body}{hint}")
+            say(f"created experiment {experiment.key}")
+        elif status == 404:
+            raise SimulationError(f"experiment {experiment.key} does not exist (--create makes it from the scenario)")
+        elif status != 200:
+            raise SimulationError(f"reading experiment {experiment.key} failed: HTTP {status} {body}")
+        state = body.get("status")
+        action = {"draft": "start", "paused": "resume"}.get(state)
+        if state == "stopped":
+            raise SimulationError(f"experiment {experiment.key} is stopped: its outcomes would not count")
+        if action:
+            status, body = _admin(options.url, key, "POST", f"/experiments/{experiment.key}/{action}")
+            if status != 200:
+                raise SimulationError(f"{action} {experiment.key} failed: HTTP {status} {body}")
+            say(f"{action}ed experiment {experiment.key}" if action == "start" else f"resumed {experiment.key}")
+
+
+# -- counting ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """What one worker did (merged at the end; read roughly, unlocked, for progress)."""
+
+    customers: int = 0
+    events: int = 0  # events queued for sending, faults included
+    exposures: Counter[tuple[str, str]] = field(default_factory=Counter)  # (experiment, variant)
+    not_enrolled: Counter[tuple[str, str]] = field(default_factory=Counter)  # (experiment, reason)
+    duplicates_sent: int = 0
+    late_sent: int = 0
+    before_assignment: int = 0
+    unknown_customers: int = 0
+    sample_ratio_skipped: int = 0
+    ratings_not_sent: int = 0  # --legacy: questions whose scale is not the legacy one
+
+    def merge(self, other: Tally) -> None:
+        for name in (
+            "customers",
+            "events",
+            "duplicates_sent",
+            "late_sent",
+            "before_assignment",
+            "unknown_customers",
+            "sample_ratio_skipped",
+            "ratings_not_sent",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.exposures.update(other.exposures)
+        self.not_enrolled.update(other.not_enrolled)
+
+
+@dataclass
+class Summary:
+    scenario: str
+    planned: int
+    tally: Tally
+    accepted: int
+    duplicates: int
+    rejected: int
+    rejections: dict[str, int]
+    failed: int
+    dropped: int
+    elapsed: float
+    ended: str  # "done", "time" (--max-seconds) or "interrupted"
+    first_problems: list[str]
+
+    @property
+    def acknowledged(self) -> int:
+        return self.accepted + self.duplicates + self.rejected
+
+    def to_dict(self) -> dict[str, Any]:
+        t = self.tally
+        exposures: dict[str, dict[str, int]] = {}
+        for (experiment, variant), n in sorted(t.exposures.items()):
+            exposures.setdefault(experiment, {})[variant] = n
+        not_enrolled: dict[str, dict[str, int]] = {}
+        for (experiment, reason), n in sorted(t.not_enrolled.items()):
+            not_enrolled.setdefault(experiment, {})[reason] = n
+        return {
+            "scenario": self.scenario,
+            "customers": t.customers,
+            "customers_planned": self.planned,
+            "exposures": exposures,
+            "not_enrolled": not_enrolled,
+            "events_sent": t.events,
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": self.rejected,
+            "rejections": self.rejections,
+            "failed": self.failed,
+            "dropped": self.dropped,
+            "faults": {
+                "duplicates_sent": t.duplicates_sent,
+                "late_sent": t.late_sent,
+                "before_assignment": t.before_assignment,
+                "unknown_customers": t.unknown_customers,
+                "sample_ratio_skipped": t.sample_ratio_skipped,
+            },
+            "ratings_not_sent": t.ratings_not_sent,
+            "elapsed_seconds": round(self.elapsed, 3),
+            "customers_per_second": round(t.customers / self.elapsed, 1) if self.elapsed else None,
+            "events_per_second": round(self.acknowledged / self.elapsed, 1) if self.elapsed else None,
+            "ended": self.ended,
+        }
+
+    def lines(self) -> list[str]:
+        t = self.tally
+        rate = self.acknowledged / self.elapsed if self.elapsed else 0.0
+        ended = {"done": "", "time": " (stopped at --max-seconds)", "interrupted": " (interrupted)"}[self.ended]
+        out = [
+            f"simulated {t.customers:,} of {self.planned:,} customers in {self.elapsed:.1f} s{ended}: "
+            f"{t.customers / self.elapsed if self.elapsed else 0:,.0f} customers/s, {rate:,.0f} events/s",
+        ]
+        exposures = self.to_dict()["exposures"]
+        for experiment, variants in exposures.items():
+            split = ", ".join(f"{v} {n:,}" for v, n in variants.items())
+            out.append(f"  exposures {experiment}: {split}")
+        for (experiment, reason), n in sorted(t.not_enrolled.items()):
+            out.append(f"  not enrolled in {experiment}: {n:,} ({reason})")
+        out.append(
+            f"  events sent {t.events:,}: accepted {self.accepted:,}, duplicates {self.duplicates:,}, "
+            f"rejected {self.rejected:,}"
+            + (f" {dict(self.rejections)}" if self.rejections else "")
+            + (f", given up {self.failed:,}" if self.failed else "")
+            + (f", dropped {self.dropped:,}" if self.dropped else "")
+        )
+        out.append(
+            f"  faults: {t.duplicates_sent:,} re-sent, {t.late_sent:,} late, {t.before_assignment:,} before "
+            f"assignment, {t.unknown_customers:,} unknown customers, {t.sample_ratio_skipped:,} assign calls skipped"
+        )
+        if t.ratings_not_sent:
+            out.append(f"  --legacy: {t.ratings_not_sent:,} ratings of questions off the legacy scale not sent")
+        out.extend(f"  first problem: {p}" for p in self.first_problems)
+        return out
+
+
+# -- the run ----------------------------------------------------------------------------------------
+
+
+class _Worker:
+    """One thread's client and what it did."""
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        self.tally = Tally()
+        self.truth = Truth(run.scenario)
+        self.held: list[dict[str, Any]] = []  # track() arguments of late events and re-sends
+        options = run.options
+        self.client = Client(
+            options.url,
+            options.key,
+            timeout=ASSIGN_TIMEOUT,
+            batch_size=options.batch_size,
+            max_queue=max(10_000, options.batch_size * (PENDING_BATCHES + 2)),
+            on_error=run.on_error,
+        )
+
+    def track(self, customer: Customer, args: dict[str, Any], fault_rng: random.Random) -> None:
+        late = fault_rng.random() < self.run.scenario.faults.late_rate
+        again = fault_rng.random() < self.run.scenario.faults.duplicate_rate
+        args = {**args, "timestamp": datetime.now(UTC)}
+        if late:
+            self.held.append(args)
+            self.tally.late_sent += 1
+            return
+        self.client.track(**args)
+        self.tally.events += 1
+        if again:
+            self.held.append(args)
+            self.tally.duplicates_sent += 1
+
+    def simulate(self, customer: Customer) -> dict[str, str]:
+        run = self.run
+        scenario = run.scenario
+        cid = customer.id
+        fault_rng = random.Random(f"{run.options.seed}:{scenario.name}:{customer.index}:faults")
+        first = scenario.stages[0]
+        keys = [key for key in scenario.experiments if not run.skips(key, customer)]
+        self.tally.sample_ratio_skipped += len(scenario.experiments) - len(keys)
+        if customer.before_assignment:
+            moment = datetime.now(UTC) - BEFORE_ASSIGNMENT
+            self.client.track(cid, first, "conversion", event_id=f"{cid}:early", timestamp=moment)
+            self.tally.events += 1
+            self.tally.before_assignment += 1
+        variants: dict[str, str] = {}
+        if keys:
+            answers = self.client.assign(
+                cid, keys, attributes={scenario.persona_attribute: customer.persona, "platform": customer.platform}
+            )
+            for key in keys:
+                answer = answers.get(key)
+                if answer is not None and answer.enrolled and answer.variant is not None and not answer.forced:
+                    variants[key] = answer.variant
+                    self.tally.exposures[(key, answer.variant)] += 1
+                else:
+                    self.tally.not_enrolled[(key, answer.reason or "unknown") if answer else (key, "no answer")] += 1
+        outcome = run.behaviour.outcome(customer, effects_of(scenario, variants))
+        for stage in outcome.conversions:
+            self.track(customer, {"customer_id": cid, "stage": stage, "event_id": f"{cid}:{stage}"}, fault_rng)
+        for question_key, value in outcome.ratings:
+            question = scenario.questions[question_key]
+            event_id = f"{cid}:{question_key}"
+            if run.options.legacy:
+                if question.scale != scenario.legacy_scale:
+                    self.tally.ratings_not_sent += 1
+                    continue
+                args = {"stage": question.stage, "type": "satisfaction"}
+            else:
+                args = {"type": "rating", "metric": question_key}
+            self.track(customer, {"customer_id": cid, **args, "value": value, "event_id": event_id}, fault_rng)
+        if customer.ghost:
+            ghost = run.population.ghost_id(customer)
+            for stage in scenario.stages[:2]:
+                self.client.track(ghost, stage, "conversion", event_id=f"{ghost}:{stage}")
+                self.tally.events += 1
+            self.tally.unknown_customers += 1
+        self.truth.add(customer, variants)
+        self.tally.customers += 1
+        return variants
+
+    def wait_for_room(self) -> None:
+        while self.client.pending > PENDING_BATCHES * self.run.options.batch_size:
+            time.sleep(0.005)
+
+    def loop(self) -> None:
+        try:
+            while (customer := self.run.next_customer()) is not None:
+                self.simulate(customer)
+                self.wait_for_room()
+        except ClientError as exc:  # a 4xx on assign: the key or the request is wrong
+            self.run.fail(SimulationError(f"the service refused an assignment: {exc}"))
+        except Exception as exc:  # reported by the main thread
+            self.run.fail(exc)
+
+    def send_held(self) -> None:
+        for args in self.held:
+            self.client.track(**args)
+            self.tally.events += 1
+
+
+class _Run:
+    def __init__(self, scenario: Scenario, options: Options) -> None:
+        self.scenario = scenario
+        self.options = options
+        calendar = Calendar(options.last_day or datetime.now(UTC).date(), options.days, scenario.weekday_weights)
+        self.calendar = calendar
+        self.population = Population(scenario, options.seed, calendar)
+        self.behaviour = Behaviour(scenario)
+        self.customers = self.population.in_arrival_order(options.customers)
+        self._next = 0
+        self._lock = threading.Lock()
+        self.stop = threading.Event()
+        self.deadline = None if options.max_seconds is None else time.monotonic() + options.max_seconds
+        self.ended = "done"
+        self.error: BaseException | None = None
+        self.problems: list[str] = []
+        fault = scenario.faults.sample_ratio
+        self._srm_split = None
+        if fault is not None:
+            experiment = scenario.experiments[fault.experiment]
+            traffic = float(experiment.definition.get("traffic", 1.0))
+            self._srm_split = (fault, Split.of(experiment.key, experiment.weights, traffic), experiment)
+
+    def skips(self, key: str, customer: Customer) -> bool:
+        """Whether the sample-ratio fault skips this customer's assign call for ``key``:
+        their variant, by the published bucketing, is the fault's, and their draw is
+        under its share."""
+        if self._srm_split is None:
+            return False
+        fault, split, experiment = self._srm_split
+        if key != fault.experiment or customer.srm_draw >= fault.skip_share:
+            return False
+        index = place(split, customer.id)
+        return 0 <= index < len(experiment.variants) and experiment.variants[index] == fault.variant
+
+    def next_customer(self) -> Customer | None:
+        with self._lock:
+            if self.stop.is_set() or self._next >= len(self.customers):
+                return None
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                self.ended = "time"
+                return None
+            customer = self.customers[self._next]
+            self._next += 1
+            return customer
+
+    @property
+    def started(self) -> int:
+        return self._next
+
+    def fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self.error is None:
+                self.error = exc
+        self.stop.set()
+
+    def on_error(self, failure: Failure) -> None:
+        with self._lock:
+            if len(self.problems) < 3:
+                self.problems.append(f"{failure.reason} ({len(failure.events)} events)"[:300])
+
+
+class _Progress:
+    """A line on ``stream``: rewritten in place on a terminal, else every ``every`` s."""
+
+    def __init__(self, run: _Run, workers: list[_Worker], stream: TextIO | None) -> None:
+        self.run = run
+        self.workers = workers
+        self.stream = stream
+        self.tty = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
+        self.every = 0.5 if self.tty else 10.0
+        self.t0 = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="simulate-progress", daemon=True)
+
+    def start(self) -> None:
+        if self.stream is not None:
+            self._thread.start()
+
+    def line(self) -> str:
+        run = self.run
+        done = sum(w.tally.customers for w in self.workers)
+        acknowledged = sum(w.client.accepted + w.client.duplicates + w.client.rejected for w in self.workers)
+        elapsed = max(time.monotonic() - self.t0, 1e-9)
+        total = len(run.customers)
+        rate = done / elapsed
+        eta = (total - done) / rate if rate > 0 else float("inf")
+        if run.deadline is not None:
+            eta = min(eta, max(run.deadline - time.monotonic(), 0.0))
+        eta_text = "?" if eta == float("inf") else f"{int(eta) // 60}:{int(eta) % 60:02d}"
+        day = ""
+        if 0 < run.started <= total:
+            arrival = run.customers[run.started - 1].arrival.date()
+            index = (arrival - run.calendar.first).days + 1
+            day = f" · day {index}/{run.calendar.days} ({arrival.isoformat()})"
+        return (
+            f"{run.scenario.name}: {done:,}/{total:,} customers ({done / total:.0%}){day} · "
+            f"{acknowledged:,} events, {acknowledged / elapsed:,.0f}/s · ETA {eta_text}"
+        )
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self._write()
+
+    def _write(self) -> None:
+        assert self.stream is not None
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + self.line())
+        else:
+            self.stream.write(self.line() + "\n")
+        self.stream.flush()
+
+    def stop(self) -> None:
+        if self.stream is None:
+            return
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        if self.tty:
+            self._write()
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _wait(threads: list[threading.Thread], run: _Run) -> None:
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)
+    except KeyboardInterrupt:
+        run.ended = "interrupted"
+        run.stop.set()
+        for thread in threads:
+            thread.join()
+
+
+@dataclass
+class Result:
+    summary: Summary
+    truth: Truth
+    calendar: dict[str, int]  # simulated day -> customers who arrived that day (of those simulated)
+
+
+def simulate(scenario: Scenario, options: Options, *, stream: TextIO | None = sys.stderr) -> Result:
+    """Run the scenario against the service: what was sent, the truth (expected
+    outcomes of the customers each experiment enrolled) and the simulated calendar."""
+    if options.customers < 1 or options.days < 1 or options.concurrency < 1:
+        raise SimulationError("customers, days and concurrency must be at least 1")
+
+    def say(text: str) -> None:
+        if stream is not None:
+            stream.write(text + "\n")
+            stream.flush()
+
+    if options.create or options.admin_key:
+        prepare_experiments(scenario, options, say)
+    run = _Run(scenario, options)
+    t0 = time.monotonic()
+    workers = [_Worker(run) for _ in range(min(options.concurrency, len(run.customers)))]
+    progress = _Progress(run, workers, stream)
+    try:
+        # The first customer alone: an experiment the service cannot enrol anyone in
+        # (unknown, draft, paused) stops the run before anything else is sent.
+        first = run.next_customer()
+        if first is not None:
+            workers[0].simulate(first)
+            unusable = {k: r for (k, r) in workers[0].tally.not_enrolled if r in UNUSABLE_REASONS}
+            if unusable:
+                raise SimulationError(
+                    "the service cannot enrol anyone in "
+                    + ", ".join(f"{k} ({r})" for k, r in sorted(unusable.items()))
+                    + ": start the experiments, or run with --create --admin-key KEY"
+                )
+        progress.start()
+        threads = [threading.Thread(target=w.loop, name=f"simulate-{i}", daemon=True) for i, w in enumerate(workers)]
+        for thread in threads:
+            thread.start()
+        _wait(threads, run)
+        if run.error is not None:
+            raise run.error if isinstance(run.error, SimulationError) else SimulationError(repr(run.error))
+        # Late events and re-sends go after everything else was acknowledged, so that a
+        # re-send is never in the batch of its original (that would be a rejection).
+        for worker in workers:
+            worker.client.flush()
+        for worker in workers:
+            worker.send_held()
+    finally:
+        for worker in workers:
+            worker.client.close()
+        progress.stop()
+    elapsed = time.monotonic() - t0
+    tally = Tally()
+    truth = Truth(scenario)
+    rejections: Counter[str] = Counter()
+    for worker in workers:
+        tally.merge(worker.tally)
+        truth.merge(worker.truth)
+        rejections.update(worker.client.rejections)
+    summary = Summary(
+        scenario=scenario.name,
+        planned=len(run.customers),
+        tally=tally,
+        accepted=sum(w.client.accepted for w in workers),
+        duplicates=sum(w.client.duplicates for w in workers),
+        rejected=sum(w.client.rejected for w in workers),
+        rejections=dict(sorted(rejections.items())),
+        failed=sum(w.client.failed for w in workers),
+        dropped=sum(w.client.dropped for w in workers),
+        elapsed=elapsed,
+        ended=run.ended,
+        first_problems=run.problems,
+    )
+    calendar = {run.calendar.day(i).isoformat(): 0 for i in range(run.calendar.days)}
+    for customer in run.customers[: run.started]:
+        calendar[customer.arrival.date().isoformat()] += 1
+    return Result(summary, truth, calendar)
+
+
+def truth_document(scenario: Scenario, options: Options, result: Result) -> dict[str, Any]:
+    """What ``--truth-out`` holds: the true rates, mean ratings and lifts the run
+    used, per experiment (``enrolled``: over the customers it enrolled, in all and per
+    persona; ``population``: at the scenario's persona shares), and the run's summary."""
+    summary, truth = result.summary, result.truth
+    population = truth.population()
+    return {
+        "scenario": scenario.name,
+        "source": scenario.source,
+        "description": scenario.description,
+        "journey": scenario.journey,
+        "seed": options.seed,
+        "customers": summary.tally.customers,
+        "days": options.days,
+        "calendar": result.calendar,
+        "rating_events": "satisfaction, without metric (--legacy)" if options.legacy else "rating, naming its metric",
+        "timestamps": "sent: each event is dated when the customer did it in the run, after their assignment",
+        "experiments": {
+            key: {"enrolled": value, "population": population[key]} for key, value in truth.enrolled().items()
+        },
+        "run": summary.to_dict(),
+    }
+
+
+def write_truth(path: Path, document: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
