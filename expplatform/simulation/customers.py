@@ -1,12 +1,12 @@
 """Synthetic customers and what they do, with no I/O: deterministic given the seed.
 
 Customer ``i`` of a scenario and seed is the same in every run: id, persona, platform,
-arrival, faults and the uniforms its outcomes are drawn from come from random streams
-seeded with ``"<seed>:<scenario>:<i>"`` (string seeds are hashed with SHA-512, so no
-``PYTHONHASHSEED`` or platform changes them). Every customer draws the same number of
-uniforms whatever happens, so a variant changes what a customer does only where its
-effect says (common random numbers), and a re-run with the same seed sends the same
-events with the same ids.
+arrival, faults and the uniforms its outcomes are drawn from are read from SHAKE-256
+of ``"<seed>:<scenario>:<i>"`` (:func:`uniforms`: standard, fast, the same on every
+platform and Python). Every customer draws the same number of uniforms whatever
+happens, so a variant changes what a customer does only where its effect says (common
+random numbers), and a re-run with the same seed sends the same events with the same
+ids.
 
 A customer converts at stage k only after converting at k - 1, with probability
 (the persona's conversion at k) x (the product of the multipliers of the variants
@@ -22,7 +22,8 @@ rates it reports are those of exactly the customers the service saw.
 from __future__ import annotations
 
 import bisect
-import random
+import hashlib
+import struct
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,15 @@ from typing import Any
 from .scenario import NO_EFFECT, Effect, Question, Scenario, mean_of, shift_for_mean, shifted
 
 MAX_ID_PREFIX = 60
+_TO_UNIT = 2.0**-53
+PROFILE_DRAWS = 6  # persona, platform, day, time of day, before assignment, unknown customer; + the SRM draw
+
+
+def uniforms(label: str, count: int) -> tuple[float, ...]:
+    """``count`` independent uniforms in [0, 1) determined by ``label``: 64-bit words of
+    SHAKE-256 of the label, their top 53 bits as a fraction (as the bucketing does)."""
+    words = struct.unpack(f">{count}Q", hashlib.shake_256(label.encode()).digest(8 * count))
+    return tuple((w >> 11) * _TO_UNIT for w in words)
 
 
 @dataclass(frozen=True)
@@ -114,31 +124,38 @@ class Population:
         self._draw_count = len(scenario.stages) + 2 * len(scenario.questions)
 
     def customer(self, index: int) -> Customer:
-        rng = random.Random(f"{self.seed}:{self.scenario.name}:{index}")
+        draws = uniforms(f"{self.seed}:{self.scenario.name}:{index}", PROFILE_DRAWS + 1 + self._draw_count)
+        persona_u, platform_u, day_u, moment, before_u, ghost_u, srm_draw = draws[: PROFILE_DRAWS + 1]
         faults = self.scenario.faults
-        persona = _pick(self._personas[1], self._personas[0], rng.random())
-        platform = _pick(self._platforms[1], self._platforms[0], rng.random())
-        day = bisect.bisect_right(self._days, rng.random())
-        moment = rng.random()
-        before = rng.random() < faults.before_assignment_rate
-        ghost = rng.random() < faults.unknown_customer_rate
-        srm_draw = rng.random()
-        draws = tuple(rng.random() for _ in range(self._draw_count))
-        start = datetime.combine(self.calendar.day(min(day, self.calendar.days - 1)), datetime.min.time(), UTC)
+        day = min(bisect.bisect_right(self._days, day_u), self.calendar.days - 1)
+        start = datetime.combine(self.calendar.day(day), datetime.min.time(), UTC)
         return Customer(
             index=index,
             id=f"{self.prefix}-{index:07d}",
-            persona=persona,
-            platform=platform,
+            persona=_pick(self._personas[1], self._personas[0], persona_u),
+            platform=_pick(self._platforms[1], self._platforms[0], platform_u),
             arrival=start + timedelta(days=moment),
-            before_assignment=before,
-            ghost=ghost,
+            before_assignment=before_u < faults.before_assignment_rate,
+            ghost=ghost_u < faults.unknown_customer_rate,
             srm_draw=srm_draw,
-            draws=draws,
+            draws=draws[PROFILE_DRAWS + 1 :],
         )
 
-    def in_arrival_order(self, count: int) -> list[Customer]:
-        return sorted((self.customer(i) for i in range(count)), key=lambda c: (c.arrival, c.index))
+    def fault_draws(self, customer: Customer) -> tuple[float, ...]:
+        """Two uniforms per event the customer may send (late?, sent twice?)."""
+        return uniforms(f"{self.seed}:{self.scenario.name}:{customer.index}:faults", 2 * self._draw_count)
+
+    def in_arrival_order(self, count: int) -> list[int]:
+        """Customer numbers 0..count-1 in order of simulated arrival (the day and time
+        of day :meth:`customer` gives: SHAKE's shorter output is a prefix of its longer)."""
+        days, name, seed = self._days, self.scenario.name, self.seed
+        last = self.calendar.days - 1
+
+        def arrival(index: int) -> tuple[int, float, int]:
+            _persona, _platform, day_u, moment = uniforms(f"{seed}:{name}:{index}", 4)
+            return min(bisect.bisect_right(days, day_u), last), moment, index
+
+        return [index for *_when, index in sorted(map(arrival, range(count)))]
 
     def ghost_id(self, customer: Customer) -> str:
         return f"{self.prefix}-ghost-{customer.index:07d}"

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import random
 import socket
 import sys
 import threading
@@ -42,7 +41,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -310,9 +309,9 @@ class _Worker:
             on_error=run.on_error,
         )
 
-    def track(self, customer: Customer, args: dict[str, Any], fault_rng: random.Random) -> None:
-        late = fault_rng.random() < self.run.scenario.faults.late_rate
-        again = fault_rng.random() < self.run.scenario.faults.duplicate_rate
+    def track(self, args: dict[str, Any], fault_draws: Iterator[float]) -> None:
+        late = next(fault_draws) < self.run.scenario.faults.late_rate
+        again = next(fault_draws) < self.run.scenario.faults.duplicate_rate
         args = {**args, "timestamp": datetime.now(UTC)}
         if late:
             self.held.append(args)
@@ -328,7 +327,7 @@ class _Worker:
         run = self.run
         scenario = run.scenario
         cid = customer.id
-        fault_rng = random.Random(f"{run.options.seed}:{scenario.name}:{customer.index}:faults")
+        fault_draws = iter(run.population.fault_draws(customer))
         first = scenario.stages[0]
         keys = [key for key in scenario.experiments if not run.skips(key, customer)]
         self.tally.sample_ratio_skipped += len(scenario.experiments) - len(keys)
@@ -351,7 +350,7 @@ class _Worker:
                     self.tally.not_enrolled[(key, answer.reason or "unknown") if answer else (key, "no answer")] += 1
         outcome = run.behaviour.outcome(customer, effects_of(scenario, variants))
         for stage in outcome.conversions:
-            self.track(customer, {"customer_id": cid, "stage": stage, "event_id": f"{cid}:{stage}"}, fault_rng)
+            self.track({"customer_id": cid, "stage": stage, "event_id": f"{cid}:{stage}"}, fault_draws)
         for question_key, value in outcome.ratings:
             question = scenario.questions[question_key]
             event_id = f"{cid}:{question_key}"
@@ -362,7 +361,7 @@ class _Worker:
                 args = {"stage": question.stage, "type": "satisfaction"}
             else:
                 args = {"type": "rating", "metric": question_key}
-            self.track(customer, {"customer_id": cid, **args, "value": value, "event_id": event_id}, fault_rng)
+            self.track({"customer_id": cid, **args, "value": value, "event_id": event_id}, fault_draws)
         if customer.ghost:
             ghost = run.population.ghost_id(customer)
             for stage in scenario.stages[:2]:
@@ -401,7 +400,9 @@ class _Run:
         self.calendar = calendar
         self.population = Population(scenario, options.seed, calendar)
         self.behaviour = Behaviour(scenario)
-        self.customers = self.population.in_arrival_order(options.customers)
+        self.order = self.population.in_arrival_order(options.customers)
+        self.arrivals: Counter[date] = Counter()  # simulated day -> customers started
+        self.last_arrival: date | None = None
         self._next = 0
         self._lock = threading.Lock()
         self.stop = threading.Event()
@@ -430,18 +431,19 @@ class _Run:
 
     def next_customer(self) -> Customer | None:
         with self._lock:
-            if self.stop.is_set() or self._next >= len(self.customers):
+            if self.stop.is_set() or self._next >= len(self.order):
                 return None
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 self.ended = "time"
                 return None
-            customer = self.customers[self._next]
+            index = self.order[self._next]
             self._next += 1
-            return customer
-
-    @property
-    def started(self) -> int:
-        return self._next
+        customer = self.population.customer(index)
+        with self._lock:
+            day = customer.arrival.date()
+            self.arrivals[day] += 1
+            self.last_arrival = max(day, self.last_arrival or day)
+        return customer
 
     def fail(self, exc: BaseException) -> None:
         with self._lock:
@@ -477,15 +479,15 @@ class _Progress:
         done = sum(w.tally.customers for w in self.workers)
         acknowledged = sum(w.client.accepted + w.client.duplicates + w.client.rejected for w in self.workers)
         elapsed = max(time.monotonic() - self.t0, 1e-9)
-        total = len(run.customers)
+        total = len(run.order)
         rate = done / elapsed
         eta = (total - done) / rate if rate > 0 else float("inf")
         if run.deadline is not None:
             eta = min(eta, max(run.deadline - time.monotonic(), 0.0))
         eta_text = "?" if eta == float("inf") else f"{int(eta) // 60}:{int(eta) % 60:02d}"
         day = ""
-        if 0 < run.started <= total:
-            arrival = run.customers[run.started - 1].arrival.date()
+        arrival = run.last_arrival
+        if arrival is not None:
             index = (arrival - run.calendar.first).days + 1
             day = f" · day {index}/{run.calendar.days} ({arrival.isoformat()})"
         return (
@@ -551,7 +553,7 @@ def simulate(scenario: Scenario, options: Options, *, stream: TextIO | None = sy
         prepare_experiments(scenario, options, say)
     run = _Run(scenario, options)
     t0 = time.monotonic()
-    workers = [_Worker(run) for _ in range(min(options.concurrency, len(run.customers)))]
+    workers = [_Worker(run) for _ in range(min(options.concurrency, len(run.order)))]
     progress = _Progress(run, workers, stream)
     try:
         # The first customer alone: an experiment the service cannot enrol anyone in
@@ -593,7 +595,7 @@ def simulate(scenario: Scenario, options: Options, *, stream: TextIO | None = sy
         rejections.update(worker.client.rejections)
     summary = Summary(
         scenario=scenario.name,
-        planned=len(run.customers),
+        planned=len(run.order),
         tally=tally,
         accepted=sum(w.client.accepted for w in workers),
         duplicates=sum(w.client.duplicates for w in workers),
@@ -605,9 +607,7 @@ def simulate(scenario: Scenario, options: Options, *, stream: TextIO | None = sy
         ended=run.ended,
         first_problems=run.problems,
     )
-    calendar = {run.calendar.day(i).isoformat(): 0 for i in range(run.calendar.days)}
-    for customer in run.customers[: run.started]:
-        calendar[customer.arrival.date().isoformat()] += 1
+    calendar = {run.calendar.day(i).isoformat(): run.arrivals[run.calendar.day(i)] for i in range(run.calendar.days)}
     return Result(summary, truth, calendar)
 
 
