@@ -396,11 +396,11 @@ def test_legacy_runs_send_metricless_satisfaction_on_the_legacy_scale(monkeypatc
     assert ratings and all(e["type"] == "satisfaction" and "metric" not in e for e in ratings)
     assert {e["stage"] for e in ratings} <= {"purchase", "retention"}  # checkout-csat, delivery-csat: 1-5
     assert result.summary.tally.ratings_not_sent > 0  # consideration-effort (1-7) and nps (0-10)
-    definition = simulation.runner.definition_for(scenario, scenario.experiments["sim-one-page-checkout"], legacy=True)
+    definition = simulation.service.definition_for(scenario, scenario.experiments["sim-one-page-checkout"], legacy=True)
     assert definition["stages"] == list(scenario.stages) and definition["satisfaction_scale"] == {"min": 1, "max": 5}
     assert "journey" not in definition
     assert (
-        simulation.runner.definition_for(scenario, scenario.experiments["sim-one-page-checkout"], legacy=False)[
+        simulation.service.definition_for(scenario, scenario.experiments["sim-one-page-checkout"], legacy=False)[
             "journey"
         ]
         == "ecommerce"
@@ -663,3 +663,35 @@ def test_a_second_run_with_the_same_seed_stores_nothing_new(live_server, db, mak
     assert stored() == before
     assert second.summary.accepted == 0 and second.summary.rejected == 0
     assert second.summary.duplicates == second.summary.tally.events == first.summary.tally.events
+
+
+def test_with_an_admin_key_the_experiments_are_checked_and_with_create_made(monkeypatch):
+    scenario = simulation.load("null")
+    calls: list[tuple[str, str]] = []
+    state = {"status": None}
+
+    def admin(url, key, method, path, body=None):
+        calls.append((method, path))
+        if method == "GET":
+            return (404, {"error": "not_found"}) if state["status"] is None else (200, {"status": state["status"]})
+        if path == "/experiments":
+            assert body["key"] == "sim-button-colour" and body["journey"] == "ecommerce"
+            state["status"] = "draft"
+            return 201, {"status": "draft"}
+        state["status"] = "running"
+        return 200, {"status": "running"}
+
+    monkeypatch.setattr(simulation.service, "_admin", admin)
+    prepare = simulation.service.prepare_experiments
+    with pytest.raises(simulation.SimulationError, match="does not exist"):
+        prepare(scenario, "u", "k", create=False, legacy=False, say=print)
+    said: list[str] = []
+    prepare(scenario, "u", "k", create=True, legacy=False, say=said.append)
+    assert said == ["created experiment sim-button-colour", "started experiment sim-button-colour"]
+    assert calls[-2:] == [("POST", "/experiments"), ("POST", "/experiments/sim-button-colour/start")]
+    state["status"] = "paused"
+    with pytest.raises(simulation.SimulationError, match="is paused: resume it, or run with --create"):
+        prepare(scenario, "u", "k", create=False, legacy=False, say=print)
+    state["status"] = "stopped"
+    with pytest.raises(simulation.SimulationError, match="is stopped"):
+        prepare(scenario, "u", "k", create=True, legacy=False, say=print)

@@ -31,18 +31,13 @@ assignments return the recorded variants and all its events come back as duplica
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import socket
 import sys
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
@@ -50,16 +45,14 @@ from typing import Any, TextIO
 from ..bucketing import Split, place
 from ..client import Client, ClientError, Failure
 from .customers import Behaviour, Calendar, Customer, Population, Truth, effects_of
-from .scenario import Experiment, Scenario
+from .scenario import Scenario
+from .service import SimulationError, prepare_experiments
+from .summary import Summary, Tally
 
 BEFORE_ASSIGNMENT = timedelta(seconds=60)  # how long before the assign call the early event is dated
 PENDING_BATCHES = 4  # a worker waits while its client has this many batches queued or in flight
 ASSIGN_TIMEOUT = 10.0
 UNUSABLE_REASONS = frozenset({"unknown_experiment", "not_running", "paused"})
-
-
-class SimulationError(Exception):
-    """The simulation cannot run (or go on): the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -76,216 +69,6 @@ class Options:
     legacy: bool = False  # a service before journeys: legacy definitions, metric-less satisfaction ratings
     batch_size: int = 250
     last_day: date | None = None  # the last simulated day (default: today, UTC)
-
-
-# -- the service's host -------------------------------------------------------------------------
-
-
-def is_loopback(url: str) -> bool:
-    """Whether every address the URL's host names is a loopback address."""
-    host = urllib.parse.urlsplit(url).hostname
-    if not host:
-        return False
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return False
-    return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
-
-
-# -- the admin API (for --create) ----------------------------------------------------------------
-
-
-def _admin(url: str, key: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    request = urllib.request.Request(url.rstrip("/") + "/api/v1" + path, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as exc:
-        with exc:
-            try:
-                return exc.code, json.load(exc)
-            except ValueError:
-                return exc.code, None
-    except (urllib.error.URLError, OSError) as exc:
-        raise SimulationError(f"cannot reach {url}: {exc}") from None
-
-
-def definition_for(scenario: Scenario, experiment: Experiment, *, legacy: bool) -> dict[str, Any]:
-    """The definition ``--create`` sends: the scenario's fields, with the journey
-    (or, for a service before journeys, the stage list and one satisfaction scale)."""
-    definition = dict(experiment.definition)
-    definition.setdefault("name", experiment.key)
-    if legacy:
-        for name in ("journey", "metrics"):
-            definition.pop(name, None)
-        definition.setdefault("stages", list(scenario.stages))
-        lo, hi = scenario.legacy_scale
-        definition.setdefault("satisfaction_scale", {"min": lo, "max": hi})
-    else:
-        definition.setdefault("journey", scenario.journey)
-    return definition
-
-
-def prepare_experiments(scenario: Scenario, options: Options, say: Callable[[str], None]) -> None:
-    """With an admin key: create the scenario's missing experiments (``create``) and
-    start drafts / resume paused ones; without ``create`` only check that each exists
-    and runs."""
-    key = options.admin_key
-    if not key:
-        raise SimulationError("--create needs an admin key (--admin-key; `expplatform keys create --scope admin`)")
-    for experiment in scenario.experiments.values():
-        status, body = _admin(options.url, key, "GET", f"/experiments/{experiment.key}")
-        if status == 404 and options.create:
-            definition = definition_for(scenario, experiment, legacy=options.legacy)
-            status, body = _admin(options.url, key, "POST", "/experiments", definition)
-            if status != 201:
-                hint = ""
-                if not options.legacy and isinstance(body, dict) and "journey" in (body.get("fields") or {}):
-                    hint = (
-                        f" (is the journey {scenario.journey!r} defined? `expplatform demo setup` defines the demo "
-                        "journey; --legacy creates the experiment in the form from before journeys)"
-                    )
-                raise SimulationError(f"creating {experiment.key} failed: HTTP {status} {body}{hint}")
-            say(f"created experiment {experiment.key}")
-        elif status == 404:
-            raise SimulationError(f"experiment {experiment.key} does not exist (--create makes it from the scenario)")
-        elif status != 200:
-            raise SimulationError(f"reading experiment {experiment.key} failed: HTTP {status} {body}")
-        state = body.get("status")
-        action = {"draft": "start", "paused": "resume"}.get(state)
-        if state == "stopped":
-            raise SimulationError(f"experiment {experiment.key} is stopped: its outcomes would not count")
-        if action:
-            status, body = _admin(options.url, key, "POST", f"/experiments/{experiment.key}/{action}")
-            if status != 200:
-                raise SimulationError(f"{action} {experiment.key} failed: HTTP {status} {body}")
-            say(f"{action}ed experiment {experiment.key}" if action == "start" else f"resumed {experiment.key}")
-
-
-# -- counting ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class Tally:
-    """What one worker did (merged at the end; read roughly, unlocked, for progress)."""
-
-    customers: int = 0
-    events: int = 0  # events queued for sending, faults included
-    exposures: Counter[tuple[str, str]] = field(default_factory=Counter)  # (experiment, variant)
-    not_enrolled: Counter[tuple[str, str]] = field(default_factory=Counter)  # (experiment, reason)
-    duplicates_sent: int = 0
-    late_sent: int = 0
-    before_assignment: int = 0
-    unknown_customers: int = 0
-    sample_ratio_skipped: int = 0
-    ratings_not_sent: int = 0  # --legacy: questions whose scale is not the legacy one
-
-    def merge(self, other: Tally) -> None:
-        for name in (
-            "customers",
-            "events",
-            "duplicates_sent",
-            "late_sent",
-            "before_assignment",
-            "unknown_customers",
-            "sample_ratio_skipped",
-            "ratings_not_sent",
-        ):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.exposures.update(other.exposures)
-        self.not_enrolled.update(other.not_enrolled)
-
-
-@dataclass
-class Summary:
-    scenario: str
-    planned: int
-    tally: Tally
-    accepted: int
-    duplicates: int
-    rejected: int
-    rejections: dict[str, int]
-    failed: int
-    dropped: int
-    elapsed: float
-    ended: str  # "done", "time" (--max-seconds) or "interrupted"
-    first_problems: list[str]
-
-    @property
-    def acknowledged(self) -> int:
-        return self.accepted + self.duplicates + self.rejected
-
-    def to_dict(self) -> dict[str, Any]:
-        t = self.tally
-        exposures: dict[str, dict[str, int]] = {}
-        for (experiment, variant), n in sorted(t.exposures.items()):
-            exposures.setdefault(experiment, {})[variant] = n
-        not_enrolled: dict[str, dict[str, int]] = {}
-        for (experiment, reason), n in sorted(t.not_enrolled.items()):
-            not_enrolled.setdefault(experiment, {})[reason] = n
-        return {
-            "scenario": self.scenario,
-            "customers": t.customers,
-            "customers_planned": self.planned,
-            "exposures": exposures,
-            "not_enrolled": not_enrolled,
-            "events_sent": t.events,
-            "accepted": self.accepted,
-            "duplicates": self.duplicates,
-            "rejected": self.rejected,
-            "rejections": self.rejections,
-            "failed": self.failed,
-            "dropped": self.dropped,
-            "faults": {
-                "duplicates_sent": t.duplicates_sent,
-                "late_sent": t.late_sent,
-                "before_assignment": t.before_assignment,
-                "unknown_customers": t.unknown_customers,
-                "sample_ratio_skipped": t.sample_ratio_skipped,
-            },
-            "ratings_not_sent": t.ratings_not_sent,
-            "elapsed_seconds": round(self.elapsed, 3),
-            "customers_per_second": round(t.customers / self.elapsed, 1) if self.elapsed else None,
-            "events_per_second": round(self.acknowledged / self.elapsed, 1) if self.elapsed else None,
-            "ended": self.ended,
-        }
-
-    def lines(self) -> list[str]:
-        t = self.tally
-        rate = self.acknowledged / self.elapsed if self.elapsed else 0.0
-        ended = {"done": "", "time": " (stopped at --max-seconds)", "interrupted": " (interrupted)"}[self.ended]
-        out = [
-            f"simulated {t.customers:,} of {self.planned:,} customers in {self.elapsed:.1f} s{ended}: "
-            f"{t.customers / self.elapsed if self.elapsed else 0:,.0f} customers/s, {rate:,.0f} events/s",
-        ]
-        exposures = self.to_dict()["exposures"]
-        for experiment, variants in exposures.items():
-            split = ", ".join(f"{v} {n:,}" for v, n in variants.items())
-            out.append(f"  exposures {experiment}: {split}")
-        for (experiment, reason), n in sorted(t.not_enrolled.items()):
-            out.append(f"  not enrolled in {experiment}: {n:,} ({reason})")
-        out.append(
-            f"  events sent {t.events:,}: accepted {self.accepted:,}, duplicates {self.duplicates:,}, "
-            f"rejected {self.rejected:,}"
-            + (f" {dict(self.rejections)}" if self.rejections else "")
-            + (f", given up {self.failed:,}" if self.failed else "")
-            + (f", dropped {self.dropped:,}" if self.dropped else "")
-        )
-        out.append(
-            f"  faults: {t.duplicates_sent:,} re-sent, {t.late_sent:,} late, {t.before_assignment:,} before "
-            f"assignment, {t.unknown_customers:,} unknown customers, {t.sample_ratio_skipped:,} assign calls skipped"
-        )
-        if t.ratings_not_sent:
-            out.append(f"  --legacy: {t.ratings_not_sent:,} ratings of questions off the legacy scale not sent")
-        out.extend(f"  first problem: {p}" for p in self.first_problems)
-        return out
 
 
 # -- the run ----------------------------------------------------------------------------------------
@@ -549,8 +332,12 @@ def simulate(scenario: Scenario, options: Options, *, stream: TextIO | None = sy
             stream.write(text + "\n")
             stream.flush()
 
-    if options.create or options.admin_key:
-        prepare_experiments(scenario, options, say)
+    if options.create and not options.admin_key:
+        raise SimulationError("--create needs an admin key (--admin-key; `expplatform keys create --scope admin`)")
+    if options.admin_key:
+        prepare_experiments(
+            scenario, options.url, options.admin_key, create=options.create, legacy=options.legacy, say=say
+        )
     run = _Run(scenario, options)
     t0 = time.monotonic()
     workers = [_Worker(run) for _ in range(min(options.concurrency, len(run.order)))]
