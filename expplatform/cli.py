@@ -488,6 +488,8 @@ def simulate_command(
         click.echo(line, err=True)
     simulation.write_truth(truth_out, simulation.truth_document(loaded, options, result))
     click.echo(f"true effects written to {truth_out}", err=True)
+    if result.summary.ended == "interrupted":
+        sys.exit(130)  # as a shell reports Ctrl-C
 
 
 if __name__ == "__main__":
