@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from expplatform import simulation
 from expplatform.bucketing import Split, place
 from expplatform.cli import main
-from expplatform.client import Client
+from expplatform.client import Client, ClientError
 from expplatform.ingest import validation
 from expplatform.models import Event, Exposure
 from expplatform.simulation.customers import Behaviour, Calendar, Population, Truth, effects_of
@@ -307,9 +307,21 @@ class StandIn:
             return {"accepted": accepted, "duplicates": duplicates, "rejected": rejected}
 
 
-def run_against_stand_in(monkeypatch, scenario, **options: Any) -> tuple[StandIn, simulation.Result]:
+def serve(monkeypatch, request) -> None:
+    """Answer every client call with ``request(client, method, path, body)``, and the
+    liveness probe with yes."""
+    monkeypatch.setattr(Client, "_request", request)
+    monkeypatch.setattr(simulation.runner, "check_reachable", lambda url: None)
+
+
+def stand_in(monkeypatch, scenario: simulation.Scenario) -> StandIn:
     service = StandIn(scenario)
-    monkeypatch.setattr(Client, "_request", lambda self, method, path, body=None: service.request(method, path, body))
+    serve(monkeypatch, lambda self, method, path, body=None: service.request(method, path, body))
+    return service
+
+
+def run_against_stand_in(monkeypatch, scenario, **options: Any) -> tuple[StandIn, simulation.Result]:
+    service = stand_in(monkeypatch, scenario)
     settings = {"url": "http://127.0.0.1:1", "key": "xp_test", "customers": 400, "concurrency": 4, **options}
     return service, simulation.simulate(scenario, simulation.Options(last_day=LAST_DAY, **settings), stream=None)
 
@@ -421,8 +433,7 @@ def test_the_sample_ratio_fault_leaves_one_variant_short_of_exposures(monkeypatc
 
 def test_progress_is_a_line_per_interval_off_a_terminal_and_a_summary_at_the_end(monkeypatch):
     scenario = simulation.load("null")
-    service = StandIn(scenario)
-    monkeypatch.setattr(Client, "_request", lambda self, method, path, body=None: service.request(method, path, body))
+    stand_in(monkeypatch, scenario)
     monkeypatch.setattr(simulation.runner._Progress, "__init__", _fast_progress(simulation.runner._Progress.__init__))
     stream = io.StringIO()
     options = simulation.Options(url="http://127.0.0.1:1", key="k", customers=300, last_day=LAST_DAY)
@@ -487,7 +498,7 @@ def test_the_command_uses_the_demo_key_and_writes_the_truth(monkeypatch, tmp_pat
         keys.append(self._headers["Authorization"])
         return service.request(method, path, body)
 
-    monkeypatch.setattr(Client, "_request", request)
+    serve(monkeypatch, request)
     out = tmp_path / "truth.json"
     result = CliRunner().invoke(
         main,
@@ -514,7 +525,7 @@ def test_the_command_says_what_to_do_about_an_experiment_that_is_not_running(mon
             ]}  # fmt: skip
         return {"accepted": len(body["events"]), "duplicates": 0, "rejected": []}
 
-    monkeypatch.setattr(Client, "_request", request)
+    serve(monkeypatch, request)
     result = CliRunner().invoke(main, ["simulate", "--key", "k", "--truth-out", str(tmp_path / "t.json")])
     assert result.exit_code == 1
     assert "cannot enrol anyone in sim-one-page-checkout (not_running)" in result.output
@@ -663,6 +674,20 @@ def test_a_second_run_with_the_same_seed_stores_nothing_new(live_server, db, mak
     assert stored() == before
     assert second.summary.accepted == 0 and second.summary.rejected == 0
     assert second.summary.duplicates == second.summary.tally.events == first.summary.tally.events
+
+
+def test_a_service_that_does_not_answer_or_refuses_the_key_stops_the_run(monkeypatch):
+    scenario = simulation.load("null")
+    options = simulation.Options(url="http://127.0.0.1:1", key="k", customers=10)
+    with pytest.raises(simulation.SimulationError, match=r"cannot reach http://127\.0\.0\.1:1"):
+        simulation.simulate(scenario, options, stream=None)
+
+    def refuse(self, method, path, body=None):
+        raise ClientError(401, {"error": "unauthorized", "message": "Unknown API key."})
+
+    serve(monkeypatch, refuse)
+    with pytest.raises(simulation.SimulationError, match="refused an assignment: 401 unauthorized"):
+        simulation.simulate(scenario, options, stream=None)
 
 
 def test_with_an_admin_key_the_experiments_are_checked_and_with_create_made(monkeypatch):

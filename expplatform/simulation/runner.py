@@ -46,7 +46,7 @@ from ..bucketing import Split, place
 from ..client import Client, ClientError, Failure
 from .customers import Behaviour, Calendar, Customer, Population, Truth, effects_of
 from .scenario import Scenario
-from .service import SimulationError, prepare_experiments
+from .service import SimulationError, check_reachable, prepare_experiments
 from .summary import Summary, Tally
 
 BEFORE_ASSIGNMENT = timedelta(seconds=60)  # how long before the assign call the early event is dated
@@ -332,6 +332,7 @@ def simulate(scenario: Scenario, options: Options, *, stream: TextIO | None = sy
             stream.write(text + "\n")
             stream.flush()
 
+    check_reachable(options.url)
     if options.create and not options.admin_key:
         raise SimulationError("--create needs an admin key (--admin-key; `expplatform keys create --scope admin`)")
     if options.admin_key:
@@ -347,7 +348,10 @@ def simulate(scenario: Scenario, options: Options, *, stream: TextIO | None = sy
         # (unknown, draft, paused) stops the run before anything else is sent.
         first = run.next_customer()
         if first is not None:
-            workers[0].simulate(first)
+            try:
+                workers[0].simulate(first)
+            except ClientError as exc:
+                raise SimulationError(f"the service refused an assignment: {exc}") from None
             unusable = {k: r for (k, r) in workers[0].tally.not_enrolled if r in UNUSABLE_REASONS}
             if unusable:
                 raise SimulationError(
@@ -355,6 +359,8 @@ def simulate(scenario: Scenario, options: Options, *, stream: TextIO | None = sy
                     + ", ".join(f"{k} ({r})" for k, r in sorted(unusable.items()))
                     + ": start the experiments, or run with --create --admin-key KEY"
                 )
+            if any(r == "unavailable" for (_k, r) in workers[0].tally.not_enrolled):
+                raise SimulationError(f"the service at {options.url} did not answer an assignment")
         progress.start()
         threads = [threading.Thread(target=w.loop, name=f"simulate-{i}", daemon=True) for i, w in enumerate(workers)]
         for thread in threads:

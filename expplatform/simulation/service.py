@@ -44,11 +44,13 @@ def is_loopback(url: str) -> bool:
 
 def _admin(url: str, key: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
     request = urllib.request.Request(url.rstrip("/") + "/api/v1" + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.load(response)
+    except ValueError:  # not JSON: not expplatform
+        return 0, None
     except urllib.error.HTTPError as exc:
         with exc:
             try:
@@ -57,6 +59,14 @@ def _admin(url: str, key: str, method: str, path: str, body: Any = None) -> tupl
                 return exc.code, None
     except (urllib.error.URLError, OSError) as exc:
         raise SimulationError(f"cannot reach {url}: {exc}") from None
+
+
+def check_reachable(url: str) -> None:
+    """Raise SimulationError unless the service answers its liveness probe: a run
+    against nothing would only retry every batch."""
+    status, _body = _admin(url, "", "GET", "/health")
+    if status != 200:
+        raise SimulationError(f"{url} does not answer as expplatform (GET /api/v1/health: HTTP {status})")
 
 
 def definition_for(scenario: Scenario, experiment: Experiment, *, legacy: bool) -> dict[str, Any]:
