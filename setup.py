@@ -1,6 +1,7 @@
 """What pyproject.toml cannot say: the top-level ``migrations/`` and ``experiments/``
 folders ship inside the wheel as ``expplatform._migrations`` and
-``expplatform._experiments`` (found by ``expplatform/bundled.py``), next to the
+``expplatform._experiments`` (with the simulator's ``scenarios/``; found by
+``expplatform/bundled.py``), next to the
 packages found as usual. Everything else is in pyproject.toml."""
 
 from setuptools import find_packages, setup
@@ -9,6 +10,7 @@ BUNDLED = {
     "expplatform._migrations": "migrations",
     "expplatform._migrations.versions": "migrations/versions",
     "expplatform._experiments": "experiments",
+    "expplatform._experiments.scenarios": "experiments/scenarios",
 }
 
 setup(

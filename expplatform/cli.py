@@ -434,5 +434,92 @@ def demo_setup() -> None:
         click.echo(f"demo experiments created as drafts: {', '.join(created)}")
 
 
+# -- simulation ------------------------------------------------------------------------
+
+
+@main.command("simulate")
+@click.option("--scenario", default="winner", show_default=True, help="A bundled scenario's name, or a TOML file.")
+@click.option("--customers", type=click.IntRange(min=1), default=5000, show_default=True)
+@click.option("--days", type=click.IntRange(1, 366), default=28, show_default=True, help="Simulated days of arrivals.")
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="The service.")
+@click.option("--key", help="Client key (default: the demo key in the instance folder, if there is one).")
+@click.option("--admin-key", help="Admin key: with --create, or to check the experiments run before starting.")
+@click.option("--create", is_flag=True, help="Create the scenario's missing experiments and start them (admin key).")
+@click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same customers and event ids.")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=8, show_default=True, help="Worker threads.")
+@click.option(
+    "--max-seconds", type=click.FloatRange(min=0, min_open=True), help="Stop taking new customers after this."
+)
+@click.option(
+    "--truth-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("simulation-truth.json"),
+    show_default=True,
+    help="Where to write the true rates, mean ratings and lifts used.",
+)
+@click.option(
+    "--legacy",
+    is_flag=True,
+    help="A service from before journeys: create experiments with stages + satisfaction_scale and send "
+    "ratings as metric-less satisfaction events (only the questions on the scenario's legacy_scale).",
+)
+@click.option("--yes", is_flag=True, help="Run against a service that is not on this machine (loopback) too.")
+def simulate_command(
+    scenario: str,
+    customers: int,
+    days: int,
+    url: str,
+    key: str | None,
+    admin_key: str | None,
+    create: bool,
+    seed: int,
+    concurrency: int,
+    max_seconds: float | None,
+    truth_out: Path,
+    legacy: bool,
+    yes: bool,
+) -> None:
+    """Drive synthetic customers of a journey through a running service's HTTP API
+    (assign, then stage outcomes and ratings), with known true effects written to
+    --truth-out. Scenarios: experiments/scenarios/*.toml. A re-run with the same seed
+    adds nothing (the same ids: duplicates only)."""
+    from . import simulation
+    from .config import default_instance_path
+
+    if not simulation.is_loopback(url) and not yes:
+        raise click.UsageError(f"{url} is not on this machine: synthetic data would go to a real service (--yes)")
+    if key is None:
+        demo_key = default_instance_path() / "demo_client_key"
+        if not demo_key.exists():
+            raise click.UsageError(f"give a client key with --key (no demo key at {demo_key})")
+        key = demo_key.read_text().strip()
+    if create and not admin_key:
+        raise click.UsageError("--create needs --admin-key")
+    try:
+        loaded = simulation.load(scenario)
+        options = simulation.Options(
+            url=url,
+            key=key,
+            customers=customers,
+            days=days,
+            seed=seed,
+            concurrency=concurrency,
+            max_seconds=max_seconds,
+            admin_key=admin_key,
+            create=create,
+            legacy=legacy,
+        )
+        result = simulation.simulate(loaded, options)
+    except (simulation.ScenarioError, simulation.SimulationError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    for line in result.summary.lines():
+        click.echo(line, err=True)
+    simulation.write_truth(truth_out, simulation.truth_document(loaded, options, result))
+    click.echo(f"true effects written to {truth_out}", err=True)
+    if result.summary.ended == "interrupted":
+        sys.exit(130)  # as a shell reports Ctrl-C
+
+
 if __name__ == "__main__":
     main()

@@ -4,6 +4,7 @@
     variant = client.assign("c-1042", ["checkout-button"], attributes={"country": "FR"})["checkout-button"]
     if variant.variant == "green": ...          # None (not enrolled, or unreachable): control
     client.track("c-1042", "purchase", "conversion")
+    client.rate("c-1042", "checkout-csat", 4)    # a rating names its question
     client.close()                               # at shutdown: sends what is queued
 
 Two failure policies, because the calls have different jobs:
@@ -17,6 +18,11 @@ Two failure policies, because the calls have different jobs:
   stores each id once, so a batch that was stored but whose answer was lost counts
   once. Events the service rejects as invalid are not retried; they and any batch
   given up are reported to ``on_error``.
+
+What the service answered is counted on the client (``accepted``, ``duplicates``,
+``rejected`` with ``rejections`` by error code, ``failed``: given up), and
+``pending`` says how many events are queued or in flight, so a program that produces
+events faster than they are sent can wait instead of filling the queue.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,7 +43,9 @@ from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
-EventType = Literal["conversion", "satisfaction"]
+# "rating" names its question (``metric``); "satisfaction" is the older name of a
+# rating, which without a metric means the one question at its stage.
+EventType = Literal["conversion", "rating", "satisfaction"]
 # Statuses worth sending again: the request may succeed later.
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -99,6 +108,12 @@ class Client:
             lambda failure: log.warning("expplatform: %s (%d events)", failure.reason, len(failure.events))
         )
         self.dropped = 0  # events refused because the queue was full
+        # What the service answered (updated by the sender thread):
+        self.accepted = 0  # events newly stored
+        self.duplicates = 0  # events whose event_id was stored already (counted once)
+        self.rejected = 0  # events refused as invalid (not retried)
+        self.rejections: Counter[str] = Counter()  # ... by error code
+        self.failed = 0  # events given up after the last attempt, or refused with their batch
         self._queue: list[dict[str, Any]] = []
         self._oldest = 0.0  # when the oldest queued event was queued (monotonic)
         self._in_flight = 0
@@ -164,23 +179,32 @@ class Client:
     def track(
         self,
         customer_id: str,
-        stage: str,
+        stage: str | None = None,
         type: EventType = "conversion",
         *,
         value: int | None = None,
+        metric: str | None = None,
         experiment: str | None = None,
         timestamp: datetime | None = None,
         event_id: str | None = None,
     ) -> str:
         """Queue one event and return its id. The timestamp is taken now, so a retry
-        later still says when it happened."""
-        event: dict[str, Any] = {
-            "event_id": event_id or uuid.uuid4().hex,
-            "customer_id": customer_id,
-            "stage": stage,
-            "type": type,
-            "timestamp": (timestamp or datetime.now(UTC)).isoformat(),
-        }
+        later still says when it happened.
+
+        A conversion needs its ``stage``; a rating names its question (``metric``,
+        e.g. ``"checkout-csat"``; the stage then follows from the question and may be
+        left out) and carries its ``value``."""
+        if stage is None and metric is None:
+            raise ValueError("an event needs its stage, or a rating its metric (the question)")
+        if type == "conversion" and stage is None:
+            raise ValueError("a conversion needs its stage")
+        event: dict[str, Any] = {"event_id": event_id or uuid.uuid4().hex, "customer_id": customer_id}
+        if stage is not None:
+            event["stage"] = stage
+        event["type"] = type
+        event["timestamp"] = (timestamp or datetime.now(UTC)).isoformat()
+        if metric is not None:
+            event["metric"] = metric
         if value is not None:
             event["value"] = value
         if experiment is not None:
@@ -198,6 +222,36 @@ class Client:
             if len(self._queue) >= self.batch_size:
                 self._wake.notify_all()
         return event["event_id"]
+
+    def rate(
+        self,
+        customer_id: str,
+        metric: str,
+        value: int,
+        *,
+        stage: str | None = None,
+        experiment: str | None = None,
+        timestamp: datetime | None = None,
+        event_id: str | None = None,
+    ) -> str:
+        """Queue a rating of question ``metric`` (e.g. ``"checkout-csat"``): ``track``
+        with type ``"rating"``."""
+        return self.track(
+            customer_id,
+            stage,
+            "rating",
+            value=value,
+            metric=metric,
+            experiment=experiment,
+            timestamp=timestamp,
+            event_id=event_id,
+        )
+
+    @property
+    def pending(self) -> int:
+        """Events queued or in flight."""
+        with self._wake:
+            return len(self._queue) + self._in_flight
 
     def flush(self, timeout: float | None = None) -> bool:
         """Send everything queued now; True when nothing is left queued or in flight."""
@@ -269,14 +323,21 @@ class Client:
                 result = self._request("POST", "/events", {"events": batch})
             except _Unavailable as exc:
                 if attempt == self.max_attempts - 1:
+                    self._count(failed=len(batch))
                     self.on_error(Failure(tuple(batch), f"gave up after {self.max_attempts} attempts: {exc}"))
                     return
                 time.sleep(self.backoff * 2**attempt)
                 continue
             except ClientError as exc:
+                self._count(failed=len(batch))
                 self.on_error(Failure(tuple(batch), f"refused: {exc}"))
                 return
             rejected = result.get("rejected") or []
+            self._count(
+                accepted=result.get("accepted", 0),
+                duplicates=result.get("duplicates", 0),
+                rejections=[r.get("error", "") for r in rejected],
+            )
             if rejected:
                 self.on_error(
                     Failure(
@@ -285,3 +346,13 @@ class Client:
                     )
                 )
             return
+
+    def _count(
+        self, *, accepted: int = 0, duplicates: int = 0, rejections: Sequence[str] = (), failed: int = 0
+    ) -> None:
+        with self._wake:
+            self.accepted += accepted
+            self.duplicates += duplicates
+            self.rejected += len(rejections)
+            self.rejections.update(rejections)
+            self.failed += failed
