@@ -18,8 +18,10 @@ import pytest
 from sqlalchemy import select
 from werkzeug.serving import make_server
 
+from expplatform import journeys
 from expplatform.bucketing import place
 from expplatform.client import Assignment, Client, ClientError, Failure
+from expplatform.definitions import DEFAULT_STAGES
 from expplatform.models import Event
 
 from .assign_support import seed
@@ -161,7 +163,15 @@ def test_assign_raises_on_the_callers_mistakes(live_server, client_key, admin_ke
 # -- track --------------------------------------------------------------------------------------
 
 
-def test_events_are_sent_in_batches(app, db, client_key):
+@pytest.fixture
+def journey(db) -> None:
+    """The default journey (its ``purchase`` stage has one 1-5 question), so that
+    the events below name a stage the service knows."""
+    with db.write() as session:
+        journeys.implicit_journey(session, DEFAULT_STAGES, (1, 5))
+
+
+def test_events_are_sent_in_batches(app, db, client_key, journey):
     gate = EventsGate(app)
     with serve(gate) as url, Client(url, client_key, batch_size=10, flush_interval=60) as client:
         ids = [client.track(f"c{i}", "purchase") for i in range(10)]
@@ -174,7 +184,7 @@ def test_events_are_sent_in_batches(app, db, client_key):
     assert [len(batch) for batch in gate.event_ids()] == [10, 10, 5]
 
 
-def test_retries_resend_the_same_event_ids_and_store_them_once(app, db, client_key):
+def test_retries_resend_the_same_event_ids_and_store_them_once(app, db, client_key, journey):
     gate = EventsGate(app, fail_first=2)
     with serve(gate) as url, Client(url, client_key, backoff=0.01) as client:
         ids = [client.track("c1", "purchase", experiment=None) for _ in range(5)]
@@ -183,7 +193,7 @@ def test_retries_resend_the_same_event_ids_and_store_them_once(app, db, client_k
     assert stored_events(db) == sorted(ids)
 
 
-def test_an_answer_lost_to_a_timeout_is_retried_and_counts_once(app, db, client_key):
+def test_an_answer_lost_to_a_timeout_is_retried_and_counts_once(app, db, client_key, journey):
     gate = EventsGate(app, hold_first=True)
     failures: list[Failure] = []
     try:
@@ -200,7 +210,7 @@ def test_an_answer_lost_to_a_timeout_is_retried_and_counts_once(app, db, client_
     assert failures == []
 
 
-def test_rejected_events_are_reported_not_retried(live_server, db, client_key):
+def test_rejected_events_are_reported_not_retried(live_server, db, client_key, journey):
     failures: list[Failure] = []
     with Client(live_server, client_key, on_error=failures.append) as client:
         good = client.track("c1", "purchase")
@@ -211,7 +221,7 @@ def test_rejected_events_are_reported_not_retried(live_server, db, client_key):
     assert [e["event_id"] for e in failure.events] == [bad] and "value_required" in failure.reason
 
 
-def test_a_batch_is_given_up_after_the_last_attempt(app, db, client_key):
+def test_a_batch_is_given_up_after_the_last_attempt(app, db, client_key, journey):
     gate = EventsGate(app, fail_first=100)
     failures: list[Failure] = []
     with serve(gate) as url, Client(url, client_key, backoff=0.001, max_attempts=3, on_error=failures.append) as client:
