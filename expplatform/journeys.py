@@ -449,7 +449,7 @@ def _check_question_keys(session: Session, journey: Journey, definition: Journey
     query = select(RatingQuestion.key, Journey.key).join(Journey).where(RatingQuestion.key.in_(keys))
     if journey.id is not None:
         query = query.where(RatingQuestion.journey_id != journey.id)
-    taken = dict(session.execute(query).tuples().all())
+    taken: dict[str, str] = {key: owner for key, owner in session.execute(query)}
     if taken:
         raise Conflict(
             "duplicate_question",
