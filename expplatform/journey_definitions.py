@@ -396,7 +396,7 @@ def load_files(paths: Iterable[Path]) -> DefinitionFiles:
             continue
         kind = "journey" if isinstance(definition, JourneyDefinition) else "experiment"
         if (kind, definition.key) in seen:
-            problems.append(f"{path}: key: {kind} {definition.key!r} is also defined in {seen[kind, definition.key]}")
+            problems.append(f"{path}: key: {definition.key!r} is also defined in {seen[kind, definition.key]}")
             continue
         seen[kind, definition.key] = path
         if isinstance(definition, JourneyDefinition):
