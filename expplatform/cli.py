@@ -18,7 +18,7 @@ from .bundled import bundled_dir, check_analysis
 
 check_analysis()  # before anything imports `analysis`: a foreign one is a clear error, not a puzzle
 
-from . import auth, definitions, experiments, migrations
+from . import auth, definitions, experiments, journey_definitions, journeys, migrations
 from .db import get_db
 from .errors import DomainError
 from .models import ApiKey
@@ -137,30 +137,79 @@ def keys_revoke(prefix: str) -> None:
     click.echo(f"revoked {prefix}")
 
 
+# -- journeys ------------------------------------------------------------------------
+
+
+@main.group("journeys")
+def journeys_group() -> None:
+    """Journey definitions (files with kind = "journey", applied by `experiments apply`)."""
+
+
+@journeys_group.command("list")
+@with_appcontext
+def journeys_list() -> None:
+    """List journeys by key: stages, questions, personas and name."""
+    with get_db().sessionmaker() as session:
+        for journey in journeys.list_journeys(session):
+            stages = " > ".join(stage.key for stage in journey.stages)
+            counts = f"{len(journey.questions)}q {len(journey.personas)}p"
+            click.echo(f"{journey.key:<24} {counts:<8} {stages}  {journey.name}")
+
+
+@journeys_group.command("export")
+@click.argument("key")
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="File to write (default: stdout)."
+)
+@with_appcontext
+def journeys_export(key: str, output: Path | None) -> None:
+    """Write journey KEY as a definition file that `experiments apply` reads back unchanged."""
+    with get_db().sessionmaker() as session:
+        try:
+            journey = journeys.get_journey(session, key)
+        except DomainError as exc:
+            click.echo(exc.message, err=True)
+            sys.exit(1)
+        text = journey_definitions.journey_toml(journeys.journey_definition_of(journey))
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output}")
+
+
 # -- experiments ---------------------------------------------------------------------
 
 
 @main.group("experiments")
 def experiments_group() -> None:
-    """Experiment definitions as TOML files (see experiments/*.toml)."""
+    """Experiment and journey definitions as TOML files (see experiments/*.toml)."""
 
 
 @experiments_group.command("apply")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @with_appcontext
 def experiments_apply(paths: tuple[Path, ...]) -> None:
-    """Create experiments from PATHS (files, or folders of *.toml) or update drafts to
-    match; all or nothing. Prints what changed."""
+    """Create journeys and experiments from PATHS (files, or folders of *.toml), or
+    update journeys and draft experiments to match: journeys first, then
+    experiments; all or nothing. A file is a journey when it says kind = "journey".
+    Prints what changed."""
     try:
-        loaded = definitions.load_files(paths)
+        loaded = journey_definitions.load_files(paths)
         with get_db().write() as session:
-            results = [experiments.apply_definition(session, definition, "cli") for _, definition in loaded]
+            applied = [journeys.apply_journey(session, definition, "cli") for _, definition in loaded.journeys]
+            results = [experiments.apply_definition(session, definition, "cli") for _, definition in loaded.experiments]
     except definitions.DefinitionFileError as exc:
         click.echo("\n".join(exc.problems) + "\nnothing applied", err=True)
         sys.exit(1)
     except DomainError as exc:
         click.echo(f"{exc.message}\nnothing applied", err=True)
         sys.exit(1)
+    for done in applied:
+        detail = f": {', '.join(done.changes)}" if done.changes else ""
+        click.echo(f"{done.action} journey {done.journey.key}{detail}")
+        for notice in done.notices:
+            click.echo(f"  note: {notice}")
     for saved in results:
         experiment = saved.experiment
         detail = f": {', '.join(saved.changes)}" if saved.changes else f" ({experiment.status})"
@@ -400,20 +449,21 @@ DEMO_PASSWORD = "demo-password"
 @demo.command("setup")
 @with_appcontext
 def demo_setup() -> None:
-    """Create the demo editor login, the demo client key and the demo journey's
-    experiments (``experiments/*.toml``, as drafts) on first run; print the
-    credentials every run.
+    """Create the demo editor login, the demo client key, the demo journey and its
+    experiments (``experiments/*.toml``, the experiments as drafts) on first run;
+    print the credentials every run.
 
     The demo key is kept in the instance folder (mode 600) only so that later runs
-    can print it again; real keys are never stored in plaintext. Demo experiments that
-    exist already are left as they are, whatever has been done to them since.
+    can print it again; real keys are never stored in plaintext. Demo journeys and
+    experiments that exist already are left as they are, whatever has been done to
+    them since.
     """
     from flask import current_app
 
-    from .models import Experiment, User
+    from .models import Experiment, Journey, User
 
     credentials = current_app.extensions["settings"].instance_path / "demo_client_key"
-    demo_files = definitions.load_files([bundled_dir("experiments")])
+    demo_files = journey_definitions.load_files([bundled_dir("experiments")])
     with get_db().write() as session:
         if session.scalar(select(User).where(User.email == DEMO_EMAIL)) is None:
             auth.create_user(session, DEMO_EMAIL, DEMO_PASSWORD, "editor")
@@ -422,14 +472,23 @@ def demo_setup() -> None:
             credentials.parent.mkdir(parents=True, exist_ok=True)
             credentials.write_text(plaintext)
             credentials.chmod(0o600)
+        # The journeys first: the experiments belong to them.
+        existing_journeys = set(session.scalars(select(Journey.key)))
+        made = [
+            journeys.create_journey(session, definition, "demo").journey.key
+            for _path, definition in demo_files.journeys
+            if definition.key not in existing_journeys
+        ]
         existing = set(session.scalars(select(Experiment.key)))
         created = [
             experiments.create_experiment(session, definition, "demo").experiment.key
-            for _path, definition in demo_files
+            for _path, definition in demo_files.experiments
             if definition.key not in existing
         ]
     click.echo(f"demo login:      {DEMO_EMAIL} / {DEMO_PASSWORD} (editor)")
     click.echo(f"demo client key: {credentials.read_text().strip()}")
+    if made:
+        click.echo(f"demo journeys created: {', '.join(made)}")
     if created:
         click.echo(f"demo experiments created as drafts: {', '.join(created)}")
 

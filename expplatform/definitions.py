@@ -24,9 +24,8 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -266,8 +265,9 @@ def _stages(errors: _Errors, value: Any) -> tuple[str, ...] | None:
 
 
 def _keys(errors: _Errors, path: str, value: Any) -> tuple[str, ...] | None:
-    if not isinstance(value, list) or not 1 <= len(value) <= MAX_STAGES * 5:
-        errors.add(path, f"must be a list of 1 to {MAX_STAGES * 5} keys")
+    # Empty is allowed: an experiment may measure no rating question at all.
+    if not isinstance(value, list) or len(value) > MAX_STAGES * 5:
+        errors.add(path, f"must be a list of at most {MAX_STAGES * 5} keys")
         return None
     keys = [_slug(errors, f"{path}.{i}", item) for i, item in enumerate(value)]
     for i, key in enumerate(keys):
@@ -594,42 +594,12 @@ def parse_toml(text: str) -> ExperimentDefinition:
 
 
 class DefinitionFileError(ValueError):
-    """One or more definition files cannot be used; ``problems`` has a line per fault."""
+    """One or more definition files cannot be used; ``problems`` has a line per fault.
+    (Files are read by ``journey_definitions.load_files``, which knows both kinds.)"""
 
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
-
-
-def load_files(paths: Iterable[Path]) -> list[tuple[Path, ExperimentDefinition]]:
-    """Read every file given, or every ``*.toml`` in a folder given, in name order.
-    All files are checked before any is used, and every fault in every file is
-    reported, so an apply is all or nothing."""
-    files: list[Path] = []
-    for path in paths:
-        files.extend(sorted(path.glob("*.toml")) if path.is_dir() else [path])
-    problems: list[str] = []
-    loaded: list[tuple[Path, ExperimentDefinition]] = []
-    seen: dict[str, Path] = {}
-    for path in files:
-        try:
-            definition = parse_toml(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(f"{path}: cannot read: {exc}")
-            continue
-        except InvalidInput as exc:
-            problems.extend(f"{path}: {name}: {why}" for name, why in exc.fields.items())
-            continue
-        if definition.key in seen:
-            problems.append(f"{path}: key: {definition.key!r} is also defined in {seen[definition.key]}")
-            continue
-        seen[definition.key] = path
-        loaded.append((path, definition))
-    if not files:
-        problems.append("no definition files found")
-    if problems:
-        raise DefinitionFileError(problems)
-    return loaded
 
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -665,6 +635,8 @@ def _toml_value(value: Any) -> str:
         return _toml_string(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, Mapping):  # an inline table: only inside an array of tables
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
@@ -680,17 +652,19 @@ def _toml_lines(data: Mapping[str, Any]) -> list[str]:
     return [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in data.items()]
 
 
-def dump_toml(data: Mapping[str, Any]) -> str:
+def dump_toml(data: Mapping[str, Any], *, title: str = "experiment definition") -> str:
     """Write a definition mapping as TOML, in the mapping's order: plain values first,
     then tables, then arrays of tables. Deterministic, so exports diff cleanly.
 
     Only the shapes a definition has are supported: one level of tables and arrays
-    of flat tables; an empty array of tables is written as ``name = []``.
+    of tables whose values are plain or inline tables (a journey question's
+    ``scale = { min = 1, max = 5 }``); an empty array of tables is written as
+    ``name = []``.
     """
     plain = {k: v for k, v in data.items() if not _is_table(v) and not _is_table_array(v)}
     tables = {k: v for k, v in data.items() if _is_table(v)}
     arrays = {k: v for k, v in data.items() if _is_table_array(v)}
-    lines = ["# expplatform experiment definition", *_toml_lines(plain)]
+    lines = [f"# expplatform {title}", *_toml_lines(plain)]
     for name, table in tables.items():
         lines += ["", f"[{_toml_key(name)}]", *_toml_lines(table)]
     for name, items in arrays.items():
@@ -708,7 +682,6 @@ __all__ = [
     "VariantDefinition",
     "definition_to_mapping",
     "dump_toml",
-    "load_files",
     "parse_definition",
     "parse_toml",
 ]

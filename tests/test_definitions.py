@@ -18,11 +18,18 @@ from expplatform.definitions import (
     TargetingRule,
     definition_to_mapping,
     dump_toml,
-    load_files,
     parse_definition,
     parse_toml,
 )
 from expplatform.errors import InvalidInput, MalformedRequest
+from expplatform.journey_definitions import (
+    JourneyDefinition,
+    journey_to_mapping,
+    journey_toml,
+    load_files,
+    parse_journey,
+    parse_journey_toml,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,9 +54,11 @@ def errors_of(data) -> dict[str, str]:
 
 def test_minimal_definition_gets_the_documented_defaults():
     definition = parse_definition(minimal())
-    assert definition.stages == DEFAULT_STAGES
+    # No journey, stages, questions or scale: the experiment service resolves them
+    # (journeys.resolve_definition) to the default journey's five stages, each with
+    # its 1-5 question; tests/test_experiments_api.py checks the stored result.
+    assert (definition.journey, definition.stages, definition.metrics, definition.scale) == (None, None, None, None)
     assert definition.traffic == 1.0
-    assert (definition.scale_min, definition.scale_max) == (1, 5)
     assert definition.targeting == () and definition.layer is None and definition.layer_share is None
     assert definition.decision == DecisionRule() and definition.prior == Prior()
     assert dict(definition.forced_variants) == {} and definition.hypothesis == ""
@@ -270,7 +279,7 @@ def test_targeting_must_be_a_list():
 @pytest.mark.parametrize(("low", "high"), [(1, 5), (0, 10), (1, 2), (-2, 2)])
 def test_satisfaction_scales(low, high):
     definition = parse_definition(minimal(satisfaction_scale={"min": low, "max": high}))
-    assert (definition.scale_min, definition.scale_max) == (low, high)
+    assert definition.scale == (low, high)
 
 
 @pytest.mark.parametrize(
@@ -445,21 +454,42 @@ def test_toml_validation_errors_use_the_same_field_paths():
 
 def test_demo_definition_files_are_valid():
     loaded = load_files([REPO / "experiments"])
-    keys = {definition.key for _, definition in loaded}
+    ((path, shop),) = loaded.journeys
+    assert path.name == "ecommerce.journey.toml" and shop.key == "ecommerce"
+    assert shop.stage_keys == DEFAULT_STAGES and all(stage.goal and stage.touchpoints for stage in shop.stages)
+    assert [p.key for p in shop.personas] == ["bargain-hunter", "first-timer", "returning", "loyal"]
+    assert [(q.key, q.stage, q.scale) for q in shop.questions] == [
+        ("consideration-effort", "consideration", (1, 7)),
+        ("checkout-csat", "purchase", (1, 5)),
+        ("delivery-csat", "retention", (1, 5)),
+        ("nps", "advocacy", (0, 10)),
+    ]
+    keys = {definition.key for _, definition in loaded.experiments}
     assert {"checkout-page", "onboarding-tour"} <= keys
-    by_key = {definition.key: definition for _, definition in loaded}
+    by_key = {definition.key: definition for _, definition in loaded.experiments}
+    questions = {q.key: q.stage for q in shop.questions}
+    personas = {p.key for p in shop.personas}
+    for definition in by_key.values():
+        # On the demo journey, measuring its stages with its questions, targeting its personas.
+        assert definition.journey == "ecommerce" and definition.scale is None
+        assert definition.stages is not None and set(definition.stages) <= set(shop.stage_keys)
+        assert definition.metrics is not None and {questions[m] for m in definition.metrics} <= set(definition.stages)
+        for rule in definition.targeting:
+            if rule.attribute == shop.persona_attribute:
+                values = rule.value if isinstance(rule.value, tuple) else (rule.value,)
+                assert set(values) <= personas
     checkout = by_key["checkout-page"]
-    assert checkout.target_stage == "purchase" and (checkout.scale_min, checkout.scale_max) == (1, 5)
+    assert checkout.target_stage == "purchase" and checkout.metrics == ("checkout-csat", "delivery-csat", "nps")
     assert {rule.attribute for rule in checkout.targeting} >= {"persona", "platform"}
     tour = by_key["onboarding-tour"]
-    assert tour.stages != DEFAULT_STAGES and (tour.scale_min, tour.scale_max) == (0, 10)
+    assert tour.target_stage == "retention" and tour.metrics == ("nps",)
 
 
 def test_load_files_reads_folders_in_name_order(tmp_path):
     for name in ("b.toml", "a.toml"):
         (tmp_path / name).write_text(dump_toml(definition_to_mapping(parse_definition(minimal(key=name[0])))))
     (tmp_path / "notes.txt").write_text("not a definition")
-    assert [path.name for path, _ in load_files([tmp_path])] == ["a.toml", "b.toml"]
+    assert [path.name for path, _ in load_files([tmp_path]).experiments] == ["a.toml", "b.toml"]
 
 
 def test_load_files_reports_every_problem_with_its_file(tmp_path):
@@ -619,3 +649,303 @@ def test_toml_inf_and_nul_escapes_are_field_errors():
 
 def test_toml_keys_with_a_trailing_newline_are_quoted():
     assert dump_toml({"forced_variants": {"qa\n": "a"}}).splitlines()[-1] == '"qa\\n" = "a"'
+
+
+# -- experiments on a journey ----------------------------------------------------------
+
+
+def test_journey_stages_and_metrics_are_kept_as_given():
+    definition = parse_definition(
+        minimal(journey="shop", stages=["purchase", "advocacy"], metrics=["checkout-csat", "nps"])
+    )
+    assert (definition.journey, definition.stages, definition.metrics) == (
+        "shop",
+        ("purchase", "advocacy"),
+        ("checkout-csat", "nps"),
+    )
+    assert parse_definition(definition_to_mapping(definition)) == definition
+
+
+def test_an_empty_metrics_list_means_no_question():
+    definition = parse_definition(minimal(journey="shop", metrics=[]))
+    assert definition.metrics == ()
+    assert parse_toml(dump_toml(definition_to_mapping(definition))) == definition
+
+
+@pytest.mark.parametrize(
+    ("changes", "path"),
+    [
+        ({"metrics": ["nps"]}, "metrics"),  # needs a journey
+        ({"journey": "shop", "metrics": ["nps", "nps"]}, "metrics.1"),
+        ({"journey": "shop", "metrics": ["Bad"]}, "metrics.0"),
+        ({"journey": "shop", "metrics": "nps"}, "metrics"),
+        ({"journey": "Shop"}, "journey"),
+        ({"journey": "shop", "satisfaction_scale": {"min": 1, "max": 5}}, "satisfaction_scale"),
+    ],
+)
+def test_bad_journey_fields(changes, path):
+    assert path in errors_of(minimal(**changes))
+
+
+# -- journeys ------------------------------------------------------------------------------
+
+
+def shop(**changes) -> dict:
+    data = {
+        "key": "shop",
+        "name": "Online shop",
+        "stages": [
+            {"key": "awareness", "touchpoints": ["ads"]},
+            {"key": "purchase", "name": "Buying", "goal": "Ordered"},
+        ],
+        "personas": [{"key": "loyal"}],
+        "questions": [
+            {"key": "checkout-csat", "text": "How was checkout?", "stage": "purchase", "scale": {"min": 1, "max": 5}}
+        ],
+    }
+    data.update(changes)
+    return data
+
+
+def journey_errors(data) -> dict[str, str]:
+    with pytest.raises(InvalidInput) as info:
+        parse_journey(data)
+    assert info.value.code == "validation_failed"
+    return info.value.fields
+
+
+def test_a_journey_gets_the_documented_defaults():
+    journey = parse_journey(shop())
+    assert journey_to_mapping(journey) == {
+        "key": "shop",
+        "name": "Online shop",
+        "description": "",
+        "persona_attribute": "persona",
+        "stages": [
+            {"key": "awareness", "name": "Awareness", "goal": "", "touchpoints": ["ads"]},
+            {"key": "purchase", "name": "Buying", "goal": "Ordered", "touchpoints": []},
+        ],
+        "personas": [{"key": "loyal", "name": "Loyal", "description": ""}],
+        "questions": [
+            {"key": "checkout-csat", "text": "How was checkout?", "stage": "purchase", "scale": {"min": 1, "max": 5}}
+        ],
+    }
+    assert journey.stage_keys == ("awareness", "purchase")
+
+
+def test_a_journey_is_frozen():
+    journey = parse_journey(shop())
+    with pytest.raises(AttributeError):
+        journey.name = "x"  # type: ignore[misc]
+
+
+def test_a_journey_body_that_is_not_an_object_is_a_malformed_request():
+    with pytest.raises(MalformedRequest):
+        parse_journey([shop()])
+
+
+@pytest.mark.parametrize("name", ["key", "name", "stages"])
+def test_journey_required_fields(name):
+    data = shop()
+    del data[name]
+    assert journey_errors(data)[name] == "is required"
+
+
+def test_journey_unknown_fields_are_rejected_at_every_level():
+    data = shop(colour="green")
+    data["stages"][0]["colour"] = "x"
+    data["personas"][0]["age"] = 3
+    data["questions"][0]["weight"] = 1
+    data["questions"][0]["scale"]["step"] = 1
+    fields = journey_errors(data)
+    assert set(fields) == {
+        "colour",
+        "stages.0.colour",
+        "personas.0.age",
+        "questions.0.weight",
+        "questions.0.scale.step",
+    }
+    assert set(fields.values()) == {"unknown field"}
+
+
+def test_every_bad_journey_field_is_reported_at_once():
+    data = shop(key="Bad Key", name="", persona_attribute="")
+    data["stages"][1]["touchpoints"] = ["x" * 101]
+    data["personas"] = [{"key": "Loyal"}]
+    data["questions"][0]["scale"] = {"min": 1, "max": 1}
+    assert set(journey_errors(data)) == {
+        "key",
+        "name",
+        "persona_attribute",
+        "stages.1.touchpoints.0",
+        "personas.0.key",
+        "questions.0.scale.max",
+    }
+
+
+@pytest.mark.parametrize(
+    ("stages", "path"),
+    [
+        ([], "stages"),
+        ([{"key": f"s{i}"} for i in range(21)], "stages"),
+        ("awareness", "stages"),
+        (["awareness"], "stages.0"),
+        ([{"name": "No key"}], "stages.0.key"),
+        ([{"key": "a"}, {"key": "a"}], "stages.1.key"),
+        ([{"key": "a", "name": ""}], "stages.0.name"),
+        ([{"key": "a", "goal": "x" * 1001}], "stages.0.goal"),
+        ([{"key": "a", "touchpoints": [f"t{i}" for i in range(21)]}], "stages.0.touchpoints"),
+        ([{"key": "a", "touchpoints": ["cart", " cart "]}], "stages.0.touchpoints.1"),
+        ([{"key": "a", "touchpoints": [3]}], "stages.0.touchpoints.0"),
+    ],
+)
+def test_bad_journey_stages(stages, path):
+    assert path in journey_errors(shop(stages=stages, questions=[]))
+
+
+def test_twenty_stages_with_twenty_touchpoints_each_are_allowed():
+    stages = [{"key": f"s{i}", "touchpoints": [f"t{j}" for j in range(20)]} for i in range(20)]
+    assert len(parse_journey(shop(stages=stages, questions=[])).stages) == 20
+
+
+@pytest.mark.parametrize(
+    ("question", "path"),
+    [
+        ({"stage": "checkout"}, "questions.0.stage"),
+        ({"stage": None}, "questions.0.stage"),
+        ({"text": ""}, "questions.0.text"),
+        ({"text": "x" * 501}, "questions.0.text"),
+        ({"key": "Bad"}, "questions.0.key"),
+        ({"scale": {"min": 0, "max": 11}}, "questions.0.scale.max"),
+        ({"scale": {"min": 5, "max": 1}}, "questions.0.scale.max"),
+        ({"scale": {"min": 1.5, "max": 5}}, "questions.0.scale.min"),
+        ({"scale": {"min": True, "max": 5}}, "questions.0.scale.min"),
+        ({"scale": {"min": -5000, "max": -4995}}, "questions.0.scale.min"),
+        ({"scale": {"max": 5}}, "questions.0.scale.min"),
+        ({"scale": "1-5"}, "questions.0.scale"),
+    ],
+)
+def test_bad_questions(question, path):
+    data = shop()
+    data["questions"][0] = {**data["questions"][0], **question}
+    assert path in journey_errors(data)
+
+
+def test_question_keys_are_unique_and_there_are_at_most_a_hundred():
+    question = shop()["questions"][0]
+    assert "questions.1.key" in journey_errors(shop(questions=[question, question]))
+    many = [{**question, "key": f"q{i}"} for i in range(101)]
+    assert "questions" in journey_errors(shop(questions=many))
+
+
+@pytest.mark.parametrize(("low", "high"), [(1, 5), (0, 10), (1, 2), (-2, 2), (1, 7)])
+def test_question_scales(low, high):
+    data = shop()
+    data["questions"][0]["scale"] = {"min": low, "max": high}
+    assert parse_journey(data).questions[0].scale == (low, high)
+
+
+@pytest.mark.parametrize("personas", [[{"key": "a"}, {"key": "a"}], [{"key": "Loyal customer"}], "loyal"])
+def test_bad_personas(personas):
+    assert any(name.startswith("personas") for name in journey_errors(shop(personas=personas)))
+
+
+def test_at_most_fifty_personas():
+    assert "personas" in journey_errors(shop(personas=[{"key": f"p{i}"} for i in range(51)]))
+
+
+def test_new_is_not_a_journey_key_and_kind_must_say_journey():
+    assert "reserved" in journey_errors(shop(key="new"))["key"]
+    assert "kind" in journey_errors(shop(kind="experiment"))
+    assert parse_journey(shop(kind="journey")) == parse_journey(shop())
+
+
+def test_journey_texts_are_trimmed():
+    data = shop(name="  Shop  ", description=" words ", persona_attribute=" segment ")
+    data["stages"][0]["touchpoints"] = ["  ads "]
+    journey = parse_journey(data)
+    assert (journey.name, journey.description, journey.persona_attribute) == ("Shop", "words", "segment")
+    assert journey.stages[0].touchpoints == ("ads",)
+
+
+@pytest.mark.parametrize("bad", UNSTORABLE)
+def test_nul_and_lone_surrogates_are_refused_in_every_journey_text(bad):
+    data = shop(name=bad, description=bad, persona_attribute=bad)
+    data["stages"][0] = {"key": "awareness", "name": bad, "goal": bad, "touchpoints": [bad]}
+    data["personas"][0] = {"key": "loyal", "name": bad, "description": bad}
+    data["questions"][0]["text"] = bad
+    fields = journey_errors(data)
+    assert set(fields) == {
+        "name",
+        "description",
+        "persona_attribute",
+        "stages.0.name",
+        "stages.0.goal",
+        "stages.0.touchpoints.0",
+        "personas.0.name",
+        "personas.0.description",
+        "questions.0.text",
+    }
+    assert all("NUL" in message for message in fields.values())
+
+
+def test_journey_mapping_and_toml_round_trip_exactly():
+    data = shop(description='Quotes " and \\ and\nnew lines', persona_attribute="segment")
+    data["stages"][0]["touchpoints"] = ["ads", "search ✓", "#not a comment"]
+    journey = parse_journey(data)
+    assert parse_journey(journey_to_mapping(journey)) == journey
+    text = journey_toml(journey)
+    assert text == journey_toml(journey)  # deterministic
+    assert text.startswith('# expplatform journey definition\nkind = "journey"\nkey = "shop"\n')
+    assert "scale = { min = 1, max = 5 }" in text
+    assert tomllib.loads(text) == {"kind": "journey", **journey_to_mapping(journey)}
+    assert parse_journey_toml(text) == journey
+
+
+def test_a_journey_without_personas_or_questions_survives_toml():
+    journey = parse_journey(shop(personas=[], questions=[]))
+    loaded = tomllib.loads(journey_toml(journey))
+    assert loaded["personas"] == [] and loaded["questions"] == []
+    assert parse_journey(loaded) == journey
+
+
+# -- definition files: journeys and experiments together ------------------------------------
+
+
+def _journey_file(key: str = "shop", **changes) -> str:
+    return journey_toml(parse_journey(shop(key=key, **changes)))
+
+
+def test_files_that_say_kind_journey_are_journeys(tmp_path):
+    (tmp_path / "a.toml").write_text(dump_toml(definition_to_mapping(parse_definition(minimal(key="shop")))))
+    (tmp_path / "z.journey.toml").write_text(_journey_file())
+    loaded = load_files([tmp_path])
+    assert [(path.name, type(d)) for path, d in loaded.journeys] == [("z.journey.toml", JourneyDefinition)]
+    # A journey and an experiment may share a key: they are different things.
+    assert [(path.name, d.key) for path, d in loaded.experiments] == [("a.toml", "shop")]
+
+
+def test_a_journey_file_without_its_kind_is_told_what_is_missing(tmp_path):
+    text = _journey_file().replace('kind = "journey"\n', "")
+    (tmp_path / "shop.toml").write_text(text)
+    with pytest.raises(DefinitionFileError) as info:
+        load_files([tmp_path])
+    assert info.value.problems == [
+        f"{tmp_path / 'shop.toml'}: kind: is required: stages given as tables describe a journey, "
+        'which says kind = "journey"'
+    ]
+
+
+def test_journey_file_problems_are_reported_with_their_files(tmp_path):
+    (tmp_path / "one.toml").write_text(_journey_file())
+    (tmp_path / "two.toml").write_text(_journey_file())
+    (tmp_path / "other.toml").write_text(_journey_file("other"))  # asks checkout-csat too
+    (tmp_path / "odd.toml").write_text('kind = "report"\nkey = "x"\n')
+    (tmp_path / "bad.toml").write_text('kind = "journey"\nkey = "bad"\nname = "Bad"\nstages = []\n')
+    with pytest.raises(DefinitionFileError) as info:
+        load_files([tmp_path])
+    text = str(info.value)
+    assert "two.toml: key: 'shop' is also defined in" in text
+    assert "other.toml: questions.0.key: question 'checkout-csat' is also defined in" in text
+    assert "odd.toml: kind: must be 'journey' for a journey, or left out for an experiment" in text
+    assert "bad.toml: stages: must be a list of 1 to 20 stages" in text

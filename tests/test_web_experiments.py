@@ -4,6 +4,7 @@ experiment."""
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
@@ -97,6 +98,33 @@ def _errors(html: str) -> list[str]:
     return re.findall(r'class="field-error" role="alert">([^<]*)<', html)
 
 
+def _shown_fields(page: str) -> dict[str, str | list[str]]:
+    """What a browser would post from a form page, as shown: text inputs, hidden
+    inputs, checked boxes and radios, textareas and each select's selected option
+    (an input's name repeated gives a list)."""
+    fields: dict[str, list[str]] = {}
+
+    def add(name: str, value: str) -> None:
+        fields.setdefault(name, []).append(html.unescape(value))
+
+    for tag in re.findall(r"<input[^>]*>", page):
+        name = re.search(r'name="([^"]+)"', tag)
+        if name is None or name.group(1) == "csrf_token" or " disabled" in tag:
+            continue
+        kind = re.search(r'type="([^"]+)"', tag)
+        if kind and kind.group(1) in ("checkbox", "radio") and " checked" not in tag:
+            continue
+        value = re.search(r'value="([^"]*)"', tag)
+        add(name.group(1), value.group(1) if value else "")
+    for name, text in re.findall(r'<textarea[^>]*?name="([^"]+)"[^>]*>\s*([^<]*)</textarea>', page):
+        add(name, text)
+    for tag, options in re.findall(r"(<select[^>]*>)(.*?)</select>", page, re.S):
+        selected = re.search(r'<option selected value="([^"]*)"', options)
+        if " disabled" not in tag and selected:
+            add(re.search(r'name="([^"]+)"', tag).group(1), selected.group(1))
+    return {name: values[0] if len(values) == 1 else values for name, values in fields.items()}
+
+
 @pytest.fixture
 def editor(client, login):
     login("editor")
@@ -132,15 +160,13 @@ def test_edit_form_shows_the_stored_definition_and_saves_it_unchanged(editor, db
     before = _stored(db, "checkout-copy")
     page = editor.get("/experiments/checkout-copy/edit")
     assert page.status_code == 200
+    # The stored definition is shown: its journey, stages and questions selected.
+    fields = _shown_fields(page.text)
+    assert fields["journey"] == before["journey"] == "default"
+    assert fields["measured"] == before["stages"] and fields["target_stage"] == "purchase"
+    assert [fields[f"question-{stage}"] for stage in before["stages"]] == before["metrics"]
+    assert fields["control"] == "1" and fields["traffic_percent"] == "33.3"
     # Re-submit exactly what the edit page shows: nothing may change.
-    fields = dict(re.findall(r'<input[^>]*?name="([^"]+)"[^>]*?value="([^"]*)"', page.text))
-    fields.update(dict(re.findall(r'<textarea[^>]*?name="([^"]+)"[^>]*>\s*([^<]*)</textarea>', page.text)))
-    for name, op in re.findall(r'<select[^>]*name="([^"]+)"[^>]*>.*?<option selected value="([^"]+)"', page.text, re.S):
-        fields[name] = op
-    fields["control"] = re.search(r'name="control" value="(\d)"[^>]*checked', page.text).group(1)
-    import html
-
-    fields = {name: html.unescape(value) for name, value in fields.items() if name != "csrf_token"}
     saved = editor.post("/experiments/checkout-copy/edit", data=fields, follow_redirects=True)
     assert "No changes." in saved.text, _errors(saved.text)
     assert _stored(db, "checkout-copy") == before
@@ -196,24 +222,25 @@ def test_started_experiment_form_freezes_fields_and_refuses_lower_traffic(editor
     editor.post("/experiments/checkout-copy/start")
     page = editor.get("/experiments/checkout-copy/edit")
     assert re.search(r'name="variants-0-weight"[^>]*readonly|readonly[^>]*name="variants-0-weight"', page.text)
-    lower = editor.post(
-        "/experiments/checkout-copy/edit",
-        data={**FORM, "layer": "", "layer_share_percent": "", "traffic_percent": "10"},
-    )
+    # The journey, the stage under test, the measured stages and their questions are
+    # shown disabled, their values carried by hidden inputs.
+    assert re.search(r'<select[^>]*disabled[^>]*name="journey"|<select[^>]*name="journey"[^>]*disabled', page.text)
+    assert re.search(r'<select[^>]*name="question-purchase"[^>]*disabled', page.text)
+    assert re.search(r'<input type="checkbox" name="measured" value="purchase"[^>]*checked disabled', page.text)
+    shown = _shown_fields(page.text)
+    assert shown["journey"] == "default" and shown["question-purchase"] == "purchase-rating"
+    lower = editor.post("/experiments/checkout-copy/edit", data={**shown, "traffic_percent": "10"})
     assert lower.status_code == 409 and any("at least 0.333" in m for m in _errors(lower.text))
     renamed = editor.post(
         "/experiments/checkout-copy/edit",
-        data={
-            **FORM,
-            "layer": "",
-            "layer_share_percent": "",
-            "name": "Checkout copy, round 1",
-            "traffic_percent": "50",
-        },
+        data={**shown, "name": "Checkout copy, round 1", "traffic_percent": "50"},
     )
-    assert renamed.status_code == 302
+    assert renamed.status_code == 302, _errors(renamed.text)
     stored = _stored(db, "checkout-copy")
     assert stored["name"] == "Checkout copy, round 1" and stored["traffic"] == 0.5
+    # A tampered post cannot change what is frozen.
+    moved = editor.post("/experiments/checkout-copy/edit", data={**shown, "measured": ["purchase"]})
+    assert moved.status_code == 409 and "frozen since the experiment started" in _errors(moved.text)
 
 
 def test_clone_makes_a_new_draft_with_the_same_definition(editor, db):
@@ -322,3 +349,185 @@ def test_form_without_csrf_token_is_refused(database_url, tmp_path, make_user):
     assert accepted.status_code == 302
     assert client.post("/experiments/checkout-copy/start").status_code == 400
     app.extensions["db"].engine.dispose()
+
+
+# -- experiments on a journey -----------------------------------------------------------
+
+SHOP = {
+    "key": "shop",
+    "name": "Online shop",
+    "stages": [
+        {"key": "awareness"},
+        {"key": "consideration", "name": "Looking around"},
+        {"key": "purchase"},
+        {"key": "advocacy"},
+    ],
+    "personas": [{"key": "loyal"}, {"key": "first-timer"}],
+    "questions": [
+        {"key": "effort", "text": "How easy was it to find?", "stage": "consideration", "scale": {"min": 1, "max": 7}},
+        {"key": "checkout-csat", "text": "How was <checkout>?", "stage": "purchase", "scale": {"min": 1, "max": 5}},
+        {"key": "checkout-ease", "text": "How easy was paying?", "stage": "purchase", "scale": {"min": 1, "max": 7}},
+        {"key": "nps", "text": "Would you recommend us?", "stage": "advocacy", "scale": {"min": 0, "max": 10}},
+    ],
+}
+OTHER = {"key": "other", "name": "Subscriptions", "stages": [{"key": "signup"}, {"key": "renewal"}]}
+
+ON_SHOP = {
+    "key": "one-page",
+    "name": "One-page checkout",
+    "journey": "shop",
+    "shown_journey": "shop",
+    "target_stage": "purchase",
+    "measured": ["purchase", "advocacy"],
+    "question-awareness": "none",
+    "question-consideration": "effort",
+    "question-purchase": "checkout-ease",
+    "question-advocacy": "none",
+    "variants-0-key": "control",
+    "variants-0-weight": "1",
+    "variants-1-key": "one-page",
+    "variants-1-weight": "1",
+    "control": "0",
+    "traffic_percent": "100",
+    "targeting-0-attribute": "persona",
+    "targeting-0-op": "eq",
+    "targeting-0-value": "loyal",
+}
+
+
+@pytest.fixture
+def shop(admin_api):
+    for body in (SHOP, OTHER):
+        assert admin_api.post("/api/v1/journeys", json=body).status_code == 201
+
+
+def test_the_new_form_offers_the_journeys_stages_and_questions(editor, shop):
+    page = editor.get("/experiments/new?journey=shop&stage=purchase").text
+    assert '<option selected value="shop">Online shop (shop)</option>' in page
+    assert '<option value="other">Subscriptions (other)</option>' in page
+    # The stage under test is a select of the journey's stages, by name.
+    target = re.search(r'<select id="target_stage" name="target_stage">(.*?)</select>', page, re.S).group(1)
+    assert re.findall(r'value="([^"]+)">([^<]+)<', target) == [
+        ("awareness", "Awareness"),
+        ("consideration", "Looking around"),
+        ("purchase", "Purchase"),
+        ("advocacy", "Advocacy"),
+    ]
+    assert '<option selected value="purchase">' in target
+    # Every stage a checkbox (ticked by default), each with a select of its questions or none.
+    assert re.findall(r'<input type="checkbox" name="measured" value="([^"]+)"[^>]*checked', page) == [
+        "awareness",
+        "consideration",
+        "purchase",
+        "advocacy",
+    ]
+    purchase = re.search(r'<select name="question-purchase"[^>]*>(.*?)</select>', page, re.S).group(1)
+    assert re.findall(r'value="([^"]+)">([^<]+)<', purchase) == [
+        ("none", "none: conversion only"),
+        ("checkout-csat", "How was &lt;checkout&gt;? (1 to 5)"),
+        ("checkout-ease", "How easy was paying? (1 to 7)"),
+    ]
+    assert '<option selected value="checkout-csat">' in purchase  # the stage's first question
+    assert "satisfaction" not in page.lower() and 'name="scale_min"' not in page and 'name="stages"' not in page
+
+
+def test_the_form_creates_an_experiment_on_a_chosen_journey_stage_and_question(editor, admin_api, shop, db):
+    created = editor.post("/experiments/new", data=ON_SHOP)
+    assert created.status_code == 302, _errors(created.text)
+    stored = _stored(db, "one-page")
+    assert (stored["journey"], stored["target_stage"]) == ("shop", "purchase")
+    assert stored["stages"] == ["purchase", "advocacy"] and stored["metrics"] == ["checkout-ease"]
+    # The same experiment through the API: identical exports.
+    definition = {**stored, "key": "one-page-api"}
+    assert admin_api.post("/api/v1/experiments", json=definition).status_code == 201
+    assert {**_stored(db, "one-page-api"), "key": "x"} == {**stored, "key": "x"}
+
+
+def test_the_detail_page_lists_measured_stages_with_their_questions_and_links_the_map(editor, shop):
+    editor.post("/experiments/new", data={**ON_SHOP, "question-advocacy": "nps"})
+    page = editor.get("/experiments/one-page").text
+    assert '<a href="/journeys/shop">Online shop</a>' in page
+    rows = re.findall(r"<tr>\s*<td>([^<]+) <code[^>]*>([^<]+)</code>.*?</tr>", page, re.S)
+    assert [(name.strip(), key) for name, key in rows] == [("Purchase", "purchase"), ("Advocacy", "advocacy")]
+    assert "How easy was paying?" in page and "1\N{EN DASH}7" in page and "0\N{EN DASH}10" in page
+    assert "How was &lt;checkout&gt;?" not in page  # not the question measured
+
+
+def test_a_stage_without_a_question_is_measured_by_conversion_only(editor, shop, db):
+    created = editor.post("/experiments/new", data={**ON_SHOP, "question-purchase": "none"})
+    assert created.status_code == 302, _errors(created.text)
+    assert _stored(db, "one-page")["metrics"] == []
+    assert "none: conversion only" in editor.get("/experiments/one-page").text
+
+
+def test_choosing_another_journey_shows_its_stages_before_anything_is_saved(editor, shop, db):
+    response = editor.post("/experiments/new", data={**ON_SHOP, "journey": "other"})
+    assert response.status_code == 200
+    assert "These are the stages of Subscriptions" in response.text
+    fields = _shown_fields(response.text)
+    assert fields["journey"] == fields["shown_journey"] == "other"
+    assert fields["measured"] == ["signup", "renewal"] and fields["target_stage"] == "signup"
+    assert fields["key"] == "one-page" and fields["variants-1-key"] == "one-page"  # the rest is kept
+    with db.sessionmaker() as session:
+        assert session.query(Experiment).count() == 0
+    # The button does the same without changing the select.
+    shown = editor.post("/experiments/new", data={**ON_SHOP, "pick_journey": "1"})
+    assert shown.status_code == 200 and "These are the stages of Online shop" in shown.text
+    created = editor.post("/experiments/new", data=fields)
+    assert created.status_code == 302, _errors(created.text)
+    assert _stored(db, "one-page")["stages"] == ["signup", "renewal"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "name", "message"),
+    [
+        ({"measured": []}, "measured", "tick at least one stage to measure"),
+        (
+            {"measured": ["advocacy"]},
+            "target_stage",
+            "must be one of the stages measured: tick it, or test another stage",
+        ),
+        ({"question-advocacy": "checkout-csat"}, "question-advocacy", "is a second question at stage 'purchase'"),
+        ({"question-purchase": "gone"}, "question-purchase", "'gone' is not a rating question of journey 'shop'"),
+        ({"journey": "nope", "shown_journey": "nope"}, "journey", "no journey has the key 'nope'"),
+    ],
+)
+def test_journey_errors_are_said_beside_the_right_box(editor, shop, db, changes, name, message):
+    response = editor.post("/experiments/new", data={**ON_SHOP, **changes})
+    assert response.status_code == 422
+    error = re.search(rf'name="{re.escape(name)}".*?class="field-error" role="alert">([^<]*)<', response.text, re.S)
+    assert error is not None and message in html.unescape(error.group(1)), _errors(response.text)
+    with db.sessionmaker() as session:
+        assert session.query(Experiment).count() == 0
+
+
+def test_a_fresh_installation_offers_the_default_journey(editor, db):
+    page = editor.get("/experiments/new").text
+    assert '<option selected value="">Default journey: the five default stages, made when saved</option>' in page
+    fields = _shown_fields(page)
+    assert fields["measured"] == ["awareness", "consideration", "purchase", "retention", "advocacy"]
+    data = {
+        **fields,
+        "key": "first",
+        "name": "First",
+        "target_stage": "purchase",
+        "measured": ["purchase", "retention"],
+    }
+    created = editor.post("/experiments/new", data=data)
+    assert created.status_code == 302, _errors(created.text)
+    stored = _stored(db, "first")
+    assert stored["journey"] == "default" and stored["stages"] == ["purchase", "retention"]
+    assert stored["metrics"] == ["purchase-rating", "retention-rating"]  # 1-5, made with the journey
+
+
+def test_the_edit_form_of_a_journey_experiment_saves_unchanged(editor, shop, db):
+    editor.post("/experiments/new", data=ON_SHOP)
+    before = _stored(db, "one-page")
+    fields = _shown_fields(editor.get("/experiments/one-page/edit").text)
+    assert fields["measured"] == ["purchase", "advocacy"] and fields["question-purchase"] == "checkout-ease"
+    assert fields["question-advocacy"] == "none" and fields["question-consideration"] == "effort"
+    saved = editor.post("/experiments/one-page/edit", data=fields, follow_redirects=True)
+    assert "No changes." in saved.text, _errors(saved.text)
+    assert _stored(db, "one-page") == before
+    changed = editor.post("/experiments/one-page/edit", data={**fields, "question-advocacy": "nps"})
+    assert changed.status_code == 302 and _stored(db, "one-page")["metrics"] == ["checkout-ease", "nps"]

@@ -214,10 +214,10 @@ _DEFINITION_PROPERTIES: dict[str, Any] = {
     "metrics": {
         "type": "array",
         "items": _SLUG,
-        "minItems": 1,
+        "maxItems": MAX_STAGES * 5,
         "uniqueItems": True,
         "description": "The journey's rating questions measured, at most one per measured stage; default: the "
-        "first question of each measured stage. Needs `journey`.",
+        "first question of each measured stage; `[]`: none (conversion only). Needs `journey`.",
     },
     "target_stage": {**_SLUG, "description": "The stage whose variants are tested; one of `stages`."},
     "variants": {"type": "array", "items": _ref("Variant"), "minItems": MIN_VARIANTS, "maxItems": MAX_VARIANTS},
@@ -253,8 +253,6 @@ _EXAMPLE = {
     ],
     "traffic": 0.5,
     "targeting": [{"attribute": "platform", "op": "in", "value": ["web", "ios"]}],
-    "journey": "default",
-    "stages": ["purchase", "retention", "advocacy"],
 }
 _STATE_PROPERTIES: dict[str, Any] = {
     "status": {"type": "string", "enum": list(service.STATUSES)},
@@ -337,8 +335,8 @@ OPENAPI: dict[str, Any] = {
             "patch": {
                 "summary": "Change an experiment (as far as its status allows)",
                 "description": "Each top-level field given replaces the stored one; `null` resets it to its "
-                "default. Once started, variants, weights, stages, target stage, scale and layer are frozen "
-                "and traffic may only rise. A stopped experiment is read-only.",
+                "default. Once started, variants, weights, journey, measured stages and questions, target stage "
+                "and layer are frozen and traffic may only rise. A stopped experiment is read-only.",
                 "requestBody": {
                     "required": True,
                     "content": {

@@ -9,10 +9,10 @@ from types import ModuleType
 from typing import Any
 
 from ..auth import public
-from . import assign, bp, events, experiments, journey_map, reports
+from . import assign, bp, events, experiments, journey_map, journeys, reports
 
 # The feature modules whose ``OPENAPI`` fragments make up the document, in its order.
-FEATURES: tuple[ModuleType, ...] = (experiments, events, assign, reports, journey_map)
+FEATURES: tuple[ModuleType, ...] = (experiments, journeys, journey_map, events, assign, reports)
 
 COMMON_SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -68,7 +68,7 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "expplatform API",
             "version": "1",
-            "description": "Assignment, stage outcomes, experiment definitions and lift reports.",
+            "description": "Assignment, stage outcomes, experiment and journey definitions and lift reports.",
         },
         "servers": [{"url": "/api/v1"}],
         "security": [{"bearer": []}],

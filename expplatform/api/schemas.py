@@ -1,6 +1,6 @@
-"""The wire format of experiments and audit entries: the one place that turns rows
-into JSON, so the models stay columns only and the OpenAPI schemas have one source
-to be checked against."""
+"""The wire format of experiments, journeys and audit entries: the one place that
+turns rows into JSON, so the models stay columns only and the OpenAPI schemas have
+one source to be checked against."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..experiments import Page, export_definition
-from ..models import AuditEntry, Experiment, iso_z
+from ..journeys import export_journey
+from ..models import AuditEntry, Experiment, Journey, JourneyAuditEntry, iso_z
 
 
 def experiment(
@@ -50,5 +51,30 @@ def audit_entry(entry: AuditEntry) -> dict[str, Any]:
         "actor": entry.actor,
         "action": entry.action,
         "experiment": entry.experiment_key,
+        "details": entry.details,
+    }
+
+
+def journey(
+    row: Journey, *, audit: Iterable[JourneyAuditEntry] | None = None, notices: Iterable[str] = ()
+) -> dict[str, Any]:
+    """The definition exactly as ``export_journey`` gives it (so API and files agree),
+    plus when it was made and last changed."""
+    body: dict[str, Any] = export_journey(row)
+    body.update(created_at=iso_z(row.created_at), updated_at=iso_z(row.updated_at))
+    if audit is not None:
+        body["audit"] = [journey_audit_entry(entry) for entry in audit]
+    notices = list(notices)
+    if notices:
+        body["notices"] = notices
+    return body
+
+
+def journey_audit_entry(entry: JourneyAuditEntry) -> dict[str, Any]:
+    return {
+        "at": iso_z(entry.at),
+        "actor": entry.actor,
+        "action": entry.action,
+        "journey": entry.journey_key,
         "details": entry.details,
     }

@@ -10,30 +10,39 @@ shown beside the inputs (validation) or as a flash message (conflicts).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from flask import abort, flash, redirect, render_template, request, url_for
+from sqlalchemy.orm import Session
 
 from .. import experiments as service
+from .. import journeys
 from ..api.errors import status_for
 from ..auth import current_principal, login_required, role_at_least
 from ..db import get_db, get_session
-from ..definitions import parse_definition
+from ..definitions import DEFAULT_STAGES, parse_definition
 from ..errors import DomainError, InvalidInput, NotFound
-from ..models import utcnow
+from ..models import Experiment, Journey, RatingQuestion, utcnow
 from ..reports.planning import duration_panel
 from . import bp, experiment_or_404
 from .experiment_form import (
     MAX_RULE_ROWS,
+    NO_QUESTION,
+    QUESTION_PREFIX,
     ExperimentForm,
+    JourneyChoice,
     default_form_data,
     form_to_mapping,
+    journey_form_data,
     mapping_to_form_data,
+    stored_questions,
 )
 from .forms import ConfirmForm
 
 PER_PAGE = 25
 ACTION_HELP = {
-    "start": "Customers will be enrolled and exposures recorded from now on. Variants, weights, stages "
-    "and the satisfaction scale are frozen once it starts.",
+    "start": "Customers will be enrolled and exposures recorded from now on. Variants, weights, the journey, "
+    "the stage under test, the measured stages and their questions are frozen once it starts.",
     "pause": "No new customers are enrolled and everyone is shown the control experience until you resume.",
     "resume": "Enrolment continues with the same buckets: enrolled customers keep their variants.",
     "stop": "Stopping is final: the experiment becomes read-only and everyone gets the control experience. "
@@ -70,14 +79,27 @@ def experiments():
     )
 
 
-def _render_form(form: ExperimentForm, *, experiment=None, errors=None, status_code=200):
-    form.row_choices()
+def _shown(form: ExperimentForm, choices: list[Journey]) -> JourneyChoice:
+    """The journey whose stages the form shows: the one selected, if it exists."""
+    found = next((journey for journey in choices if journey.key == (form.journey.data or "")), None)
+    return JourneyChoice.of(found) if found is not None else JourneyChoice.default()
+
+
+def _render_form(form: ExperimentForm, *, experiment=None, errors=None, status_code=200, note=None):
+    choices = journeys.list_journeys(get_session())
+    shown = _shown(form, choices)
+    form.row_choices(choices, shown)
     frozen = experiment is not None and experiment.status in service.STARTED
     return (
         render_template(
             "experiments/form.html",
             form=form,
             experiment=experiment,
+            shown=shown,
+            questions=getattr(form, "questions_by_stage", {}),
+            no_question=NO_QUESTION,
+            question_prefix=QUESTION_PREFIX,
+            note=note,
             errors=errors or {},
             advanced_open=any(name.startswith(("decision_", "prior_", "forced_variants")) for name in errors or {}),
             frozen=frozen,
@@ -90,7 +112,33 @@ def _render_form(form: ExperimentForm, *, experiment=None, errors=None, status_c
 @bp.get("/experiments/new")
 @login_required("editor")
 def new_experiment():
-    return _render_form(ExperimentForm(data=default_form_data()))[0]
+    choices = journeys.list_journeys(get_session())
+    asked = request.args.get("journey")
+    found = next((j for j in choices if j.key == asked), choices[0] if choices else None)
+    shown = JourneyChoice.of(found) if found is not None else JourneyChoice.default()
+    form = ExperimentForm(data=default_form_data(shown, request.args.get("stage")))
+    form.questions_by_stage = stored_questions(shown, list(shown.stage_keys), shown.first_questions())
+    return _render_form(form)[0]
+
+
+def _journey_changed(form: ExperimentForm) -> bool:
+    """Whether the journey select names another journey than the stage boxes were
+    made for (or its button asks to show them): then they are shown again first."""
+    shown = form.shown_journey.data
+    return "pick_journey" in request.form or (shown is not None and shown != (form.journey.data or ""))
+
+
+def _show_journey(form: ExperimentForm, experiment=None):
+    """The form again, with the chosen journey's stages and questions to choose from."""
+    shown = _shown(form, journeys.list_journeys(get_session()))
+    values = journey_form_data(shown, form.target_stage.data)
+    for name in ("shown_journey", "target_stage", "measured"):
+        form[name].data = values[name]
+    form.questions_by_stage = stored_questions(shown, values["measured"], shown.first_questions())
+    note = (
+        f"These are the stages of {shown.name}: choose the stage under test, the stages to measure and their questions."
+    )
+    return _render_form(form, experiment=experiment, note=note)
 
 
 def _grow_rows(form: ExperimentForm) -> bool:
@@ -108,10 +156,15 @@ def _grow_rows(form: ExperimentForm) -> bool:
 @login_required("editor")
 def create_experiment():
     form = ExperimentForm()
+    form.read_questions(request.form)
     if _grow_rows(form):
         return _render_form(form)
+    if _journey_changed(form):
+        return _show_journey(form)
     try:
         with get_db().write() as session:
+            if form.shown_journey.data == "" and not form.journey.data:
+                _on_the_default_journey(session, form)
             saved = service.create_experiment(session, parse_definition(form_to_mapping(form)), _actor())
             key = saved.experiment.key
     except InvalidInput as exc:
@@ -126,6 +179,32 @@ def create_experiment():
     return redirect(url_for("web.experiment", key=key))
 
 
+@dataclass(frozen=True)
+class MeasuredStage:
+    key: str
+    name: str
+    question: RatingQuestion | None
+
+
+def _measured(experiment: Experiment) -> list[MeasuredStage]:
+    """The measured stages in journey order, each with the question measured there."""
+    names = {stage.key: stage.name for stage in experiment.journey.stages}
+    questions = {question.key: question for question in experiment.journey.questions}
+    return [
+        MeasuredStage(stage, names.get(stage, stage), questions.get(experiment.metrics.get(stage, "")))
+        for stage in experiment.stages
+    ]
+
+
+def _on_the_default_journey(session: Session, form: ExperimentForm) -> None:
+    """A new installation's form shows the default journey before it exists: make it
+    (with its 1-5 questions, as the definitions from before journeys do) in the
+    transaction that saves the experiment, and measure its questions."""
+    journey, questions = journeys.implicit_journey(session, DEFAULT_STAGES, journeys.DEFAULT_SCALE)
+    form.journey.data = journey.key
+    form.questions_by_stage = questions
+
+
 @bp.get("/experiments/<key>")
 @login_required("viewer")
 def experiment(key: str):
@@ -134,6 +213,7 @@ def experiment(key: str):
     return render_template(
         "experiments/detail.html",
         experiment=found,
+        measured=_measured(found),
         duration=duration_panel(session, found, request.args, utcnow()),
         definition=service.export_definition(found),
         audit=service.audit_log(session, found),
@@ -150,9 +230,10 @@ def edit_experiment(key: str):
     if found.status == "stopped":
         flash("A stopped experiment is read-only; clone it to run it again.", "error")
         return redirect(url_for("web.experiment", key=key))
-    return _render_form(ExperimentForm(data=mapping_to_form_data(service.export_definition(found))), experiment=found)[
-        0
-    ]
+    definition = service.export_definition(found)
+    form = ExperimentForm(data=mapping_to_form_data(definition))
+    form.questions_by_stage = stored_questions(JourneyChoice.of(found.journey), definition["stages"], found.metrics)
+    return _render_form(form, experiment=found)[0]
 
 
 @bp.post("/experiments/<key>/edit")
@@ -160,8 +241,11 @@ def edit_experiment(key: str):
 def update_experiment(key: str):
     found = experiment_or_404(key)
     form = ExperimentForm()
+    form.read_questions(request.form)
     if _grow_rows(form):
         return _render_form(form, experiment=found)
+    if found.status not in service.STARTED and _journey_changed(form):
+        return _show_journey(form, found)
     try:
         with get_db().write() as session:
             saved = service.update_experiment(session, key, parse_definition(form_to_mapping(form)), _actor())
