@@ -778,3 +778,58 @@ def test_events_sent_through_ingest_show_on_the_map(db, admin_api, client_api, t
     body = get_map(admin_api, "?persona=unknown")  # c3 (persona 'vip', not the journey's) and c4 (never assigned)
     assert stage_of(body, "discover")["reached"] == 2
     assert question_of(body, "discover", "discover-csat")["histogram"] == [0, 0, 0, 0, 1]
+
+
+def test_a_stopped_experiment_shows_the_lift_and_decision_of_its_report(app, db, admin_api, today):
+    """Exposures and outcome counters written as ingest keeps them, the experiment
+    stopped: the map's lift, P(better), decision and action at its stage are exactly
+    its report's (GET /experiments/<key>/report)."""
+    from expplatform.models import OutcomeCount
+
+    from .events_support import expose, make_experiment
+
+    converted = {"control": 90, "treatment": 150}
+    with db.write() as session:
+        experiment = make_experiment(
+            session,
+            "cart-cta",
+            stages=("browse", "cart", "purchase"),
+            target_stage="cart",
+            status="stopped",
+            started_at=utcnow() - timedelta(days=5),
+            stopped_at=utcnow() - timedelta(days=1),
+        )
+        for variant in experiment.variants:
+            for i in range(600):
+                expose(session, experiment, f"{variant.key}-{i}", variant.key, exposed_at=utcnow() - timedelta(days=4))
+            session.add(
+                OutcomeCount(
+                    experiment_id=experiment.id,
+                    stage="cart",
+                    variant_id=variant.id,
+                    day=today - timedelta(days=3),
+                    kind="converted",
+                    value=0,
+                    customers=converted[variant.key],
+                )
+            )
+        journey_key = experiment.journey.key
+    report = admin_api.get("/api/v1/experiments/cart-cta/report").get_json()
+    cart = next(s for s in report["result"]["stages"] if s["stage"] == "cart")
+    comparison = next(m for m in cart["metrics"] if m["metric"] == "conversion")["comparisons"][0]
+    body = get_map_of(admin_api, journey_key)
+    (shown,) = next(s for s in body["stages"] if s["key"] == "cart")["experiments"]["stopped"]
+    assert shown["key"] == "cart-cta" and shown["report_url"] == "/experiments/cart-cta/report"
+    measured = shown["measured"]
+    assert measured["action"] == report["result"]["recommendation"]["action"]
+    (treatment,) = measured["treatments"]
+    assert treatment["variant"] == "treatment" and treatment["relative_lift"] == comparison["relative_lift"]
+    assert treatment["relative_lift"]["mean"] == pytest.approx(150 / 90 - 1, rel=0.05)
+    assert treatment["p_better"] == comparison["p_better"] and treatment["decision"] == comparison["decision"]
+
+
+def get_map_of(admin_api, key: str) -> dict:
+    response = admin_api.get(f"/api/v1/journeys/{key}/map")
+    assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    assert_matches_openapi(response)
+    return response.get_json()

@@ -5,8 +5,10 @@ journey, the stylesheet, and the experiments listed on each stage."""
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import date, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +22,8 @@ from expplatform.models import (
     Variant,
     utcnow,
 )
+
+from .conftest import PASSWORD
 
 STAGES = (
     ("visit", "Visit", "Lands on the site", ["homepage", "search ad"]),
@@ -155,12 +159,17 @@ def test_the_journeys_list_links_each_map_with_its_stages_and_experiment_counts(
     other_row = body.split('data-journey="other"', 1)[1].split("</tr>", 1)[0]
     assert "none" in other_row and 'href="/journeys/other"' in other_row
     assert "Journeys" in page(client, "/experiments").split("</nav>")[0]
+    assert "/journeys/new" not in body  # a viewer edits nothing
+    login("editor")
+    assert '<a class="button" href="/journeys/new">New journey</a>' in page(client, "/journeys")
+    assert 'href="/journeys/web/edit">Edit journey</a>' in page(client, "/journeys/web")
 
 
 def test_the_map_shows_stages_figures_pain_points_and_plots(client, login, journey):
     login("viewer")
     body = page(client, "/journeys/web")
     assert "<h1>Web store &lt;first order&gt;</h1>" in body  # user text escaped
+    assert "Edit journey" not in body
     stages = re.findall(
         r'<li class="jm-stage" data-stage="(\w+)">\s*<h3><span class="jm-step-no">(\d)</span>([^<]+)', body
     )
@@ -285,3 +294,111 @@ def test_each_stage_lists_its_running_and_paused_experiments_linked_to_their_rep
     assert listed == [("signup-copy", "running"), ("signup-sso", "paused")]  # no draft
     assert '<a href="/experiments/signup-copy/report">Shorter &lt;sign-up&gt; copy</a>' in tests
     assert "None running, paused or stopped." in stage_html(body, "visit")
+
+
+# -- in a real browser ------------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium as tests/test_browser.py drives it (skipped without it, unless
+    EXPPLATFORM_TEST_REQUIRE_BROWSER is set)."""
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} is missing (apt-get install -y chromium)"
+        if os.environ.get("EXPPLATFORM_TEST_REQUIRE_BROWSER"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"],
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@pytest.mark.browser
+def test_a_viewer_reads_the_map_switches_persona_and_opens_an_experiment_report(
+    live_server, browser, make_user, admin_api, journey
+):
+    response = admin_api.post(
+        "/api/v1/experiments",
+        json={
+            "key": "signup-copy",
+            "name": "Shorter sign-up copy",
+            "journey": "web",
+            "target_stage": "signup",
+            "variants": [{"key": "control", "weight": 0.5}, {"key": "short", "weight": 0.5}],
+        },
+    )
+    assert response.status_code == 201, response.get_json()
+    assert admin_api.post("/api/v1/experiments/signup-copy/start").status_code == 200
+    make_user("viewer", "viewer@example.com")
+    page = browser.new_page()
+    page.goto(f"{live_server}/login")
+    page.fill("#email", "viewer@example.com")
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(re.compile(r".*/experiments.*|.*/$"))
+
+    # From the navigation to the journey's map.
+    page.click("header nav a:has-text('Journeys')")
+    page.wait_for_url(f"{live_server}/journeys")
+    page.click("a:has-text('Web store <first order>')")
+    page.wait_for_url(f"{live_server}/journeys/web")
+    assert [h.split(" ", 1)[-1] for h in page.locator(".jm-stage h3").all_inner_texts()] == [
+        "1Visit",
+        "2Sign up",
+        "3First order",
+    ] or page.locator(".jm-stage h3").all_inner_texts() == ["1\nVisit", "2\nSign up", "3\nFirst order"]
+    visit = page.locator(".jm-stage[data-stage=visit] [data-figure=reached]")
+    assert visit.inner_text() == "1,812"
+    assert page.locator("svg.plot-journey-funnel").is_visible()
+    assert page.locator("svg.plot-emotion-curve").bounding_box()["width"] > 300
+
+    # Switch persona with the form (a plain GET), then side by side.
+    page.select_option("select[name=persona]", "student")
+    page.click(".jm-options button[type=submit]")
+    page.wait_for_url(re.compile(r".*/journeys/web\?persona=student.*"))
+    assert visit.inner_text() == "800"
+    page.select_option("select[name=compare]", "pro")
+    page.click(".jm-options button[type=submit]")
+    page.wait_for_url(re.compile(r".*persona=student.*compare=pro.*"))
+    assert page.locator(".jm-stage[data-stage=visit] .jm-figures").count() == 2
+    credible = page.locator(".jm-stage[data-stage=visit] [data-figure=conversion-difference]")
+    assert credible.get_attribute("data-credible") == "yes" and "credible" in credible.inner_text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "journey-map.png"), full_page=True)
+    assert (ARTIFACTS / "journey-map.png").stat().st_size > 50_000
+
+    # On a phone the stages scroll sideways, with the cue shown, and the page itself does not.
+    page.set_viewport_size({"width": 390, "height": 844})
+    scroller = page.locator(".jm-scroll")
+    assert scroller.evaluate("e => e.scrollWidth > e.clientWidth")
+    assert page.locator(".jm-scroll-hint").is_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.screenshot(path=str(ARTIFACTS / "journey-map-phone.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+    # A persona link, then the stage's experiment, to its report.
+    page.click(".jm-personas a[data-persona=pro]")
+    page.wait_for_url(f"{live_server}/journeys/web?persona=pro")
+    assert visit.inner_text() == "1,000"
+    link = page.locator(".jm-stage[data-stage=signup] li[data-experiment=signup-copy] a")
+    assert link.inner_text() == "Shorter sign-up copy"
+    assert (
+        page.locator(".jm-stage[data-stage=signup] li[data-experiment=signup-copy] .status").inner_text() == "running"
+    )
+    link.click()
+    page.wait_for_url(f"{live_server}/experiments/signup-copy/report")
+    assert "Shorter sign-up copy" in page.inner_text("h1")

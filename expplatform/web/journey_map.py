@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .. import journey_plots
-from ..auth import login_required, public
+from ..auth import current_principal, login_required, public, role_at_least
 from ..db import get_session
 from ..errors import MalformedRequest, NotFound
 from ..journey_map import (
@@ -94,7 +94,14 @@ class MapFormat(Format):
 def journeys():
     session = get_session()
     rows = sorted(list_journeys(session), key=lambda j: (j.name.lower(), j.key))
-    return render_template("journeys/list.html", journeys=rows, counts=_experiment_counts(session))
+    return render_template(
+        "journeys/list.html", journeys=rows, counts=_experiment_counts(session), can_edit=_can_edit()
+    )
+
+
+def _can_edit() -> bool:
+    principal = current_principal()
+    return principal is not None and role_at_least(principal.role, "editor")
 
 
 def _experiment_counts(session: Session) -> dict[int, dict[str, int]]:
@@ -120,7 +127,7 @@ def journey(key: str):
     options = _options(request.args, [p.key for p in found.personas], today)
     built = journey_map(session, found, options)
     tests = stage_tests(session, found, lambda experiment: measure_stopped(session, experiment))
-    return render_template("journeys/map.html", **_context(built, tests, today))
+    return render_template("journeys/map.html", can_edit=_can_edit(), **_context(built, tests, today))
 
 
 @bp.get("/journeys.css")
