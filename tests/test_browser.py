@@ -122,6 +122,22 @@ def test_an_editor_creates_starts_and_reads_an_experiment_in_a_browser(
 ):
     make_user("editor", "editor@example.com")
     client_key = make_key("client", "shop")
+    journey = {
+        "key": "shop",
+        "name": "Shop",
+        "stages": [{"key": stage} for stage in ("browse", "cart", "purchase")],
+        "questions": [
+            {"key": f"{stage}-csat", "text": f"How was {stage}?", "stage": stage, "scale": {"min": 1, "max": 5}}
+            for stage in ("browse", "cart", "purchase")
+        ],
+    }
+    created = requests.post(
+        f"{live_server}/api/v1/journeys",
+        json=journey,
+        headers={"Authorization": f"Bearer {make_key('admin', 'setup')}"},
+        timeout=30,
+    )
+    assert created.status_code == 201, created.text
     page = browser_context.new_page()
 
     # Log in through the form.
@@ -132,12 +148,14 @@ def test_an_editor_creates_starts_and_reads_an_experiment_in_a_browser(
     page.wait_for_url(re.compile(r".*/experiments.*|.*/$"))
 
     # Create the experiment with the form.
-    page.goto(f"{live_server}/experiments/new")
+    # The journey and the stage under test come preselected from the journey map's link.
+    page.goto(f"{live_server}/experiments/new?journey=shop&stage=cart")
     page.fill("input[name=key]", "checkout-cta")
     page.fill("input[name=name]", "Checkout call to action")
     page.fill("textarea[name=hypothesis]", "A bolder call to action gets more customers to the cart.")
-    page.fill("input[name=stages]", "browse, cart, purchase")
-    page.fill("input[name=target_stage]", "cart")
+    for stage in ("browse", "cart", "purchase"):
+        page.check(f"#measured-{stage}")
+    assert page.input_value("select[name=target_stage]") == "cart"
     page.fill("input[name='variants-1-key']", "treatment")
     page.click("button.primary[type=submit]")
     page.wait_for_url(f"{live_server}/experiments/checkout-cta")
