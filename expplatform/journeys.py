@@ -164,6 +164,8 @@ def resolve_definition(session: Session, definition: ExperimentDefinition) -> Ex
     naming each field that does not fit the journey."""
     if definition.journey is None:
         stages = definition.stages or DEFAULT_STAGES
+        if definition.target_stage not in stages:
+            raise InvalidInput({"target_stage": f"must be one of the stages: {', '.join(stages)}"})
         journey, questions = implicit_journey(session, stages, definition.scale or DEFAULT_SCALE)
         return replace(
             definition, journey=journey.key, stages=stages, metrics=tuple(questions[s] for s in stages), scale=None

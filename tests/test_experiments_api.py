@@ -631,3 +631,14 @@ def test_with_csrf_protection_on_keys_and_json_sessions_work_and_forms_do_not(da
         assert client.get(f"{BASE}/by-session").json["status"] == "draft"
     finally:
         app.extensions["db"].engine.dispose()
+
+
+def test_a_target_stage_outside_the_default_stages_is_a_422(api):
+    """Without a journey or stages, the target must be one of the five default stages
+    (the fuzz test once stored 'computed_at' and every report of it was a 500)."""
+    response = api.post(
+        BASE,
+        json={"key": "odd", "name": "Odd", "target_stage": "computed_at", "variants": [{"key": "a"}, {"key": "b"}]},
+    )
+    assert response.status_code == 422 and "target_stage" in response.json["fields"]
+    assert api.get(f"{BASE}/odd").status_code == 404
