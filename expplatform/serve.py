@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
@@ -29,9 +28,11 @@ def wsgi_app() -> Flask:
     from . import create_app, plots
 
     app = create_app()
-    # Load the plotting stack in the background, so the first report page a fresh
-    # worker serves does not wait for it.
-    threading.Thread(target=plots.warm_up, name="plots-warm-up", daemon=True).start()
+    # Load the plotting stack here, in the master (gunicorn preloads the app), so every
+    # worker's first report page finds it ready. Synchronously: a thread still importing
+    # matplotlib when the master forks leaves each worker an import lock (and the render
+    # lock) that no thread of the worker holds, and its first report page hangs forever.
+    plots.warm_up()
     return app
 
 
