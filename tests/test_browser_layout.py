@@ -20,18 +20,12 @@ WIDTHS = (390, 1024, 1280, 1440, 1920)
 
 # The widest report: five stages, a control and two treatments, ratings everywhere.
 COUNTS = {
-    "current-checkout": (
-        2000,
-        {"awareness": 1900, "consideration": 1100, "purchase": 300, "retention": 150, "advocacy": 60},
-    ),
-    "one-page-checkout": (
-        2000,
-        {"awareness": 1910, "consideration": 1150, "purchase": 420, "retention": 170, "advocacy": 70},
-    ),
-    "express-checkout": (
-        2000,
-        {"awareness": 1890, "consideration": 1120, "purchase": 380, "retention": 140, "advocacy": 55},
-    ),
+    variant: (2000, dict(zip(STAGES, converters, strict=True)))
+    for variant, converters in {
+        "current-checkout": (1900, 1100, 300, 150, 60),
+        "one-page-checkout": (1910, 1150, 420, 170, 70),
+        "express-checkout": (1890, 1120, 380, 140, 55),
+    }.items()
 }
 RATINGS = {
     variant: {stage: [1 + (i * 7 + offset) % 5 for i in range(300)] for stage in STAGES}
