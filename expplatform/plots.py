@@ -218,9 +218,10 @@ def densities(curves: Sequence[BetaCurve], colors: Mapping[str, str], *, stage: 
         return _svg(figure, "densities", f"Posterior densities of the conversion rate at {stage} per variant")
 
 
-def funnel(stages: Sequence[str], shares: Mapping[str, Sequence[float]], colors: Mapping[str, str]) -> str:
+def funnel(stages: Sequence[str], shares: Mapping[str, Sequence[float | None]], colors: Mapping[str, str]) -> str:
     """Share of each variant's exposed customers who converted at each stage, stages
-    left to right as in the journey."""
+    left to right as in the journey; None (nothing recorded) draws no bar, and a stage
+    where no variant has data says so."""
     import numpy as np
 
     with _render_lock:
@@ -234,11 +235,14 @@ def funnel(stages: Sequence[str], shares: Mapping[str, Sequence[float]], colors:
         for i, (variant, values) in enumerate(shares.items()):
             ax.bar(
                 x + (i - (count - 1) / 2) * width,
-                values,
+                [np.nan if value is None else value for value in values],
                 width * 0.92,
                 color=colors.get(variant, CONTROL_COLOR),
                 label=variant,
             )
+        for position, stage_values in enumerate(zip(*shares.values(), strict=True)):
+            if all(value is None for value in stage_values):
+                ax.text(position, 0, "no data", ha="center", va="bottom", color="#5b6475", fontsize=9)
         ax.set_xticks(x, list(stages))
         ax.grid(axis="x", visible=False)
         _percent(ax, "y")
