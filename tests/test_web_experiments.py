@@ -448,6 +448,12 @@ def test_the_new_form_offers_the_journeys_stages_and_questions(editor, shop):
     ]
     assert '<option selected value="checkout-csat">' in purchase  # the stage's first question
     assert "satisfaction" not in page.lower() and 'name="scale_min"' not in page and 'name="stages"' not in page
+    # Targeting suggests the persona attribute and the journey's personas as values.
+    attributes = re.search(r'<datalist id="rule-attributes">(.*?)</datalist>', page, re.S).group(1)
+    assert re.findall(r'value="([^"]+)"', attributes) == ["persona", "platform"]
+    values = re.search(r'<datalist id="rule-values">(.*?)</datalist>', page, re.S).group(1)
+    assert re.findall(r'value="([^"]+)"', values) == ["loyal", "first-timer"]
+    assert page.count('list="rule-attributes"') == page.count('name="targeting-') // 3 > 0
 
 
 def test_the_form_creates_an_experiment_on_a_chosen_journey_stage_and_question(editor, admin_api, shop, db):

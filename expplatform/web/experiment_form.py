@@ -84,6 +84,10 @@ class JourneyChoice:
     name: str
     stages: tuple[tuple[str, str], ...]  # (key, name) in journey order
     questions: Mapping[str, tuple[QuestionChoice, ...]]  # stage key -> its questions
+    # Suggested in the targeting rows: the attribute clients send the persona in, and
+    # the journey's personas as its values.
+    persona_attribute: str = "persona"
+    personas: tuple[tuple[str, str], ...] = ()  # (key, name)
 
     @classmethod
     def of(cls, journey: Journey) -> JourneyChoice:
@@ -95,6 +99,8 @@ class JourneyChoice:
             name=journey.name,
             stages=tuple((s.key, s.name) for s in journey.stages),
             questions={stage: tuple(items) for stage, items in questions.items()},
+            persona_attribute=journey.persona_attribute,
+            personas=tuple((p.key, p.name) for p in journey.personas),
         )
 
     @classmethod
