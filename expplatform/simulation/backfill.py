@@ -212,6 +212,7 @@ class _Plan:
         self.unmatched: dict[str, tuple[str, str]] = {}  # event_id -> (day received, stage)
         self.arrivals: Counter[date] = Counter()
         self._definitions: dict[tuple[str, ...], Definitions] = {}
+        self._encoded: dict[tuple[str, str], str] = {}  # (persona, platform) -> the attributes as JSON
         self._timing_draws = len(scenario.stages) + len(scenario.questions) + 2
 
     def _definitions_of(self, chosen: Sequence[_Running]) -> Definitions:
@@ -226,10 +227,13 @@ class _Plan:
         scenario, population = self.scenario, self.population
         arrival = customer.arrival
         self.arrivals[arrival.date()] += 1
-        offered = [r for key, r in running.items() if r.runs_at(arrival)]
+        offered = [r for r in running.values() if r.runs_at(arrival)]
         asked = [r for r in offered if not population.skips(r.live.key, customer)]
         self.tally.sample_ratio_skipped += len(offered) - len(asked)
         attributes = {scenario.persona_attribute: customer.persona, "platform": customer.platform}
+        encoded = self._encoded.get((customer.persona, customer.platform))
+        if encoded is None:
+            encoded = self._encoded[(customer.persona, customer.platform)] = json.dumps(attributes)
         exposed: list[_Exposed] = []
         variants: dict[str, str] = {}
         if asked:
@@ -237,7 +241,6 @@ class _Plan:
             request = AssignRequest(customer.id, attributes, tuple(r.live.key for r in asked))
             answers = assign(cast(ExposureStore, recorder), self._definitions_of(asked), request)
             by_id = {r.live.id: r for r in asked}
-            encoded = json.dumps(attributes)
             for experiment_id, variant_id, forced in recorder.rows:
                 self.exposures.append((experiment_id, variant_id, customer.id, arrival, encoded, forced, 0))
                 exposed.append(_Exposed(by_id[experiment_id], arrival, forced))
@@ -380,6 +383,9 @@ def _write(session: Session, plan: _Plan) -> tuple[int, int]:
     """Insert the plan's exposures and events (those absent) and count the inserted
     unmatched events; (exposures inserted, events inserted)."""
     sql = RawConnection(session.connection())
+    # In key order: the indexes then grow at their ends, not all over (several times faster).
+    plan.exposures.sort(key=lambda row: (row[2], row[0]))
+    plan.events.sort(key=lambda row: row[0])
     exposures = _insert(
         sql,
         "exposures",

@@ -211,6 +211,10 @@ class Population:
         return [Sent(f"{ghost}:{stage}", ghost, stage) for stage in self.scenario.stages[:2]]
 
 
+# Stage -> P(converts there); question -> (P(rates), E[rating | rates]).
+Expected = tuple[dict[str, float], dict[str, tuple[float, float]]]
+
+
 # -- what a customer does ----------------------------------------------------------------------
 
 
@@ -248,9 +252,7 @@ class Behaviour:
                 ratings.append((question.key, question.scale[0] + _inverse(probabilities, which)))
         return Outcome(tuple(converted), tuple(ratings))
 
-    def expected(
-        self, persona: str, effects: Sequence[Effect]
-    ) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    def expected(self, persona: str, effects: Sequence[Effect]) -> Expected:
         """Stage -> P(converts there); question -> (P(rates), E[rating | rates])."""
         reach: dict[str, float] = {}
         running = 1.0
@@ -333,11 +335,19 @@ class Truth:
         self.scenario = scenario
         self.behaviour = Behaviour(scenario)
         self.cells: dict[tuple[str, str, str], _Cell] = defaultdict(_Cell)  # (experiment, variant, persona)
+        # Customers share a few (persona, variants) combinations: each one's expectation once.
+        self._expected: dict[tuple[str, tuple[tuple[str, str], ...]], Expected] = {}
 
     def add(self, customer: Customer, variants: Mapping[str, str]) -> None:
         if not variants:
             return
-        reach, rated = self.behaviour.expected(customer.persona, effects_of(self.scenario, variants))
+        combination = (customer.persona, tuple(variants.items()))
+        found = self._expected.get(combination)
+        if found is None:
+            found = self._expected[combination] = self.behaviour.expected(
+                customer.persona, effects_of(self.scenario, variants)
+            )
+        reach, rated = found
         for key, variant in variants.items():
             if key in self.scenario.experiments:
                 self.cells[(key, variant, customer.persona)].add(1.0, reach, rated)
