@@ -140,19 +140,15 @@ def test_demo_seed_gives_the_demo_its_history_once(cli, db, tmp_path):
     assert seeded["exposures"] > 3000 and seeded["events"] > 3000 and seeded["outcomes"] > 0
     with db.sessionmaker() as session:
         by_key = {e.key: e for e in session.scalars(select(Experiment))}
-        exposures = dict(
-            session.execute(
-                select(Experiment.key, func.min(Exposure.exposed_at))
-                .join(Exposure, Exposure.experiment_id == Experiment.id)
-                .group_by(Experiment.key)
-            ).all()
-        )
-        last_exposure = dict(
-            session.execute(
-                select(Experiment.key, func.max(Exposure.exposed_at))
-                .join(Exposure, Exposure.experiment_id == Experiment.id)
-                .group_by(Experiment.key)
-            ).all()
+        exposures, last_exposure = (
+            dict(
+                session.execute(
+                    select(Experiment.key, moment(Exposure.exposed_at))
+                    .join(Exposure, Exposure.experiment_id == Experiment.id)
+                    .group_by(Experiment.key)
+                ).all()
+            )
+            for moment in (func.min, func.max)
         )
     assert {k for k, e in by_key.items() if e.simulated} == DEMO_KEYS
     assert by_key["onboarding-tour"].status == "draft" and not by_key["onboarding-tour"].simulated

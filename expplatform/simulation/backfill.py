@@ -49,6 +49,7 @@ from ..assignment import AssignRequest, Definitions, ExposureStore, LiveExperime
 from ..definitions import ExperimentDefinition, parse_definition
 from ..errors import DomainError, NotFound
 from ..ingest import rebuild_everything
+from ..ingest.store import _EVENT_COLUMNS  # the events table as ingest writes it
 from ..models import Experiment, Exposure, utcnow
 from ..rawsql import RawConnection
 from .customers import Behaviour, Calendar, Customer, Population, Sent, Truth, effects_of, uniforms
@@ -341,19 +342,6 @@ _EXPOSURE_COLUMNS = (
     ("attributes", "json"),
     ("forced", "boolean"),
     ("mismatches", "integer"),
-)
-_EVENT_COLUMNS = (
-    ("event_id", "text"),
-    ("customer_id", "text"),
-    ("stage", "text"),
-    ("type", "text"),
-    ("metric", "text"),
-    ("value", "integer"),
-    ("occurred_at", "timestamptz"),
-    ("received_at", "timestamptz"),
-    ("experiment_key", "text"),
-    ("attributed", "integer"),
-    ("exposure_cutoff", "timestamptz"),
 )
 _TIMES = {"timestamptz"}
 
