@@ -109,8 +109,8 @@ def _matplotlib():
 
 def warm_up() -> None:
     """Import matplotlib and draw one throw-away figure (font cache, SVG backend), so
-    that a serving worker's first report page does not pay for it. ``wsgi.py`` runs
-    this in a background thread; the CLI never does."""
+    that a serving worker's first report page does not pay for it. The served app
+    (``serve.wsgi_app``) runs this before gunicorn forks its workers; the CLI never does."""
     _module, figure_class = _matplotlib()
     figure = figure_class(figsize=(1, 1))
     figure.add_subplot().plot([0, 1], [0, 1])

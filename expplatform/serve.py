@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
@@ -29,9 +28,11 @@ def wsgi_app() -> Flask:
     from . import create_app, plots
 
     app = create_app()
-    # Load the plotting stack in the background, so the first report page a fresh
-    # worker serves does not wait for it.
-    threading.Thread(target=plots.warm_up, name="plots-warm-up", daemon=True).start()
+    # Load the plotting stack now, so the first report page a worker serves does not
+    # wait for it. Not in a background thread: gunicorn preloads the app in its master
+    # and forks the workers at once, and a worker forked while another thread was still
+    # importing matplotlib keeps a half-imported module (every plot a 500) for life.
+    plots.warm_up()
     return app
 
 
