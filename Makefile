@@ -27,7 +27,7 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/expplatform db upgrade
 	$(BIN)/expplatform demo setup
-	$(BIN)/expplatform demo seed
+	$(BIN)/expplatform demo seed || echo "expplatform: the demo history could not be written (above: why); serving what is there (make reset starts over)"
 	@echo
 	@echo "expplatform: serving on http://127.0.0.1:$(PORT)/ with $(WORKERS) web workers and one fit worker (Ctrl-C stops all)"
 	@echo "  log in as   demo@example.com / demo-password"
