@@ -410,6 +410,15 @@ def test_a_second_run_with_the_same_seed_sends_the_same_events(monkeypatch):
     assert third.summary.accepted == third.summary.tally.events - third.summary.tally.duplicates_sent
 
 
+def test_through_http_an_experiment_whose_days_ended_is_not_asked_for(monkeypatch):
+    """The demo scenario's review-request ran days 1-14 (stopped since, in the demo):
+    a run through HTTP, where every day is today, asks only for the others."""
+    service, result = run_against_stand_in(monkeypatch, simulation.load("demo"), customers=100)
+    assert "review-request" not in service.assign_calls
+    assert service.assign_calls["review-request-v2"] == service.assign_calls["social-proof"] == 100
+    assert "review-request" not in result.summary.to_dict()["exposures"]
+
+
 def test_legacy_runs_send_metricless_satisfaction_on_the_legacy_scale(monkeypatch):
     scenario = simulation.load("winner")
     service, result = run_against_stand_in(monkeypatch, scenario, legacy=True)
