@@ -19,6 +19,7 @@ from __future__ import annotations
 import html
 import io
 import math
+import os
 import re
 import threading
 from collections.abc import Mapping, Sequence
@@ -109,12 +110,25 @@ def _matplotlib():
 
 def warm_up() -> None:
     """Import matplotlib and draw one throw-away figure (font cache, SVG backend), so
-    that a serving worker's first report page does not pay for it. The served app
-    runs this in gunicorn's master before it forks; the CLI never does."""
-    _module, figure_class = _matplotlib()
-    figure = figure_class(figsize=(1, 1))
-    figure.add_subplot().plot([0, 1], [0, 1])
-    figure.savefig(io.BytesIO(), format="svg")
+    that a serving worker's first report page does not pay for it (see
+    :func:`warm_up_after_fork`); the CLI never does."""
+    with _render_lock:
+        _module, figure_class = _matplotlib()
+        figure = figure_class(figsize=(1, 1))
+        figure.add_subplot().plot([0, 1], [0, 1])
+        figure.savefig(io.BytesIO(), format="svg")
+
+
+def warm_up_after_fork() -> None:
+    """Warm up in a background thread of every process forked from this one from now
+    on: gunicorn's workers, forked from the master that preloaded the app. Never in the
+    master itself: a thread still importing matplotlib when the master forks leaves the
+    worker an import lock that no thread of its own will release (its first report
+    page hung for good), and importing it before the fork would delay every master
+    restart by the import."""
+    os.register_at_fork(
+        after_in_child=lambda: threading.Thread(target=warm_up, name="plots-warm-up", daemon=True).start()
+    )
 
 
 _ID = re.compile(r'\sid="(?![mp][0-9a-f]{10}")[^"]*"')

@@ -28,11 +28,7 @@ def wsgi_app() -> Flask:
     from . import create_app, plots
 
     app = create_app()
-    # Load the plotting stack here, in the master (gunicorn preloads the app), so every
-    # worker's first report page finds it ready. Synchronously: a thread still importing
-    # matplotlib when the master forks leaves each worker an import lock (and the render
-    # lock) that no thread of the worker holds, and its first report page hangs forever.
-    plots.warm_up()
+    plots.warm_up_after_fork()  # in each worker, so its first report page need not wait
     return app
 
 

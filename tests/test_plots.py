@@ -154,35 +154,6 @@ def test_warm_up_loads_the_plotting_stack_that_pages_use():
     assert result.returncode == 0, result.stderr
 
 
-def test_the_preloaded_app_has_the_plotting_stack_and_no_other_thread_when_gunicorn_forks(tmp_path):
-    """gunicorn preloads the app in its master and forks the workers at once: a thread
-    still importing matplotlib then would leave every worker an import lock no thread
-    of its own holds, and its first report page would hang forever (seen with
-    `make run`). So loading the served app must finish its warm-up and leave no thread
-    behind."""
-    import os
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, threading; from expplatform.serve import wsgi_app; wsgi_app(); "
-        "assert 'matplotlib.backends.backend_svg' in sys.modules; "
-        "others = [t.name for t in threading.enumerate() if t is not threading.main_thread()]; "
-        "assert not others, others"
-    )
-    from sqlalchemy import create_engine
-
-    from expplatform import migrations
-
-    url = f"sqlite:///{tmp_path / 'served.sqlite'}"
-    engine = create_engine(url)
-    migrations.upgrade(engine)
-    engine.dispose()
-    environment = {**os.environ, "EXPPLATFORM_DATABASE_URL": url}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=120)
-    assert result.returncode == 0, result.stderr
-
-
 def test_the_funnel_draws_no_bar_where_nothing_was_recorded():
     """A 0% bar would say "nobody converted"; a stage without any outcome says "no data"."""
     colors = {"control": plots.CONTROL_COLOR, "bold": "#2952cc"}
