@@ -12,9 +12,8 @@ Truth); the rules are the service's own wherever it has them:
 - assignment: ``assignment.assign`` on each experiment's stored definition
   (targeting, layer, traffic, forced variants, ``bucketing.place``), among the
   experiments running when the customer arrives (a scenario's ``days``);
-- outcomes and counters: ``ingest.rebuild_everything`` from the stored rows, the
-  rules of ingest in SQL. The one counter it does not keep, unmatched events per day
-  received, is added here for the events this run stored.
+- outcomes and counters, unmatched events included: ``ingest.rebuild_everything``
+  from the stored rows, the rules of ingest in SQL.
 
 When things happen: a customer is exposed on arrival; reaches each stage a few
 minutes after the one before; rates a stage shortly after converting there; and
@@ -26,8 +25,7 @@ before the customer's exposure, so it counts nowhere (unmatched); a customer nev
 assigned sends unmatched events; the sample-ratio fault skips assignments as in HTTP.
 
 A re-run adds nothing: customer and event ids derive from the scenario, the seed and
-the customer's number, rows go in with ``INSERT ... ON CONFLICT DO NOTHING``, and
-unmatched counts move only for events inserted. Everything happens in the caller's
+the customer's number, and rows go in with ``INSERT ... ON CONFLICT DO NOTHING``. Everything happens in the caller's
 one write transaction, so an interrupted backfill leaves nothing behind.
 """
 
@@ -210,7 +208,6 @@ class _Plan:
         self.skew = clock_skew
         self.exposures: list[tuple[Any, ...]] = []
         self.events: list[tuple[Any, ...]] = []
-        self.unmatched: dict[str, tuple[str, str]] = {}  # event_id -> (day received, stage)
         self.arrivals: Counter[date] = Counter()
         self._definitions: dict[tuple[str, ...], Definitions] = {}
         self._encoded: dict[tuple[str, str], str] = {}  # (persona, platform) -> the attributes as JSON
@@ -292,7 +289,7 @@ class _Plan:
         received = min(received, self.now)
         occurred = min(occurred, received)
         cutoff = min(occurred + self.skew, received)
-        counted, unmatched = attribution_of(sent, occurred, received, cutoff, exposed)
+        counted = attribution_of(sent, occurred, received, cutoff, exposed)
         kind, metric = ("conversion", None) if sent.question is None else ("satisfaction", sent.question)
         row = (
             sent.event_id,
@@ -309,17 +306,14 @@ class _Plan:
         )
         self.events.extend([row, row] if twice else [row])
         self.tally.events += 2 if twice else 1
-        if unmatched:
-            self.unmatched[sent.event_id] = (received.date().isoformat(), sent.stage)
 
 
 def attribution_of(
     sent: Sent, occurred: datetime, received: datetime, cutoff: datetime, exposed: Iterable[_Exposed]
-) -> tuple[int, bool]:
+) -> int:
     """Ingest's decision (``ingest/attribution.py``) for an event of a customer whose
-    only exposures are ``exposed``: how many experiments it counts for, and whether it
-    is unmatched (no experiment measuring its stage had exposed the customer when it
-    was received)."""
+    only exposures are ``exposed``: how many experiments it counts for (the event row's
+    ``attributed``, which no counter reads)."""
     measuring = [x for x in exposed if sent.stage in x.experiment.stages and x.at <= received]
     counted = sum(
         1
@@ -329,7 +323,7 @@ def attribution_of(
         and x.at <= cutoff
         and (x.experiment.stopped_at is None or occurred <= x.experiment.stopped_at)
     )
-    return counted, not measuring
+    return counted
 
 
 # -- writing -----------------------------------------------------------------------------------------
@@ -368,8 +362,8 @@ def _insert(
 
 
 def _write(session: Session, plan: _Plan) -> tuple[int, int]:
-    """Insert the plan's exposures and events (those absent) and count the inserted
-    unmatched events; (exposures inserted, events inserted)."""
+    """Insert the plan's exposures and events (those absent); (exposures inserted,
+    events inserted)."""
     sql = RawConnection(session.connection())
     # In key order: the indexes then grow at their ends, not all over (several times faster).
     plan.exposures.sort(key=lambda row: (row[2], row[0]))
@@ -387,14 +381,6 @@ def _write(session: Session, plan: _Plan) -> tuple[int, int]:
             sql, "events", _EVENT_COLUMNS, plan.events, "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
         )
     ]
-    unmatched = Counter(plan.unmatched[event_id] for event_id in inserted if event_id in plan.unmatched)
-    sql.rows(
-        "INSERT INTO unmatched_event_counts (day, stage, events) {rows} "
-        "ON CONFLICT (day, stage) DO UPDATE SET events = unmatched_event_counts.events + excluded.events",
-        (("day", "date"), ("stage", "text"), ("events", "bigint")),
-        [(*key, n) for key, n in sorted(unmatched.items())],
-        idempotent=False,
-    )
     return len(exposures), len(inserted)
 
 
