@@ -18,6 +18,8 @@ from expplatform.web.guided import ago, sparkline
 from .events_support import expose, make_experiment, make_journey
 from .reports_support import seed_journey
 
+DASH = "\N{EN DASH}"  # between a scale's ends, as the pages write it
+
 
 def page(client, path: str, status: int = 200) -> str:
     response = client.get(path)
@@ -56,9 +58,7 @@ def shop_experiment(session, key="one-page", **fields):
 
 
 def converted(app, db, key: str, customers: list[str], stage: str = "cart") -> None:
-    events = [
-        {"event_id": f"{c}-{stage}", "customer_id": c, "stage": stage, "type": "conversion"} for c in customers
-    ]
+    events = [{"event_id": f"{c}-{stage}", "customer_id": c, "stage": stage, "type": "conversion"} for c in customers]
     assert not record_events(db, events, app.extensions["settings"]).rejected
 
 
@@ -170,7 +170,7 @@ def test_the_experiment_integrate_page_fills_in_the_calls(client, login, db, mak
     assert "event_id: crypto.randomUUID()" in javascript
     # Its variants, and its journey's stages with their questions.
     assert "<code>control</code> (control), <code>one-page</code>" in body
-    assert 'data-stage="cart"' in body and "<code>cart-csat</code> 1–5" in body
+    assert 'data-stage="cart"' in body and f"<code>cart-csat</code> 1{DASH}5" in body
     # The client keys by name and prefix; never a secret, nor an admin key.
     assert "web shop" in body and f"<code>{secret[:12]}…</code>" in body
     assert secret not in body and "automation" not in body
@@ -188,6 +188,7 @@ def test_an_editor_makes_a_client_key_and_sees_its_secret_once(app, client, logi
     body = response.get_data(as_text=True)
     secret = re.search(r"<pre><code>(xp_[\w-]+)</code></pre>", body).group(1)
     assert f"EXPPLATFORM_KEY=&#39;{secret}&#39;" in body and f"Bearer {secret}" in body  # filled into the snippets
+    assert f'<tr data-prefix="{secret[:12]}"><td>checkout app</td>' in body  # and listed
     with db.sessionmaker() as session:
         made = session.scalars(select(ApiKey).where(ApiKey.name == "checkout app")).one()
     assert made.scope == "client" and made.prefix == secret[:12]  # a client key, whatever the form said
@@ -234,7 +235,7 @@ def test_the_service_integrate_page_lists_every_experiment_and_journey(client, l
     body = page(client, "/integrate")
     assert 'href="/experiments/one-page/integrate"' in body and 'href="/experiments/other/integrate"' in body
     assert "&#34;experiments&#34;" not in body  # assign for every running experiment
-    assert "Shop" in body and "<code>purchase-nps</code> 0–10" in body
+    assert "Shop" in body and f"<code>purchase-nps</code> 0{DASH}10" in body
     assert 'src="/integrate/status"' in body
     assert "Waiting for the first exposure" in page(client, "/integrate/status")
 
@@ -279,7 +280,7 @@ def test_the_list_shows_exposures_a_sparkline_the_latest_call_and_the_last_event
     assert len(re.findall(r"<rect ", rows["recent"])) == 3  # three days with exposures
     assert "last event never" in rows["recent"]
     assert "not started" in rows["not-yet"] and "<svg" not in rows["not-yet"]
-    assert "Exposures <span class=\"muted\">(28 days)</span>" in body
+    assert 'Exposures <span class="muted">(28 days)</span>' in body
 
     page(client, "/experiments/checkout/report")  # a report leaves its call for the list
     app.extensions.pop("activity_memo")
@@ -292,12 +293,17 @@ def test_the_experiment_page_shows_traffic_and_the_call_now(app, client, login, 
     seed_journey(app, db, customers=600)
     with db.write() as session:
         make_experiment(session, "draft-three", status="draft", started_at=None)
+        exposed_only = make_experiment(session, "exposed-only")
+        for i in range(300):
+            expose(session, exposed_only, f"x{i}", ("control", "treatment")[i % 2])
     login("editor")
     body = page(client, "/experiments/checkout")
     traffic = re.search(r'<section class="card traffic".*?</section>', body, re.S).group(0)
-    assert '<strong class="exposed-total">600</strong>' in traffic and "<svg class=\"spark\"" in traffic
+    assert '<strong class="exposed-total">600</strong>' in traffic and '<svg class="spark"' in traffic
     assert re.search(r'<a class="call call-\w+" href="/experiments/checkout/report"', traffic)
     assert 'href="/experiments/checkout/integrate"' in body
+    # Enough customers for the rule, but no outcome: no call rests on exposures alone.
+    assert '<a class="call call-no_outcomes"' in page(client, "/experiments/exposed-only")
     draft = page(client, "/experiments/draft-three")
     assert "A draft enrols nobody." in draft and 'href="/experiments/draft-three/start">Start it</a>' in draft
 

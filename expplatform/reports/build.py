@@ -147,7 +147,7 @@ def live_result(
     key = (experiment.id, data_version(experiment, stats), prior, rule)
     result = report_cache().results.get(key, lambda: analyze(stats, prior=prior, rule=rule, seed=SEED))
     if own_settings:
-        latest_calls().remember(experiment.id, result.recommendation, now)
+        latest_calls().remember(experiment.id, stats, result.recommendation, now)
     return result
 
 

@@ -15,7 +15,7 @@ from datetime import datetime
 
 from flask import current_app
 
-from analysis.types import Recommendation
+from analysis.types import ExperimentStats, Recommendation
 
 ACTION_WORDS = {
     "ship": "Ship",
@@ -23,6 +23,7 @@ ACTION_WORDS = {
     "keep_running": "Keep running",
     "not_enough_data": "Not enough data",
     "investigate": "Investigate",
+    "no_outcomes": "No outcomes yet",
 }
 
 
@@ -44,8 +45,16 @@ class LatestCalls:
         self._calls: dict[int, LatestCall] = {}
         self._lock = threading.Lock()
 
-    def remember(self, experiment_id: int, recommendation: Recommendation, at: datetime) -> None:
-        call = LatestCall(recommendation.action, recommendation.variant, recommendation.summary, at)
+    def remember(
+        self, experiment_id: int, stats: ExperimentStats, recommendation: Recommendation, at: datetime
+    ) -> None:
+        """Keep the call of an analysis made at ``at``; without any conversion or
+        rating yet, the call would rest on exposures alone, so it is kept as
+        ``no_outcomes`` instead."""
+        if _outcome_seen(stats):
+            call = LatestCall(recommendation.action, recommendation.variant, recommendation.summary, at)
+        else:
+            call = LatestCall("no_outcomes", None, "Customers are exposed; no conversion or rating came yet.", at)
         with self._lock:
             known = self._calls.get(experiment_id)
             if known is None or known.at <= at:
@@ -54,6 +63,10 @@ class LatestCalls:
     def of(self, experiment_ids: Iterable[int]) -> dict[int, LatestCall]:
         with self._lock:
             return {i: self._calls[i] for i in experiment_ids if i in self._calls}
+
+
+def _outcome_seen(stats: ExperimentStats) -> bool:
+    return any(cell.converted or any(cell.ratings) for s in stats.stages for cell in stats.cells[s].values())
 
 
 def latest_calls() -> LatestCalls:

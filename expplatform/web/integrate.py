@@ -108,7 +108,7 @@ class Snippets:
                 "# What did they do? (conversions and ratings, in batches)",
                 f"curl -s -X POST {self.base_url}/api/v1/events \\",
                 "  -H \"Authorization: Bearer $EXPPLATFORM_KEY\" -H 'Content-Type: application/json' \\",
-                f"  -d {_shell_quote(json.dumps(self._events_body()))}",
+                f"  -d {_shell_quote(json.dumps(self._events_body(), indent=2))}",
             ]
         )
 
@@ -304,6 +304,7 @@ def create_client_key():
         _record, plaintext = auth.create_api_key(
             session, "client", (form.name.data or "").strip(), created_by=principal.actor if principal else "web"
         )
+    get_session().rollback()  # the request's reads began before the write: read anew, with the new key
     # Rendered, not redirected: the secret exists only in this response.
     return _page(experiment, new_key=plaintext, status=201)
 
