@@ -5,6 +5,8 @@ every page with simulated data says so."""
 
 from __future__ import annotations
 
+import html
+import json
 import re
 from datetime import timedelta
 
@@ -99,6 +101,17 @@ def test_a_running_experiment_without_exposures_says_send_traffic(client, login,
     assert "lm-stage" not in body and "<svg" not in body
 
 
+def test_a_paused_or_stopped_experiment_without_exposures_says_resume_or_clone(client, login, db):
+    with db.write() as session:
+        make_experiment(session, "held", status="paused")
+        make_experiment(session, "ended", status="stopped", stopped_at=utcnow())
+    login("editor")
+    held = page(client, "/experiments/held/report")
+    assert guide_state(held) == "no_exposures" and 'href="/experiments/held/resume">Resume it</a>' in held
+    ended = page(client, "/experiments/ended/report")
+    assert guide_state(ended) == "no_exposures" and "clone it as its next iteration" in ended
+
+
 def test_exposures_without_outcomes_ask_for_events_and_refuse_the_full_model(app, client, login, db, admin_key):
     with db.write() as session:
         experiment = make_experiment(session, "no-events")
@@ -132,7 +145,7 @@ def test_too_few_customers_says_how_many_more_and_how_long(app, client, login, d
     assert guide_state(body) == "too_few"
     assert "the smallest has 30 (70 more needed)" in body
     assert "15 customers a day per variant" in body and "about <strong>5 more days</strong>" in body
-    assert "lm-stage" in body  # the early numbers are shown below the guide
+    assert body.index("<h1>") < body.index('id="guide"') < body.index("lm-stage")  # below the title, above the numbers
 
 
 def test_a_report_with_enough_data_has_no_guide(app, client, login, db):
@@ -353,3 +366,37 @@ def test_every_page_with_simulated_data_says_so(app, client, login, db, admin_ke
     assert client.get("/api/v1/experiments/real", headers=headers).get_json()["simulated"] is False
     with db.sessionmaker() as session:
         assert session.scalars(select(Experiment.simulated).where(Experiment.key == "real")).one() is False
+
+
+def snippet(body: str, name: str) -> str:
+    return html.unescape(re.search(rf'data-snippet="{name}"><code>(.*?)</code>', body, re.S).group(1))
+
+
+def test_the_curl_snippets_bodies_are_accepted_as_they_are(client, login, db, client_key):
+    with db.write() as session:
+        shop_experiment(session)
+    login("viewer")
+    curl = snippet(page(client, "/experiments/one-page/integrate"), "curl")
+    assign_body, events_body = (json.loads(body) for body in re.findall(r"-d '(.*?)'", curl, re.S))
+    headers = {"Authorization": f"Bearer {client_key}"}
+    assigned = client.post("/api/v1/assign", json=assign_body, headers=headers)
+    assert assigned.status_code == 200 and assigned.get_json()["assignments"][0]["enrolled"]
+    sent = client.post("/api/v1/events", json=events_body, headers=headers)
+    assert sent.status_code == 200, sent.get_data(as_text=True)
+    assert sent.get_json()["accepted"] == 3 and not sent.get_json()["rejected"]  # a conversion, two ratings
+
+
+def test_the_python_snippet_runs_as_it_is(app, live_server, client, login, db, client_key, monkeypatch):
+    with db.write() as session:
+        shop_experiment(session)
+    login("viewer")
+    code = snippet(page(client, "/experiments/one-page/integrate"), "python")
+    code = code.replace("http://localhost", live_server)  # the test client's host; the server's port
+    monkeypatch.setenv("EXPPLATFORM_KEY", client_key)
+    namespace: dict = {}
+    exec(compile(code, "snippet", "exec"), namespace)  # our own page's snippet
+    assert namespace["variant"] in ("control", "one-page")
+    with db.sessionmaker() as session:
+        experiment = session.scalars(select(Experiment).where(Experiment.key == "one-page")).one()
+        found = activity(session, [experiment.id], utcnow())[experiment.id]
+    assert found.total == 1 and found.last_outcome_at is not None  # the events arrived and counted

@@ -91,6 +91,11 @@ class Snippets:
     def _events_body(self) -> dict[str, Any]:
         return {"events": [event.body(n) for n, event in enumerate(self.events, 1)]}
 
+    def _events_json(self) -> str:
+        """The events body, one event a line."""
+        events = ",\n".join("    " + json.dumps(event) for event in self._events_body()["events"])
+        return '{"events": [\n' + events + "\n  ]}"
+
     @property
     def curl(self) -> str:
         key_line = (
@@ -108,7 +113,7 @@ class Snippets:
                 "# What did they do? (conversions and ratings, in batches)",
                 f"curl -s -X POST {self.base_url}/api/v1/events \\",
                 "  -H \"Authorization: Bearer $EXPPLATFORM_KEY\" -H 'Content-Type: application/json' \\",
-                f"  -d {_shell_quote(json.dumps(self._events_body(), indent=2))}",
+                f"  -d {_shell_quote(self._events_json())}",
             ]
         )
 
