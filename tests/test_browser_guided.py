@@ -1,15 +1,19 @@
 """The guided paths in a real browser (headless Chromium, as tests/test_browser.py):
 a draft's report says what to do next and its button leads to starting it; on the
-Integrate page an editor makes a client key, and the live status, a framed page that
-refreshes itself, goes from "waiting for the first exposure" to the exposure an
-assign call with that key made. Screenshots are kept in test-artifacts/."""
+Integrate page an editor makes a client key, the page's JavaScript snippet (with that
+key filled in) runs in the browser, and the live status, a framed page that refreshes
+itself, goes from "waiting for the first exposure" to the exposure its assign call
+made. Screenshots are kept in test-artifacts/."""
 
 from __future__ import annotations
 
 import re
 
 import pytest
-import requests
+from sqlalchemy import select
+
+from expplatform.activity import activity
+from expplatform.models import Experiment, utcnow
 
 from .conftest import PASSWORD
 from .events_support import make_experiment
@@ -73,13 +77,17 @@ def test_the_integrate_page_shows_the_first_exposure_as_it_arrives(app, live_ser
     assert secret.startswith("xp_") and f"Bearer {secret}" in page.locator("[data-snippet=javascript]").inner_text()
     assert f"{live_server}/api/v1/assign" in page.locator("[data-snippet=curl]").inner_text()
 
-    answer = requests.post(
-        f"{live_server}/api/v1/assign",
-        json={"customer_id": "first-customer", "experiments": ["social-proof"]},
-        headers={"Authorization": f"Bearer {secret}"},
-        timeout=30,
-    )
-    assert answer.status_code == 200 and answer.json()["assignments"][0]["enrolled"], answer.text
+    # The JavaScript snippet, as shown, run in a browser page of the service's origin
+    # (an API response: the pages' policy allows no script): it assigns, then sends events.
+    javascript = page.locator("[data-snippet=javascript]").inner_text()
+    api_page = browser_context.new_page()
+    api_page.goto(f"{live_server}/api/v1/health")
+    variant = api_page.evaluate(f"async () => {{\n{javascript}\nreturn variant;\n}}")
+    assert variant in ("control", "treatment")
+    with app.extensions["db"].sessionmaker() as session:
+        experiment_id = session.scalars(select(Experiment.id).where(Experiment.key == "social-proof")).one()
+        sent = activity(session, [experiment_id], utcnow())[experiment_id]
+    assert sent.total == 1 and sent.last_outcome_at is not None  # its events arrived and counted
 
     status = page.frame_locator("iframe.live-status-frame").locator(".live-status[data-state=live]")
     status.wait_for(timeout=STATUS_SECONDS * 1000)
