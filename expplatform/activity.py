@@ -4,9 +4,13 @@ outcome of experiments, for the pages that guide a team from a draft to a report
 
 Exposures have no index on their time, so a question about "when" reads each of the
 experiment's exposures through the (experiment, variant) index: one grouped query per
-page of experiments, answering every question at once, kept by the caller for a short
-while (``TimedMemo``) rather than asked on every view. Forced (QA) customers are left
-out, as every report leaves them out.
+page of experiments, answering every question at once, kept by the caller for a while
+(``TimedMemo``) rather than asked on every view. That is milliseconds for the demo's
+50,000 customers and up to seconds for millions (SQLite, 2 busy cores: the live status
+of 100,000 exposures 0.4 s, of 600,000 0.8 s; a list of experiments with 1,000,000 2.8 s),
+so the memo keeps a slow answer ten times as long as it took. An index on
+(experiment_id, exposed_at) would make them range scans. Forced (QA) customers are
+left out, as every report leaves them out.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Generic, TypeVar
 
-from sqlalchemy import false, func, select
+from sqlalchemy import case, false, func, select
 from sqlalchemy.orm import Session
 
 from .counters import utc_day
@@ -99,14 +103,12 @@ class LiveStatus:
 def live_status(session: Session, experiment: Experiment | None, now: datetime) -> LiveStatus:
     """Of one experiment, or of the whole service (``experiment`` None)."""
     midnight = datetime.combine(now.astimezone(UTC).date(), datetime.min.time(), tzinfo=UTC)
-    latest = select(func.max(Exposure.exposed_at)).where(Exposure.forced == false())
-    today = (
-        select(func.count()).select_from(Exposure).where(Exposure.forced == false(), Exposure.exposed_at >= midnight)
-    )
+    today = func.count(case((Exposure.exposed_at >= midnight, 1)))  # COUNT skips the NULLs of other days
+    query = select(func.max(Exposure.exposed_at), today).where(Exposure.forced == false())
     if experiment is not None:
-        latest = latest.where(Exposure.experiment_id == experiment.id)
-        today = today.where(Exposure.experiment_id == experiment.id)
-    return LiveStatus(_aware(session.scalar(latest)), session.scalar(today) or 0)
+        query = query.where(Exposure.experiment_id == experiment.id)
+    latest, exposed_today = session.execute(query).one()
+    return LiveStatus(_aware(latest), exposed_today or 0)
 
 
 def simulated_on_journey(session: Session, journey_id: int) -> bool:
@@ -118,28 +120,32 @@ def simulated_on_journey(session: Session, journey_id: int) -> bool:
 
 
 class TimedMemo(Generic[K, T]):
-    """Values kept for ``seconds`` (per worker): a page viewed by many, or refreshing
-    itself, reads the database once per period however many look."""
+    """Values kept per worker for ``seconds``, or for ``cost_factor`` times as long as
+    they took to compute if that is longer: a page viewed by many, or refreshing
+    itself, asks the database once per period however many look, and the time spent
+    answering stays under 1/``cost_factor`` of one thread however large the data."""
 
-    def __init__(self, seconds: float, size: int = 512) -> None:
-        self._seconds, self._size = seconds, size
-        self._items: dict[K, tuple[float, T]] = {}
+    def __init__(self, seconds: float, *, cost_factor: float = 10.0, size: int = 512) -> None:
+        self._seconds, self._cost_factor, self._size = seconds, cost_factor, size
+        self._items: dict[K, tuple[float, T]] = {}  # key -> (expires at, value)
         self._lock = threading.Lock()
 
     def get_many(self, keys: Iterable[K], compute: Callable[[list[K]], dict[K, T]]) -> dict[K, T]:
         """The values of ``keys``; ``compute`` is called once with the missing or stale ones."""
-        now = time.monotonic()
+        started = time.monotonic()
         wanted = list(dict.fromkeys(keys))
         with self._lock:
             kept = {k: self._items[k] for k in wanted if k in self._items}
-            fresh = {k: value for k, (at, value) in kept.items() if now - at < self._seconds}
+        fresh = {k: value for k, (expires, value) in kept.items() if started < expires}
         missing = [k for k in wanted if k not in fresh]
         if missing:
             computed = compute(missing)
+            finished = time.monotonic()
+            expires = finished + max(self._seconds, self._cost_factor * (finished - started))
             with self._lock:
                 if len(self._items) + len(computed) > self._size:
                     self._items.clear()
-                self._items.update((k, (now, v)) for k, v in computed.items())
+                self._items.update((k, (expires, v)) for k, v in computed.items())
             fresh.update(computed)
         return fresh
 

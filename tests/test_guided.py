@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from expplatform.activity import SPARK_DAYS, activity
+from expplatform.activity import SPARK_DAYS, TimedMemo, activity
 from expplatform.ingest import record_events
 from expplatform.models import ApiKey, Experiment, utcnow
 from expplatform.web.guided import ago, sparkline
@@ -232,7 +232,7 @@ def test_the_live_status_goes_from_waiting_to_the_first_exposure(app, client, lo
         headers={"Authorization": f"Bearer {client_key}"},
     )
     assert assigned.status_code == 200 and assigned.get_json()["assignments"][0]["enrolled"]
-    app.extensions["live_status_memo"] = type(app.extensions["live_status_memo"])(0)  # no 2 s memo here
+    app.extensions["live_status_memo"] = TimedMemo(0, cost_factor=0)  # no memo here: a fresh look
     body = page(client, "/experiments/live/integrate/status")
     assert 'data-state="live"' in body
     assert re.search(r'class="last-exposure">\d s ago<', body) and '<strong class="exposed-today">1</strong>' in body
@@ -327,6 +327,28 @@ def test_a_sparkline_scales_its_bars_to_the_busiest_day():
     assert heights == [12.0, 24.0] and 'viewBox="0 0 16 24"' in svg
     assert "15 in all, at most 10 a day" in svg
     assert "<rect" not in str(sparkline([0] * 28))
+
+
+def test_the_memo_keeps_a_slow_answer_ten_times_as_long_as_it_took(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr("expplatform.activity.time.monotonic", lambda: clock[0])
+    memo: TimedMemo[str, int] = TimedMemo(2.0)
+    asked: list[list[str]] = []
+
+    def compute(keys, seconds=0.0):
+        asked.append(keys)
+        clock[0] += seconds  # the query's own time
+        return {k: len(asked) for k in keys}
+
+    assert memo.get_many(["a", "b"], compute) == {"a": 1, "b": 1}
+    clock[0] += 1.9
+    assert memo.get_many(["a", "c"], compute) == {"a": 1, "c": 2} and asked[-1] == ["c"]
+    clock[0] += 0.2  # "a" is 2.1 s old: asked again, and this time the query takes 3 s
+    assert memo.get_many(["a"], lambda keys: compute(keys, 3.0)) == {"a": 3}
+    clock[0] += 29.0
+    assert memo.get_many(["a"], compute) == {"a": 3}  # kept for 30 s after it came
+    clock[0] += 1.1
+    assert memo.get_many(["a"], compute) == {"a": 4}
 
 
 def test_ago_says_how_long_ago_in_words():
