@@ -101,7 +101,7 @@ def test_a_running_experiment_without_exposures_says_send_traffic(client, login,
     assert "lm-stage" not in body and "<svg" not in body
 
 
-def test_a_paused_or_stopped_experiment_without_exposures_says_resume_or_clone(client, login, db):
+def test_a_paused_or_stopped_experiment_without_data_says_resume_or_clone(client, login, db):
     with db.write() as session:
         make_experiment(session, "held", status="paused")
         make_experiment(session, "ended", status="stopped", stopped_at=utcnow())
@@ -110,6 +110,12 @@ def test_a_paused_or_stopped_experiment_without_exposures_says_resume_or_clone(c
     assert guide_state(held) == "no_exposures" and 'href="/experiments/held/resume">Resume it</a>' in held
     ended = page(client, "/experiments/ended/report")
     assert guide_state(ended) == "no_exposures" and "clone it as its next iteration" in ended
+    with db.write() as session:
+        quiet_end = make_experiment(session, "quiet-end", status="stopped", stopped_at=utcnow())
+        for i in range(8):
+            expose(session, quiet_end, f"q{i}", ("control", "treatment")[i % 2])
+    body = page(client, "/experiments/quiet-end/report")
+    assert guide_state(body) == "no_outcomes" and "nothing to compare" in body and "Send events" not in body
 
 
 def test_exposures_without_outcomes_ask_for_events_and_refuse_the_full_model(app, client, login, db, admin_key):

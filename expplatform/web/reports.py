@@ -163,7 +163,7 @@ def guide(built: Report) -> Guide | None:
     stats, experiment = built.stats, built.experiment
     exposed = {v: stats.cells[stats.stages[0]][v].exposed for v in stats.variants}
     needed = built.rule.min_exposed
-    traffic = measured_traffic(experiment, stats, built.generated_at)
+    traffic = measured_traffic(experiment, stats, built.generated_at) if experiment.status == "running" else None
     if experiment.status == "draft":
         state = "draft"
     elif sum(exposed.values()) == 0:
