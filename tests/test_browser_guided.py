@@ -20,6 +20,7 @@ from .events_support import make_experiment
 from .test_browser import ARTIFACTS, app, browser_context  # noqa: F401 (the served app and the browser)
 
 pytestmark = pytest.mark.browser
+WIDTHS = (390, 1280)
 STATUS_SECONDS = 20  # the status page refreshes every 3 s and is kept 2 s: ample
 
 
@@ -95,3 +96,11 @@ def test_the_integrate_page_shows_the_first_exposure_as_it_arrives(app, live_ser
     assert re.search(r"Last exposure \d+ s ago · 1 exposed today", text), text
     page.screenshot(path=str(ARTIFACTS / "integrate.png"), full_page=True)
     assert (ARTIFACTS / "integrate.png").stat().st_size > 30_000
+
+    # The long snippets scroll inside themselves: no page is wider than a phone, nor the
+    # experiment list with its sparklines.
+    for path in ("/experiments/social-proof/integrate", "/experiments"):
+        page.goto(f"{live_server}{path}")
+        for width in WIDTHS:
+            page.set_viewport_size({"width": width, "height": 900})
+            assert page.evaluate("document.documentElement.scrollWidth") <= width, (path, width)
