@@ -3,8 +3,10 @@ exposures (in all, per day as a sparkline), its latest recommendation and when i
 latest outcome came; and the "Simulated data" badge of every page that shows data
 the simulator wrote.
 
-Nothing here analyses: the activity is one grouped query per page, kept for
-``ACTIVITY_SECONDS``, and the call is the latest one a report left (``reports.latest``).
+The list analyses nothing: its activity is one grouped query per page, kept for
+``ACTIVITY_SECONDS`` (``activity.TimedMemo``), and each row's call is the latest one a
+report or experiment page left (``reports.latest``). One experiment's page analyses
+its own data, kept per data version as its report keeps it.
 """
 
 from __future__ import annotations
@@ -54,8 +56,8 @@ def sparkline(daily: Sequence[int]) -> Markup:
     width = SPARK_BAR * len(daily)
     bars = []
     for n, count in enumerate(daily):
-        height = 0 if peak == 0 else max(1.0, SPARK_HEIGHT * count / peak) if count else 0
-        if height:
+        if count:
+            height = max(1.0, SPARK_HEIGHT * count / peak)  # a quiet day stays visible
             y = SPARK_HEIGHT - height
             bars.append(f'<rect x="{n * SPARK_BAR}" y="{y:.1f}" width="{SPARK_BAR - 1}" height="{height:.1f}"/>')
     label = f"Exposures per day over the last {len(daily)} days (UTC): {sum(daily):,} in all, at most {peak:,} a day"
