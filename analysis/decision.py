@@ -12,6 +12,7 @@ from typing import cast
 from .sequential import DECISION_CODES, decisions
 from .types import (
     Action,
+    Comparison,
     Decision,
     DecisionRule,
     ExperimentStats,
@@ -123,16 +124,12 @@ def recommend(
         decisions[t] = c.decision
         mine = guardrails(stats, rule, stages, t, guard)
         broken += mine
-        lift = f"{c.relative_lift.mean:+.1%}" if c.relative_lift and c.relative_lift.mean is not None else "n/a"
-        p_text = f"{c.p_better:.3f}" if c.p_better is not None else "n/a"
-        interval = c.always_valid_interval
-        anytime = ""
-        if interval is not None and interval.low is not None and interval.high is not None:
-            anytime = f", anytime-valid {interval.low:+.1%} to {interval.high:+.1%}"
-        reasons.append(
-            f"{t} at {stats.target_stage} conversion: {_DECISION_TEXT[c.decision or 'not_enough_data']} "
-            f"(lift {lift}, P(better) {p_text}{anytime})."
-        )
+        cells = stats.cells[stats.target_stage]
+        if cells[t].converted == 0 and cells[stats.control].converted == 0:
+            # Only the prior speaks: its lift and anytime-valid interval mean nothing.
+            reasons.append(f"{t} at {stats.target_stage} conversion: no conversions in either variant yet.")
+        else:
+            reasons.append(_reason(t, stats.target_stage, c))
         for g in mine:
             reasons.append(
                 f"{t} breaks a guardrail: {g.metric.replace('_', ' ')} at {g.stage} has P(better) {g.p_better:.3f}."
@@ -163,6 +160,19 @@ def recommend(
             "assignment or exposure logging is likely broken."
         )
     return Recommendation(action, variant, summary, tuple(reasons), tuple(broken))
+
+
+def _reason(treatment: str, stage: str, c: Comparison) -> str:
+    lift = f"{c.relative_lift.mean:+.1%}" if c.relative_lift and c.relative_lift.mean is not None else "n/a"
+    p_text = f"{c.p_better:.3f}" if c.p_better is not None else "n/a"
+    interval = c.always_valid_interval
+    anytime = ""
+    if interval is not None and interval.low is not None and interval.high is not None:
+        anytime = f", anytime-valid {interval.low:+.1%} to {interval.high:+.1%}"
+    return (
+        f"{treatment} at {stage} conversion: {_DECISION_TEXT[c.decision or 'not_enough_data']} "
+        f"(lift {lift}, P(better) {p_text}{anytime})."
+    )
 
 
 _DECISION_TEXT = {

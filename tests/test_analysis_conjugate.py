@@ -170,6 +170,17 @@ def test_recommendation_ships_the_credible_winner():
     assert recommendation.guardrails == ()
 
 
+def test_without_any_conversion_the_recommendation_quotes_no_number():
+    """Exposed customers and not one conversion at the stage under test: the lift and
+    its anytime-valid interval would be the prior's (-100% to +4,648,974%)."""
+    stats = experiment(by_stage(A=funnel((0.5, 0.0, 0.0), exposed=300), B=funnel((0.5, 0.0, 0.0), exposed=300)))
+    recommendation = analyze(stats).recommendation
+    assert recommendation.action != "ship"
+    assert recommendation.reasons == ("B at purchase conversion: no conversions in either variant yet.",)
+    with_one = experiment(by_stage(A=funnel((0.5, 0.0, 0.0), exposed=300), B=funnel((0.5, 0.01, 0.0), exposed=300)))
+    assert "anytime-valid" in analyze(with_one).recommendation.reasons[0]
+
+
 def test_downstream_conversion_guardrail_blocks_a_target_stage_winner():
     stats = experiment(by_stage(A=funnel((0.5, 0.2, 0.1)), B=funnel((0.5, 0.23, 0.08))))
     result = analyze(stats)
