@@ -282,7 +282,10 @@ def test_activity_counts_exposures_by_day_and_finds_the_latest(app, db):
     assert idle.total == 0 and idle.last_exposure_at is None and idle.last_outcome_at is None
 
 
-def test_the_list_shows_exposures_a_sparkline_the_latest_call_and_the_last_event(app, client, login, db):
+def test_the_list_shows_exposures_a_sparkline_the_latest_call_and_the_last_event(app, client, login, db, monkeypatch):
+    from expplatform.web import guided
+
+    monkeypatch.setattr(guided, "LIST_ANALYSIS_SECONDS", 0.0)  # no time to analyse rows: as on a list of hundreds
     seed_journey(app, db, customers=600)
     now = utcnow()
     with db.write() as session:
@@ -306,6 +309,14 @@ def test_the_list_shows_exposures_a_sparkline_the_latest_call_and_the_last_event
     checkout = re.search(r'<tr data-experiment="checkout">(.*?)</tr>', page(client, "/experiments"), re.S).group(1)
     assert re.search(r'<span class="call call-(ship|keep_running|keep_control|investigate)" title="[^"]+">', checkout)
     assert "last event" in checkout and "last event never" not in checkout
+
+
+def test_a_first_visit_to_the_list_analyses_rows_within_its_time_budget(app, client, login, db):
+    seed_journey(app, db, customers=600)
+    login("viewer")
+    checkout = re.search(r'<tr data-experiment="checkout">(.*?)</tr>', page(client, "/experiments"), re.S).group(1)
+    assert re.search(r'<span class="call call-(ship|keep_running|keep_control|investigate)" title="[^"]+">', checkout)
+    assert "open the report" not in checkout
 
 
 def test_the_experiment_page_shows_traffic_and_the_call_now(app, client, login, db):

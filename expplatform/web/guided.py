@@ -11,6 +11,7 @@ its own data, kept per data version as its report keeps it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +29,7 @@ from ..reports.latest import LatestCall, latest_calls
 from . import bp
 
 ACTIVITY_SECONDS = 30.0
+LIST_ANALYSIS_SECONDS = 1.5  # what a list page may spend analysing rows it has no call for
 SPARK_BAR, SPARK_HEIGHT = 4, 24
 
 
@@ -47,7 +49,26 @@ def overviews(experiments: Sequence[Experiment], now: datetime) -> dict[int, Ove
     memo: TimedMemo[int, Activity] = current_app.extensions.setdefault("activity_memo", TimedMemo(ACTIVITY_SECONDS))
     found = memo.get_many(started, lambda ids: activity(get_session(), ids, now))
     calls = latest_calls().of(started)
+    _fill_in_calls(experiments, calls, now)
     return {e.id: Overview(found.get(e.id), calls.get(e.id)) for e in experiments}
+
+
+def _fill_in_calls(experiments: Sequence[Experiment], calls: dict[int, LatestCall], now: datetime) -> None:
+    """Analyse the rows this worker has no call for yet, running ones first, for at
+    most ``LIST_ANALYSIS_SECONDS``: a first visit to the list (a fresh ``make run``)
+    shows the calls, and a list of hundreds costs a bounded wait; the rest say "open
+    the report" until their report or page has been seen."""
+    missing = sorted(
+        (e for e in experiments if e.started_at is not None and e.id not in calls),
+        key=lambda e: (e.status != "running", e.key),
+    )
+    deadline = time.monotonic() + LIST_ANALYSIS_SECONDS
+    for experiment in missing:
+        if time.monotonic() >= deadline:
+            break
+        call = current_call(experiment, now)
+        if call is not None:
+            calls[experiment.id] = call
 
 
 def sparkline(daily: Sequence[int]) -> Markup:
