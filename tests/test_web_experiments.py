@@ -258,6 +258,14 @@ def test_clone_makes_a_new_draft_with_the_same_definition(editor, db):
     assert _stored(db, "checkout-copy-v3")["name"] == "Checkout copy (iteration 3)"
 
 
+def test_a_taken_key_is_said_with_every_other_error(editor, db):
+    editor.post("/experiments/new", data=FORM)
+    again = editor.post("/experiments/new", data={**FORM, "traffic_percent": "0"})
+    errors = _errors(again.text)
+    assert again.status_code == 422
+    assert "is taken" in errors and any("percentage" in m for m in errors), errors
+
+
 def test_form_errors_speak_the_forms_units_and_operators(editor, db):
     page = editor.post(
         "/experiments/new",

@@ -175,7 +175,10 @@ def create_experiment():
             saved = service.create_experiment(session, parse_definition(form_to_mapping(form)), _actor())
             key = saved.experiment.key
     except InvalidInput as exc:
-        return _render_form(form, errors=form.errors_by_name(exc.fields), status_code=422)
+        errors = form.errors_by_name(exc.fields)
+        if _key_taken(form.key.data):  # said with the rest, not only once the rest is fixed
+            errors.setdefault(form.key.name, "is taken")
+        return _render_form(form, errors=errors, status_code=422)
     except DomainError as exc:
         return _render_form(
             form, errors=form.errors_by_name(exc.fields) or {"form": exc.message}, status_code=status_for(exc)
@@ -184,6 +187,14 @@ def create_experiment():
         flash(notice, "info")
     flash(f"Experiment {key} created as a draft.", "info")
     return redirect(url_for("web.experiment", key=key))
+
+
+def _key_taken(key: str | None) -> bool:
+    try:
+        service.get_experiment(get_session(), (key or "").strip())
+    except NotFound:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
