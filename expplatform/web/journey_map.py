@@ -36,7 +36,7 @@ from ..journey_map import (
     stage_tests,
     today_utc,
 )
-from ..journeys import get_journey, list_journeys
+from ..journeys import get_journey, journey_audit_log, list_journeys
 from ..models import Experiment
 from ..reports.background import Memo
 from . import bp
@@ -127,7 +127,8 @@ def journey(key: str):
     options = _options(request.args, [p.key for p in found.personas], today)
     built = journey_map(session, found, options)
     tests = stage_tests(session, found, lambda experiment: measure_stopped(session, experiment))
-    return render_template("journeys/map.html", can_edit=_can_edit(), **_context(built, tests, today))
+    audit = journey_audit_log(session, found)
+    return render_template("journeys/map.html", can_edit=_can_edit(), audit=audit, **_context(built, tests, today))
 
 
 @bp.get("/journeys.css")
