@@ -445,14 +445,19 @@ class ProgressRecorder:
     ``PROGRESS_INTERVAL_SECONDS``, and always the first and the last iteration, so the
     row ends at its total and the pages can tell compiling from sampling."""
 
+    @staticmethod
+    def clock() -> float:
+        """Seconds on a monotonic clock (tests replace it to pretend time passes)."""
+        return time.monotonic()
+
     def __init__(self, runner: JobRunner, job_id: int, *, also: Progress | None = None) -> None:
         self.runner, self.job_id, self.also = runner, job_id, also
-        self._written_at: float | None = None  # monotonic time of the last write
+        self._written_at: float | None = None  # the clock's time of the last write
 
     def __call__(self, done: int, total: int) -> None:
         if self.also is not None:
             self.also(done, total)
-        now, last = time.monotonic(), self._written_at
+        now, last = self.clock(), self._written_at
         if last is not None and done < total and now - last < PROGRESS_INTERVAL_SECONDS:
             return
         self._written_at = now

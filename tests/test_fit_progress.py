@@ -13,7 +13,6 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from expplatform import jobs
 from expplatform.job_records import job_progress
 from expplatform.jobs import PROGRESS_INTERVAL_SECONDS, FitParams, ProgressRecorder, get_runner
 from expplatform.models import AnalysisJob, utcnow
@@ -37,7 +36,7 @@ class _Clock:
 
 def test_progress_is_written_at_most_every_half_second_and_always_at_the_ends(monkeypatch):
     clock = _Clock()
-    monkeypatch.setattr(jobs.time, "monotonic", clock)
+    monkeypatch.setattr(ProgressRecorder, "clock", staticmethod(clock))
     written: list[tuple[int, int, bool]] = []
     times: list[float] = []
     passed_on: list[int] = []
@@ -101,10 +100,13 @@ def test_a_queued_fit_says_it_waits_and_the_page_refreshes_back_to_its_section(a
     login("viewer")
     page = client.get("/experiments/checkout/report?credible_level=0.9").text
     assert "Waiting for a fit worker to take it; this page refreshes by itself." in page
-    assert (
-        '<meta http-equiv="refresh" content="3; url=/experiments/checkout/report?credible_level=0.9#full-model">'
-        in page
+    refresh = (
+        '<meta http-equiv="refresh" content="3; url=/experiments/checkout/report?credible_level=0.9&amp;refresh={}'
+        '#full-model">'
     )
+    assert refresh.format(1) in page
+    # The next refresh goes to another URL: one differing only in its fragment would not reload.
+    assert refresh.format(2) in client.get("/experiments/checkout/report?credible_level=0.9&refresh=1").text
     assert "requested by ed@example.com" in page  # the one actor format
     key = make_key("admin", "ci-deploy")
     body = client.get(f"/api/v1/experiments/checkout/full-model/{job.id}", headers={"Authorization": f"Bearer {key}"})

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from urllib.parse import urlencode
+
+from flask import request
 
 from ..db import get_session
 from ..history import Entry, HistoryLine, history_lines, key_names
@@ -36,3 +39,14 @@ def duration(seconds: float | None) -> str:
 @bp.app_template_global()
 def ago(moment: datetime | None) -> str:
     return ago_words(moment, utcnow())
+
+
+@bp.app_template_global()
+def self_refresh_url(anchor: str) -> str:
+    """This page's URL for a ``<meta http-equiv="refresh">`` that lands back at
+    ``#anchor``. Browsers treat a refresh to the URL already shown, fragment and all,
+    as a scroll within the page, not a reload; so a ``refresh`` query parameter
+    (ignored by the pages) flips between 1 and 2."""
+    args = request.args.to_dict(flat=False)
+    args["refresh"] = ["2" if request.args.get("refresh") == "1" else "1"]
+    return f"{request.path}?{urlencode(args, doseq=True)}#{anchor}"

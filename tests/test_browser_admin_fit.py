@@ -1,0 +1,123 @@
+"""In a real browser (headless Chromium, as ``test_browser.py``): an editor runs the
+full model and the report page follows it by itself, from "waiting" through the
+sampler's progress to the result, staying at the full-model section; an admin
+deactivates an account through its confirmation page, and its user is told so.
+
+The fit is a stand-in that reports progress and waits inside the fit until the test
+has seen the page show it (the real sampler's progress is tested in
+``test_fit_progress.py``): the test synchronises on what the page shows, never on
+time."""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import pytest
+
+from expplatform.jobs import ProgressRecorder, get_runner
+
+from .conftest import PASSWORD
+from .test_browser import ARTIFACTS, app, browser_context  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.browser
+WAIT_MS = 30_000  # an upper bound for the page to refresh; the page refreshes every 3 s
+
+
+class HeldFit:
+    """Reports half of its iterations, a hundred a (pretend) second, then waits to be
+    released to finish."""
+
+    def __init__(self) -> None:
+        self.halfway = threading.Event()
+        self.release = threading.Event()
+        self.seconds = 0.0
+
+    def clock(self) -> float:
+        return self.seconds
+
+    def __call__(self, stats, params, *, prior, rule, progress):
+        total = params.chains * (params.draws + params.tune)
+        for done in range(1, total // 2 + 1):
+            self.seconds += 0.01
+            progress(done, total)
+        self.halfway.set()
+        assert self.release.wait(60), "the test never released the fit"
+        progress(total, total)
+        return {"method": "stand-in", "stages": []}
+
+
+def _log_in(page, base: str, email: str) -> None:
+    page.goto(f"{base}/login")
+    page.fill("#email", email)
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+
+
+def test_the_report_follows_a_full_model_fit_by_itself_at_its_section(
+    app,  # noqa: F811
+    seeded,
+    live_server,
+    browser_context,  # noqa: F811
+    make_user,
+    monkeypatch,
+):
+    make_user("editor", "ed@example.com")
+    page = browser_context.new_page()
+    _log_in(page, live_server, "ed@example.com")
+    page.wait_for_url(re.compile(r".*/experiments.*"))
+    page.goto(f"{live_server}/experiments/checkout/report")
+    page.click("#full-model button:has-text('Run full model')")
+    page.wait_for_url(f"{live_server}/experiments/checkout/report#full-model")
+    assert "Waiting for a fit worker" in page.inner_text("#full-model")
+    page.wait_for_url(re.compile(r".*/report\?refresh=1#full-model$"), timeout=WAIT_MS)  # it refreshed itself
+
+    runner = get_runner(app)
+    fit = HeldFit()
+    runner.fit = fit
+    monkeypatch.setattr(ProgressRecorder, "clock", staticmethod(fit.clock))
+    worker = threading.Thread(target=runner.run_pending, name="test-worker")
+    worker.start()
+    try:
+        assert fit.halfway.wait(60)
+        # No reload by the test: the page's own refresh brings the progress.
+        page.wait_for_selector("#full-model .fit-progress progress", timeout=WAIT_MS)
+        status = page.inner_text("#full-model .fit-progress")
+        assert re.search(r"[\d,]+ of 8,000 draws \((49|50)%, tuning included\)", status), status
+        assert "elapsed" in status and "left" in status
+        assert page.url.endswith("#full-model")
+        top = page.locator("#full-model").bounding_box()["y"]  # in the viewport: still at the section
+        assert 0 <= top < page.viewport_size["height"] * 3 / 4 and page.evaluate("window.scrollY") > 1000
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "full-model-progress.png"))
+    finally:
+        fit.release.set()
+        worker.join(60)
+    assert not worker.is_alive()
+    page.wait_for_selector("#full-model .job-finished", timeout=WAIT_MS)
+    assert "draws sampled in" in page.inner_text("#full-model")
+    assert page.locator("meta[http-equiv=refresh]").count() == 0  # done: no more refreshing
+
+
+def test_an_admin_deactivates_an_account_after_confirming_and_its_user_is_told(
+    live_server,
+    browser_context,  # noqa: F811
+    make_user,
+):
+    make_user("admin", "boss@example.com")
+    ana = make_user("editor", "ana@example.com")
+    page = browser_context.new_page()
+    _log_in(page, live_server, "boss@example.com")
+    page.wait_for_url(re.compile(r".*/experiments.*"))
+    page.goto(f"{live_server}/admin/users")
+    page.click(f"#user-{ana.id} a:has-text('Deactivate')")
+    page.wait_for_url(f"{live_server}/admin/users/{ana.id}/deactivate")
+    assert page.inner_text("h1") == "Deactivate ana@example.com?"
+    page.click("button:has-text('Yes, deactivate it')")
+    page.wait_for_url(f"{live_server}/admin/users#user-{ana.id}")
+    assert "deactivated" in page.inner_text(f"#user-{ana.id}")
+
+    page.click("button:has-text('Log out')")  # one browser profile: the admin leaves first
+    _log_in(page, live_server, "ana@example.com")
+    assert "This account is deactivated" in page.inner_text("main")
+    assert "/login" in page.url
