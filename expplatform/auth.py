@@ -495,4 +495,4 @@ def login_required(role: Role = "viewer") -> Callable:
 def init_app(app: Flask) -> None:
     settings = app.extensions["settings"]
     app.extensions["api_key_cache"] = VersionedCache(_load_active_keys, settings.definitions_refresh_seconds)
-    app.extensions["key_usage"] = KeyUsage(app.extensions["db"])
+    app.extensions["key_usage"] = KeyUsage(app.extensions["db"], background=not settings.testing)

@@ -7,6 +7,10 @@ process, hands the time to a background thread. That thread writes it to
 time is more than a minute older, so many workers write about once a minute per key
 between them. The request never waits for the database here; a key that is used
 constantly costs one tiny UPDATE a minute per worker.
+
+Test apps (``testing``) write in the request instead (``background=False``): a
+thread writing while a test disposes of its database would leave a connection
+behind, and the tests read the time right after the request.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ RECORD_INTERVAL_SECONDS = 60.0
 
 
 class KeyUsage:
-    def __init__(self, database: Database, interval: float = RECORD_INTERVAL_SECONDS) -> None:
-        self.database, self.interval = database, interval
+    def __init__(
+        self, database: Database, interval: float = RECORD_INTERVAL_SECONDS, *, background: bool = True
+    ) -> None:
+        self.database, self.interval, self.background = database, interval, background
         self._noted: dict[int, float] = {}  # key id -> monotonic time its use was last queued
         self._pending: dict[int, datetime] = {}  # key id -> when it was used, not yet written
         self._lock = threading.Lock()  # guards the two dictionaries
@@ -50,8 +56,11 @@ class KeyUsage:
         with self._lock:
             self._noted[key_id] = now
             self._pending[key_id] = utcnow()
-        self._start_writer()
-        self._wake.set()
+        if self.background:
+            self._start_writer()
+            self._wake.set()
+        else:
+            self._flush_logged()
 
     def flush(self) -> int:
         """Write what is queued (the writer thread calls this; tests may too, and it
@@ -90,10 +99,13 @@ class KeyUsage:
         while True:
             self._wake.wait()
             self._wake.clear()
-            try:
-                self.flush()
-            except Exception:
-                log.warning("could not record when API keys were last used", exc_info=True)
+            self._flush_logged()
+
+    def _flush_logged(self) -> None:
+        try:
+            self.flush()
+        except Exception:  # the time of use is for people to read: never fail a request for it
+            log.warning("could not record when API keys were last used", exc_info=True)
 
 
 def key_usage(app: Flask) -> KeyUsage:

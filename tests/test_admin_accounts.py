@@ -129,12 +129,10 @@ def test_revoking_a_key_asks_first(client, login, make_key, db):
     assert client.get("/admin/keys/xp_nosuchkey/revoke").status_code == 404
 
 
-def test_last_use_of_a_key_is_recorded_off_the_request_and_shown(client, login, app, db, make_key):
+def test_last_use_of_a_key_is_recorded_and_shown(client, login, app, db, make_key):
     key = make_key("admin", "ci-deploy")
-    usage = app.extensions["key_usage"]
     anonymous = app.test_client()
     assert anonymous.get("/api/v1/experiments", headers={"Authorization": f"Bearer {key}"}).status_code == 200
-    usage.flush()  # waits for the writer thread's flush if it has begun one
     with db.sessionmaker() as session:
         used = session.scalar(select(ApiKey.last_used_at).where(ApiKey.prefix == key[:12]))
     assert used is not None and (utcnow() - used).total_seconds() < 60
@@ -143,23 +141,39 @@ def test_last_use_of_a_key_is_recorded_off_the_request_and_shown(client, login, 
     assert "just now" in row
 
 
+def test_a_served_app_records_key_use_in_a_thread_so_requests_never_wait_for_it(db, make_key):
+    """While another transaction holds the row (or SQLite's write lock), noting a use
+    returns at once; the writer thread records it once the lock is free."""
+    key = make_key("client", "app")
+    with db.sessionmaker() as session:
+        key_id = session.scalar(select(ApiKey.id).where(ApiKey.prefix == key[:12]))
+    usage = KeyUsage(db, background=True)
+    with db.write() as blocking:  # SQLite: BEGIN IMMEDIATE holds the write lock; PostgreSQL: the row's
+        blocking.scalar(select(ApiKey.id).where(ApiKey.id == key_id).with_for_update())
+        usage.note(key_id)  # a request would go on here
+        assert blocking.scalar(select(ApiKey.last_used_at).where(ApiKey.id == key_id)) is None
+    usage.flush()  # returns after the writer thread's flush (or does it, if the thread has not begun)
+    with db.sessionmaker() as session:
+        assert session.scalar(select(ApiKey.last_used_at).where(ApiKey.id == key_id)) is not None
+    assert usage._thread is not None and usage._thread.is_alive()
+
+
 def test_key_use_is_queued_at_most_once_a_minute_per_key_and_written_only_when_a_minute_old(db, make_key):
     key = make_key("client", "app")
     with db.sessionmaker() as session:
         key_id = session.scalar(select(ApiKey.id).where(ApiKey.prefix == key[:12]))
-    usage = KeyUsage(db)
-    usage._start_writer = lambda: None  # type: ignore[method-assign]  # flushed by hand below
+    usage = KeyUsage(db, background=False)
+    written = []
+    flush = usage.flush
+    usage.flush = lambda: written.append(flush()) or written[-1]  # type: ignore[method-assign]
     usage.note(key_id)
-    usage.note(key_id)
-    assert usage.flush() == 1
-    usage.note(key_id)  # within the minute: nothing queued
-    assert usage.flush() == 0
+    usage.note(key_id)  # within the minute: nothing queued, nothing written
+    assert written == [1]
     with db.sessionmaker() as session:
         first = session.scalar(select(ApiKey.last_used_at).where(ApiKey.id == key_id))
-    again = KeyUsage(db)  # another worker, a moment later: its write leaves the fresh time alone
-    again._start_writer = lambda: None  # type: ignore[method-assign]
+    assert first is not None
+    again = KeyUsage(db, background=False)  # another worker, a moment later: its write leaves the fresh time alone
     again.note(key_id)
-    assert again.flush() == 1
     with db.sessionmaker() as session:
         assert session.scalar(select(ApiKey.last_used_at).where(ApiKey.id == key_id)) == first
 
