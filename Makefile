@@ -9,8 +9,9 @@ WORKERS ?= 2
 PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
 PYTEST_ARGS ?=
+INSTANCE := $(or $(EXPPLATFORM_INSTANCE_PATH),instance)
 
-.PHONY: install run test test-fast lint fmt typecheck bench clean
+.PHONY: install run reset test test-fast lint fmt typecheck bench clean
 
 $(STAMP): pyproject.toml setup.py
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is needed on PATH" >&2; exit 1; }
@@ -21,11 +22,27 @@ $(STAMP): pyproject.toml setup.py
 
 install: $(STAMP)
 
+# The demo: its login and client key, its experiments (experiments/*.toml) and, the
+# first time only, four simulated weeks of their customers (experiments/scenarios/demo.toml).
 run: $(STAMP)
 	$(BIN)/expplatform db upgrade
 	$(BIN)/expplatform demo setup
+	$(BIN)/expplatform demo seed || echo "expplatform: the demo history could not be written (above: why); serving what is there (make reset starts over)"
+	@echo
 	@echo "expplatform: serving on http://127.0.0.1:$(PORT)/ with $(WORKERS) web workers and one fit worker (Ctrl-C stops all)"
+	@echo "  log in as   demo@example.com / demo-password"
+	@echo "  look first  http://127.0.0.1:$(PORT)/journeys/ecommerce                 the demo journey, stage by stage"
+	@echo "              http://127.0.0.1:$(PORT)/experiments/checkout-page/report    a clear winner's report"
+	@echo "  the data is simulated: four weeks of customers with known true effects ($(INSTANCE)/demo-truth.json)"
+	@echo
 	$(BIN)/expplatform serve --port $(PORT) --workers $(WORKERS) --threads 4 --fit-workers 1
+
+# Start over: delete the local SQLite database (and the demo key kept beside it), then run.
+reset:
+	@test -z "$$EXPPLATFORM_DATABASE_URL" || { echo "make reset deletes the local SQLite database only, and EXPPLATFORM_DATABASE_URL is set" >&2; exit 1; }
+	rm -f $(INSTANCE)/expplatform.sqlite3 $(INSTANCE)/expplatform.sqlite3-wal $(INSTANCE)/expplatform.sqlite3-shm \
+		$(INSTANCE)/expplatform.sqlite3-ingest.lock $(INSTANCE)/demo_client_key $(INSTANCE)/demo-truth.json
+	$(MAKE) run
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n auto -m "not alone" $(PYTEST_ARGS)

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
-from flask.cli import FlaskGroup, with_appcontext
+from click.core import ParameterSource
+from flask.cli import FlaskGroup, ScriptInfo, with_appcontext
 from sqlalchemy import select
 
 from .bundled import bundled_dir, check_analysis
@@ -519,8 +520,8 @@ DEMO_PASSWORD = "demo-password"
 @with_appcontext
 def demo_setup() -> None:
     """Create the demo editor login, the demo client key, the demo journey and its
-    experiments (``experiments/*.toml``, the experiments as drafts) on first run;
-    print the credentials every run.
+    experiments (``experiments/*.toml``, the experiments as drafts; an iteration as a
+    clone of the experiment it follows) on first run; print the credentials every run.
 
     The demo key is kept in the instance folder (mode 600) only so that later runs
     can print it again; real keys are never stored in plaintext. Demo journeys and
@@ -529,7 +530,8 @@ def demo_setup() -> None:
     """
     from flask import current_app
 
-    from .models import Experiment, Journey, User
+    from .models import Journey, User
+    from .simulation import demo as demo_story
 
     credentials = current_app.extensions["settings"].instance_path / "demo_client_key"
     demo_files = journey_definitions.load_files([bundled_dir("experiments")])
@@ -548,12 +550,7 @@ def demo_setup() -> None:
             for _path, definition in demo_files.journeys
             if definition.key not in existing_journeys
         ]
-        existing = set(session.scalars(select(Experiment.key)))
-        created = [
-            experiments.create_experiment(session, definition, "demo").experiment.key
-            for _path, definition in demo_files.experiments
-            if definition.key not in existing
-        ]
+        created = demo_story.create_experiments(session, demo_files.experiments, demo_story.scenario(), "demo")
     click.echo(f"demo login:      {DEMO_EMAIL} / {DEMO_PASSWORD} (editor)")
     click.echo(f"demo client key: {credentials.read_text().strip()}")
     if made:
@@ -562,7 +559,58 @@ def demo_setup() -> None:
         click.echo(f"demo experiments created as drafts: {', '.join(created)}")
 
 
+@demo.command("seed")
+@click.option("--customers", type=click.IntRange(min=1), default=50_000, show_default=True)
+@click.option(
+    "--days", type=click.IntRange(1, 366), default=28, show_default=True, help="Simulated days, to yesterday."
+)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--force", is_flag=True, help="Backfill even when the demo history is there (it adds nothing twice).")
+@with_appcontext
+def demo_seed(customers: int, days: int, seed: int, force: bool) -> None:
+    """Give the demo its history, once: the demo experiments (`demo setup` first) put
+    in their lifecycle states and the customers of the last DAYS days backfilled
+    (experiments/scenarios/demo.toml says who they are and what each variant truly
+    does; the truth goes to demo-truth.json in the instance folder). A second run
+    sees the history there and returns at once."""
+    from flask import current_app
+
+    from .simulation import demo as demo_story
+
+    story = demo_story.scenario()
+    with get_db().sessionmaker() as session:
+        if demo_story.seeded(session, story) and not force:
+            click.echo("demo history: there already (simulated; `expplatform demo seed --force` adds nothing twice)")
+            return
+    truth = current_app.extensions["settings"].instance_path / "demo-truth.json"
+    _backfill(story, customers=customers, days=days, seed=seed, create=True, truth_out=truth)
+
+
+def _backfill(scenario, *, customers: int, days: int, seed: int, create: bool, truth_out: Path) -> None:
+    """Backfill ``scenario`` in one write transaction and write its truth."""
+    from flask import current_app
+
+    from . import simulation
+    from .simulation.backfill import backfill
+
+    options = simulation.Options(customers=customers, days=days, seed=seed, create=create)
+    skew = current_app.extensions["settings"].clock_skew_seconds
+    try:
+        with get_db().write() as session:
+            result = backfill(session, scenario, options, clock_skew_seconds=skew, say=lambda line: click.echo(line))
+    except simulation.SimulationError as exc:
+        click.echo(f"error: {exc} (nothing written)", err=True)
+        sys.exit(1)
+    for line in result.summary.lines():
+        click.echo(line)
+    truth_out.parent.mkdir(parents=True, exist_ok=True)
+    simulation.write_truth(truth_out, simulation.truth_document(scenario, options, result))
+    click.echo(f"true effects written to {truth_out}")
+
+
 # -- simulation ------------------------------------------------------------------------
+
+HTTP_ONLY = ("url", "key", "admin_key", "concurrency", "max_seconds", "legacy", "yes")
 
 
 @main.command("simulate")
@@ -572,7 +620,11 @@ def demo_setup() -> None:
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="The service.")
 @click.option("--key", help="Client key (default: the demo key in the instance folder, if there is one).")
 @click.option("--admin-key", help="Admin key: with --create, or to check the experiments run before starting.")
-@click.option("--create", is_flag=True, help="Create the scenario's missing experiments and start them (admin key).")
+@click.option(
+    "--create",
+    is_flag=True,
+    help="Create the scenario's missing experiments and start them (through HTTP: with --admin-key).",
+)
 @click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same customers and event ids.")
 @click.option("--concurrency", type=click.IntRange(1, 64), default=8, show_default=True, help="Worker threads.")
 @click.option(
@@ -592,7 +644,16 @@ def demo_setup() -> None:
     "ratings as metric-less satisfaction events (only the questions on the scenario's legacy_scale).",
 )
 @click.option("--yes", is_flag=True, help="Run against a service that is not on this machine (loopback) too.")
+@click.option(
+    "--backfill",
+    is_flag=True,
+    help="Write into the configured database instead (an operator's path, no HTTP): exposures and events "
+    "dated on the simulated days, which end yesterday; experiments started/stopped as the scenario's days "
+    "say and marked simulated; outcomes and counters rebuilt.",
+)
+@click.pass_context
 def simulate_command(
+    ctx: click.Context,
     scenario: str,
     customers: int,
     days: int,
@@ -606,13 +667,32 @@ def simulate_command(
     truth_out: Path,
     legacy: bool,
     yes: bool,
+    backfill: bool,
 ) -> None:
     """Drive synthetic customers of a journey through a running service's HTTP API
     (assign, then stage outcomes and ratings), with known true effects written to
     --truth-out. Scenarios: experiments/scenarios/*.toml. A re-run with the same seed
-    adds nothing (the same ids: duplicates only)."""
+    adds nothing (the same ids: duplicates only).
+
+    With --backfill, write them into the configured database instead, each on their
+    simulated day (through HTTP every exposure is dated now)."""
     from . import simulation
     from .config import default_instance_path
+
+    if backfill:
+        given = [
+            f"--{n.replace('_', '-')}" for n in HTTP_ONLY if ctx.get_parameter_source(n) != ParameterSource.DEFAULT
+        ]
+        if given:
+            raise click.UsageError(f"{', '.join(given)}: for runs through HTTP, not with --backfill")
+        try:
+            loaded = simulation.load(scenario)
+        except simulation.ScenarioError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        with ctx.ensure_object(ScriptInfo).load_app().app_context():
+            _backfill(loaded, customers=customers, days=days, seed=seed, create=create, truth_out=truth_out)
+        return
 
     if not simulation.is_loopback(url) and not yes:
         raise click.UsageError(f"{url} is not on this machine: synthetic data would go to a real service (--yes)")

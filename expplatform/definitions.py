@@ -60,6 +60,7 @@ MAX_FORCED = 1_000
 MAX_CUSTOMER_ID = 256
 MAX_SCALE_SPAN = 10
 WEIGHT_TOLERANCE = 1e-9
+WEIGHTS_NORMALISED = "weights normalised to sum to 1"  # the notice's start
 # Weights are relative, but bounded so that normalising can neither overflow nor
 # underflow, and so that every variant gets a share the bucketing can resolve.
 WEIGHT_MIN, WEIGHT_MAX = 1e-6, 1e6
@@ -329,7 +330,7 @@ def _variants(errors: _Errors, value: Any) -> tuple[tuple[VariantDefinition, ...
     total = math.fsum(weight for _, _, weight, _ in parsed)
     notices: tuple[str, ...] = ()
     if abs(total - 1) > WEIGHT_TOLERANCE:
-        notices = (f"weights normalised to sum to 1 (they summed to {total:g})",)
+        notices = (f"{WEIGHTS_NORMALISED} (they summed to {total:g})",)
         parsed = [(k, d, w / total, c) for k, d, w, c in parsed]
     variants = tuple(
         VariantDefinition(key=k, description=d, weight=w, is_control=(i == control_index))

@@ -38,7 +38,9 @@ from analysis.types import DecisionRule, Prior
 from . import journeys
 from .bucketing import LayerFull, allocate_layer_ranges
 from .definitions import (
+    MAX_NAME,
     SLUG,
+    WEIGHTS_NORMALISED,
     ExperimentDefinition,
     TargetingRule,
     VariantDefinition,
@@ -368,12 +370,24 @@ def _update(session: Session, experiment: Experiment, definition: ExperimentDefi
     changes = diff(old, definition)
     notices = _check_changes(experiment, old, definition, changes)
     if not changes:
-        return Saved(experiment, "unchanged", notices=definition.notices)
+        return Saved(experiment, "unchanged", notices=_parser_notices(old, definition))
     _store(session, experiment, definition)
     experiment.updated_at = utcnow()  # also when only variant rows changed
     _audit(session, experiment, actor, "updated", {"changes": changes})
     session.flush()
-    return Saved(experiment, "updated", changes=changes, notices=definition.notices + notices)
+    return Saved(experiment, "updated", changes=changes, notices=_parser_notices(old, definition) + notices)
+
+
+def _parser_notices(old: ExperimentDefinition, new: ExperimentDefinition) -> tuple[str, ...]:
+    """The parser's notices, less "weights normalised" when the normalised weights are
+    the stored ones: an edit form sends the stored weights back rounded for display
+    (three thirds sum to 0.999999), and the person changed nothing."""
+    same_weights = [v.key for v in old.variants] == [v.key for v in new.variants] and all(
+        abs(a.weight - b.weight) <= 1e-6 for a, b in zip(old.variants, new.variants, strict=True)
+    )
+    if not same_weights:
+        return new.notices
+    return tuple(notice for notice in new.notices if not notice.startswith(WEIGHTS_NORMALISED))
 
 
 def update_experiment(session: Session, key: str, definition: ExperimentDefinition, actor: str) -> Saved:
@@ -484,6 +498,22 @@ def next_iteration_key(session: Session, key: str) -> str:
     return base[: 64 - len(suffix)] + suffix
 
 
+_ITERATION_NAME = re.compile(r"^(?P<base>.*?) \(iteration \d+\)$")
+
+
+def iteration_name(name: str, new_key: str) -> str:
+    """``One-page checkout`` cloned as ``checkout-v2`` -> ``One-page checkout
+    (iteration 2)``, so the list tells the iterations apart; a clone under a key of
+    another form keeps the name."""
+    match = _ITERATION.match(new_key)
+    if match is None:
+        return name
+    base_match = _ITERATION_NAME.match(name)
+    base = base_match.group("base") if base_match else name
+    suffix = f" (iteration {match.group('n')})"
+    return base[: MAX_NAME - len(suffix)] + suffix
+
+
 def clone_experiment(session: Session, key: str, actor: str, *, new_key: str | None = None) -> Saved:
     """Copy the definition into a new draft: the way to change what is frozen."""
     if new_key is not None and not (isinstance(new_key, str) and SLUG.fullmatch(new_key)):
@@ -491,7 +521,9 @@ def clone_experiment(session: Session, key: str, actor: str, *, new_key: str | N
     bump_version(session)
     source = get_experiment(session, key, fresh=True)
     new_key = new_key or next_iteration_key(session, source.key)
-    saved = _create(session, replace(definition_of(source), key=new_key), actor, cloned_from=source.key)
+    definition = definition_of(source)
+    name = iteration_name(definition.name, new_key)
+    saved = _create(session, replace(definition, key=new_key, name=name), actor, cloned_from=source.key)
     _audit(session, source, actor, "cloned", {"to": new_key})
     session.flush()
     return saved
@@ -511,6 +543,7 @@ __all__ = [
     "diff",
     "export_definition",
     "get_experiment",
+    "iteration_name",
     "list_experiments",
     "next_iteration_key",
     "patch_experiment",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import html
 import io
 import math
+import os
 import re
 import threading
 from collections.abc import Mapping, Sequence
@@ -109,12 +110,25 @@ def _matplotlib():
 
 def warm_up() -> None:
     """Import matplotlib and draw one throw-away figure (font cache, SVG backend), so
-    that a serving worker's first report page does not pay for it. ``wsgi.py`` runs
-    this in a background thread; the CLI never does."""
-    _module, figure_class = _matplotlib()
-    figure = figure_class(figsize=(1, 1))
-    figure.add_subplot().plot([0, 1], [0, 1])
-    figure.savefig(io.BytesIO(), format="svg")
+    that a serving worker's first report page does not pay for it (see
+    :func:`warm_up_after_fork`); the CLI never does."""
+    with _render_lock:
+        _module, figure_class = _matplotlib()
+        figure = figure_class(figsize=(1, 1))
+        figure.add_subplot().plot([0, 1], [0, 1])
+        figure.savefig(io.BytesIO(), format="svg")
+
+
+def warm_up_after_fork() -> None:
+    """Warm up in a background thread of every process forked from this one from now
+    on: gunicorn's workers, forked from the master that preloaded the app. Never in the
+    master itself: a thread still importing matplotlib when the master forks leaves the
+    worker an import lock that no thread of its own will release (its first report
+    page hung for good), and importing it before the fork would delay every master
+    restart by the import."""
+    os.register_at_fork(
+        after_in_child=lambda: threading.Thread(target=warm_up, name="plots-warm-up", daemon=True).start()
+    )
 
 
 _ID = re.compile(r'\sid="(?![mp][0-9a-f]{10}")[^"]*"')
@@ -218,9 +232,10 @@ def densities(curves: Sequence[BetaCurve], colors: Mapping[str, str], *, stage: 
         return _svg(figure, "densities", f"Posterior densities of the conversion rate at {stage} per variant")
 
 
-def funnel(stages: Sequence[str], shares: Mapping[str, Sequence[float]], colors: Mapping[str, str]) -> str:
+def funnel(stages: Sequence[str], shares: Mapping[str, Sequence[float | None]], colors: Mapping[str, str]) -> str:
     """Share of each variant's exposed customers who converted at each stage, stages
-    left to right as in the journey."""
+    left to right as in the journey; None (nothing recorded) draws no bar, and a stage
+    where no variant has data says so."""
     import numpy as np
 
     with _render_lock:
@@ -234,11 +249,14 @@ def funnel(stages: Sequence[str], shares: Mapping[str, Sequence[float]], colors:
         for i, (variant, values) in enumerate(shares.items()):
             ax.bar(
                 x + (i - (count - 1) / 2) * width,
-                values,
+                [np.nan if value is None else value for value in values],
                 width * 0.92,
                 color=colors.get(variant, CONTROL_COLOR),
                 label=variant,
             )
+        for position, stage_values in enumerate(zip(*shares.values(), strict=True)):
+            if all(value is None for value in stage_values):
+                ax.text(position, 0, "no data", ha="center", va="bottom", color="#5b6475", fontsize=9)
         ax.set_xticks(x, list(stages))
         ax.grid(axis="x", visible=False)
         _percent(ax, "y")

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
@@ -29,9 +28,7 @@ def wsgi_app() -> Flask:
     from . import create_app, plots
 
     app = create_app()
-    # Load the plotting stack in the background, so the first report page a fresh
-    # worker serves does not wait for it.
-    threading.Thread(target=plots.warm_up, name="plots-warm-up", daemon=True).start()
+    plots.warm_up_after_fork()  # in each worker, so its first report page need not wait
     return app
 
 

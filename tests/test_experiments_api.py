@@ -415,8 +415,10 @@ def test_clone_as_next_iteration(api, create):
         "stopped_at",
         "audit",
         "layer_ranges",
+        "name",
     }
     assert {k: v for k, v in clone.items() if k not in skip} == {k: v for k, v in source.items() if k not in skip}
+    assert clone["name"] == f"{source['name']} (iteration 2)"
     assert source["audit"][0]["action"] == "cloned" and source["audit"][0]["details"] == {"to": "checkout-button-v2"}
     assert api.get(f"{BASE}/checkout-button-v2").json["audit"][0]["details"] == {"cloned_from": "checkout-button"}
 

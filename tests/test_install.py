@@ -185,7 +185,7 @@ def test_upgrade_demo_and_serve_work_from_any_directory(venv, elsewhere):
     assert (elsewhere / "instance" / "expplatform.sqlite3").is_file()  # the default: ./instance
     demo = run(venv, "demo", "setup", cwd=elsewhere)
     assert demo.returncode == 0, demo.stderr
-    assert "demo experiments created as drafts: checkout-page, onboarding-tour" in demo.stdout
+    assert "demo experiments created as drafts: checkout-page, onboarding-email, onboarding-tour" in demo.stdout
 
     port = free_port()
     serve = subprocess.Popen(

@@ -27,6 +27,7 @@ from expplatform.models import (
     Outcome,
     OutcomeCount,
     RatingQuestion,
+    UnmatchedEventCount,
 )
 from tests.conftest import make_test_app
 from tests.events_support import (
@@ -494,6 +495,10 @@ def _random_batches(rng: random.Random, batches: int, per_batch: int, prefix: st
     return out
 
 
+def _unmatched(session) -> dict[tuple, int]:
+    return {(day, stage): n for day, stage, n in session.execute(select(UnmatchedEventCount.__table__))}
+
+
 def test_rebuild_equals_incremental_for_random_workloads(db, app, shop, runner):
     settings = app.extensions["settings"]
     for batch in _random_batches(random.Random(7), batches=10, per_batch=40, prefix="r"):
@@ -501,9 +506,10 @@ def test_rebuild_equals_incremental_for_random_workloads(db, app, shop, runner):
     with db.write() as session:
         incremental = journey_snapshot(session)
         experiments = {key: snapshot(session, eid) for key, eid in shop.items()}
-        assert len(incremental[0]) > 30
+        unmatched = _unmatched(session)
+        assert len(incremental[0]) > 30 and sum(unmatched.values()) > 0
         # Wipe the journey counters and one experiment's counters: the command restores them.
-        for model in (JourneyOutcome, JourneyCount, Outcome, OutcomeCount):
+        for model in (JourneyOutcome, JourneyCount, Outcome, OutcomeCount, UnmatchedEventCount):
             session.execute(delete(model))
     result = runner.invoke(main, ["events", "rebuild"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -512,6 +518,7 @@ def test_rebuild_equals_incremental_for_random_workloads(db, app, shop, runner):
     with db.sessionmaker() as session:
         assert journey_snapshot(session) == incremental
         assert {key: snapshot(session, eid) for key, eid in shop.items()} == experiments
+        assert _unmatched(session) == unmatched
         rows = session.execute(
             select(Journey.key, func.count())
             .join(JourneyOutcome, JourneyOutcome.journey_id == Journey.id)

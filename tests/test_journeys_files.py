@@ -273,14 +273,22 @@ def test_the_demo_files_apply_cleanly_and_round_trip(db, cli, tmp_path):
     assert [line for line in result.output.splitlines() if not line.startswith("  note:")] == [
         "created journey ecommerce",
         "created checkout-page (draft)",
+        "created onboarding-email (draft)",
         "created onboarding-tour (draft)",
+        "created review-request-v2 (draft)",
+        "created review-request (draft)",
+        "created social-proof (draft)",
     ]
     before = counts(db)
     again = cli("experiments", "apply", str(REPO / "experiments"))
     assert again.output.splitlines() == [
         "unchanged journey ecommerce",
         "unchanged checkout-page (draft)",
+        "unchanged onboarding-email (draft)",
         "unchanged onboarding-tour (draft)",
+        "unchanged review-request-v2 (draft)",
+        "unchanged review-request (draft)",
+        "unchanged social-proof (draft)",
     ]
     assert counts(db) == before
     out = tmp_path / "ecommerce.toml"
@@ -294,7 +302,10 @@ def test_demo_setup_creates_the_journey_before_its_experiments_once(db, cli):
     first = cli("demo", "setup")
     assert first.exit_code == 0, first.output
     assert "demo journeys created: ecommerce" in first.output
-    assert "demo experiments created as drafts: checkout-page, onboarding-tour" in first.output
+    assert (
+        "demo experiments created as drafts: checkout-page, onboarding-email, onboarding-tour, review-request, "
+        "social-proof, review-request-v2" in first.output
+    )
     with db.sessionmaker() as session:
         shop = journeys.get_journey(session, "ecommerce")
         assert [q.key for q in shop.questions] == ["consideration-effort", "checkout-csat", "delivery-csat", "nps"]

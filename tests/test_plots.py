@@ -152,3 +152,16 @@ def test_warm_up_loads_the_plotting_stack_that_pages_use():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_funnel_draws_no_bar_where_nothing_was_recorded():
+    """A 0% bar would say "nobody converted"; a stage without any outcome says "no data"."""
+    colors = {"control": plots.CONTROL_COLOR, "bold": "#2952cc"}
+    with_data = plots.funnel(["browse", "cart"], {"control": [0.5, 0.2], "bold": [0.5, 0.3]}, colors)
+    without = plots.funnel(["browse", "cart"], {"control": [0.5, None], "bold": [0.5, None]}, colors)
+    assert "no data" not in texts(with_data) and "no data" in texts(without)
+
+    def bars(svg: str) -> int:  # drawn rectangles of the treatment's colour (its legend key included)
+        return sum("L" in d for d in re.findall(r'<path d="([^"]*)"[^>]*fill: #2952cc', svg))
+
+    assert (bars(with_data), bars(without)) == (3, 2)

@@ -435,9 +435,12 @@ WARNINGS = {
         "2 customers would since have been assigned another variant than the one recorded (4 times in all)",
     ),
     "unmatched_events": (_unmatched, "2 events at this experiment's stages matched no exposure (purchase: 2)"),
-    "events_before_exposure": (_before, "1 events happened before the customer's exposure (purchase: 1)"),
-    "events_after_stop": (_after_stop, "1 events arrived after the experiment stopped"),
-    "forced_customers_excluded": (_forced, "1 forced (QA) customers and their 1 events are excluded"),
+    "events_before_exposure": (
+        _before,
+        "1 event happened before the customer's exposure (purchase: 1) and is not counted",
+    ),
+    "events_after_stop": (_after_stop, "1 event arrived after the experiment stopped and is not counted"),
+    "forced_customers_excluded": (_forced, "1 forced (QA) customer and their 1 event are excluded"),
     "not_enough_data": (_small, "control has 30, treatment has 30 exposed customers; no decision is made below 100"),
 }
 

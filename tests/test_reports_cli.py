@@ -114,3 +114,22 @@ def test_full_model_is_refused_without_any_outcome_data(app, db, runner):
     result = runner.invoke(main, ["report", "empty", "--full-model"])
     assert result.exit_code == 1 and not calls
     assert "No variant has any outcome data yet" in result.output
+
+
+def test_a_control_with_its_own_name_keeps_the_columns_aligned(runner, app, db):
+    from .reports_support import seed_counts
+
+    counts = {
+        "current": (200, {"browse": 150, "cart": 40, "purchase": 20}),
+        "one-page": (200, {"browse": 150, "cart": 60, "purchase": 30}),
+    }
+    seed_counts(app, db, "aligned", counts, target="cart")
+    output = runner.invoke(main, ["report", "aligned"], catch_exceptions=False).output
+    lines = output.splitlines()
+    start = lines.index("cart  <- under test")
+    header = next(line for line in lines[start:] if line.strip().startswith("variant"))
+    rows = [line for line in lines[start:] if line.strip().startswith(("current (control)", "one-page"))][:2]
+    assert len(rows) == 2, output
+    exposed_end = header.index("exposed") + len("exposed")
+    for row in rows:
+        assert row[:exposed_end].rstrip().endswith("200") and row[exposed_end] == " ", (header, row)

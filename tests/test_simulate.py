@@ -34,7 +34,7 @@ from expplatform.simulation.scenario import mean_of, parse, shift_for_mean, shif
 from .conftest import REPORT_WAIT_SECONDS, make_test_app
 from .server_support import http
 
-BUNDLED = ["broken-split", "guardrail", "null", "satisfaction-only", "winner"]
+BUNDLED = ["broken-split", "demo", "guardrail", "null", "satisfaction-only", "winner"]
 LEGACY = "metric" not in validation.FIELDS  # ingest does not know ratings that name their question yet
 LAST_DAY = date(2026, 3, 1)
 
@@ -67,7 +67,7 @@ def tiny(**changes: Any) -> dict[str, Any]:
 
 def test_the_bundled_scenarios_load_and_each_drives_its_own_experiment():
     assert simulation.available() == BUNDLED
-    keys = set()
+    keys: list[str] = []
     for name in BUNDLED:
         scenario = simulation.load(name)
         assert scenario.name == name and scenario.journey == "ecommerce"
@@ -79,9 +79,18 @@ def test_the_bundled_scenarios_load_and_each_drives_its_own_experiment():
             "delivery-csat": ("retention", (1, 5)),
             "nps": ("advocacy", (0, 10)),
         }
-        keys |= set(scenario.experiments)
-    assert len(keys) == len(BUNDLED)
+        keys += scenario.experiments
+    assert len(set(keys)) == len(keys)  # no experiment driven by two scenarios
     assert simulation.load("broken-split").faults.sample_ratio is not None
+    demo = simulation.load("demo")
+    assert set(demo.experiments) == {
+        "checkout-page", "social-proof", "onboarding-email", "review-request", "review-request-v2"
+    }  # fmt: skip
+    # Read from the demo's definition files: what the files say, the scenario's days and clones.
+    assert demo.experiments["social-proof"].variants == ("no-badges", "bestseller-badge", "live-viewers")
+    assert demo.experiments["checkout-page"].definition["traffic"] == 0.5
+    assert (demo.experiments["review-request"].days, demo.experiments["review-request-v2"].days) == ((1, 14), (15, 28))
+    assert demo.experiments["review-request-v2"].cloned_from == "review-request"
 
 
 def test_a_scenario_file_is_found_by_path_and_extends_its_base(tmp_path):
@@ -399,6 +408,15 @@ def test_a_second_run_with_the_same_seed_sends_the_same_events(monkeypatch):
     # Another seed is other customers and other events.
     _other, third = run_against_stand_in(monkeypatch, scenario, seed=6, customers=300)
     assert third.summary.accepted == third.summary.tally.events - third.summary.tally.duplicates_sent
+
+
+def test_through_http_an_experiment_whose_days_ended_is_not_asked_for(monkeypatch):
+    """The demo scenario's review-request ran days 1-14 (stopped since, in the demo):
+    a run through HTTP, where every day is today, asks only for the others."""
+    service, result = run_against_stand_in(monkeypatch, simulation.load("demo"), customers=100)
+    assert "review-request" not in service.assign_calls
+    assert service.assign_calls["review-request-v2"] == service.assign_calls["social-proof"] == 100
+    assert "review-request" not in result.summary.to_dict()["exposures"]
 
 
 def test_legacy_runs_send_metricless_satisfaction_on_the_legacy_scale(monkeypatch):

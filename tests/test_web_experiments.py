@@ -230,7 +230,11 @@ def test_started_experiment_form_freezes_fields_and_refuses_lower_traffic(editor
     shown = _shown_fields(page.text)
     assert shown["journey"] == "default" and shown["question-purchase"] == "purchase-rating"
     lower = editor.post("/experiments/checkout-copy/edit", data={**shown, "traffic_percent": "10"})
-    assert lower.status_code == 409 and any("at least 0.333" in m for m in _errors(lower.text))
+    assert lower.status_code == 409 and any("at least 33.3%" in m for m in _errors(lower.text))
+    # The stored weights come back rounded for display (three thirds); saving them
+    # unchanged says nothing about normalising.
+    unchanged = editor.post("/experiments/checkout-copy/edit", data=shown, follow_redirects=True)
+    assert "No changes." in unchanged.text and "normalised" not in unchanged.text
     renamed = editor.post(
         "/experiments/checkout-copy/edit",
         data={**shown, "name": "Checkout copy, round 1", "traffic_percent": "50"},
@@ -248,7 +252,22 @@ def test_clone_makes_a_new_draft_with_the_same_definition(editor, db):
     response = editor.post("/experiments/checkout-copy/clone")
     assert response.status_code == 302 and response.location == "/experiments/checkout-copy-v2/edit"
     original, clone = _stored(db, "checkout-copy"), _stored(db, "checkout-copy-v2")
-    assert {**original, "key": "x"} == {**clone, "key": "x"}
+    assert {**original, "key": "x", "name": "x"} == {**clone, "key": "x", "name": "x"}
+    assert clone["name"] == "Checkout copy (iteration 2)"
+    editor.post("/experiments/checkout-copy-v2/clone")
+    assert _stored(db, "checkout-copy-v3")["name"] == "Checkout copy (iteration 3)"
+
+
+def test_form_errors_speak_the_forms_units_and_operators(editor, db):
+    page = editor.post(
+        "/experiments/new",
+        data={**FORM, "traffic_percent": "150", "targeting-2-value": "adult", "layer": "", "layer_share_percent": ""},
+    )
+    errors = [html.unescape(message) for message in _errors(page.text)]
+    assert page.status_code == 422
+    assert "must be a percentage greater than 0 and at most 100" in errors
+    assert any("must be a number for '≥'" in m for m in errors), errors
+    assert not any("'gte'" in m or "at most 1" in m.replace("at most 100", "") for m in errors), errors
 
 
 def test_list_filters_and_pages(editor, db):
@@ -429,6 +448,12 @@ def test_the_new_form_offers_the_journeys_stages_and_questions(editor, shop):
     ]
     assert '<option selected value="checkout-csat">' in purchase  # the stage's first question
     assert "satisfaction" not in page.lower() and 'name="scale_min"' not in page and 'name="stages"' not in page
+    # Targeting suggests the persona attribute and the journey's personas as values.
+    attributes = re.search(r'<datalist id="rule-attributes">(.*?)</datalist>', page, re.S).group(1)
+    assert re.findall(r'value="([^"]+)"', attributes) == ["persona", "platform"]
+    values = re.search(r'<datalist id="rule-values">(.*?)</datalist>', page, re.S).group(1)
+    assert re.findall(r'value="([^"]+)"', values) == ["loyal", "first-timer"]
+    assert page.count('list="rule-attributes"') == page.count('name="targeting-') // 3 > 0
 
 
 def test_the_form_creates_an_experiment_on_a_chosen_journey_stage_and_question(editor, admin_api, shop, db):

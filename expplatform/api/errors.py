@@ -72,7 +72,9 @@ def _handle_domain_error(exc: domain.DomainError):
 
 def _handle_http_exception(exc: HTTPException):
     if not _is_api_request():
-        return exc
+        from ..web.error_page import error_page  # the pages' layout: the API does not need it
+
+        return error_page(exc)
     status = exc.code or 500
     response = error_response(status, _HTTP_CODES.get(status, "http_error"), exc.description or exc.name)
     # The exception's own headers (Allow on a 405, WWW-Authenticate, Retry-After), not its HTML's type.

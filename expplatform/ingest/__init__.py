@@ -27,6 +27,7 @@ from .rebuild import (
     rebuild_everything,
     rebuild_journey_counters,
     rebuild_outcomes,
+    rebuild_unmatched_counts,
     stored_journey_counters,
     stored_outcomes,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "rebuild_everything",
     "rebuild_journey_counters",
     "rebuild_outcomes",
+    "rebuild_unmatched_counts",
     "record_events",
     "stored_journey_counters",
     "stored_outcomes",

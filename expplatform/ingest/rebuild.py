@@ -1,7 +1,8 @@
 """Outcome rows and counters recomputed from the raw events and exposures, in SQL,
 by the same rules as ingest (``attribution`` and ``outcomes``): each experiment's
-(:func:`rebuild_outcomes`), the journeys' (:func:`rebuild_journey_counters`), or all
-of them at once (:func:`rebuild_everything`, ``expplatform events rebuild``).
+(:func:`rebuild_outcomes`), the journeys' (:func:`rebuild_journey_counters`), the
+unmatched events' (:func:`rebuild_unmatched_counts`), or all of them at once
+(:func:`rebuild_everything`, ``expplatform events rebuild``).
 
 Ingest maintains them incrementally; this is the independent recomputation that
 proves them (tests and ``bench/ingest.py`` compare both) and repairs them after an
@@ -14,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, case, delete, false, func, insert, literal, or_, select, text
+from sqlalchemy import and_, case, delete, exists, false, func, insert, literal, or_, select, text
 from sqlalchemy.orm import Session, aliased, selectinload
 from sqlalchemy.sql import Select
 
@@ -30,6 +31,7 @@ from ..models import (
     Outcome,
     OutcomeCount,
     RatingQuestion,
+    UnmatchedEventCount,
 )
 
 
@@ -355,6 +357,39 @@ def _persona(session: Session, journey: Journey, customer_id: Any, made_at: Any)
     return case((latest.in_(personas), latest), else_=literal(""))
 
 
+def rebuild_unmatched_counts(session: Session) -> None:
+    """Per UTC day received and stage, the events that named no experiment and whose
+    customer no experiment measuring the stage had exposed by the time the event
+    arrived (``attribution.decide``'s ``unmatched``; at a stage no experiment measures,
+    every such event)."""
+    session.execute(delete(UnmatchedEventCount))
+    measuring: dict[str, list[int]] = {}
+    for experiment_id, stages in session.execute(select(Experiment.id, Experiment.stages)):
+        for stage in stages:
+            measuring.setdefault(stage, []).append(experiment_id)
+
+    def exposed_by(experiment_ids: list[int]) -> Any:
+        return exists().where(
+            Exposure.customer_id == Event.customer_id,
+            Exposure.experiment_id.in_(experiment_ids),
+            Exposure.exposed_at <= Event.received_at,
+        )
+
+    unmatched = or_(
+        Event.stage.not_in(list(measuring)),
+        *(and_(Event.stage == stage, ~exposed_by(ids)) for stage, ids in measuring.items()),
+    )
+    day = utc_day(session, Event.received_at)
+    session.execute(
+        insert(UnmatchedEventCount).from_select(
+            ["day", "stage", "events"],
+            select(day, Event.stage, func.count())
+            .where(Event.experiment_key.is_(None), unmatched)
+            .group_by(day, Event.stage),
+        )
+    )
+
+
 @dataclass(frozen=True)
 class RebuildSummary:
     """What :func:`rebuild_everything` made."""
@@ -377,6 +412,7 @@ def rebuild_everything(session: Session) -> RebuildSummary:
     for experiment in experiments:
         rebuild_outcomes(session, experiment)
     rebuild_journey_counters(session)
+    rebuild_unmatched_counts(session)
     outcome_rows = dict(
         session.execute(select(Outcome.experiment_id, func.count()).group_by(Outcome.experiment_id)).all()
     )

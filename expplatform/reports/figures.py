@@ -16,6 +16,7 @@ from .. import plots
 from ..aggregation import StageQuestion
 from .background import report_cache
 from .build import Report, data_version
+from .decisions import has_outcomes
 from .series import SeriesPoint
 from .views import METRIC_LABELS, has_metric_data
 
@@ -54,9 +55,10 @@ def _draw(report: Report, series: Sequence[SeriesPoint]) -> dict[str, str]:
         for arm in target.arms
         if arm.conjugate_params is not None and stats.cells[result.target_stage][arm.variant].exposed
     ]
+    # No bar where nothing was recorded: a 0% bar would read as "nobody converted".
     shares = {
         v: [
-            stats.cells[s][v].converted / stats.cells[s][v].exposed if stats.cells[s][v].exposed else 0.0
+            stats.cells[s][v].converted / stats.cells[s][v].exposed if has_outcomes(stats.cells[s][v]) else None
             for s in stats.stages
         ]
         for v in stats.variants

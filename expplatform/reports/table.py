@@ -78,8 +78,12 @@ def format_table(report: Report) -> str:
             lines.append(f"  rating question {question.key}: {question.label}")
         else:
             lines.append("  no rating question at this stage: conversion only")
+        names = {
+            cell.variant: cell.variant + (" (control)" if cell.is_control and cell.variant != "control" else "")
+            for cell in stage.cells
+        }
         columns = [
-            ("variant", max(8, *(len(v) for v in stats.variants))),
+            ("variant", max(8, *(len(name) for name in names.values()))),
             ("exposed", 9),
             ("conv obs", 8),
             (f"lift [{level}]", 27),
@@ -95,7 +99,7 @@ def format_table(report: Report) -> str:
         lines.append("  " + _line(tuple(h for h, _ in columns), widths))
         for cell in stage.cells:
             lift = cell.lift
-            name = cell.variant + (" (control)" if cell.is_control and cell.variant != "control" else "")
+            name = names[cell.variant]
             if not cell.has_data:
                 exposed = f"{cell.exposed:,}".rjust(widths[1])
                 lines.append(f"  {name.ljust(widths[0])}  {exposed}  no data at this stage")

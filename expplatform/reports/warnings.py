@@ -16,6 +16,15 @@ from analysis.types import DecisionRule, ExperimentResult, ExperimentStats
 from ..aggregation import DataQuality, StageQuality
 
 
+def _are(number: int) -> str:
+    return "is" if number == 1 else "are"
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 event``, ``2,000 events``."""
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
+
+
 @dataclass(frozen=True)
 class ReportWarning:
     """One warning: a stable code for programs and a sentence for people."""
@@ -36,8 +45,8 @@ def collect_warnings(
         warnings.append(
             ReportWarning(
                 "multiple_exposures",
-                f"{quality.mismatched_customers:,} customers would since have been assigned another variant "
-                f"than the one recorded ({quality.mismatches:,} times in all); they are served and counted in "
+                f"{_count(quality.mismatched_customers, 'customer')} would since have been assigned another variant "
+                f"than the one recorded ({_count(quality.mismatches, 'time')} in all); they are served and counted in "
                 "their first variant. Weights or salts may have been edited in the database.",
             )
         )
@@ -47,8 +56,8 @@ def collect_warnings(
         warnings.append(
             ReportWarning(
                 "unmatched_events",
-                f"{unmatched:,} events at this experiment's stages matched no exposure ({per_stage}): clients may send "
-                "events for customers they never assigned, or with other customer ids.",
+                f"{_count(unmatched, 'event')} at this experiment's stages matched no exposure ({per_stage}): "
+                "clients may send events for customers they never assigned, or with other customer ids.",
             )
         )
     before = sum(q.before_exposure for q in quality.stages.values())
@@ -57,15 +66,16 @@ def collect_warnings(
         warnings.append(
             ReportWarning(
                 "events_before_exposure",
-                f"{before:,} events happened before the customer's exposure ({per_stage}) "
-                "and are not counted: check that clients assign before they show the journey step.",
+                f"{_count(before, 'event')} happened before the customer's exposure ({per_stage}) "
+                f"and {_are(before)} not counted: check that clients assign before they show the journey step.",
             )
         )
     after = sum(q.after_stop for q in quality.stages.values())
     if after:
         warnings.append(
             ReportWarning(
-                "events_after_stop", f"{after:,} events arrived after the experiment stopped and are not counted."
+                "events_after_stop",
+                f"{_count(after, 'event')} arrived after the experiment stopped and {_are(after)} not counted.",
             )
         )
     if quality.forced_customers:
@@ -73,8 +83,8 @@ def collect_warnings(
         warnings.append(
             ReportWarning(
                 "forced_customers_excluded",
-                f"{quality.forced_customers:,} forced (QA) customers and their {forced_events:,} events are excluded "
-                "from the analysis.",
+                f"{_count(quality.forced_customers, 'forced (QA) customer')} and their "
+                f"{_count(forced_events, 'event')} are excluded from the analysis.",
             )
         )
     exposed = {v: stats.cells[stats.target_stage][v].exposed for v in stats.variants}

@@ -31,6 +31,7 @@ from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from typing import Any
 
+from ..bucketing import Split, place
 from .scenario import NO_EFFECT, Effect, Question, Scenario, mean_of, shift_for_mean, shifted
 
 MAX_ID_PREFIX = 60
@@ -92,6 +93,19 @@ class Outcome:
     ratings: tuple[tuple[str, int], ...]  # (question, rating)
 
 
+@dataclass(frozen=True)
+class Sent:
+    """An event a customer sends: a conversion at ``stage`` or, with ``question``, a
+    rating (``stage``: the question's). Its id derives from the customer's, so a
+    second run sends the same ids."""
+
+    event_id: str
+    customer_id: str
+    stage: str
+    question: str | None = None
+    value: int | None = None
+
+
 def id_prefix(scenario: Scenario, seed: int) -> str:
     return f"sim-{scenario.name}-s{seed}"[:MAX_ID_PREFIX]
 
@@ -122,6 +136,12 @@ class Population:
         self._platforms = _cumulative(scenario.platforms)
         self._days = calendar.cumulative
         self._draw_count = len(scenario.stages) + 2 * len(scenario.questions)
+        fault = scenario.faults.sample_ratio
+        self._sample_ratio = None
+        if fault is not None:
+            experiment = scenario.experiments[fault.experiment]
+            traffic = float(experiment.definition.get("traffic", 1.0))
+            self._sample_ratio = (fault, Split.of(experiment.key, experiment.weights, traffic), experiment)
 
     def customer(self, index: int) -> Customer:
         draws = uniforms(f"{self.seed}:{self.scenario.name}:{index}", PROFILE_DRAWS + 1 + self._draw_count)
@@ -159,6 +179,40 @@ class Population:
 
     def ghost_id(self, customer: Customer) -> str:
         return f"{self.prefix}-ghost-{customer.index:07d}"
+
+    def skips(self, key: str, customer: Customer) -> bool:
+        """Whether the sample-ratio fault skips this customer's assign call for ``key``:
+        their variant, by the published bucketing, is the fault's, and their draw is
+        under its share."""
+        if self._sample_ratio is None:
+            return False
+        fault, split, experiment = self._sample_ratio
+        if key != fault.experiment or customer.srm_draw >= fault.skip_share:
+            return False
+        index = place(split, customer.id)
+        return 0 <= index < len(experiment.variants) and experiment.variants[index] == fault.variant
+
+    def events(self, customer: Customer, outcome: Outcome) -> list[Sent]:
+        """What the customer sends for what they did: a conversion per stage reached,
+        then their ratings."""
+        cid = customer.id
+        sent = [Sent(f"{cid}:{stage}", cid, stage) for stage in outcome.conversions]
+        for question, value in outcome.ratings:
+            sent.append(Sent(f"{cid}:{question}", cid, self.scenario.questions[question].stage, question, value))
+        return sent
+
+    def early_event(self, customer: Customer) -> Sent:
+        """The event a ``before_assignment`` customer sends before their assign call."""
+        return Sent(f"{customer.id}:early", customer.id, self.scenario.stages[0])
+
+    def ghost_events(self, customer: Customer) -> list[Sent]:
+        """The events of the never-assigned customer a ``ghost`` customer brings along."""
+        ghost = self.ghost_id(customer)
+        return [Sent(f"{ghost}:{stage}", ghost, stage) for stage in self.scenario.stages[:2]]
+
+
+# Stage -> P(converts there); question -> (P(rates), E[rating | rates]).
+Expected = tuple[dict[str, float], dict[str, tuple[float, float]]]
 
 
 # -- what a customer does ----------------------------------------------------------------------
@@ -198,9 +252,7 @@ class Behaviour:
                 ratings.append((question.key, question.scale[0] + _inverse(probabilities, which)))
         return Outcome(tuple(converted), tuple(ratings))
 
-    def expected(
-        self, persona: str, effects: Sequence[Effect]
-    ) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    def expected(self, persona: str, effects: Sequence[Effect]) -> Expected:
         """Stage -> P(converts there); question -> (P(rates), E[rating | rates])."""
         reach: dict[str, float] = {}
         running = 1.0
@@ -283,11 +335,19 @@ class Truth:
         self.scenario = scenario
         self.behaviour = Behaviour(scenario)
         self.cells: dict[tuple[str, str, str], _Cell] = defaultdict(_Cell)  # (experiment, variant, persona)
+        # Customers share a few (persona, variants) combinations: each one's expectation once.
+        self._expected: dict[tuple[str, tuple[tuple[str, str], ...]], Expected] = {}
 
     def add(self, customer: Customer, variants: Mapping[str, str]) -> None:
         if not variants:
             return
-        reach, rated = self.behaviour.expected(customer.persona, effects_of(self.scenario, variants))
+        combination = (customer.persona, tuple(variants.items()))
+        found = self._expected.get(combination)
+        if found is None:
+            found = self._expected[combination] = self.behaviour.expected(
+                customer.persona, effects_of(self.scenario, variants)
+            )
+        reach, rated = found
         for key, variant in variants.items():
             if key in self.scenario.experiments:
                 self.cells[(key, variant, customer.persona)].add(1.0, reach, rated)

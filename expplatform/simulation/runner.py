@@ -42,7 +42,6 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..bucketing import Split, place
 from ..client import Client, ClientError, Failure
 from .customers import Behaviour, Calendar, Customer, Population, Truth, effects_of
 from .scenario import Scenario
@@ -109,14 +108,15 @@ class _Worker:
     def simulate(self, customer: Customer) -> dict[str, str]:
         run = self.run
         scenario = run.scenario
+        population = run.population
         cid = customer.id
-        fault_draws = iter(run.population.fault_draws(customer))
-        first = scenario.stages[0]
-        keys = [key for key in scenario.experiments if not run.skips(key, customer)]
-        self.tally.sample_ratio_skipped += len(scenario.experiments) - len(keys)
+        fault_draws = iter(population.fault_draws(customer))
+        keys = [key for key in run.keys if not population.skips(key, customer)]
+        self.tally.sample_ratio_skipped += len(run.keys) - len(keys)
         if customer.before_assignment:
+            early = population.early_event(customer)
             moment = datetime.now(UTC) - BEFORE_ASSIGNMENT
-            self.client.track(cid, first, "conversion", event_id=f"{cid}:early", timestamp=moment)
+            self.client.track(cid, early.stage, "conversion", event_id=early.event_id, timestamp=moment)
             self.tally.events += 1
             self.tally.before_assignment += 1
         variants: dict[str, str] = {}
@@ -132,23 +132,21 @@ class _Worker:
                 else:
                     self.tally.not_enrolled[(key, answer.reason or "unknown") if answer else (key, "no answer")] += 1
         outcome = run.behaviour.outcome(customer, effects_of(scenario, variants))
-        for stage in outcome.conversions:
-            self.track({"customer_id": cid, "stage": stage, "event_id": f"{cid}:{stage}"}, fault_draws)
-        for question_key, value in outcome.ratings:
-            question = scenario.questions[question_key]
-            event_id = f"{cid}:{question_key}"
-            if run.options.legacy:
-                if question.scale != scenario.legacy_scale:
+        for sent in population.events(customer, outcome):
+            args: dict[str, Any] = {"customer_id": cid, "event_id": sent.event_id}
+            if sent.question is None:
+                args |= {"stage": sent.stage}
+            elif run.options.legacy:
+                if scenario.questions[sent.question].scale != scenario.legacy_scale:
                     self.tally.ratings_not_sent += 1
                     continue
-                args = {"stage": question.stage, "type": "satisfaction"}
+                args |= {"stage": sent.stage, "type": "satisfaction", "value": sent.value}
             else:
-                args = {"type": "rating", "metric": question_key}
-            self.track({"customer_id": cid, **args, "value": value, "event_id": event_id}, fault_draws)
+                args |= {"type": "rating", "metric": sent.question, "value": sent.value}
+            self.track(args, fault_draws)
         if customer.ghost:
-            ghost = run.population.ghost_id(customer)
-            for stage in scenario.stages[:2]:
-                self.client.track(ghost, stage, "conversion", event_id=f"{ghost}:{stage}")
+            for ghost in population.ghost_events(customer):
+                self.client.track(ghost.customer_id, ghost.stage, "conversion", event_id=ghost.event_id)
                 self.tally.events += 1
             self.tally.unknown_customers += 1
         self.truth.add(customer, variants)
@@ -193,24 +191,9 @@ class _Run:
         self.ended = "done"
         self.error: BaseException | None = None
         self.problems: list[str] = []
-        fault = scenario.faults.sample_ratio
-        self._srm_split = None
-        if fault is not None:
-            experiment = scenario.experiments[fault.experiment]
-            traffic = float(experiment.definition.get("traffic", 1.0))
-            self._srm_split = (fault, Split.of(experiment.key, experiment.weights, traffic), experiment)
-
-    def skips(self, key: str, customer: Customer) -> bool:
-        """Whether the sample-ratio fault skips this customer's assign call for ``key``:
-        their variant, by the published bucketing, is the fault's, and their draw is
-        under its share."""
-        if self._srm_split is None:
-            return False
-        fault, split, experiment = self._srm_split
-        if key != fault.experiment or customer.srm_draw >= fault.skip_share:
-            return False
-        index = place(split, customer.id)
-        return 0 <= index < len(experiment.variants) and experiment.variants[index] == fault.variant
+        # Through HTTP every simulated day is today: an experiment whose scenario days
+        # end before the last one (stopped since, in a backfill) is not asked for.
+        self.keys = [key for key, e in scenario.experiments.items() if e.runs_on_last_day(options.days)]
 
     def next_customer(self) -> Customer | None:
         with self._lock:
@@ -319,6 +302,7 @@ class Result:
     summary: Summary
     truth: Truth
     calendar: dict[str, int]  # simulated day -> customers who arrived that day (of those simulated)
+    timestamps: str = "sent: each event is dated when the customer did it in the run, after their assignment"
 
 
 def simulate(scenario: Scenario, options: Options, *, stream: TextIO | None = sys.stderr) -> Result:
@@ -337,7 +321,13 @@ def simulate(scenario: Scenario, options: Options, *, stream: TextIO | None = sy
         raise SimulationError("--create needs an admin key (--admin-key; `expplatform keys create --scope admin`)")
     if options.admin_key:
         prepare_experiments(
-            scenario, options.url, options.admin_key, create=options.create, legacy=options.legacy, say=say
+            scenario,
+            options.url,
+            options.admin_key,
+            create=options.create,
+            legacy=options.legacy,
+            days=options.days,
+            say=say,
         )
     run = _Run(scenario, options)
     t0 = time.monotonic()
@@ -420,7 +410,7 @@ def truth_document(scenario: Scenario, options: Options, result: Result) -> dict
         "days": options.days,
         "calendar": result.calendar,
         "rating_events": "satisfaction, without metric (--legacy)" if options.legacy else "rating, naming its metric",
-        "timestamps": "sent: each event is dated when the customer did it in the run, after their assignment",
+        "timestamps": result.timestamps,
         "experiments": {
             key: {"enrolled": value, "population": population[key]} for key, value in truth.enrolled().items()
         },

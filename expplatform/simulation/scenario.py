@@ -10,13 +10,19 @@ A scenario (``experiments/scenarios/*.toml``, read with :mod:`tomllib`) names
   of customers converting at the stage who answer) with a rating distribution per
   persona (``default`` for the others), as weights over the scale's values;
 - ``experiments``: by key, the definition fields that ``--create`` sends to the
-  admin API (name, target stage, variants...) and, apart, ``effects`` per variant:
+  admin API (name, target stage, variants...), or ``file``: a definition file to
+  read them from (relative to the scenario file; fields given beside it win), and,
+  apart, ``effects`` per variant:
   ``conversion`` multiplies a stage's conversion probability, ``rating`` moves a
   question's mean rating by so many points, and ``personas.<key>`` overrides either
   for one persona;
 - ``faults``: shares of duplicate sends, late events, events before assignment,
   events of customers never assigned, and optionally a ``sample_ratio`` fault;
-- ``arrivals``: the weekday rhythm of customers over the simulated days.
+- ``arrivals``: the weekday rhythm of customers over the simulated days;
+- per experiment, for backfills (``expplatform simulate --backfill``): ``days``, the
+  first and last simulated day it ran (1-based; default: all of them; one that ends
+  before the last day is stopped then), and ``cloned_from``, the experiment it is
+  the next iteration of (``--create`` clones that one, then applies the fields).
 
 A rating's shift is applied on the ordered-logit scale (every cumulative log-odds
 moved by the same amount), solved per persona so that the persona's mean rating moves
@@ -96,9 +102,15 @@ class Experiment:
     weights: tuple[float, ...]  # normalised
     control: str
     effects: Mapping[str, Effect]
+    days: tuple[int, int] | None = None  # first and last simulated day it ran (1-based); None: all
+    cloned_from: str | None = None
 
     def effect(self, variant: str) -> Effect:
         return self.effects.get(variant, NO_EFFECT)
+
+    def runs_on_last_day(self, days: int) -> bool:
+        """Whether it still runs at the end of a run of ``days`` simulated days."""
+        return self.days is None or self.days[1] >= days
 
 
 @dataclass(frozen=True)
@@ -251,12 +263,32 @@ def read_data(path: Path, depth: int = 0) -> dict[str, Any]:
         raise ScenarioError(str(path), [f"cannot read: {exc}"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(str(path), [f"not valid TOML: {exc}"]) from None
+    _read_definition_files(path, data)
     base = data.pop("extends", None)
     if base is None:
         return data
     if not isinstance(base, str) or depth >= MAX_EXTENDS:
         raise ScenarioError(str(path), ["extends: must name another file of the folder (at most 5 deep)"])
     return _merge(read_data(path.parent / f"{base}.toml", depth + 1), data)
+
+
+def _read_definition_files(path: Path, data: dict[str, Any]) -> None:
+    """Lay each experiment's fields over the definition file it names with ``file``."""
+    experiments = data.get("experiments")
+    if not isinstance(experiments, dict):
+        return
+    for key, spec in experiments.items():
+        if not isinstance(spec, Mapping) or "file" not in spec:
+            continue
+        where = f"experiments.{key}.file"
+        if not isinstance(spec["file"], str):
+            raise ScenarioError(str(path), [f"{where}: must be the path of a definition file"])
+        target = path.parent / spec["file"]
+        try:
+            definition = tomllib.loads(target.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ScenarioError(str(path), [f"{where}: cannot read {target}: {exc}"]) from None
+        experiments[key] = _merge(definition, {k: v for k, v in spec.items() if k != "file"})
 
 
 def load(name_or_path: str) -> Scenario:
@@ -391,6 +423,9 @@ def parse(data: Mapping[str, Any], *, source: str = "scenario", default_name: st
         if experiment is not None:
             experiments[key] = experiment
 
+    for experiment in experiments.values():
+        if experiment.cloned_from is not None and experiment.cloned_from not in experiments:
+            problems.add(f"experiments.{experiment.key}.cloned_from", "must name another experiment of the scenario")
     faults = _faults(problems, data.get("faults", {}), experiments)
 
     arrivals = data.get("arrivals", {})
@@ -519,8 +554,13 @@ def _experiment(
     if not isinstance(spec, Mapping):
         problems.add(where, "must be a table: the definition's fields and effects")
         return None
-    definition = {k: v for k, v in spec.items() if k != "effects"}
+    definition = {k: v for k, v in spec.items() if k not in ("effects", "days", "cloned_from")}
     definition["key"] = key
+    days = _days(problems, f"{where}.days", spec.get("days"))
+    cloned_from = spec.get("cloned_from")
+    if cloned_from is not None and not isinstance(cloned_from, str):
+        problems.add(f"{where}.cloned_from", "must be the key of another experiment")
+        cloned_from = None
     variants_raw = definition.get("variants")
     if not isinstance(variants_raw, list) or len(variants_raw) < 2:
         problems.add(f"{where}.variants", "must list at least two variants ({key, weight, control})")
@@ -580,7 +620,19 @@ def _experiment(
         weights=tuple(w / total for w in weights),
         control=control or variants[0],
         effects=effects,
+        days=days,
+        cloned_from=cloned_from,
     )
+
+
+def _days(problems: _Problems, where: str, raw: Any) -> tuple[int, int] | None:
+    if raw is None:
+        return None
+    ok = isinstance(raw, list) and len(raw) == 2 and all(isinstance(d, int) and not isinstance(d, bool) for d in raw)
+    if not ok or not 1 <= raw[0] <= raw[1]:
+        problems.add(where, "must be [first, last]: simulated days, 1-based, first <= last")
+        return None
+    return (raw[0], raw[1])
 
 
 def _faults(problems: _Problems, raw: Any, experiments: Mapping[str, Experiment]) -> Faults:

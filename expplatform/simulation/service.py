@@ -86,12 +86,22 @@ def definition_for(scenario: Scenario, experiment: Experiment, *, legacy: bool) 
 
 
 def prepare_experiments(
-    scenario: Scenario, url: str, key: str, *, create: bool, legacy: bool, say: Callable[[str], None]
+    scenario: Scenario,
+    url: str,
+    key: str,
+    *,
+    create: bool,
+    legacy: bool,
+    say: Callable[[str], None],
+    days: int | None = None,
 ) -> None:
     """With an admin ``key``: check that each of the scenario's experiments exists and
-    runs; with ``create``, create the missing ones from the scenario and start drafts
-    (resume paused ones) instead of refusing them."""
+    runs (of a run of ``days`` simulated days: those that run on its last day); with
+    ``create``, create the missing ones from the scenario and start drafts (resume
+    paused ones) instead of refusing them."""
     for experiment in scenario.experiments.values():
+        if days is not None and not experiment.runs_on_last_day(days):
+            continue
         status, body = _admin(url, key, "GET", f"/experiments/{experiment.key}")
         if status == 404 and create:
             definition = definition_for(scenario, experiment, legacy=legacy)

@@ -19,6 +19,7 @@ no journey) is still accepted when posted, and resolves to an implicit journey.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from decimal import Decimal, InvalidOperation
@@ -83,6 +84,10 @@ class JourneyChoice:
     name: str
     stages: tuple[tuple[str, str], ...]  # (key, name) in journey order
     questions: Mapping[str, tuple[QuestionChoice, ...]]  # stage key -> its questions
+    # Suggested in the targeting rows: the attribute clients send the persona in, and
+    # the journey's personas as its values.
+    persona_attribute: str = "persona"
+    personas: tuple[tuple[str, str], ...] = ()  # (key, name)
 
     @classmethod
     def of(cls, journey: Journey) -> JourneyChoice:
@@ -94,6 +99,8 @@ class JourneyChoice:
             name=journey.name,
             stages=tuple((s.key, s.name) for s in journey.stages),
             questions={stage: tuple(items) for stage, items in questions.items()},
+            persona_attribute=journey.persona_attribute,
+            personas=tuple((p.key, p.name) for p in journey.personas),
         )
 
     @classmethod
@@ -234,8 +241,32 @@ class ExperimentForm(FlaskForm):
                 message = "must be one of the stages measured: tick it, or test another stage"
             elif path.startswith("satisfaction_scale"):
                 message = f"satisfaction scale: {message}"
-            placed.setdefault(target.name if target is not None else "form", message)
+            elif path in {"traffic", "layer_share"}:
+                message = _in_percent(message)
+            placed.setdefault(target.name if target is not None else "form", _operators_named(message))
         return placed
+
+
+_FRACTION = re.compile(r"\b(?:0(?:\.\d+)?|1(?:\.0+)?|\d\.\d+e-\d+)\b")
+_QUOTED_OPERATOR = re.compile(r"'(" + "|".join(OPERATORS) + r")'")
+
+
+def _in_percent(message: str) -> str:
+    """A message about a share in the form's unit: the box takes percent, the parser
+    and the service speak in fractions ("must be at least 0.333" -> "at least 33.3%")."""
+    if message == "must be a number greater than 0 and at most 1":
+        return "must be a percentage greater than 0 and at most 100"
+    return _FRACTION.sub(lambda m: _percent_text(Decimal(m.group()) * 100) + "%", message)
+
+
+def _percent_text(number: Decimal) -> str:
+    text = f"{number:f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _operators_named(message: str) -> str:
+    """The operator as the form shows it: "for '>'", not "for 'gt'"."""
+    return _QUOTED_OPERATOR.sub(lambda m: f"'{OPERATOR_LABELS[m.group(1)]}'", message)
 
 
 @dataclass(frozen=True)
@@ -407,13 +438,13 @@ def mapping_to_form_data(data: Mapping[str, Any]) -> dict[str, Any]:
             {"key": v["key"], "description": v["description"], "weight": f"{v['weight']:g}"} for v in data["variants"]
         ],
         "control": str(next(i for i, v in enumerate(data["variants"]) if v["control"])),
-        "traffic_percent": f"{Decimal(str(data['traffic'])) * 100:f}".rstrip("0").rstrip("."),
+        "traffic_percent": _percent_text(Decimal(str(data["traffic"])) * 100),
         "targeting": [
             {"attribute": r["attribute"], "op": r["op"], "value": _rule_text(r["value"])} for r in data["targeting"]
         ],
         "layer": data.get("layer") or "",
         "layer_share_percent": (
-            f"{Decimal(str(data['layer_share'])) * 100:f}".rstrip("0").rstrip(".") if data.get("layer_share") else ""
+            _percent_text(Decimal(str(data["layer_share"])) * 100) if data.get("layer_share") else ""
         ),
         "forced_variants": "\n".join(f"{c} = {v}" for c, v in data.get("forced_variants", {}).items()),
     }
