@@ -121,3 +121,51 @@ def test_an_admin_deactivates_an_account_after_confirming_and_its_user_is_told(
     _log_in(page, live_server, "ana@example.com")
     assert "This account is deactivated" in page.inner_text("main")
     assert "/login" in page.url
+
+
+# Cards, table cells and history lines whose content is wider than themselves.
+CLIPPED = """scope => [...document.querySelectorAll(scope)]
+  .filter(e => e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1 && !e.closest('pre'))
+  .map(e => `${e.tagName}.${e.className} ${e.textContent.trim().slice(0,30)} ${e.scrollWidth}>${e.clientWidth}`)"""
+ADMIN = "main .card, main table, main td, main th"
+HISTORY = "#history, #history *"  # the rest of the experiment page is another test's
+
+
+@pytest.mark.parametrize("width", [390, 1280, 1920])
+def test_the_admin_pages_and_history_fit_every_width(live_server, browser_context, make_user, make_key, width):  # noqa: F811
+    make_user("admin", "boss@example.com")
+    for i, role in enumerate(("viewer", "editor", "admin")):
+        make_user(role, f"a-rather-long-address-number-{i}@customer-research.example.com")
+    key = make_key("admin", "ci-deploy (the release pipeline of the web shop)")
+    headers = {"Authorization": f"Bearer {key}"}
+    import requests
+
+    experiment = {
+        "key": "checkout",
+        "name": "Green checkout",
+        "target_stage": "purchase",
+        "variants": [{"key": "control", "weight": 0.5}, {"key": "one-page-checkout", "weight": 0.5}],
+        "traffic": 0.5,
+    }
+    assert requests.post(f"{live_server}/api/v1/experiments", json=experiment, headers=headers, timeout=30).ok
+    targeting = [{"attribute": "platform", "op": "in", "value": ["ios", "android", "web", "kiosk", "smart-tv"]}]
+    change = {"traffic": 0.8, "targeting": targeting}
+    assert requests.patch(f"{live_server}/api/v1/experiments/checkout", json=change, headers=headers, timeout=30).ok
+
+    page = browser_context.new_page()
+    page.set_viewport_size({"width": width, "height": 900})
+    _log_in(page, live_server, "boss@example.com")
+    page.wait_for_url(re.compile(r".*/experiments.*"))
+    ARTIFACTS.mkdir(exist_ok=True)
+    pages = (
+        ("accounts", "/admin/users", ADMIN),
+        ("keys", "/admin/keys", ADMIN),
+        ("history", "/experiments/checkout", HISTORY),
+    )
+    for name, path, scope in pages:
+        page.goto(f"{live_server}{path}")
+        if scope is ADMIN:
+            assert page.evaluate("document.documentElement.scrollWidth") <= width, (name, width)
+        assert page.evaluate(CLIPPED, scope) == [], (name, width)
+        page.screenshot(path=str(ARTIFACTS / f"admin-{name}-{width}.png"), full_page=True)
+    assert "Traffic 50% → 80%" in page.inner_text("#history")
