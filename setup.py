@@ -4,7 +4,7 @@ folders ship inside the wheel as ``expplatform._migrations`` and
 ``expplatform/bundled.py``), next to the
 packages found as usual. Everything else is in pyproject.toml."""
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, find_packages, setup
 
 BUNDLED = {
     "expplatform._migrations": "migrations",
@@ -14,6 +14,12 @@ BUNDLED = {
 }
 
 setup(
-    packages=[*find_packages(include=["expplatform", "expplatform.*", "analysis", "analysis.*"]), *BUNDLED],
+    packages=[
+        *find_packages(include=["expplatform", "expplatform.*", "analysis", "analysis.*"]),
+        # Folders of templates and static files: data, listed so setuptools does not
+        # warn page after page that they look like packages.
+        *find_namespace_packages(include=["expplatform.static*", "expplatform.web.templates*"]),
+        *BUNDLED,
+    ],
     package_dir=BUNDLED,
 )

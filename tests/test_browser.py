@@ -180,7 +180,8 @@ def test_an_editor_creates_starts_and_reads_an_experiment_in_a_browser(
         "cells => cells.map(c => c.dataset.variant)"
     ) == ["control", "treatment"]
     cart_treatment = page.locator(".lm-stage").nth(1).locator("[data-variant=treatment]").inner_text()
-    assert re.search(r"Lift\s+\+\d+\.\d% \[[+-]\d+\.\d%, \+\d+\.\d%\]", cart_treatment), cart_treatment
+    # The interval sits under the lift (its own line in a narrow stage column).
+    assert re.search(r"Lift\s+\+\d+\.\d%\s+\[[+-]\d+\.\d%, \+\d+\.\d%\]", cart_treatment), cart_treatment
     assert "Ship" in cart_treatment
     recommendation = page.inner_text(".recommendation .rec-summary")
     assert recommendation.startswith("Ship treatment"), recommendation

@@ -652,6 +652,7 @@ def test_the_statistics_handed_to_the_analysis_are_plain_integers(db, seeded):
 LAYERS = (
     "options",
     "background",
+    "latest",
     "series",
     "warnings",
     "build",

@@ -263,6 +263,10 @@ _STATE_PROPERTIES: dict[str, Any] = {
         "description": "Buckets [start, end) of the layer given when the experiment started.",
     },
     "cloned_from": {"type": ["string", "null"]},
+    "simulated": {
+        "type": "boolean",
+        "description": "Its exposures and events were written by `expplatform simulate`, not by real customers.",
+    },
     "created_at": {"type": "string", "format": "date-time"},
     "updated_at": {"type": "string", "format": "date-time"},
     "started_at": {"type": ["string", "null"], "format": "date-time"},
@@ -453,6 +457,7 @@ OPENAPI: dict[str, Any] = {
                 "salt",
                 "layer_ranges",
                 "cloned_from",
+                "simulated",
                 "created_at",
                 "updated_at",
                 "started_at",

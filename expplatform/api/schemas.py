@@ -23,6 +23,7 @@ def experiment(
         salt=row.salt,
         layer_ranges=row.layer_ranges,
         cloned_from=row.cloned_from,
+        simulated=row.simulated,
         created_at=iso_z(row.created_at),
         updated_at=iso_z(row.updated_at),
         started_at=iso_z(row.started_at),

@@ -28,6 +28,7 @@ from ..experiment_settings import experiment_settings
 from ..job_records import recent_jobs
 from ..models import AnalysisJob, Experiment, Exposure, utcnow
 from .background import Pending, report_cache
+from .latest import latest_calls
 from .options import SEED, ReportOptions
 from .series import daily_series, segment_results, with_live_point
 from .warnings import ReportWarning, collect_warnings
@@ -90,9 +91,7 @@ def build_report(
     stats = experiment_stats(session, experiment)
     quality = data_quality(session, experiment, now=now)
     version = data_version(experiment, stats)
-    result = cache.results.get(
-        (experiment.id, version, prior, rule), lambda: analyze(stats, prior=prior, rule=rule, seed=SEED)
-    )
+    result = live_result(experiment, stats, prior, rule, now, own_settings=options.credible_level is None)
     series = None
     if options.series:
         series = cache.slow.get(
@@ -132,6 +131,24 @@ def build_report(
         colors=plots.variant_colors(stats.variants, stats.control),
         questions=stage_questions(experiment),
     )
+
+
+def live_result(
+    experiment: Experiment,
+    stats: ExperimentStats,
+    prior: Prior,
+    rule: DecisionRule,
+    now: datetime,
+    *,
+    own_settings: bool = True,
+) -> ExperimentResult:
+    """The conjugate analysis of ``stats``, kept per data version; at the experiment's
+    own settings its recommendation is also remembered for the lists (``latest``)."""
+    key = (experiment.id, data_version(experiment, stats), prior, rule)
+    result = report_cache().results.get(key, lambda: analyze(stats, prior=prior, rule=rule, seed=SEED))
+    if own_settings:
+        latest_calls().remember(experiment.id, stats, result.recommendation, now)
+    return result
 
 
 def data_version(experiment: Experiment, stats: ExperimentStats) -> Hashable:

@@ -38,6 +38,7 @@ from .experiment_form import (
     stored_questions,
 )
 from .forms import ConfirmForm
+from .guided import current_call, overviews
 
 PER_PAGE = 25
 ACTION_HELP = {
@@ -75,7 +76,13 @@ def experiments():
         per_page=PER_PAGE,
     )
     return render_template(
-        "experiments/list.html", page=page, status=status, stage=stage, statuses=service.STATUSES, can_edit=_can_edit()
+        "experiments/list.html",
+        page=page,
+        status=status,
+        stage=stage,
+        statuses=service.STATUSES,
+        can_edit=_can_edit(),
+        overviews=overviews(page.items, utcnow()),
     )
 
 
@@ -210,11 +217,14 @@ def _on_the_default_journey(session: Session, form: ExperimentForm) -> None:
 def experiment(key: str):
     session = get_session()
     found = experiment_or_404(key)
+    now = utcnow()
     return render_template(
         "experiments/detail.html",
         experiment=found,
+        overview=overviews([found], now)[found.id],
+        call=current_call(found, now),
         measured=_measured(found),
-        duration=duration_panel(session, found, request.args, utcnow()),
+        duration=duration_panel(session, found, request.args, now),
         definition=service.export_definition(found),
         audit=service.audit_log(session, found),
         can_edit=_can_edit(),

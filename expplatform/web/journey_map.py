@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .. import journey_plots
+from ..activity import simulated_on_journey
 from ..auth import current_principal, login_required, public, role_at_least
 from ..db import get_session
 from ..errors import MalformedRequest, NotFound
@@ -127,8 +128,13 @@ def journey(key: str):
     options = _options(request.args, [p.key for p in found.personas], today)
     built = journey_map(session, found, options)
     tests = stage_tests(session, found, lambda experiment: measure_stopped(session, experiment))
-    audit = journey_audit_log(session, found)
-    return render_template("journeys/map.html", can_edit=_can_edit(), audit=audit, **_context(built, tests, today))
+    return render_template(
+        "journeys/map.html",
+        can_edit=_can_edit(),
+        simulated=simulated_on_journey(session, found.id),
+        audit=journey_audit_log(session, found),
+        **_context(built, tests, today),
+    )
 
 
 @bp.get("/journeys.css")

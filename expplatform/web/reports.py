@@ -7,7 +7,8 @@ and nothing from the network; options travel in the query string (a plain GET fo
 
 from __future__ import annotations
 
-from dataclasses import replace
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from ..reports.decisions import SCALE_WORDS, full_model_refusal, headline, journ
 from ..reports.exploratory import explore, segment_label
 from ..reports.figures import render_plots
 from ..reports.options import ReportOptions
-from ..reports.planning import forecasts
+from ..reports.planning import Traffic, forecasts, measured_traffic
 from ..reports.views import METRIC_LABELS, full_model_view, lift_map
 from . import bp, experiment_or_404
 from .forms import ConfirmForm
@@ -118,7 +119,62 @@ def report(key: str):
         built = build_report(session, experiment, replace(options, segment=None))
     principal = current_principal()
     can_fit = principal is not None and role_at_least(principal.role, "editor")
-    return render_template("reports/report.html", **_context(built, can_fit=can_fit))
+    return render_template(
+        "reports/report.html", guide=guide(built), can_edit=can_fit, **_context(built, can_fit=can_fit)
+    )
+
+
+@dataclass(frozen=True)
+class Guide:
+    """What a report without enough data says instead of (or above) its numbers.
+
+    ``state``: ``draft`` (start it) and ``no_exposures`` (send traffic: assign)
+    replace the report, which would be all zeros; ``no_outcomes`` (send events) and
+    ``too_few`` (a call needs more customers) stand above it, as the exposed counts
+    are real."""
+
+    state: str
+    exposed: dict[str, int]
+    needed_per_variant: int
+    traffic: Traffic | None
+
+    @property
+    def replaces_report(self) -> bool:
+        return self.state in ("draft", "no_exposures")
+
+    @property
+    def smallest(self) -> int:
+        return min(self.exposed.values(), default=0)
+
+    @property
+    def needed_in_all(self) -> int:
+        return self.needed_per_variant * len(self.exposed)
+
+    @property
+    def more_days(self) -> int | None:
+        """Days until the smallest variant has enough customers at the measured rate."""
+        if self.traffic is None or self.traffic.per_arm_per_day <= 0:
+            return None
+        return max(1, math.ceil((self.needed_per_variant - self.smallest) / self.traffic.per_arm_per_day))
+
+
+def guide(built: Report) -> Guide | None:
+    """The guide of a report that cannot show a call yet (None when it can)."""
+    stats, experiment = built.stats, built.experiment
+    exposed = {v: stats.cells[stats.stages[0]][v].exposed for v in stats.variants}
+    needed = built.rule.min_exposed
+    traffic = measured_traffic(experiment, stats, built.generated_at) if experiment.status == "running" else None
+    if experiment.status == "draft":
+        state = "draft"
+    elif sum(exposed.values()) == 0:
+        state = "no_exposures"
+    elif full_model_refusal(stats) is not None:
+        state = "no_outcomes"
+    elif min(exposed.values()) < needed:
+        state = "too_few"
+    else:
+        return None
+    return Guide(state, exposed, needed, traffic)
 
 
 def _context(built: Report, *, can_fit: bool) -> dict[str, Any]:
