@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .db import Database, get_db, get_session
-from .errors import AuthenticationRequired, Conflict, Forbidden, TooManyAttempts
+from .errors import AuthenticationRequired, Conflict, Forbidden, NotFound, TooManyAttempts
+from .key_usage import KeyUsage, key_usage
 from .models import ApiKey, LoginAttempt, LoginSession, Role, Scope, User, utcnow
 from .versioning import VersionedCache, bump_version
 
@@ -100,10 +101,16 @@ def create_user(db: Session, email: str, password: str, role: Role) -> User:
     return user
 
 
+class AccountDeactivated(Exception):
+    """The e-mail and password are right but an admin deactivated the account: said
+    only to whoever knows the password, so it tells a guesser nothing."""
+
+
 def authenticate_user(db: Session, email: str, password: str) -> User | None:
-    """The active user with this e-mail and password, else None. A password hash is
-    checked whether or not the e-mail exists (or the account is active), so the time
-    taken does not tell which e-mails have accounts."""
+    """The active user with this e-mail and password, else None; AccountDeactivated
+    when both are right for a deactivated account. A password hash is checked whether
+    or not the e-mail exists (or the account is active), so the time taken does not
+    tell which e-mails have accounts."""
     email = normalise_email(email)
     user = None
     if len(email) <= MAX_EMAIL and not _UNSTORABLE.search(email):
@@ -113,9 +120,66 @@ def authenticate_user(db: Session, email: str, password: str) -> User | None:
     if user is None:
         check_password_hash(_dummy_hash(), password)
         return None
-    if not check_password_hash(user.password_hash, password) or not user.active or not password:
+    if not check_password_hash(user.password_hash, password) or not password:
         return None
+    if not user.active:
+        raise AccountDeactivated(user.email)
     return user
+
+
+def find_user(db: Session, email: str) -> User:
+    """The account with this e-mail (any case); NotFound otherwise."""
+    user = db.scalar(select(User).where(User.email == normalise_email(email)))
+    if user is None:
+        raise NotFound(f"no account with the email {normalise_email(email)}", code="user_not_found")
+    return user
+
+
+def _keep_an_admin(db: Session, user: User) -> None:
+    """Refuse to take away the last active admin: nobody could manage accounts after."""
+    if user.role != "admin" or not user.active:
+        return
+    admins = db.scalar(select(func.count()).select_from(User).where(User.role == "admin", User.active.is_(True)))
+    if (admins or 0) <= 1:
+        raise Conflict("last_admin", f"{user.email} is the only active admin; make another admin first")
+
+
+def a_role(role: str) -> str:
+    """The role with its article: "an admin", "an editor", "a viewer"."""
+    return ("an " if role[:1] in "aeiou" else "a ") + role
+
+
+def set_role(db: Session, user: User, role: str) -> bool:
+    """Give ``user`` another role; False when it had it already. The role is read on
+    every request, so it applies at once to the user's open sessions."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    if user.role == role:
+        return False
+    if role != "admin":
+        _keep_an_admin(db, user)
+    user.role = role
+    return True
+
+
+def set_active(db: Session, user: User, active: bool) -> bool:
+    """Deactivate (its sessions end: it can no longer log in) or reactivate an account;
+    False when it was so already."""
+    if user.active == active:
+        return False
+    if not active:
+        _keep_an_admin(db, user)
+        end_user_sessions(db, user.id)
+    user.active = active
+    return True
+
+
+def reset_password(db: Session, user: User) -> str:
+    """Give ``user`` a new random password (returned, to be shown once to the admin
+    who hands it over) and end every session it has."""
+    password = secrets.token_urlsafe(12)
+    change_password(db, user, password)
+    return password
 
 
 def change_password(db: Session, user: User, password: str) -> None:
@@ -189,6 +253,7 @@ def log_in(database: Database, email: str, password: str, address: str, *, now: 
     if user is not None:
         with database.write() as db:
             db.execute(delete(LoginAttempt).where(LoginAttempt.email == key))
+            db.execute(update(User).where(User.id == user.id).values(last_login_at=now))
     return user
 
 
@@ -357,6 +422,8 @@ def key_principal(authorization: str, environ: dict[str, Any], app: Flask | None
     else:
         principal = principal_for_key(key, app)
         environ[KEY_LOOKUP_ENVIRON] = (key, principal)
+        if principal is not None:
+            key_usage(app or current_app).note(principal.id)  # no write here: see key_usage
     if principal is None:
         raise AuthenticationRequired(code="invalid_api_key", message="The API key is unknown or revoked.")
     return principal
@@ -428,3 +495,4 @@ def login_required(role: Role = "viewer") -> Callable:
 def init_app(app: Flask) -> None:
     settings = app.extensions["settings"]
     app.extensions["api_key_cache"] = VersionedCache(_load_active_keys, settings.definitions_refresh_seconds)
+    app.extensions["key_usage"] = KeyUsage(app.extensions["db"], background=not settings.testing)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 from click.core import ParameterSource
@@ -22,7 +23,7 @@ check_analysis()  # before anything imports `analysis`: a foreign one is a clear
 from . import auth, definitions, experiments, journey_definitions, journeys, migrations
 from .db import get_db
 from .errors import DomainError
-from .models import ApiKey
+from .models import ApiKey, User
 
 
 def _create_app():
@@ -94,8 +95,76 @@ def users_create(email: str, role: str, password: str) -> None:
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     except DomainError as exc:  # e.g. the e-mail is taken: one line, never a traceback
-        click.echo(f"error: {exc.message}", err=True)
-        sys.exit(1)
+        _fail(exc.message)
+
+
+@users.command("list")
+@with_appcontext
+def users_list() -> None:
+    """List the accounts: e-mail, role, state and last login."""
+    with get_db().sessionmaker() as session:
+        rows = [
+            (
+                user.email,
+                user.role,
+                "active" if user.active else "deactivated",
+                f"{user.last_login_at:%Y-%m-%d %H:%M} UTC" if user.last_login_at else "never",
+            )
+            for user in session.scalars(select(User).order_by(User.email))
+        ]
+    header = ("EMAIL", "ROLE", "STATE", "LAST LOGIN")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+
+
+@users.command("set-role")
+@click.argument("email")
+@click.argument("role", type=click.Choice(auth.ROLES))
+@with_appcontext
+def users_set_role(email: str, role: str) -> None:
+    """Give the account EMAIL the role ROLE (it applies to its open sessions at once)."""
+    try:
+        with get_db().write() as session:
+            user = auth.find_user(session, email)
+            changed = auth.set_role(session, user, role)
+            email = user.email
+    except DomainError as exc:
+        _fail(exc.message)
+    click.echo(f"{email} is now {auth.a_role(role)}" + ("" if changed else " (unchanged)"))
+
+
+@users.command("reset-password")
+@click.argument("email")
+@click.option("--prompt", is_flag=True, help="Type the new password instead of getting a generated one.")
+@with_appcontext
+def users_reset_password(email: str, prompt: bool) -> None:
+    """Give the account EMAIL a new password and log out its sessions. The generated
+    password is printed once, as the last line."""
+    chosen = click.prompt("New password", hide_input=True, confirmation_prompt=True) if prompt else None
+    try:
+        with get_db().write() as session:
+            user = auth.find_user(session, email)
+            if chosen is None:
+                password = auth.reset_password(session, user)
+            else:
+                auth.change_password(session, user, chosen)
+            email = user.email
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    except DomainError as exc:
+        _fail(exc.message)
+    if chosen is not None:
+        click.echo(f"password of {email} changed; its sessions are logged out")
+        return
+    click.echo(f"new password of {email} (shown once; its sessions are logged out):")
+    click.echo(password)
+
+
+def _fail(message: str) -> NoReturn:
+    """One line on stderr and exit status 1: an expected failure, never a traceback."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
 
 
 @main.group()

@@ -7,6 +7,7 @@ its threads and the PyMC fit), which queues through the same reaping.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -59,3 +60,46 @@ def recent_jobs(
 def get_job(session: Session, experiment: Experiment, job_id: int) -> AnalysisJob | None:
     job = session.get(AnalysisJob, job_id, populate_existing=True)
     return job if job is not None and job.experiment_id == experiment.id else None
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """How far a fit is, from what its worker wrote: sampler iterations (tuning
+    included, every chain) done of the total, seconds since the worker took it, and
+    the seconds left at the rate sampled so far (None until sampling began, and once
+    the job has ended)."""
+
+    done: int
+    total: int
+    elapsed_seconds: float
+    eta_seconds: float | None
+
+    @property
+    def percent(self) -> int:
+        return int(100 * self.done / self.total) if self.total else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "draws_done": self.done,
+            "draws_total": self.total,
+            "elapsed_seconds": round(self.elapsed_seconds, 1),
+            "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
+        }
+
+
+def job_progress(job: AnalysisJob, *, now: datetime | None = None) -> JobProgress | None:
+    """The progress of a job a worker has taken; None while it is queued (or for a job
+    from before progress was recorded)."""
+    if job.started_at is None or job.progress_total is None:
+        return None
+    now = now or utcnow()
+    done, total = job.progress_done or 0, job.progress_total
+    ended = job.finished_at
+    elapsed = ((ended or now) - job.started_at).total_seconds()
+    eta = None
+    if ended is None and job.status == "running" and done and job.sampling_started_at and job.progress_at:
+        sampled = (job.progress_at - job.sampling_started_at).total_seconds()
+        if sampled > 0:
+            since_written = (now - job.progress_at).total_seconds()
+            eta = max(0.0, (total - done) * sampled / done - since_written)
+    return JobProgress(done=done, total=total, elapsed_seconds=max(0.0, elapsed), eta_seconds=eta)

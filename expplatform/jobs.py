@@ -34,6 +34,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -57,6 +58,9 @@ log = logging.getLogger(__name__)
 
 STATUSES = ("queued", "running", "finished", "failed")
 Progress = Callable[[int, int], None]
+# The job row's progress is written at most this often (the sampler calls back after
+# every iteration, hundreds of times a second): the pages poll it every few seconds.
+PROGRESS_INTERVAL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -330,7 +334,17 @@ class JobRunner:
             changed = session.execute(
                 update(AnalysisJob)
                 .where(AnalysisJob.id == job_id, AnalysisJob.status == "running", AnalysisJob.worker == self.identity)
-                .values(status="queued", worker=None, started_at=None, heartbeat_at=None, snapshot=None)
+                .values(
+                    status="queued",
+                    worker=None,
+                    started_at=None,
+                    heartbeat_at=None,
+                    snapshot=None,
+                    progress_done=None,
+                    progress_total=None,
+                    sampling_started_at=None,
+                    progress_at=None,
+                )
             )
         return cast(CursorResult[Any], changed).rowcount == 1  # an UPDATE's result is a cursor's
 
@@ -386,14 +400,31 @@ class JobRunner:
             taken_at = utcnow()
             stats = experiment_stats(session, experiment)
             questions = {stage: q.key if q else None for stage, q in stage_questions(experiment).items()}
-        self._update(job_id, "running", snapshot=snapshot_of(stats, taken_at, questions))
+        total = params.chains * (params.draws + params.tune)
+        self._update(job_id, "running", snapshot=snapshot_of(stats, taken_at, questions), progress_total=total)
         self.fitting = True
         try:
             if self.stopping.is_set():  # asked to stop before the fit began
                 raise WorkerStopping("stop requested")
-            return self.fit(stats, params, prior=prior, rule=rule, progress=progress)
+            recorder = ProgressRecorder(self, job_id, also=progress)
+            return self.fit(stats, params, prior=prior, rule=rule, progress=recorder)
         finally:
             self.fitting = False
+
+    def record_progress(self, job_id: int, done: int, total: int, *, first: bool) -> None:
+        """Write the sampler's progress to the job (while this runner holds it); the
+        first write also marks when sampling began. A failed write is logged, never
+        raised: progress is for people watching, and must not fail the fit."""
+        now = utcnow()
+        values: dict[str, Any] = {"progress_done": done, "progress_total": total, "progress_at": now}
+        if first:
+            values["sampling_started_at"] = now
+        try:
+            with self.database.write() as session:
+                mine = (AnalysisJob.id == job_id, AnalysisJob.status == "running", AnalysisJob.worker == self.identity)
+                session.execute(update(AnalysisJob).where(*mine).values(**values))
+        except Exception:
+            log.warning("could not record the progress of job %s", job_id, exc_info=True)
 
     def _update(self, job_id: int, status: str, **values: Any) -> str | None:
         with self.database.write() as session:
@@ -406,6 +437,31 @@ class JobRunner:
             log.warning("job %s was taken from this worker (marked failed as stale); its outcome is dropped", job_id)
             return None
         return status
+
+
+class ProgressRecorder:
+    """The sampler's progress callback: passes every call on to ``also`` (the command
+    line's bar) and writes it to the job row at most every
+    ``PROGRESS_INTERVAL_SECONDS``, and always the first and the last iteration, so the
+    row ends at its total and the pages can tell compiling from sampling."""
+
+    @staticmethod
+    def clock() -> float:
+        """Seconds on a monotonic clock (tests replace it to pretend time passes)."""
+        return time.monotonic()
+
+    def __init__(self, runner: JobRunner, job_id: int, *, also: Progress | None = None) -> None:
+        self.runner, self.job_id, self.also = runner, job_id, also
+        self._written_at: float | None = None  # the clock's time of the last write
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.also is not None:
+            self.also(done, total)
+        now, last = self.clock(), self._written_at
+        if last is not None and done < total and now - last < PROGRESS_INTERVAL_SECONDS:
+            return
+        self._written_at = now
+        self.runner.record_progress(self.job_id, done, total, first=last is None)
 
 
 def get_runner(app: Flask) -> JobRunner:

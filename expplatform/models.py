@@ -91,6 +91,8 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # When a login last succeeded (the accounts page lists it for admins).
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (_one_of("role", Role),)
 
@@ -141,6 +143,9 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     created_by: Mapped[str | None] = mapped_column(String(300))
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # When a request last authenticated with the key, to the minute: written off the
+    # request path, at most once a minute per key (``key_usage``).
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (_one_of("scope", Scope),)
 
@@ -521,5 +526,12 @@ class AnalysisJob(Base):
     error: Mapped[str | None] = mapped_column(Text)
     snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The sampler's progress, written by the worker at most twice a second: iterations
+    # done of the total (tuning included, all chains), when sampling began (after the
+    # model was built and compiled) and when ``progress_done`` was last written.
+    progress_done: Mapped[int | None] = mapped_column(Integer)
+    progress_total: Mapped[int | None] = mapped_column(Integer)
+    sampling_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (CheckConstraint("status IN ('queued', 'running', 'finished', 'failed')", name="status"),)

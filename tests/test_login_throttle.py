@@ -131,12 +131,16 @@ def test_unknown_emails_cost_a_password_check_too(app, db, make_user, monkeypatc
     assert unknown_hash != known_hash
 
 
-def test_a_deactivated_user_is_told_the_same_as_a_wrong_password(client, make_user, db):
+def test_a_deactivated_user_is_told_so_only_after_the_right_password(client, make_user, db):
+    """Issue 15: the right password earns the reason; a wrong one learns nothing."""
     user = make_user("editor", "gone@example.com")
     with db.write() as session:
         session.get(User, user.id).active = False
     response = _post(client, "gone@example.com", PASSWORD)
+    assert response.status_code == 403 and "This account is deactivated." in response.text
+    response = _post(client, "gone@example.com", "a wrong password")
     assert response.status_code == 400 and "Email or password is wrong." in response.text
+    assert "deactivated" not in response.text
 
 
 @pytest.mark.parametrize("email", ["ana\x00@example.com", "\x00"])

@@ -33,16 +33,16 @@ def test_admin_creates_and_deactivates_an_account(client, login, db):
     assert duplicate.status_code == 409 and "exists already" in duplicate.text
     short = client.post("/admin/users", data={"email": "x@example.com", "password": "short", "role": "viewer"})
     assert short.status_code == 422 and "between 8 and 200 characters" in short.text
-    assert client.post(f"/admin/users/{nia.id}/active").status_code == 302
+    assert client.post(f"/admin/users/{nia.id}/deactivate").location == f"/admin/users#user-{nia.id}"
     with db.sessionmaker() as session:
         assert session.get(User, nia.id).active is False
     other = client.application.test_client()
-    assert other.post("/login", data={"email": "nia@example.com", "password": PASSWORD}).status_code == 400
+    assert other.post("/login", data={"email": "nia@example.com", "password": PASSWORD}).status_code == 403
 
 
 def test_admin_cannot_deactivate_themselves(client, login, db):
     me = login("admin")
-    response = client.post(f"/admin/users/{me.id}/active", follow_redirects=True)
+    response = client.post(f"/admin/users/{me.id}/deactivate", follow_redirects=True)
     assert "cannot deactivate your own" in response.text
     with db.sessionmaker() as session:
         assert session.get(User, me.id).active is True
@@ -60,7 +60,7 @@ def test_new_key_is_shown_once_and_works_then_revoked(client, login, db):
     anonymous = client.application.test_client()
     probe = anonymous.get("/api/v1/experiments", headers={"Authorization": f"Bearer {key}"})
     assert probe.status_code == 403  # known key, wrong scope: authenticated, not authorised
-    client.post(f"/admin/keys/{key[:12]}/revoke")
+    assert client.post(f"/admin/keys/{key[:12]}/revoke").location == f"/admin/keys#key-{key[:12]}"
     probe = anonymous.get("/api/v1/experiments", headers={"Authorization": f"Bearer {key}"})
     assert probe.status_code == 401 and probe.json["error"] == "invalid_api_key"
 

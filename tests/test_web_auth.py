@@ -94,7 +94,8 @@ def test_deactivated_user_cannot_log_in(client, make_user, db):
     with db.write() as session:
         session.get(User, user.id).active = False
     response = client.post("/login", data={"email": "gone@example.com", "password": PASSWORD})
-    assert response.status_code == 400
+    assert response.status_code == 403 and "This account is deactivated" in response.text
+    assert client.get("/experiments").status_code == 302  # not logged in
 
 
 def test_every_route_declares_its_guard(app):

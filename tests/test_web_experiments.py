@@ -214,7 +214,7 @@ def test_lifecycle_buttons_walk_the_states_with_confirmation(editor, db):
     assert "Cannot start" in again.text
     assert editor.get("/experiments/checkout-copy/edit").status_code == 302
     history = editor.get("/experiments/checkout-copy")
-    assert "user:editor-" in history.text and "stopped" in history.text
+    assert "Stopped by editor-" in history.text and "Started by editor-" in history.text
 
 
 def test_started_experiment_form_freezes_fields_and_refuses_lower_traffic(editor, db):

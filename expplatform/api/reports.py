@@ -219,7 +219,7 @@ _FORECAST = {
 }
 _JOB = {
     "type": "object",
-    "required": ["id", "status", "requested_by", "params", "created_at"],
+    "required": ["id", "status", "requested_by", "params", "created_at", "progress"],
     "properties": {
         "id": {"type": "integer"},
         "status": {"type": "string", "enum": ["queued", "running", "finished", "failed"]},
@@ -262,6 +262,36 @@ _JOB = {
         "result": {
             "oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/AnalysisResult"}],
             "description": "The full model's result, in the same shape as the conjugate one.",
+        },
+        "progress": {
+            "description": (
+                "How far the sampler is, written by the worker at most twice a second; null while the job is "
+                "queued. Poll this job until `status` is `finished` or `failed`."
+            ),
+            "oneOf": [
+                {"type": "null"},
+                {
+                    "type": "object",
+                    "required": ["draws_done", "draws_total", "elapsed_seconds", "eta_seconds"],
+                    "properties": {
+                        "draws_done": {
+                            "type": "integer",
+                            "description": "Sampler iterations done, tuning included, over every chain (0: the "
+                            "model is being built and compiled).",
+                        },
+                        "draws_total": {"type": "integer", "description": "chains * (tune + draws)."},
+                        "elapsed_seconds": {
+                            "type": "number",
+                            "description": "Since a worker took the job (until it ended, once it has).",
+                        },
+                        "eta_seconds": {
+                            "type": ["number", "null"],
+                            "description": "Seconds left at the rate sampled so far; null before sampling began "
+                            "and once the job has ended.",
+                        },
+                    },
+                },
+            ],
         },
     },
 }

@@ -14,6 +14,7 @@ from dataclasses import asdict
 from typing import Any
 
 from ..aggregation import StageQuestion
+from ..job_records import job_progress
 from ..models import AnalysisJob, iso_z
 from .build import Report
 from .decisions import decision_dict
@@ -40,6 +41,7 @@ def job_dict(job: AnalysisJob | None) -> dict[str, Any] | None:
         "error": job.error,
         "snapshot": job.snapshot,
         "result": job.result,
+        "progress": None if (progress := job_progress(job)) is None else progress.as_dict(),
     }
 
 

@@ -22,6 +22,7 @@ from analysis.types import (
 )
 
 from ..aggregation import StageQuestion
+from ..job_records import JobProgress, job_progress
 from ..models import AnalysisJob
 from ..plots import CONTROL_COLOR
 from .build import Report
@@ -361,6 +362,7 @@ class FullModelView:
     recommendation: dict[str, Any] | None
     snapshot: dict[str, Any] | None
     exposed_now: dict[str, int]
+    progress: JobProgress | None = None
 
 
 def full_model_view(report: Report) -> FullModelView | None:
@@ -404,4 +406,5 @@ def full_model_view(report: Report) -> FullModelView | None:
         recommendation=(fitted or {}).get("recommendation"),
         snapshot=job.snapshot,
         exposed_now={v: report.stats.cells[stages[0]][v].exposed for v in report.stats.variants},
+        progress=job_progress(job),
     )

@@ -22,6 +22,8 @@ from ..models import User
 from . import bp
 from .forms import ConfirmForm, LoginForm, PasswordForm
 
+DEACTIVATED = "This account is deactivated. Ask an admin of this service to reactivate it."
+
 
 def _safe_next(target: str | None) -> str:
     """Only same-site paths: never redirect a fresh login to another host."""
@@ -67,6 +69,9 @@ def login_post():
         form.password.errors.append(exc.message)
         page = render_template("login.html", form=form, next=next_url)
         return Response(page, 429, {"Retry-After": str(exc.retry_after)}, content_type="text/html; charset=utf-8")
+    except auth.AccountDeactivated:  # the password was right: telling them so leaks nothing
+        form.password.errors.append(DEACTIVATED)
+        return render_template("login.html", form=form, next=next_url), 403
     if user is None:
         form.password.errors.append("Email or password is wrong.")
         return render_template("login.html", form=form, next=next_url), 400

@@ -37,7 +37,7 @@ from ..journey_map import (
     stage_tests,
     today_utc,
 )
-from ..journeys import get_journey, list_journeys
+from ..journeys import get_journey, journey_audit_log, list_journeys
 from ..models import Experiment
 from ..reports.background import Memo
 from . import bp
@@ -132,6 +132,7 @@ def journey(key: str):
         "journeys/map.html",
         can_edit=_can_edit(),
         simulated=simulated_on_journey(session, found.id),
+        audit=journey_audit_log(session, found),
         **_context(built, tests, today),
     )
 

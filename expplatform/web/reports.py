@@ -237,7 +237,7 @@ def run_full_model(key: str):
     except NotFound:
         abort(404)
     if created:
-        flash(f"Full-model fit #{job.id} queued; this page shows its progress (reload to update).", "info")
+        flash(f"Full-model fit #{job.id} queued; this page shows its progress until it is done.", "info")
     else:
         flash(f"A full-model fit (#{job.id}) is already {job.status}.", "info")
     return redirect(url_for("web.report", key=key) + "#full-model")
