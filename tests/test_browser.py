@@ -243,8 +243,12 @@ def test_a_stage_without_data_shows_no_number_and_a_segment_view_no_ship_headlin
     page.screenshot(path=str(tmp_path / "report-stage-without-data.png"), full_page=True)
 
     page.select_option("select[name=segment]", "platform")
-    page.click(".report-options button[type=submit]")
+    page.click(".segment-options button[type=submit]")
     page.wait_for_url(re.compile(r".*segment=platform.*"))
+    # The breakdown lands at its results, not at the top of the page.
+    assert page.url.endswith("#segments")
+    top = page.evaluate("document.getElementById('segments').getBoundingClientRect().top")
+    assert 0 <= top < page.viewport_size["height"] / 2, top
     segments = page.locator("#segments")
     text = segments.inner_text()
     assert "exploratory" in text.lower() and "2 segments looked at" in text

@@ -62,7 +62,10 @@ def test_html_is_one_standalone_file(runner, seeded, tmp_path):
     assert 'rel="stylesheet"' not in page and "<script" not in page and "Run full model" not in page
     # Rendered without a request, its links are still the page's (root-relative).
     assert '<a href="/experiments/checkout"><code>checkout</code></a>' in page
-    assert 'href="/api/v1/experiments/checkout/report.csv"' in page and 'action="/experiments/checkout/report"' in page
+    assert (
+        'href="/api/v1/experiments/checkout/report.csv"' in page
+        and 'action="/experiments/checkout/report#segments"' in page
+    )
 
 
 def test_the_segment_breakdown_in_the_table(runner, seeded):

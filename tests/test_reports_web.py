@@ -3,6 +3,7 @@ credible-level selector, the full-model button and results, roles and CSRF."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import timedelta
 
@@ -224,3 +225,41 @@ def test_the_button_needs_a_csrf_token(database_url, tmp_path, make_user):
     finally:
         app.extensions["report_cache"].slow.wait_idle(WAIT)
         app.extensions["db"].engine.dispose()
+
+
+def test_a_part_still_computing_reloads_the_page_back_at_its_section(app, client, login, seeded, monkeypatch):
+    """A large experiment's daily series or breakdown is computed in the background;
+    the page refreshes itself (no script: the CSP allows none) until it is there, back
+    at the section that waits, and the breakdown form lands at its results."""
+    import threading
+
+    from expplatform.reports import build
+
+    release = threading.Event()
+    real_series, real_segments = build.daily_series, build.segment_results
+
+    def slow_series(*args, **kwargs):
+        release.wait(WAIT)
+        return real_series(*args, **kwargs)
+
+    def slow_segments(*args, **kwargs):
+        release.wait(WAIT)
+        return real_segments(*args, **kwargs)
+
+    monkeypatch.setattr(build, "daily_series", slow_series)
+    monkeypatch.setattr(build, "segment_results", slow_segments)
+    database = app.extensions["db"]
+    monkeypatch.setattr(database, "settings", dataclasses.replace(database.settings, report_wait_seconds=0.0))
+    login("viewer")
+    waiting = page(client)
+    assert "this page reloads itself until it is ready" in waiting
+    assert re.search(
+        r'<meta http-equiv="refresh" content="5; url=/experiments/checkout/report\?refresh=1#plots">', waiting
+    )
+    by_platform = page(client, "/experiments/checkout/report?segment=platform")
+    assert "refresh=1#segments" in by_platform
+    assert 'action="/experiments/checkout/report#segments"' in by_platform
+    release.set()
+    assert app.extensions["report_cache"].slow.wait_idle(WAIT)
+    done = page(client, "/experiments/checkout/report?segment=platform&refresh=1")
+    assert 'http-equiv="refresh"' not in done and re.findall(r"platform = (\w+)", done) == ["android", "ios", "web"]
