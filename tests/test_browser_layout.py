@@ -63,3 +63,58 @@ def test_the_report_fits_every_width_and_the_top_bar_keeps_the_account(app, live
             box = page.locator(element).bounding_box()
             assert box["x"] >= 0 and box["x"] + box["width"] <= width, (width, element, box)
             assert bar["y"] <= box["y"] and box["y"] + box["height"] <= bar["y"] + bar["height"], (width, element)
+
+
+OVERFLOWING = """() => [document.documentElement, ...document.querySelectorAll('.card, table, section')]
+  .filter(e => e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1)
+  .map(e => `${e.tagName}.${e.className}#${e.id} ${e.scrollWidth}>${e.clientWidth}`)"""
+
+
+@pytest.mark.parametrize("width", [390, 1280, 1920])
+def test_every_page_fits_the_window_with_no_card_or_table_overflowing(
+    app,  # noqa: F811
+    live_server,
+    browser_context,  # noqa: F811
+    make_user,
+    width,
+):
+    """Issue 15's check: the report, the experiment form (new and edit), the list, the
+    experiment page, the journey list, map and form, and the Integrate page, each at a
+    phone's, a laptop's and a large screen's width; screenshots in test-artifacts/."""
+    from expplatform.models import Experiment
+
+    from .test_browser import ARTIFACTS
+
+    db = app.extensions["db"]
+    seed_counts(app, db, "wide-report", COUNTS, stages=STAGES, target="purchase", ratings=RATINGS)
+    with db.sessionmaker() as session:
+        journey = session.query(Experiment).filter_by(key="wide-report").one().journey.key
+    make_user("editor", "a.rather.long.address@example.com")
+    page = browser_context.new_page()
+    page.set_viewport_size({"width": width, "height": 900})
+    page.goto(f"{live_server}/login")
+    page.fill("#email", "a.rather.long.address@example.com")
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(re.compile(r".*/experiments.*|.*/$"))
+    ARTIFACTS.mkdir(exist_ok=True)
+    pages = {
+        "report": "/experiments/wide-report/report",
+        "experiment": "/experiments/wide-report",
+        "list": "/experiments",
+        "form-new": "/experiments/new",
+        "form-edit": "/experiments/wide-report/edit",
+        "journeys": "/journeys",
+        "journey-map": f"/journeys/{journey}",
+        "journey-form": f"/journeys/{journey}/edit",
+        "integrate": "/experiments/wide-report/integrate",
+    }
+    overflowing = {}
+    for name, path in pages.items():
+        response = page.goto(f"{live_server}{path}")
+        assert response is not None and response.status == 200, (name, path)
+        page.screenshot(path=str(ARTIFACTS / f"layout-{name}-{width}.png"), full_page=True)
+        found = page.evaluate(OVERFLOWING)
+        if found:
+            overflowing[name] = found
+    assert not overflowing, "\n".join(f"{name}: {found}" for name, found in overflowing.items())
