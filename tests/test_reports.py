@@ -631,7 +631,7 @@ def test_an_attribute_with_too_many_values_is_a_400_and_a_message_on_the_page(ap
     assert response.status_code == 400 and "more than 100 distinct values" in response.get_json()["fields"]["segment"]
     login("viewer")
     page = client.get("/experiments/many/report?segment=zip").get_data(as_text=True)
-    assert "Ignored: segment: has more than 100 distinct values" in page and 'id="segments"' not in page
+    assert "Ignored: segment: has more than 100 distinct values" in page and 'class="segment-title"' not in page
 
 
 def test_the_statistics_handed_to_the_analysis_are_plain_integers(db, seeded):
