@@ -245,6 +245,50 @@ class JourneyAuditEntry(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class WarehouseSource(Base):
+    """An analytical database holding customer events (and the exposures, exported
+    there or its own), mapped column by column to what attribution needs."""
+
+    __tablename__ = "warehouse_sources"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # A SQLAlchemy URL, credentials included: never shown back (``warehouse.sources``).
+    url: Mapped[str] = mapped_column(Text)
+    events_table: Mapped[str] = mapped_column(String(256))
+    # role -> column name (``warehouse.query.EVENT_ROLES``).
+    events_columns: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    exposures_table: Mapped[str] = mapped_column(String(256))
+    exposures_columns: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    # The tolerance for an event time ahead of its exposure, for events without a
+    # cutoff column: fixed with the source, never today's ingest setting.
+    clock_skew_seconds: Mapped[float] = mapped_column(Float, default=5.0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class WarehouseStats(Base):
+    """The statistics last computed in an experiment's warehouse, with when and how
+    long it took; a report reads these, never the warehouse itself."""
+
+    __tablename__ = "warehouse_stats"
+
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("warehouse_sources.id", ondelete="CASCADE"))
+    # [kind, stage, variant key, value, ISO day, customers] per non-empty cell.
+    cells: Mapped[list[list[Any]] | None] = mapped_column(JSON)
+    computed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    seconds: Mapped[float | None] = mapped_column(Float)
+    # The last refresh's failure, shown on the report until one succeeds.
+    error: Mapped[str | None] = mapped_column(Text)
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # A refresh asked for and not yet done (the fit worker takes it).
+    requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    running_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
 class Experiment(Base):
     __tablename__ = "experiments"
 
@@ -276,12 +320,16 @@ class Experiment(Base):
     # Its exposures and events were written by the simulator (`expplatform simulate`,
     # the demo): every page that shows its data says so.
     simulated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Its outcomes live in this warehouse (``expplatform.warehouse``): its reports read
+    # the statistics computed there, not the built-in counters.
+    warehouse_source_id: Mapped[int | None] = mapped_column(ForeignKey("warehouse_sources.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     journey: Mapped[Journey] = relationship()
+    warehouse_source: Mapped[WarehouseSource | None] = relationship()
     variants: Mapped[list[Variant]] = relationship(
         back_populates="experiment", order_by="Variant.position", cascade="all, delete-orphan"
     )
