@@ -1,0 +1,95 @@
+"""Connections to the warehouses a source may name, by the scheme of its URL:
+
+- ``postgresql+psycopg://user:password@host/db`` (or ``postgresql://``): PostgreSQL;
+- ``duckdb:///path/to/file.duckdb``: DuckDB through duckdb-engine (one file, which
+  only one process may open for writing; the platform only reads it);
+- ``clickhousedb://user:password@host:8123/db``: a ClickHouse server through
+  clickhouse-connect's SQLAlchemy dialect (HTTP);
+- ``chdb:///path/to/folder``: the embedded ClickHouse engine (chdb) on a data
+  folder, driven by the same dialect. chdb can hold one folder per process, so a
+  process asked for a second gets a :class:`WarehouseUnavailable` saying so.
+
+Engines are made once per URL and process, with small pools: a statistics refresh
+is one long query, never many short ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from urllib.parse import unquote, urlsplit
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+DIALECTS = {"postgresql": "postgresql", "duckdb": "duckdb", "clickhousedb": "clickhouse", "chdb": "clickhouse"}
+
+_engines: dict[str, Engine] = {}
+_chdb_folder: list[str] = []
+_lock = threading.Lock()
+
+
+class WarehouseUnavailable(Exception):
+    """The warehouse cannot be reached or opened; the message says why in words an
+    operator can act on (it never repeats the URL's password)."""
+
+
+def dialect_of(url: str) -> str:
+    """``postgresql``, ``duckdb`` or ``clickhouse``, from the URL's scheme."""
+    scheme = urlsplit(url).scheme.split("+", 1)[0]
+    try:
+        return DIALECTS[scheme]
+    except KeyError:
+        known = ", ".join(f"{name}://" for name in sorted(DIALECTS))
+        raise WarehouseUnavailable(f"unsupported warehouse URL scheme {scheme!r}; use one of {known}") from None
+
+
+def warehouse_engine(url: str) -> Engine:
+    """The process's engine for the URL (made on first use)."""
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _engines[url] = _create(url)
+        return engine
+
+
+def _create(url: str) -> Engine:
+    dialect_of(url)
+    parts = urlsplit(url)
+    if parts.scheme == "chdb":
+        folder = unquote(parts.path)
+        if not folder or folder == "/":
+            raise WarehouseUnavailable("a chdb:// URL names its data folder: chdb:///path/to/folder")
+        if _chdb_folder and _chdb_folder[0] != folder:
+            raise WarehouseUnavailable(
+                f"the embedded ClickHouse (chdb) opens one data folder per process, and this one has {_chdb_folder[0]}"
+            )
+        _chdb_folder[:] = [folder]
+        # The dialect passes a host, which the embedded engine has no use for and says so.
+        logging.getLogger("clickhouse_connect.driver").setLevel(logging.ERROR)
+        return create_engine(
+            "clickhousedb://localhost/default",
+            connect_args={"interface": "chdb", "path": folder},
+            pool_size=2,
+            max_overflow=2,
+        )
+    try:
+        parsed = make_url(url)
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        if parsed.drivername.startswith("postgresql"):
+            return create_engine(
+                parsed, pool_size=2, max_overflow=2, pool_pre_ping=True, connect_args={"connect_timeout": 10}
+            )
+        return create_engine(parsed)
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise WarehouseUnavailable(f"the warehouse URL is not usable: {exc}") from None
+
+
+def dispose_all() -> None:
+    """Close every warehouse engine of this process (tests, and after a fork)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
