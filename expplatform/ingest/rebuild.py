@@ -17,9 +17,9 @@ from typing import Any
 
 from sqlalchemy import and_, case, delete, exists, false, func, insert, literal, or_, select, text
 from sqlalchemy.orm import Session, aliased, selectinload
-from sqlalchemy.sql import Select
+from sqlalchemy.sql import Select, Subquery
 
-from ..counters import not_before, utc_day
+from ..counters import utc_day
 from ..models import (
     Event,
     EventQualityCount,
@@ -33,15 +33,13 @@ from ..models import (
     RatingQuestion,
     UnmatchedEventCount,
 )
+from ..warehouse import query
 
 
-def rebuild_outcomes(session: Session, experiment: Experiment) -> None:
-    """Recompute the experiment's outcome rows, outcome counts and data-quality
-    counts from the raw events and exposures, in SQL, by the same rules as ingest,
-    in the caller's transaction."""
-    for model in (OutcomeCount, EventQualityCount, Outcome):
-        session.execute(delete(model).where(model.experiment_id == experiment.id))
-    stages = list(experiment.stages)
+def experiment_rules(session: Session, experiment: Experiment) -> query.Rules:
+    """The experiment's attribution rules: its stages, and at each measured stage its
+    question, with the question's scale and whether the journey asks only it there."""
+    stages = tuple(experiment.stages)
     metrics = {stage: key for stage, key in (experiment.metrics or {}).items() if stage in stages}
     asked = {
         q.key: q
@@ -54,61 +52,52 @@ def rebuild_outcomes(session: Session, experiment: Experiment) -> None:
             .group_by(RatingQuestion.stage)
         ).all()
     )
-    # A rating answers the experiment's question at its stage when it names it, or
-    # names none at a stage where the experiment's journey asks only that question.
-    answers = [
-        and_(
-            Event.stage == stage,
-            or_(Event.metric == key, Event.metric.is_(None)) if per_stage.get(stage) == 1 else Event.metric == key,
-        )
-        for stage, key in metrics.items()
-    ]
-    within_scale = [
-        and_(Event.stage == stage, Event.value.between(asked[key].scale_min, asked[key].scale_max))
+    questions = {
+        stage: query.Question(key, asked[key].scale_min, asked[key].scale_max, per_stage.get(stage) == 1)
         for stage, key in metrics.items()
         if key in asked
-    ]
-    candidates = (
-        select(
-            Event.id,
-            Event.customer_id,
-            Event.stage,
-            Event.type,
-            Event.value,
-            Event.occurred_at,
-            Event.exposure_cutoff,
-            Exposure.variant_id,
-            Exposure.exposed_at,
-            Exposure.forced,
-        )
-        .join(Exposure, and_(Exposure.customer_id == Event.customer_id, Exposure.experiment_id == experiment.id))
-        .where(
-            Event.stage.in_(stages),
-            or_(Event.type == "conversion", and_(Event.type == "satisfaction", or_(false(), *answers))),
-            or_(Event.experiment_key.is_(None), Event.experiment_key == experiment.key),
-            Exposure.exposed_at <= Event.received_at,
-        )
+    }
+    return query.Rules(experiment.key, stages, questions, experiment.stopped_at)
+
+
+def builtin_events() -> Subquery:
+    """The stored events, columns named by role (one row per event already: ingest
+    keeps the first copy of each event id)."""
+    return select(
+        Event.id.label("sequence"),
+        Event.customer_id,
+        Event.stage,
+        Event.type.label("kind"),
+        Event.metric,
+        Event.value,
+        Event.occurred_at,
+        Event.received_at,
+        Event.exposure_cutoff.label("cutoff"),
+        Event.experiment_key.label("experiment"),
+    ).subquery("events")
+
+
+def builtin_exposures(experiment_id: int) -> Subquery:
+    """The experiment's exposures, columns named by role (variant: its id)."""
+    return (
+        select(Exposure.customer_id, Exposure.variant_id.label("variant"), Exposure.exposed_at, Exposure.forced)
+        .where(Exposure.experiment_id == experiment_id)
+        .subquery("exposures")
     )
-    counts = candidates.where(Exposure.forced.is_(False), Exposure.exposed_at <= Event.exposure_cutoff)
-    if experiment.stopped_at is not None:
-        counts = counts.where(Event.occurred_at <= experiment.stopped_at)
-    counted = counts.where(or_(Event.type == "conversion", or_(false(), *within_scale))).subquery()
-    latest = func.row_number().over(
-        partition_by=(counted.c.customer_id, counted.c.stage, counted.c.type),
-        order_by=(counted.c.occurred_at.desc(), counted.c.id.desc()),
+
+
+def rebuild_outcomes(session: Session, experiment: Experiment) -> None:
+    """Recompute the experiment's outcome rows, outcome counts and data-quality
+    counts from the raw events and exposures, in SQL, by the rules of
+    ``warehouse.query`` (the statements a warehouse experiment's statistics use),
+    in the caller's transaction."""
+    for model in (OutcomeCount, EventQualityCount, Outcome):
+        session.execute(delete(model).where(model.experiment_id == experiment.id))
+    dialect = session.get_bind().dialect.name
+    found = query.attribution(
+        dialect, builtin_events(), builtin_exposures(experiment.id), experiment_rules(session, experiment)
     )
-    ranked = select(counted, latest.label("rn")).subquery()
-    is_latest_rating = and_(ranked.c.type == "satisfaction", ranked.c.rn == 1)
-    per_row = select(
-        literal(experiment.id).label("experiment_id"),
-        ranked.c.customer_id,
-        ranked.c.stage,
-        ranked.c.variant_id,
-        func.min(case((ranked.c.type == "conversion", ranked.c.occurred_at))).label("converted_at"),
-        func.max(case((is_latest_rating, ranked.c.value))).label("rating"),
-        func.max(case((is_latest_rating, ranked.c.occurred_at))).label("rated_at"),
-        func.max(case((is_latest_rating, ranked.c.id))).label("rating_event_id"),
-    ).group_by(ranked.c.customer_id, ranked.c.stage, ranked.c.variant_id)
+    rows = query.outcome_rows(found.counted)
     session.execute(
         insert(Outcome).from_select(
             [
@@ -121,43 +110,60 @@ def rebuild_outcomes(session: Session, experiment: Experiment) -> None:
                 "rated_at",
                 "rating_event_id",
             ],
-            per_row,
+            select(
+                literal(experiment.id),
+                rows.c.customer_id,
+                rows.c.stage,
+                rows.c.variant,
+                rows.c.converted_at,
+                rows.c.rating,
+                rows.c.rated_at,
+                rows.c.rating_sequence,
+            ),
         )
     )
-    exposure = and_(Exposure.experiment_id == Outcome.experiment_id, Exposure.customer_id == Outcome.customer_id)
-    for kind, value_column, moment in (
-        ("converted", literal(0), Outcome.converted_at),
-        ("rating", Outcome.rating, Outcome.rated_at),
-    ):
-        day = utc_day(session, not_before(moment, Exposure.exposed_at))
+    stored = (
+        select(
+            Outcome.stage,
+            Outcome.variant_id.label("variant"),
+            Exposure.exposed_at,
+            Outcome.converted_at,
+            Outcome.rating,
+            Outcome.rated_at,
+        )
+        .join(
+            Exposure, and_(Exposure.experiment_id == Outcome.experiment_id, Exposure.customer_id == Outcome.customer_id)
+        )
+        .where(Outcome.experiment_id == experiment.id)
+        .subquery("stored")
+    )
+    for cells in query.outcome_cells(dialect, stored):
+        cell = cells.subquery("cells")
         session.execute(
             insert(OutcomeCount).from_select(
                 ["experiment_id", "stage", "variant_id", "day", "kind", "value", "customers"],
                 select(
-                    Outcome.experiment_id,
-                    Outcome.stage,
-                    Outcome.variant_id,
-                    day,
-                    literal(kind),
-                    value_column,
-                    func.count(),
-                )
-                .join(Exposure, exposure)
-                .where(Outcome.experiment_id == experiment.id, moment.is_not(None))
-                .group_by(Outcome.experiment_id, Outcome.stage, Outcome.variant_id, day, value_column),
+                    literal(experiment.id),
+                    cell.c.stage,
+                    cell.c.variant,
+                    cell.c.day,
+                    cell.c.kind,
+                    cell.c.value,
+                    cell.c.n,
+                ),
             )
         )
-    _rebuild_quality(session, experiment, candidates)
+    _rebuild_quality(session, experiment, found.candidates)
 
 
 def _rebuild_quality(session: Session, experiment: Experiment, candidates: Select) -> None:
     c = candidates.subquery()
     reason = case(
         (c.c.forced.is_(True), literal("forced")),
-        (c.c.exposed_at > c.c.exposure_cutoff, literal("before_exposure")),
+        (c.c.exposed_at > c.c.cutoff, literal("before_exposure")),
         else_=literal("after_stop"),
     )
-    held_back = or_(c.c.forced.is_(True), c.c.exposed_at > c.c.exposure_cutoff)
+    held_back = or_(c.c.forced.is_(True), c.c.exposed_at > c.c.cutoff)
     if experiment.stopped_at is not None:
         held_back = or_(held_back, c.c.occurred_at > experiment.stopped_at)
     session.execute(

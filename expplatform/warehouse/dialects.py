@@ -1,0 +1,49 @@
+"""The few SQL spellings that differ between the databases the statistics run on,
+in one place: the UTC day of a time, a time plus seconds, and a time written as a
+literal. Everything else in ``query`` is portable SQLAlchemy Core.
+
+Times are written as literals with their zone, never bound as parameters: the
+embedded ClickHouse shifts a bound zone-aware datetime by the process's own zone
+when that is not UTC, and text in ISO form with an explicit UTC means one instant on
+every engine.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Date, DateTime, Integer, cast, func, literal, literal_column
+from sqlalchemy.sql import ColumnElement
+
+Name = str  # "sqlite", "postgresql", "duckdb" or "clickhouse"
+
+
+def utc_day(dialect: Name, moment: Any) -> ColumnElement[Any]:
+    """The UTC date of a time column."""
+    if dialect == "sqlite":
+        return func.date(moment)  # stored as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC
+    if dialect == "clickhouse":
+        return func.toDate(moment, literal_column("'UTC'"))
+    return cast(func.timezone("UTC", moment), Date())
+
+
+def plus_seconds(dialect: Name, moment: Any, seconds: float) -> ColumnElement[Any]:
+    """A time column moved by a fixed number of seconds (microsecond precision), on
+    the warehouses (the built-in events store their cutoff)."""
+    micros = round(seconds * 1_000_000)
+    if dialect == "clickhouse":
+        return func.addMicroseconds(moment, literal_column(str(micros)))
+    if dialect == "duckdb":
+        return moment + func.to_microseconds(cast(literal_column(str(micros)), Integer))
+    return moment + func.make_interval(0, 0, 0, 0, 0, 0, literal_column(f"{micros / 1_000_000:.6f}"))
+
+
+def timestamp(dialect: Name, moment: datetime) -> ColumnElement[Any]:
+    """An instant as a literal of the engine's zone-aware time type."""
+    text = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    if dialect == "clickhouse":
+        return func.toDateTime64(literal_column(f"'{text}'"), literal_column("6"), literal_column("'UTC'"))
+    if dialect == "sqlite":
+        return literal(text)
+    return cast(literal_column(f"'{text}+00:00'"), DateTime(timezone=True))
