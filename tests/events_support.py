@@ -4,6 +4,7 @@ to make; these tests only need them to exist), and readers of what ingest keeps.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -271,3 +272,68 @@ def expected_journey_counts(
 
 def _instant(timestamp: str) -> datetime:
     return datetime.fromisoformat(timestamp).astimezone(UTC)
+
+
+def ev(event_id, customer_id, stage="purchase", type="conversion", seconds=60.0, **extra):
+    return {
+        "event_id": event_id,
+        "customer_id": customer_id,
+        "stage": stage,
+        "type": type,
+        "timestamp": iso(at(seconds)),
+        **extra,
+    }
+
+
+def rate(event_id, customer_id, value, seconds=60.0, stage="purchase", **extra):
+    return ev(event_id, customer_id, stage, "satisfaction", seconds, value=value, **extra)
+
+
+# The questions asked at each stage: checkout's journey (consideration, purchase,
+# retention) and onboarding's (awareness, purchase) each ask one per stage.
+QUESTIONS = {
+    "awareness": ["awareness-rating"],
+    "consideration": ["consideration-rating"],
+    "purchase": ["purchase-rating", "purchase-rating-1-5"],
+    "retention": ["retention-rating"],
+}
+
+
+def random_workload(rng: random.Random, customers: list[str], batches: int, per_batch: int) -> list[list[dict]]:
+    """Batches around checkout's exposures (T0, T0 + 20 s) and onboarding's stop (T0 +
+    2000 s), on later days and out of order, with re-sent events, ratings naming their
+    question (with or without the stage) and events naming an experiment."""
+    stages = ["awareness", "consideration", "purchase", "retention"]
+    sent: list[dict] = []
+    out = []
+    for b in range(batches):
+        batch = []
+        for i in range(per_batch):
+            if sent and rng.random() < 0.1:
+                batch.append(rng.choice(sent))  # a re-sent event
+                continue
+            customer = rng.choice(customers)
+            # Around the exposure and the stop, and on later days (out of order).
+            seconds = rng.choice([-30, -6, -5, -4, 0, 10, 10, 500, 1500, 2500, 90_000, 180_000])
+            kind = rng.random()
+            stage = rng.choice(stages)
+            if kind < 0.5:
+                event = ev(f"b{b}e{i}", customer, stage, seconds=seconds)
+            elif kind < 0.75:
+                event = rate(f"b{b}e{i}", customer, rng.randint(1, 5), seconds=seconds, stage=stage)
+            else:  # naming the question: checkout's, or onboarding's, at the stage
+                question = rng.choice(QUESTIONS[stage])
+                event = rate(f"b{b}e{i}", customer, rng.randint(1, 5), seconds=seconds, stage=stage, metric=question)
+                event["type"] = rng.choice(["rating", "satisfaction"])
+                if rng.random() < 0.5:
+                    del event["stage"]
+            if rng.random() < 0.1 and "metric" not in event:
+                event["experiment"] = rng.choice(["checkout", "onboarding"])
+                if event["experiment"] == "onboarding" and event["stage"] not in ("awareness", "purchase"):
+                    event["stage"] = "purchase"
+                if event["experiment"] == "checkout" and event["stage"] == "awareness":
+                    event["stage"] = "purchase"
+            batch.append(event)
+            sent.append(event)
+        out.append(list({e["event_id"]: e for e in batch}.values()))
+    return out

@@ -17,6 +17,7 @@ from tests.events_support import (
     at,
     counts,
     daily_counts,
+    ev,
     expose,
     iso,
     journey_counts,
@@ -24,6 +25,8 @@ from tests.events_support import (
     make_experiment,
     make_journey,
     quality,
+    random_workload,
+    rate,
     snapshot,
 )
 
@@ -38,21 +41,6 @@ def send(app, db):
         return result
 
     return _send
-
-
-def ev(event_id, customer_id, stage="purchase", type="conversion", seconds=60.0, **extra):
-    return {
-        "event_id": event_id,
-        "customer_id": customer_id,
-        "stage": stage,
-        "type": type,
-        "timestamp": iso(at(seconds)),
-        **extra,
-    }
-
-
-def rate(event_id, customer_id, value, seconds=60.0, stage="purchase", **extra):
-    return ev(event_id, customer_id, stage, "satisfaction", seconds, value=value, **extra)
 
 
 def outcome(db, experiment_id, customer_id, stage="purchase"):
@@ -270,53 +258,6 @@ def test_ratings_are_judged_against_their_question_whoever_rates(db, app, exp):
 # -- rebuild ---------------------------------------------------------------------------------
 
 
-# The questions asked at each stage: checkout's journey (consideration, purchase,
-# retention) and onboarding's (awareness, purchase) each ask one per stage.
-QUESTIONS = {
-    "awareness": ["awareness-rating"],
-    "consideration": ["consideration-rating"],
-    "purchase": ["purchase-rating", "purchase-rating-1-5"],
-    "retention": ["retention-rating"],
-}
-
-
-def _workload(rng: random.Random, customers: list[str], batches: int, per_batch: int) -> list[list[dict]]:
-    stages = ["awareness", "consideration", "purchase", "retention"]
-    sent: list[dict] = []
-    out = []
-    for b in range(batches):
-        batch = []
-        for i in range(per_batch):
-            if sent and rng.random() < 0.1:
-                batch.append(rng.choice(sent))  # a re-sent event
-                continue
-            customer = rng.choice(customers)
-            # Around the exposure and the stop, and on later days (out of order).
-            seconds = rng.choice([-30, -6, -5, -4, 0, 10, 10, 500, 1500, 2500, 90_000, 180_000])
-            kind = rng.random()
-            stage = rng.choice(stages)
-            if kind < 0.5:
-                event = ev(f"b{b}e{i}", customer, stage, seconds=seconds)
-            elif kind < 0.75:
-                event = rate(f"b{b}e{i}", customer, rng.randint(1, 5), seconds=seconds, stage=stage)
-            else:  # naming the question: checkout's, or onboarding's, at the stage
-                question = rng.choice(QUESTIONS[stage])
-                event = rate(f"b{b}e{i}", customer, rng.randint(1, 5), seconds=seconds, stage=stage, metric=question)
-                event["type"] = rng.choice(["rating", "satisfaction"])
-                if rng.random() < 0.5:
-                    del event["stage"]
-            if rng.random() < 0.1 and "metric" not in event:
-                event["experiment"] = rng.choice(["checkout", "onboarding"])
-                if event["experiment"] == "onboarding" and event["stage"] not in ("awareness", "purchase"):
-                    event["stage"] = "purchase"
-                if event["experiment"] == "checkout" and event["stage"] == "awareness":
-                    event["stage"] = "purchase"
-            batch.append(event)
-            sent.append(event)
-        out.append(list({e["event_id"]: e for e in batch}.values()))
-    return out
-
-
 def test_rebuild_from_raw_events_equals_the_incrementally_kept_outcomes(db, app, exp):
     rng = random.Random(20240501)
     customers = [f"k{i}" for i in range(40)]
@@ -340,7 +281,7 @@ def test_rebuild_from_raw_events_equals_the_incrementally_kept_outcomes(db, app,
         onboarding_id = onboarding.id
     settings = app.extensions["settings"]
     accepted = 0
-    for batch in _workload(rng, [*customers, "ghost1", "ghost2"], batches=12, per_batch=40):
+    for batch in random_workload(rng, [*customers, "ghost1", "ghost2"], batches=12, per_batch=40):
         result = record_events(db, batch, settings)
         assert result.rejected == ()
         accepted += result.accepted

@@ -28,13 +28,22 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, and_, case, false, func, literal, null, or_, select, union_all
-from sqlalchemy.sql import ColumnElement, FromClause, Select, Subquery
+from sqlalchemy import and_, case, false, func, literal_column, null, or_, select, union_all
+from sqlalchemy.sql import ColumnElement, FromClause, Select, Subquery, TableClause
 
 from . import dialects
 from .dialects import Name
 
 RATING_KINDS = ("satisfaction", "rating")
+
+
+def constant(value: str | int) -> ColumnElement[Any]:
+    """A constant written into the SQL, not bound: some engines take no parameter
+    where a constant may stand (DuckDB's GROUP BY), and the statement reads plainly."""
+    if isinstance(value, int):
+        return literal_column(str(int(value)))
+    assert value.replace("_", "").isalnum() or value == "", value
+    return literal_column(f"'{value}'")
 
 
 @dataclass(frozen=True)
@@ -70,22 +79,24 @@ class Pruning:
 
 
 def role_events(
-    dialect: Name, table: Table, columns: Mapping[str, str], *, skew_seconds: float, pruning: Pruning | None
+    dialect: Name, table: TableClause, columns: Mapping[str, str], *, skew_seconds: float, pruning: Pruning | None
 ) -> Subquery:
     """A warehouse's events as one row per event (the first stored copy of each
     ``event_id``: earliest received, then lowest ``sequence``), columns named by role."""
     c = table.c
     mapped = {role: c[name] for role, name in columns.items()}
     occurred, received = mapped["occurred_at"], mapped["received_at"]
-    cutoff = mapped.get("cutoff", mapped.get("exposure_cutoff"))
-    if cutoff is None:
-        cutoff = func.least(dialects.plus_seconds(dialect, occurred, skew_seconds), received)
+    cutoff: ColumnElement[Any] = (
+        mapped["exposure_cutoff"]
+        if "exposure_cutoff" in mapped
+        else func.least(dialects.plus_seconds(dialect, occurred, skew_seconds), received)
+    )
     sequence = mapped.get("sequence")
     tie_break = [sequence] if sequence is not None else [mapped["customer_id"], mapped["stage"]]
     copy = func.row_number().over(partition_by=mapped["event_id"], order_by=[received, *tie_break])
     rows = select(
         mapped["event_id"].label("event_id"),
-        (sequence if sequence is not None else literal(0)).label("sequence"),
+        (sequence if sequence is not None else constant(0)).label("sequence"),
         mapped["customer_id"].label("customer_id"),
         mapped["stage"].label("stage"),
         mapped["kind"].label("kind"),
@@ -104,7 +115,7 @@ def role_events(
     return select(copies).where(copies.c.copy == 1).subquery("events")
 
 
-def role_exposures(table: Table, columns: Mapping[str, str], experiment_key: str) -> Subquery:
+def role_exposures(table: TableClause, columns: Mapping[str, str], experiment_key: str) -> Subquery:
     """A warehouse's exposures to one experiment, one row per customer (the earliest:
     the first assignment), columns named by role."""
     c = table.c
@@ -159,7 +170,7 @@ def attribution(dialect: Name, events: FromClause, exposures: FromClause, rules:
             e.sequence,
             e.customer_id,
             e.stage,
-            case((is_rating, literal("satisfaction")), else_=e.kind).label("kind"),
+            case((is_rating, constant("satisfaction")), else_=e.kind).label("kind"),
             e.value,
             e.occurred_at,
             e.cutoff,
@@ -221,19 +232,20 @@ def outcome_cells(dialect: Name, outcomes: FromClause) -> list[Select[Any]]:
     converters, one for the ratings."""
     o = outcomes.c
     cells = []
-    for kind, value, moment in (("converted", literal(0), o.converted_at), ("rating", o.rating, o.rated_at)):
+    for kind, moment in (("converted", o.converted_at), ("rating", o.rated_at)):
         day = dialects.utc_day(dialect, not_before(moment, o.exposed_at))
+        by = [o.stage, o.variant, day] if kind == "converted" else [o.stage, o.variant, o.rating, day]
         cells.append(
             select(
-                literal(kind).label("kind"),
+                constant(kind).label("kind"),
                 o.stage,
                 o.variant,
-                value.label("value"),
+                (constant(0) if kind == "converted" else o.rating).label("value"),
                 day.label("day"),
                 func.count().label("n"),
             )
             .where(moment.is_not(None))
-            .group_by(o.stage, o.variant, value, day)
+            .group_by(*by)
         )
     return cells
 
@@ -244,10 +256,10 @@ def exposure_cells(dialect: Name, exposures: FromClause) -> Select[Any]:
     day = dialects.utc_day(dialect, x.exposed_at)
     return (
         select(
-            literal("exposed").label("kind"),
-            literal("").label("stage"),
+            constant("exposed").label("kind"),
+            constant("").label("stage"),
             x.variant,
-            literal(0).label("value"),
+            constant(0).label("value"),
             day.label("day"),
             func.count().label("n"),
         )

@@ -1,0 +1,195 @@
+"""The reference test of warehouse-native statistics: events replayed through ingest
+give the built-in counters; the same events as a warehouse stores them (every copy
+received, resent ones and ones resent under another customer included, with their
+receive times and cutoffs) give, computed inside DuckDB, ClickHouse (chdb) and
+PostgreSQL, the same cells to the count: exposed customers per variant and day,
+converters and latest ratings per stage, variant, value and day. Also with the
+process in a zone other than UTC, and with the clock-skew setting changed half way
+(each event keeps the cutoff it got at ingest)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import time
+from datetime import UTC, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from expplatform.ingest import record_events
+from expplatform.models import Event, Experiment, Exposure, Variant, WarehouseSource, WarehouseStats, utcnow
+from expplatform.warehouse.mapping import DEFAULT_EVENT_COLUMNS, DEFAULT_EXPOSURE_COLUMNS
+from expplatform.warehouse.refresh import refresh
+from tests.events_support import daily_counts, expose, make_experiment, random_workload
+from tests.warehouse_support import WAREHOUSES, chdb_folder, make_warehouse  # noqa: F401 (fixture)
+
+
+@pytest.fixture(params=["UTC", "Asia/Kolkata"])
+def zone(request):
+    """The process's time zone (Kolkata: +5:30, so a shifted time changes its day)."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = request.param
+    time.tzset()
+    yield request.param
+    if before is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = before
+    time.tzset()
+
+
+@pytest.fixture(params=WAREHOUSES)
+def warehouse(request, tmp_path, chdb_folder):  # noqa: F811
+    yield from make_warehouse(request.param, tmp_path, chdb_folder)
+
+
+def _seed(db, rng: random.Random, customers: list[str]) -> dict[str, int]:
+    with db.write() as session:
+        checkout = make_experiment(session)
+        onboarding = make_experiment(
+            session, "onboarding", stages=("awareness", "purchase"), stopped_at=_at(2000), status="stopped"
+        )
+        for i, customer in enumerate(customers):
+            if i % 5 != 4:
+                variant = rng.choice(["control", "treatment"])
+                expose(session, checkout, customer, variant, exposed_at=_at(rng.choice([0, 0, 20])), forced=i % 13 == 0)
+            if i % 3 == 0:
+                expose(session, onboarding, customer, rng.choice(["control", "treatment"]))
+        return {"checkout": checkout.id, "onboarding": onboarding.id}
+
+
+def _at(seconds: float):
+    from tests.events_support import at
+
+    return at(seconds)
+
+
+def _replay(db, settings, rng: random.Random, customers: list[str]) -> list[dict]:
+    """Ingest the workload (the skew setting changes half way) and return the copies a
+    warehouse would hold beyond the stored ones: every later copy of an event id,
+    some under another customer, received when their batch was."""
+    batches = random_workload(rng, [*customers, "ghost1", "ghost2"], batches=12, per_batch=40)
+    seen: set[str] = set()
+    copies: list[dict] = []
+    for number, batch in enumerate(batches):
+        if number >= 4:  # a few events resent under another customer (the same event id)
+            for event in rng.sample(batch, 3):
+                if event["event_id"] in seen:
+                    batch.append({**event, "customer_id": rng.choice(customers)})
+        skewed = dataclasses.replace(settings, clock_skew_seconds=5.0 if number < 6 else 30.0)
+        result = record_events(db, list({e["event_id"]: e for e in batch}.values()), skewed)
+        assert result.rejected == ()
+        received = utcnow()
+        copies += [{"event": e, "received_at": received} for e in batch if e["event_id"] in seen]
+        seen.update(e["event_id"] for e in batch)
+    return copies
+
+
+def _warehouse_events(db, copies: list[dict]) -> list[dict]:
+    """The stored events (first copies, as ingest stored them) and the later copies."""
+    with db.sessionmaker() as session:
+        stored = session.execute(
+            select(
+                Event.id,
+                Event.event_id,
+                Event.customer_id,
+                Event.stage,
+                Event.type,
+                Event.metric,
+                Event.value,
+                Event.occurred_at,
+                Event.received_at,
+                Event.exposure_cutoff,
+                Event.experiment_key,
+            )
+        ).all()
+    by_id = {row.event_id: row for row in stored}
+    rows = [
+        {
+            "event_id": r.event_id,
+            "sequence": r.id,
+            "customer_id": r.customer_id,
+            "stage": r.stage,
+            # Warehouses spell a rating either way.
+            "kind": "rating" if r.type == "satisfaction" and r.id % 2 else r.type,
+            "metric": r.metric,
+            "value": r.value,
+            "occurred_at": r.occurred_at,
+            "received_at": r.received_at,
+            "exposure_cutoff": r.exposure_cutoff,
+            "experiment": r.experiment_key,
+        }
+        for r in stored
+    ]
+    for number, copy in enumerate(copies):
+        first = by_id[copy["event"]["event_id"]]
+        rows.append(
+            {
+                "event_id": first.event_id,
+                "sequence": 1_000_000 + number,
+                "customer_id": copy["event"]["customer_id"],
+                "stage": first.stage,
+                "kind": first.type,
+                "metric": first.metric,
+                "value": first.value,
+                "occurred_at": first.occurred_at,
+                "received_at": copy["received_at"],
+                "exposure_cutoff": min(first.occurred_at + timedelta(seconds=30), copy["received_at"]),
+                "experiment": first.experiment_key,
+            }
+        )
+    return rows
+
+
+def _builtin(db, experiment_id: int) -> dict[tuple, int]:
+    """The built-in counters as {(kind, stage, variant, value, day): customers}."""
+    with db.sessionmaker() as session:
+        cells = {
+            (kind, stage, variant, value, str(day)): n
+            for (stage, variant, day, kind, value), n in daily_counts(session, experiment_id).items()
+        }
+        exposed = session.execute(
+            select(Variant.key, Exposure.exposed_at)
+            .join(Variant, Variant.id == Exposure.variant_id)
+            .where(Exposure.experiment_id == experiment_id, Exposure.forced.is_(False))
+        ).all()
+    for variant, exposed_at in exposed:
+        key = ("exposed", "", variant, 0, exposed_at.astimezone(UTC).date().isoformat())
+        cells[key] = cells.get(key, 0) + 1
+    return cells
+
+
+def test_the_warehouse_statistics_equal_the_builtin_counters(app, db, warehouse, zone):
+    rng = random.Random(20261203)
+    customers = [f"k{i}" for i in range(48)]
+    ids = _seed(db, rng, customers)
+    copies = _replay(db, app.extensions["settings"], rng, customers)
+    assert len(copies) > 20
+    warehouse.add_events(_warehouse_events(db, copies))
+    with db.write() as session:
+        source = WarehouseSource(
+            key="lake",
+            name="Lake",
+            url=warehouse.url,
+            events_table=warehouse.events_table,
+            events_columns=DEFAULT_EVENT_COLUMNS,
+            exposures_table=warehouse.exposures_table,
+            exposures_columns=DEFAULT_EXPOSURE_COLUMNS,
+            clock_skew_seconds=30.0,
+            export_exposures=True,
+        )
+        session.add(source)
+        session.flush()
+        for experiment_id in ids.values():
+            session.get(Experiment, experiment_id).warehouse_source_id = source.id
+    for key, experiment_id in ids.items():
+        outcome = refresh(db, key)
+        assert outcome.error is None, outcome.error
+        expected = _builtin(db, experiment_id)
+        with db.sessionmaker() as session:
+            stored = session.get(WarehouseStats, experiment_id)
+            got = {(k, s, v, val, day): n for k, s, v, val, day, n in stored.cells}
+        assert {"exposed", "converted", "rating"} <= {cell[0] for cell in expected}
+        assert got == expected, key
