@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Integer, String, and_, case, cast, false, func, literal, null, or_, select, text, true, union_all
 from sqlalchemy.orm import Session
@@ -45,6 +46,7 @@ from .models import (
     Outcome,
     OutcomeCount,
     UnmatchedEventCount,
+    WarehouseStats,
     utcnow,
 )
 
@@ -194,10 +196,37 @@ def _not_forced():
     return Exposure.forced == false()
 
 
+def _warehouse_cells(session: Session, experiment: Experiment) -> list[list[Any]]:
+    """The cells last computed in the experiment's warehouse (none yet: empty)."""
+    stats = session.get(WarehouseStats, experiment.id)
+    return list(stats.cells or ()) if stats is not None and stats.source_id == experiment.warehouse_source_id else []
+
+
+def _add_cell(
+    totals: _Accumulator, variant_ids: Mapping[str, int], kind: str, stage: str, variant: str, value: int, n: int
+) -> None:
+    variant_id = variant_ids.get(variant)
+    if variant_id is None:  # a variant the definition no longer has
+        return
+    if kind == "exposed":
+        totals.add_exposed(variant_id, n)
+    elif kind == "converted":
+        totals.add_converted(stage, variant_id, n)
+    else:
+        totals.add_rating(stage, variant_id, value, n)
+
+
 def experiment_stats(session: Session, experiment: Experiment) -> ExperimentStats:
     """The sufficient statistics of the whole experiment, from one query over the
-    covering exposure index and the outcome counters."""
+    covering exposure index and the outcome counters (for a warehouse experiment:
+    from the cells last computed in its warehouse, ``warehouse.refresh``)."""
     shape = _Shape.of(experiment)
+    if experiment.warehouse_source_id is not None:
+        totals = _Accumulator(shape)
+        ids = {key: variant_id for variant_id, key in shape.variant_keys.items()}
+        for kind, stage, variant, value, _day, n in _warehouse_cells(session, experiment):
+            _add_cell(totals, ids, kind, stage, variant, value, n)
+        return totals.stats()
     exposed = (
         select(
             literal("exposed").label("kind"),
@@ -251,6 +280,10 @@ def segment_stats(session: Session, experiment: Experiment, attribute: str) -> d
     without it are under None. The segments add up to :func:`experiment_stats`."""
     if not SEGMENT_ATTRIBUTE.match(attribute):
         raise MalformedRequest(fields={"segment": "must be an attribute name: letters, digits, '_' or '-' (1-64)"})
+    if experiment.warehouse_source_id is not None:
+        raise MalformedRequest(
+            fields={"segment": "segments are not computed in a warehouse yet: this experiment's outcomes live in one"}
+        )
     shape = _Shape.of(experiment)
     segment = _segment_value(session, attribute).label("segment")
     exposed = (
@@ -301,6 +334,34 @@ def daily_stats(session: Session, experiment: Experiment) -> list[tuple[date, Ex
     ratings, so an earlier day shows the latest rating given by then only if it was
     not revised later)."""
     shape = _Shape.of(experiment)
+    if experiment.warehouse_source_id is not None:
+        rows_by_day = _warehouse_days(session, experiment)
+    else:
+        rows_by_day = _builtin_days(session, experiment)
+    if not rows_by_day:
+        return []
+    totals = _Accumulator(shape)
+    ids = {key: variant_id for variant_id, key in shape.variant_keys.items()}
+    series: list[tuple[date, ExperimentStats]] = []
+    day, last = min(rows_by_day), max(rows_by_day)
+    while day <= last:
+        for kind, stage, variant, value, n in rows_by_day.get(day, ()):
+            _add_cell(totals, ids, kind, stage, variant, value, n)
+        series.append((day, totals.stats()))
+        day += timedelta(days=1)
+    return series
+
+
+def _warehouse_days(session: Session, experiment: Experiment) -> dict[date, list[tuple[Any, ...]]]:
+    rows_by_day: dict[date, list[tuple[Any, ...]]] = {}
+    for kind, stage, variant, value, day, n in _warehouse_cells(session, experiment):
+        rows_by_day.setdefault(date.fromisoformat(day), []).append((kind, stage, variant, value, n))
+    return rows_by_day
+
+
+def _builtin_days(session: Session, experiment: Experiment) -> dict[date, list[tuple[Any, ...]]]:
+    """Rows by day as (kind, stage, variant key, value, customers)."""
+    keys = {v.id: v.key for v in experiment.variants}
     exposure_day = utc_day(session, Exposure.exposed_at).label("day")
     exposed = (
         select(
@@ -322,26 +383,12 @@ def daily_stats(session: Session, experiment: Experiment) -> list[tuple[date, Ex
         OutcomeCount.value,
         OutcomeCount.customers,
     ).where(OutcomeCount.experiment_id == experiment.id)
-    rows_by_day: dict[date, list[tuple]] = {}
+    rows_by_day: dict[date, list[tuple[Any, ...]]] = {}
     for day, stage, variant_id, kind, value, n in session.execute(union_all(exposed, outcomes)):
         day = date.fromisoformat(day) if isinstance(day, str) else day
-        rows_by_day.setdefault(day, []).append((stage, variant_id, kind, value, n))
-    if not rows_by_day:
-        return []
-    totals = _Accumulator(shape)
-    series: list[tuple[date, ExperimentStats]] = []
-    day, last = min(rows_by_day), max(rows_by_day)
-    while day <= last:
-        for stage, variant_id, kind, value, n in rows_by_day.get(day, ()):
-            if kind == "exposed":
-                totals.add_exposed(variant_id, n)
-            elif kind == "converted":
-                totals.add_converted(stage, variant_id, n)
-            else:
-                totals.add_rating(stage, variant_id, value, n)
-        series.append((day, totals.stats()))
-        day += timedelta(days=1)
-    return series
+        if variant_id in keys:
+            rows_by_day.setdefault(day, []).append((kind, stage, keys[variant_id], value, n))
+    return rows_by_day
 
 
 # -- data quality ------------------------------------------------------------------------

@@ -352,6 +352,46 @@ def events_rebuild() -> None:
     click.echo(f"rebuilt {made} from the stored events")
 
 
+# -- warehouse ----------------------------------------------------------------------
+
+
+@main.group("warehouse")
+def warehouse_group() -> None:
+    """Warehouse experiments' statistics (computed in the warehouse)."""
+
+
+@warehouse_group.command("refresh")
+@click.argument("key")
+@with_appcontext
+def warehouse_refresh(key: str) -> None:
+    """Compute experiment KEY's statistics in its warehouse now (the fit worker does
+    it in the background) and store them for its reports."""
+    from .warehouse.refresh import refresh
+
+    try:
+        outcome = refresh(get_db(), key)
+    except LookupError as exc:
+        _fail(str(exc.args[0]))
+    if outcome.error is not None:
+        _fail(f"{key}: {outcome.error}")
+    click.echo(f"{key}: {outcome.cells} cells computed in the warehouse in {outcome.seconds:.2f} s")
+
+
+@warehouse_group.command("export")
+@click.argument("key")
+@with_appcontext
+def warehouse_export(key: str) -> None:
+    """Copy experiment KEY's new exposures into its warehouse's exposures table."""
+    from .warehouse.refresh import export_exposures
+
+    with get_db().sessionmaker() as session:
+        experiment = experiments.get_experiment(session, key)
+        if experiment.warehouse_source is None:
+            _fail(f"experiment {key!r} has no warehouse source")
+        written = export_exposures(session, experiment, experiment.warehouse_source)
+    click.echo(f"{key}: {written} exposure(s) written to {experiment.warehouse_source.exposures_table}")
+
+
 # -- reports ------------------------------------------------------------------------
 
 

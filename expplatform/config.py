@@ -119,6 +119,9 @@ class Settings:
     # customers, so they are computed in the background, reused for this long while
     # new data arrives, and waited for at most this long by the request that starts one.
     report_refresh_seconds: float = 600.0
+    # Warehouse experiments: the fit worker recomputes a running experiment's
+    # statistics in its warehouse when the last are older than this.
+    warehouse_refresh_seconds: float = 900.0
     report_wait_seconds: float = 0.5
     # Web logins: an idle session ends after this long (each use renews it); the
     # session cookie is marked Secure when this is set or the request came over TLS.
@@ -155,6 +158,7 @@ _PARSERS: dict[str, Any] = {
     "full_model_tune": lambda n, r: _parse_int(n, r, minimum=10),
     "full_model_chains": lambda n, r: _parse_int(n, r, minimum=1),
     "report_refresh_seconds": _parse_float,
+    "warehouse_refresh_seconds": lambda n, r: _parse_float(n, r, minimum=10.0),
     "report_wait_seconds": _parse_float,
     "session_lifetime_seconds": lambda n, r: _parse_float(n, r, minimum=60.0),
     "secure_cookies": _parse_bool,

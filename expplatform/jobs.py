@@ -268,11 +268,33 @@ class JobRunner:
                 if ran is not None:
                     done += 1
                     log.info("full-model job %s: %s", ran[0], ran[1] or "dropped")
+                elif self.refresh_warehouse():
+                    done += 1
                 elif once or self.stopping.wait(poll_seconds):
                     break
         except WorkerStopping:
             log.info("worker %s stopped in the middle of a fit; the job is queued again", self.identity)
         return done
+
+    def refresh_warehouse(self) -> bool:
+        """Between fits: recompute one warehouse experiment's statistics that are
+        asked for or stale (``warehouse.refresh``); False when none was due."""
+        from .warehouse.refresh import run_due
+
+        try:
+            outcome = run_due(self.database, stale_after=self.settings.warehouse_refresh_seconds)
+        except Exception:
+            log.exception("worker %s could not refresh warehouse statistics", self.identity)
+            return False
+        if outcome is None:
+            return False
+        log.info(
+            "warehouse statistics of %s: %s in %.1f s",
+            outcome.experiment_key,
+            outcome.error or f"{outcome.cells} cells",
+            outcome.seconds,
+        )
+        return True
 
     def run_pending(self) -> int:
         """Run every queued job, oldest first, in this thread; returns how many ran."""

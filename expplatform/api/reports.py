@@ -15,7 +15,7 @@ from .. import experiments as experiments_service
 from ..aggregation import experiment_stats
 from ..auth import api_access, current_principal
 from ..db import get_db, get_session
-from ..errors import NotFound
+from ..errors import Conflict, NotFound
 from ..job_records import get_job, recent_jobs
 from ..jobs import FitParams, get_runner
 from ..reports.build import Report, build_report
@@ -23,6 +23,8 @@ from ..reports.decisions import check_full_model
 from ..reports.options import ReportOptions
 from ..reports.render import CSV_COLUMNS, job_dict, report_dict, to_csv
 from ..reports.views import report_rows
+from ..warehouse.freshness import freshness
+from ..warehouse.refresh import request_cancel, request_refresh
 from . import bp
 from .bodies import json_object
 
@@ -84,6 +86,39 @@ def get_full_model_job(key: str, job_id: int):
     if job is None:
         raise NotFound(f"No full-model job {job_id} for experiment {key!r}.", code="job_not_found")
     return job_dict(job)
+
+
+def _warehouse_experiment(key: str):
+    session = get_session()
+    experiment = experiments_service.get_experiment(session, key)
+    if experiment.warehouse_source_id is None:
+        raise Conflict("no_warehouse_source", f"Experiment {key!r} reads the built-in events, not a warehouse.")
+    return session, experiment
+
+
+@bp.post("/experiments/<key>/warehouse/refresh")
+@fit_access
+def refresh_warehouse_statistics(key: str):
+    json_object(optional=True)
+    session, experiment = _warehouse_experiment(key)
+    request_refresh(session, experiment)
+    session.commit()
+    found = freshness(session, experiment)
+    assert found is not None
+    return found.to_dict(), 202
+
+
+@bp.post("/experiments/<key>/warehouse/cancel")
+@fit_access
+def cancel_warehouse_refresh(key: str):
+    json_object(optional=True)
+    session, experiment = _warehouse_experiment(key)
+    if not request_cancel(session, experiment):
+        raise Conflict("not_running", f"No warehouse refresh of {key!r} is running.")
+    session.commit()
+    found = freshness(session, experiment)
+    assert found is not None
+    return found.to_dict(), 202
 
 
 # -- OpenAPI -------------------------------------------------------------------------------
@@ -217,6 +252,41 @@ _FORECAST = {
         },
     ]
 }
+_WHEN = {"type": ["string", "null"], "format": "date-time"}
+_FRESHNESS = {
+    "type": "object",
+    "required": ["source", "source_name", "engine", "state", "computed_at", "seconds", "error"],
+    "properties": {
+        "source": {"type": "string", "description": "The warehouse source's key."},
+        "source_name": {"type": "string"},
+        "engine": {"type": "string", "enum": ["PostgreSQL", "DuckDB", "ClickHouse", "unknown"]},
+        "state": {
+            "type": "string",
+            "enum": ["never", "fresh", "failed", "requested", "running"],
+            "description": "failed: the last refresh failed (error says why); the statistics shown are those of "
+            "computed_at, if any.",
+        },
+        "computed_at": _WHEN,
+        "seconds": {"type": ["number", "null"], "description": "How long the last computation took."},
+        "error": {"type": ["string", "null"]},
+        "failed_at": _WHEN,
+        "requested_at": _WHEN,
+        "running_since": _WHEN,
+    },
+}
+_WAREHOUSE_ACTION: dict[str, Any] = {
+    "parameters": [_KEY],
+    "responses": {
+        "202": {
+            "description": "Asked for; the fit worker does it",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WarehouseFreshness"}}},
+        },
+        "400": {"description": "A body that is not a JSON object", **_ERROR},
+        "401": _READ_ERRORS["401"],
+        "403": {"description": "Not an admin key or an editor", **_ERROR},
+        "404": _READ_ERRORS["404"],
+    },
+}
 _JOB = {
     "type": "object",
     "required": ["id", "status", "requested_by", "params", "created_at", "progress"],
@@ -341,6 +411,32 @@ OPENAPI: dict[str, Any] = {
                     },
                     "400": {"description": "A bad option", **_ERROR},
                     **_READ_ERRORS,
+                },
+            }
+        },
+        "/experiments/{key}/warehouse/refresh": {
+            "post": {
+                "summary": "Recompute a warehouse experiment's statistics soon",
+                "description": "The fit worker runs the statistics query in the experiment's warehouse and stores "
+                "the result; the report then says when. Asking again while one is asked for changes nothing.",
+                **_WAREHOUSE_ACTION,
+                "responses": {
+                    **_WAREHOUSE_ACTION["responses"],
+                    "409": {"description": "The experiment reads the built-in events (no_warehouse_source)", **_ERROR},
+                },
+            }
+        },
+        "/experiments/{key}/warehouse/cancel": {
+            "post": {
+                "summary": "Cancel a running warehouse refresh",
+                "description": "The running query is interrupted; the earlier statistics stay.",
+                **_WAREHOUSE_ACTION,
+                "responses": {
+                    **_WAREHOUSE_ACTION["responses"],
+                    "409": {
+                        "description": "No warehouse source (no_warehouse_source), or no refresh running (not_running)",
+                        **_ERROR,
+                    },
                 },
             }
         },
@@ -577,6 +673,7 @@ OPENAPI: dict[str, Any] = {
             },
         },
         "FullModelJob": _JOB,
+        "WarehouseFreshness": _FRESHNESS,
         "Report": {
             "type": "object",
             "required": [
@@ -591,6 +688,7 @@ OPENAPI: dict[str, Any] = {
                 "segments",
                 "recorded_attributes",
                 "full_model",
+                "warehouse",
                 "decision",
                 "forecast",
             ],
@@ -717,6 +815,11 @@ OPENAPI: dict[str, Any] = {
                 },
                 "recorded_attributes": {"type": "array", "items": {"type": "string"}},
                 "full_model": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/FullModelJob"}]},
+                "warehouse": {
+                    "description": "Where the statistics were computed, for an experiment whose outcomes live in a "
+                    "warehouse (null: the built-in events, always current).",
+                    "oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/WarehouseFreshness"}],
+                },
             },
         },
     },

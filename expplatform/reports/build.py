@@ -27,6 +27,7 @@ from ..db import get_db
 from ..experiment_settings import experiment_settings
 from ..job_records import recent_jobs
 from ..models import AnalysisJob, Experiment, Exposure, utcnow
+from ..warehouse.freshness import Freshness, freshness
 from .background import Pending, report_cache
 from .latest import latest_calls
 from .options import SEED, ReportOptions
@@ -56,6 +57,9 @@ class Report:
     colors: Mapping[str, str] = field(default_factory=dict)
     # Per measured stage, the rating question measured there (None: conversion only).
     questions: Mapping[str, StageQuestion | None] = field(default_factory=dict)
+    # Where the statistics were computed, for an experiment whose outcomes live in a
+    # warehouse (None: the built-in counters, always current).
+    warehouse: Freshness | None = None
 
     @property
     def exposed_total(self) -> int:
@@ -130,6 +134,7 @@ def build_report(
         job=job,
         colors=plots.variant_colors(stats.variants, stats.control),
         questions=stage_questions(experiment),
+        warehouse=freshness(session, experiment),
     )
 
 
@@ -165,6 +170,8 @@ def recorded_attributes(session: Session, experiment: Experiment) -> tuple[str, 
     """Attribute names given at assignment, from up to 1,000 of the experiment's
     exposures (read through the (experiment, customer) index; names are normally the
     same for every customer of one client app)."""
+    if experiment.warehouse_source_id is not None:
+        return ()  # segments are not computed in a warehouse (``aggregation.segment_stats``)
     rows = session.scalars(
         select(Exposure.attributes)
         .where(Exposure.experiment_id == experiment.id)

@@ -130,6 +130,7 @@ def report_dict(report: Report) -> dict[str, Any]:
             **(exploration_dict(explore(report)) or {"exploratory": True, "looked_at": 0, "differences": []}),
         },
         "recorded_attributes": list(report.attributes),
+        "warehouse": report.warehouse.to_dict() if report.warehouse is not None else None,
         "full_model": job_dict(report.job) if report.options.full_model else None,
     }
 

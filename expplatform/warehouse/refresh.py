@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, column, func, insert, select, table
+from sqlalchemy import Connection, column, func, insert, or_, select, table
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.sql import TableClause
@@ -261,14 +261,17 @@ def claim_next(database: Database, *, stale_after: float, now: datetime | None =
     ``stale_after`` seconds (or missing). None when none is due."""
     moment = now or utcnow()
     with database.write() as session:
+        # A refresh running longer than a refresh period belongs to a worker that died.
+        abandoned = moment - timedelta(seconds=stale_after)
+        idle = or_(WarehouseStats.running_since.is_(None), WarehouseStats.running_since < abandoned)
         asked = session.scalar(
             select(Experiment.key)
             .join(WarehouseStats, WarehouseStats.experiment_id == Experiment.id)
-            .where(WarehouseStats.requested_at.is_not(None), WarehouseStats.running_since.is_(None))
+            .where(WarehouseStats.requested_at.is_not(None), idle)
             .order_by(WarehouseStats.requested_at)
             .limit(1)
         )
-        key = asked or _stale(session, moment - timedelta(seconds=stale_after))
+        key = asked or _stale(session, abandoned)
         if key is None:
             return None
         experiment = session.scalar(select(Experiment).where(Experiment.key == key))
@@ -287,7 +290,7 @@ def _stale(session: Session, before: datetime) -> str | None:
     ).all()
     for key, computed_at, failed_at, running_since in candidates:
         last = max((m for m in (computed_at, failed_at) if m is not None), default=None)
-        if running_since is None and (last is None or last < before):
+        if (running_since is None or running_since < before) and (last is None or last < before):
             return key
     return None
 

@@ -26,6 +26,7 @@ from ..reports.figures import render_plots
 from ..reports.options import ReportOptions
 from ..reports.planning import Traffic, forecasts, measured_traffic
 from ..reports.views import METRIC_LABELS, full_model_view, lift_map
+from ..warehouse.refresh import request_cancel, request_refresh
 from . import bp, experiment_or_404
 from .forms import ConfirmForm
 
@@ -166,6 +167,8 @@ def guide(built: Report) -> Guide | None:
     traffic = measured_traffic(experiment, stats, built.generated_at) if experiment.status == "running" else None
     if experiment.status == "draft":
         state = "draft"
+    elif built.warehouse is not None and built.warehouse.computed_at is None:
+        return None  # nothing computed in the warehouse yet: its panel says so, and nothing else can
     elif sum(exposed.values()) == 0:
         state = "no_exposures"
     elif full_model_refusal(stats) is not None:
@@ -241,3 +244,21 @@ def run_full_model(key: str):
     else:
         flash(f"A full-model fit (#{job.id}) is already {job.status}.", "info")
     return redirect(url_for("web.report", key=key) + "#full-model")
+
+
+@bp.post("/experiments/<key>/report/warehouse-refresh")
+@login_required("editor")
+def refresh_warehouse(key: str):
+    session = get_session()
+    experiment = experiment_or_404(key)
+    if experiment.warehouse_source_id is None:
+        abort(404)
+    if request.form.get("cancel"):
+        cancelled = request_cancel(session, experiment)
+        message = "Cancelling the running warehouse query." if cancelled else "No warehouse query was running."
+    else:
+        request_refresh(session, experiment)
+        message = "Refresh asked for: the worker recomputes the statistics in the warehouse; this page updates."
+    session.commit()
+    flash(message, "info")
+    return redirect(url_for("web.report", key=key) + "#warehouse")
