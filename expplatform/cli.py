@@ -388,7 +388,8 @@ def warehouse_export(key: str) -> None:
         experiment = experiments.get_experiment(session, key)
         if experiment.warehouse_source is None:
             _fail(f"experiment {key!r} has no warehouse source")
-        written = export_exposures(session, experiment, experiment.warehouse_source)
+        limit = get_db().settings.warehouse_memory_limit_mb
+        written = export_exposures(session, experiment, experiment.warehouse_source, memory_limit_mb=limit)
     click.echo(f"{key}: {written} exposure(s) written to {experiment.warehouse_source.exposures_table}")
 
 

@@ -122,6 +122,8 @@ class Settings:
     # Warehouse experiments: the fit worker recomputes a running experiment's
     # statistics in its warehouse when the last are older than this.
     warehouse_refresh_seconds: float = 900.0
+    # What one warehouse statistics query may hold in memory (DuckDB, ClickHouse spill past it).
+    warehouse_memory_limit_mb: int = 2048
     report_wait_seconds: float = 0.5
     # Web logins: an idle session ends after this long (each use renews it); the
     # session cookie is marked Secure when this is set or the request came over TLS.
@@ -159,6 +161,7 @@ _PARSERS: dict[str, Any] = {
     "full_model_chains": lambda n, r: _parse_int(n, r, minimum=1),
     "report_refresh_seconds": _parse_float,
     "warehouse_refresh_seconds": lambda n, r: _parse_float(n, r, minimum=10.0),
+    "warehouse_memory_limit_mb": lambda n, r: _parse_int(n, r, minimum=64),
     "report_wait_seconds": _parse_float,
     "session_lifetime_seconds": lambda n, r: _parse_float(n, r, minimum=60.0),
     "secure_cookies": _parse_bool,

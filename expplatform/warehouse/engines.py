@@ -9,7 +9,7 @@
   folder, driven by the same dialect. chdb can hold one folder per process, so a
   process asked for a second gets a :class:`WarehouseUnavailable` saying so.
 
-Engines are made once per URL and process, with small pools: a statistics refresh
+Engines are made once per URL (and memory limit) and process, with small pools: a statistics refresh
 is one long query, never many short ones.
 """
 
@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 DIALECTS = {"postgresql": "postgresql", "duckdb": "duckdb", "clickhousedb": "clickhouse", "chdb": "clickhouse"}
 
-_engines: dict[str, Engine] = {}
+_engines: dict[tuple[str, int | None], Engine] = {}
 _chdb_folder: list[str] = []
 _lock = threading.Lock()
 
@@ -45,16 +46,19 @@ def dialect_of(url: str) -> str:
         raise WarehouseUnavailable(f"unsupported warehouse URL scheme {scheme!r}; use one of {known}") from None
 
 
-def warehouse_engine(url: str) -> Engine:
-    """The process's engine for the URL (made on first use)."""
+def warehouse_engine(url: str, *, memory_limit_mb: int | None = None) -> Engine:
+    """The process's engine for the URL (made on first use). ``memory_limit_mb``
+    bounds what one statistics query may hold in memory: DuckDB and ClickHouse
+    spill a larger aggregation or sort to disk instead (PostgreSQL does by itself,
+    past ``work_mem``)."""
     with _lock:
-        engine = _engines.get(url)
+        engine = _engines.get((url, memory_limit_mb))
         if engine is None:
-            engine = _engines[url] = _create(url)
+            engine = _engines[(url, memory_limit_mb)] = _create(url, memory_limit_mb)
         return engine
 
 
-def _create(url: str) -> Engine:
+def _create(url: str, memory_limit_mb: int | None) -> Engine:
     dialect_of(url)
     parts = urlsplit(url)
     if parts.scheme == "chdb":
@@ -68,9 +72,17 @@ def _create(url: str) -> Engine:
         _chdb_folder[:] = [folder]
         # The dialect passes a host, which the embedded engine has no use for and says so.
         logging.getLogger("clickhouse_connect.driver").setLevel(logging.ERROR)
+        settings = {}
+        if memory_limit_mb:
+            limit = memory_limit_mb * 2**20
+            settings = {
+                "max_memory_usage": limit,
+                "max_bytes_before_external_group_by": limit // 2,
+                "max_bytes_before_external_sort": limit // 2,
+            }
         return create_engine(
             "clickhousedb://localhost/default",
-            connect_args={"interface": "chdb", "path": folder},
+            connect_args={"interface": "chdb", "path": folder, "settings": settings},
             pool_size=2,
             max_overflow=2,
         )
@@ -82,7 +94,14 @@ def _create(url: str) -> Engine:
             return create_engine(
                 parsed, pool_size=2, max_overflow=2, pool_pre_ping=True, connect_args={"connect_timeout": 10}
             )
-        return create_engine(parsed)
+        engine = create_engine(parsed)
+        if memory_limit_mb and parsed.drivername.startswith("duckdb"):
+
+            @event.listens_for(engine, "connect")
+            def _limit(dbapi_connection: Any, _record: Any) -> None:
+                dbapi_connection.execute(f"SET memory_limit = '{int(memory_limit_mb)}MB'")
+
+        return engine
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise WarehouseUnavailable(f"the warehouse URL is not usable: {exc}") from None
 

@@ -75,14 +75,19 @@ def relations(source: WarehouseSource, rules: query.Rules, started_at: datetime 
 
 
 def compute_cells(
-    source: WarehouseSource, rules: query.Rules, started_at: datetime | None, *, cancel: threading.Event | None = None
+    source: WarehouseSource,
+    rules: query.Rules,
+    started_at: datetime | None,
+    *,
+    cancel: threading.Event | None = None,
+    memory_limit_mb: int | None = None,
 ) -> list[list[Any]]:
     """Run the statistics statement in the warehouse: ``[kind, stage, variant key,
     value, ISO day, customers]`` per non-empty cell, sorted."""
     dialect = dialect_of(source.url)
     events, exposures = relations(source, rules, started_at)
     statement = query.statistics(dialect, events, exposures, rules)
-    with warehouse_engine(source.url).connect() as connection:
+    with warehouse_engine(source.url, memory_limit_mb=memory_limit_mb).connect() as connection:
         rows = _run_cancellable(connection, statement, dialect, cancel)
     cells = [
         [kind, stage or "", str(variant), int(value or 0), _iso(day), int(n)]
@@ -131,14 +136,16 @@ def _interrupt(connection: Connection, dialect: str) -> None:
         raw.cancel()  # type: ignore[union-attr]
 
 
-def export_exposures(session: Session, experiment: Experiment, source: WarehouseSource) -> int:
+def export_exposures(
+    session: Session, experiment: Experiment, source: WarehouseSource, *, memory_limit_mb: int | None = None
+) -> int:
     """Copy the experiment's exposures made since the last copy into the source's
     exposures table; returns how many rows were written. Exposures at the last
     copied instant are written again: the statistics keep one per customer, so a
     copy twice is harmless and none is ever missed."""
     columns = source.exposures_columns
     target = table_of(source.exposures_table, columns.values())
-    engine = warehouse_engine(source.url)
+    engine = warehouse_engine(source.url, memory_limit_mb=memory_limit_mb)
     with engine.connect() as connection:
         last = connection.execute(
             select(func.max(target.c[columns["exposed_at"]])).where(target.c[columns["experiment"]] == experiment.key)
@@ -200,9 +207,10 @@ def refresh(
         error: str | None = None
         cells: list[list[Any]] = []
         try:
+            limit = database.settings.warehouse_memory_limit_mb
             if source.export_exposures:
-                export_exposures(session, experiment, source)
-            cells = compute_cells(source, rules, started_at, cancel=cancel)
+                export_exposures(session, experiment, source, memory_limit_mb=limit)
+            cells = compute_cells(source, rules, started_at, cancel=cancel, memory_limit_mb=limit)
         except RefreshCancelled:
             error = "cancelled while the warehouse query ran; the statistics shown are the earlier ones"
         except (WarehouseUnavailable, SQLAlchemyError, OSError, RuntimeError) as exc:
