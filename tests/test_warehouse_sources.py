@@ -250,9 +250,7 @@ def test_update_keeps_the_stored_url_and_password(admin_api, db, warehouse):
     assert renamed.json["name"] == "Renamed"
     # The masked URL sent back (a GET, a change, a PATCH) keeps the stored password.
     shown = admin_api.get(f"{API}/analytics").json
-    back = admin_api.patch(
-        f"{API}/analytics", json={"url": shown["url"], "clock_skew_seconds": 60, "check": False}
-    )
+    back = admin_api.patch(f"{API}/analytics", json={"url": shown["url"], "clock_skew_seconds": 60, "check": False})
     assert back.status_code == 200, back.json
     with db.sessionmaker() as session:
         assert session.scalars(sa.select(WarehouseSource.url)).one() == PG_URL

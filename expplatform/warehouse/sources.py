@@ -621,9 +621,7 @@ def delete_source(session: Session, key: str, actor: str) -> None:
     _audit(session, source, actor, "deleted", {"values": _safe_values(_values(source))})
     session.flush()
     session.execute(
-        update(WarehouseSourceAuditEntry)
-        .where(WarehouseSourceAuditEntry.source_id == source.id)
-        .values(source_id=None)
+        update(WarehouseSourceAuditEntry).where(WarehouseSourceAuditEntry.source_id == source.id).values(source_id=None)
     )
     session.delete(source)
     session.flush()
