@@ -363,8 +363,8 @@ def _parse_file(text: str) -> JourneyDefinition | ExperimentDefinition | SourceD
         if data["kind"] != KIND:
             raise InvalidInput(
                 {
-                    "kind": f"must be {KIND!r} for a journey, {WAREHOUSE_KIND!r} for a warehouse source, "
-                    "or left out for an experiment"
+                    "kind": f"must be {KIND!r} for a journey, or left out for an experiment "
+                    f"({WAREHOUSE_KIND!r} for a warehouse source)"
                 }
             )
         return parse_journey(data)
