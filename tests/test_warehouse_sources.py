@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from expplatform.cli import main
 from expplatform.models import Experiment, WarehouseSource, WarehouseSourceAuditEntry
-from expplatform.warehouse.engines import dispose_all
+from expplatform.warehouse.engines import dispose_all, warehouse_engine
 from expplatform.warehouse.inspection import type_families, type_family
 from expplatform.warehouse.sources import masked_url
 
@@ -418,3 +418,52 @@ def test_the_experiment_form_attaches_a_source(client, login, warehouse, admin_a
     detached = client.post(f"/experiments/{key}/edit", data={**EXPERIMENT_FORM, "warehouse_source": ""})
     assert detached.status_code == 302, detached.text
     assert admin_api.get(f"/api/v1/experiments/{key}").json["warehouse_source"] is None
+
+
+# -- ClickHouse (embedded, chdb) ---------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def chdb_url(tmp_path_factory) -> str:
+    """The embedded ClickHouse of this test process: chdb opens one data folder per
+    process, and each pytest-xdist worker has its own base temp folder."""
+    folder = tmp_path_factory.getbasetemp() / "chdb"
+    folder.mkdir(exist_ok=True)
+    url = f"chdb://{folder}"
+    with warehouse_engine(url).begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TABLE IF NOT EXISTS ch_events (event_id String, customer_id LowCardinality(String), "
+            "stage LowCardinality(String), kind LowCardinality(String), metric Nullable(String), "
+            "value Nullable(Int16), occurred_at DateTime64(6, 'UTC'), received_at DateTime64(6, 'UTC'), "
+            "sequence UInt64, note Float64) ENGINE = MergeTree ORDER BY event_id"
+        )
+        connection.exec_driver_sql(
+            "CREATE TABLE IF NOT EXISTS ch_exposures (experiment String, customer_id String, variant String, "
+            "exposed_at DateTime('UTC'), forced UInt8) ENGINE = MergeTree ORDER BY (experiment, customer_id)"
+        )
+    return url
+
+
+def test_clickhouse_tables_are_read_from_its_catalog(admin_api, chdb_url):
+    body = _source(chdb_url, events_table="ch_events", exposures_table="default.ch_exposures")
+    created = admin_api.post(API, json=body)
+    assert created.status_code == 201, created.json
+    assert created.json["dialect"] == "clickhouse"
+    assert created.json["events_columns"]["sequence"] == "sequence"
+    assert created.json["exposures_columns"]["forced"] == "forced"  # UInt8 is ClickHouse's boolean
+    wrong = admin_api.post(API, json={**body, "key": "wrong", "events_columns": {"value": "note"}})
+    assert wrong.status_code == 422
+    assert wrong.json["fields"] == {"events_columns.value": "column note of ch_events is Float64, not an integer type"}
+
+
+def test_only_a_duckdb_file_or_a_chdb_folder_is_opened(admin_api, tmp_path):
+    other = tmp_path / "notes.txt"
+    other.write_text("not a database, and not to be opened as one\n")
+    refused = admin_api.post(API, json=_source(f"duckdb:///{other}"))
+    assert refused.status_code == 422 and f"no DuckDB file at {other}" in refused.json["fields"]["url"]
+    assert other.read_text().startswith("not a database")
+    empty = tmp_path / "empty-folder"
+    empty.mkdir()
+    refused = admin_api.post(API, json=_source(f"chdb://{empty}"))
+    assert refused.status_code == 422 and "no chdb data folder" in refused.json["fields"]["url"]
+    assert list(empty.iterdir()) == []

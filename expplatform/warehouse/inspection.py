@@ -105,8 +105,9 @@ def _scrub(message: str, url: str) -> str:
 
 
 def _local_file(url: str) -> None:
-    """DuckDB would create a missing file and chdb a missing folder: refuse both, so a
-    mistyped path is reported, not silently made empty (or made by a fuzzer)."""
+    """DuckDB would create a missing file and chdb a missing folder: refuse both (and
+    anything that is not a DuckDB file or a chdb folder), so a mistyped path is
+    reported, not silently made, and no other file or folder of the host is opened."""
     parts = urlsplit(url)
     scheme = parts.scheme.split("+", 1)[0]
     if scheme not in ("duckdb", "chdb"):
@@ -116,10 +117,20 @@ def _local_file(url: str) -> None:
     path = (make_url(url).database or "") if scheme == "duckdb" else unquote(parts.path)
     if scheme == "duckdb" and path in ("", ":memory:"):
         raise WarehouseUnavailable("a duckdb:// URL names its database file: duckdb:///path/to/file.duckdb")
-    if scheme == "duckdb" and not Path(path).is_file():
+    if scheme == "duckdb" and not _is_duckdb_file(Path(path)):
         raise WarehouseUnavailable(f"no DuckDB file at {path}")
-    if scheme == "chdb" and path not in ("", "/") and not Path(path).is_dir():
-        raise WarehouseUnavailable(f"no chdb data folder at {path}")
+    if scheme == "chdb" and path not in ("", "/") and not (Path(path) / "metadata").is_dir():
+        raise WarehouseUnavailable(f"no chdb data folder at {path} (one chdb has written holds metadata/)")
+
+
+def _is_duckdb_file(path: Path) -> bool:
+    """A DuckDB database file (its header says DUCK at byte 8), so that no other
+    file of the host is opened as one."""
+    try:
+        with path.open("rb") as file:
+            return file.read(12)[8:12] == b"DUCK"
+    except OSError:
+        return False
 
 
 def table_columns(url: str, tables: list[str]) -> dict[str, Columns | None]:
