@@ -413,6 +413,9 @@ def test_the_experiment_form_attaches_a_source(client, login, warehouse, admin_a
     assert created.status_code == 302, created.text
     key = EXPERIMENT_FORM["key"]
     assert admin_api.get(f"/api/v1/experiments/{key}").json["warehouse_source"] == "analytics"
+    assert (
+        'warehouse source <a href="/warehouse-sources"><code>analytics</code>' in client.get(f"/experiments/{key}").text
+    )
     edit = client.get(f"/experiments/{key}/edit")
     assert '<option selected value="analytics">' in edit.text
     detached = client.post(f"/experiments/{key}/edit", data={**EXPERIMENT_FORM, "warehouse_source": ""})
