@@ -137,10 +137,9 @@ def table_columns(url: str, tables: list[str]) -> dict[str, Columns | None]:
     """The columns of each table (None: no such table), read in one connection."""
     dialect = dialect_of(url)
     _local_file(url)
-    engine = warehouse_engine(url)
     found: dict[str, Columns | None] = {}
     try:
-        with engine.connect() as connection:
+        with warehouse_engine(url).connect() as connection:
             for name in dict.fromkeys(tables):
                 schema, table = split_table(name)
                 rows = connection.execute(_CATALOG[dialect], {"schema": schema, "table": table}).all()
@@ -149,5 +148,5 @@ def table_columns(url: str, tables: list[str]) -> dict[str, Columns | None]:
         raise
     except Exception as exc:  # any driver's error: the warehouse could not be read
         orig = getattr(exc, "orig", None) or exc
-        raise WarehouseUnavailable(f"cannot read the warehouse: {_scrub(str(orig), url)}") from None
+        raise WarehouseUnavailable(_scrub(str(orig), url)) from None
     return found

@@ -130,10 +130,9 @@ def masked_url(url: str) -> str:
     """The URL with its password (and any credential-like query parameter) replaced
     by ``***``: the only form of a source's URL that is ever shown."""
     try:
-        parsed = make_url(url)
-    except ArgumentError:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
         return MASK
-    shown = parsed.render_as_string(hide_password=True)
     parts = urlsplit(shown)
     if parts.query:
         query = [(k, MASK if _SECRET_PARAMETER.search(k) else v) for k, v in parse_qsl(parts.query, True)]
@@ -150,7 +149,7 @@ def _with_stored_password(url: str, stored: str | None) -> str:
         if given.password != MASK:
             return url
         return given.set(password=make_url(stored).password).render_as_string(hide_password=False)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return url
 
 
