@@ -22,6 +22,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
     text,
+    true,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -261,6 +262,9 @@ class WarehouseSource(Base):
     events_columns: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     exposures_table: Mapped[str] = mapped_column(String(256))
     exposures_columns: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    # The platform copies each warehouse experiment's exposures into exposures_table
+    # before computing (``warehouse export``); False: the table is the warehouse's own.
+    export_exposures: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     # The tolerance for an event time ahead of its exposure, for events without a
     # cutoff column: fixed with the source, never today's ingest setting.
     clock_skew_seconds: Mapped[float] = mapped_column(Float, default=5.0)

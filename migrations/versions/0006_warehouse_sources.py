@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("events_columns", sa.JSON(), nullable=False),
         sa.Column("exposures_table", sa.String(256), nullable=False),
         sa.Column("exposures_columns", sa.JSON(), nullable=False),
+        sa.Column("export_exposures", sa.Boolean(), nullable=False, server_default=sa.true()),
         sa.Column("clock_skew_seconds", sa.Float(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
