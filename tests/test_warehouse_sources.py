@@ -152,7 +152,9 @@ def test_a_mapped_table_with_other_names_and_a_schema(admin_api, warehouse):
     mapped = created.json["events_columns"]
     assert mapped["customer_id"] == "user_id" and mapped["sequence"] == "seq"
     assert mapped["value"] is None and mapped["metric"] is None  # unmapped on purpose; absent
-    assert created.json["clock_skew_seconds"] == 30
+    assert created.json["clock_skew_seconds"] == 30 and created.json["export_exposures"] is True
+    own = admin_api.patch(f"{API}/analytics", json={"export_exposures": False})
+    assert own.status_code == 200 and own.json["export_exposures"] is False
 
 
 @pytest.mark.parametrize(
@@ -373,6 +375,7 @@ def _form(base_url: str, /, **overrides) -> dict:
         "events_table": "events",
         "exposures_table": "exposures",
         "clock_skew_seconds": "5",
+        "export_exposures": "y",
         "check": "y",
         **overrides,
     }
@@ -391,11 +394,13 @@ def test_the_form_defines_a_source_and_the_list_shows_it(client, login, warehous
     assert "Analytics warehouse" in listed.text and "<code>events</code>" in listed.text
     edit = client.get("/warehouse-sources/analytics/edit")
     assert edit.status_code == 200 and 'value="events"' in edit.text
-    saved = client.post("/warehouse-sources/analytics/edit", data=_form("", name="Renamed"))
+    unticked = {name: value for name, value in _form("", name="Renamed").items() if name != "export_exposures"}
+    saved = client.post("/warehouse-sources/analytics/edit", data=unticked)
     assert saved.status_code == 302, saved.text
     with db.sessionmaker() as session:
         source = session.scalars(sa.select(WarehouseSource)).one()
         assert source.name == "Renamed" and source.url == warehouse  # a blank URL box keeps it
+        assert source.export_exposures is False  # the box unticked
         actions = [entry.action for entry in session.scalars(sa.select(WarehouseSourceAuditEntry))]
         assert actions == ["created", "updated"]
     checked = client.post("/warehouse-sources/analytics/check", follow_redirects=True)

@@ -146,6 +146,12 @@ _DEFINITION_PROPERTIES: dict[str, Any] = {
         "default": service.DEFAULT_CLOCK_SKEW,
         "description": "How far an event may be ahead of its exposure by the client's clock.",
     },
+    "export_exposures": {
+        "type": "boolean",
+        "default": True,
+        "description": "The platform copies each attached experiment's exposures into `exposures_table` before "
+        "computing; `false`: that table is the warehouse's own exposure table.",
+    },
 }
 _CHECK = {
     "type": "boolean",

@@ -69,6 +69,7 @@ DEFINITION_FIELDS = (
     "exposures_table",
     "exposures_columns",
     "clock_skew_seconds",
+    "export_exposures",
     "check",
 )
 FILE_FIELDS = ("kind", "url_env", *DEFINITION_FIELDS)
@@ -96,6 +97,9 @@ class SourceDefinition:
     events_columns: Mapping[str, str | None] = field(default_factory=dict)
     exposures_columns: Mapping[str, str | None] = field(default_factory=dict)
     clock_skew_seconds: float = DEFAULT_CLOCK_SKEW
+    # The platform copies its exposures into exposures_table (``warehouse export``);
+    # False: that table is the warehouse's own.
+    export_exposures: bool = True
     # Read the warehouse's catalog before storing (not part of the definition).
     check: bool = field(default=True, compare=False)
 
@@ -112,6 +116,7 @@ class PreparedSource:
     exposures_table: str
     exposures_columns: dict[str, str]
     clock_skew_seconds: float
+    export_exposures: bool
     checked: bool
 
 
@@ -293,8 +298,10 @@ def parse_source(
         values[name] = _columns(errors, name, data.get(name) or {})
     values["clock_skew_seconds"] = _skew(errors, data.get("clock_skew_seconds", DEFAULT_CLOCK_SKEW))
     check = data.get("check", True)
-    if not isinstance(check, bool):
-        errors["check"] = "must be true or false"
+    for name, flag in (("check", check), ("export_exposures", data.get("export_exposures", True))):
+        if not isinstance(flag, bool):
+            errors[name] = "must be true or false"
+    values["export_exposures"] = data.get("export_exposures", True)
     if errors:
         raise InvalidInput(errors)
     return SourceDefinition(**values, check=check)
@@ -385,6 +392,7 @@ def prepare(definition: SourceDefinition, *, stored_url: str | None = None) -> P
         exposures_table=definition.exposures_table,
         exposures_columns=columns["exposures_columns"],
         clock_skew_seconds=definition.clock_skew_seconds,
+        export_exposures=definition.export_exposures,
         checked=definition.check,
     )
 
@@ -407,6 +415,7 @@ def check_source(source: WarehouseSource) -> CheckReport:
         events_columns={role.name: source.events_columns.get(role.name) for role in EVENT_ROLES},
         exposures_columns={role.name: source.exposures_columns.get(role.name) for role in EXPOSURE_ROLES},
         clock_skew_seconds=source.clock_skew_seconds,
+        export_exposures=source.export_exposures,
     )
     try:
         prepare(definition, stored_url=source.url)
@@ -476,6 +485,7 @@ def export_source(source: WarehouseSource) -> dict[str, Any]:
         "exposures_table": source.exposures_table,
         "exposures_columns": {role.name: source.exposures_columns.get(role.name) for role in EXPOSURE_ROLES},
         "clock_skew_seconds": source.clock_skew_seconds,
+        "export_exposures": source.export_exposures,
     }
 
 
@@ -493,6 +503,8 @@ def with_changes(source: WarehouseSource, changes: Mapping[str, Any]) -> SourceD
             merged[name] = {}
         elif value is None and name == "clock_skew_seconds":
             merged[name] = DEFAULT_CLOCK_SKEW
+        elif value is None and name == "export_exposures":
+            merged[name] = True
         else:
             merged[name] = value
     return parse_source(merged, require_url=False)
@@ -514,6 +526,7 @@ def _values(prepared: PreparedSource | WarehouseSource) -> dict[str, Any]:
         "exposures_table": prepared.exposures_table,
         "exposures_columns": dict(prepared.exposures_columns),
         "clock_skew_seconds": prepared.clock_skew_seconds,
+        "export_exposures": prepared.export_exposures,
     }
 
 

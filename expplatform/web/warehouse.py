@@ -39,6 +39,7 @@ class SourceForm(FlaskForm):
     events_table = StringField("Events table")
     exposures_table = StringField("Exposures table")
     clock_skew_seconds = StringField("Clock skew (seconds)", default="5")
+    export_exposures = BooleanField("expplatform copies its exposures into the exposures table", default=True)
     check = BooleanField("Check the tables in the warehouse before saving", default=True)
 
     def role_fields(self, mapping: str):
@@ -86,6 +87,7 @@ def _form_to_mapping(form: SourceForm) -> dict[str, Any]:
                 columns[role.name] = None if text == UNMAPPED else text
         data[mapping] = columns
     data["clock_skew_seconds"] = _number_or_text((form.clock_skew_seconds.data or "").strip() or "5")
+    data["export_exposures"] = bool(form.export_exposures.data)
     data["check"] = bool(form.check.data)
     return data
 
@@ -98,6 +100,7 @@ def _form_data(source: WarehouseSource) -> dict[str, Any]:
         "events_table": stored["events_table"],
         "exposures_table": stored["exposures_table"],
         "clock_skew_seconds": f"{stored['clock_skew_seconds']:g}",
+        "export_exposures": stored["export_exposures"],
         "check": True,
     }
     for mapping, prefix in PREFIXES.items():
