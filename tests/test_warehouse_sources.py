@@ -256,6 +256,10 @@ def test_update_keeps_the_stored_url_and_password(admin_api, db, warehouse):
     assert back.status_code == 200, back.json
     with db.sessionmaker() as session:
         assert session.scalars(sa.select(WarehouseSource.url)).one() == PG_URL
+    # ... but never sends the stored password to another host.
+    elsewhere = shown["url"].replace("127.0.0.1", "collector.example")
+    refused = admin_api.patch(f"{API}/analytics", json={"url": elsewhere, "check": False})
+    assert refused.status_code == 422 and "type the password" in refused.json["fields"]["url"]
     audit = admin_api.get(f"{API}/analytics/audit").json["items"]
     assert [entry["action"] for entry in audit] == ["updated", "updated", "created"]
     assert set(audit[0]["details"]["changes"]) == {"clock_skew_seconds"}

@@ -129,7 +129,7 @@ _TABLE = {
 _URL_DESCRIPTION = (
     "A SQLAlchemy URL: `postgresql://`, `postgresql+psycopg://`, `duckdb:///path/file.duckdb`, "
     "`clickhousedb://user:password@host:8123/db` or `chdb:///path/folder`. Never shown back: responses carry "
-    "it with the password masked (`***`); sending the masked form back keeps the stored password."
+    "it with the password masked (`***`); sending the masked URL back unchanged keeps the stored URL."
 )
 _DEFINITION_PROPERTIES: dict[str, Any] = {
     "key": {**_SLUG, "description": "Unique and immutable; experiments name it as `warehouse_source`."},

@@ -6,8 +6,9 @@ refuses to delete a source an experiment reads from.
 Credentials: the URL is stored as given (the statistics need it) and never shown
 back. :func:`masked_url` is the only form of it that leaves this module (API
 responses, pages, audit entries, messages); an update that leaves the URL out keeps
-the stored one, and a URL sent back with the masked password (``***``) keeps the
-stored password, so a client may GET a source, change a field and send it back.
+the stored one, and so does the masked URL sent back unchanged, so a client may GET
+a source, change a field and send it all back (a masked password in any other URL is
+refused: the stored password is never sent to another host).
 
 Mapping: ``events_columns`` and ``exposures_columns`` map a role
 (``mapping.EVENT_ROLES``, ``mapping.EXPOSURE_ROLES``) to a column. A required role
@@ -146,16 +147,19 @@ def masked_url(url: str) -> str:
 
 
 def _with_stored_password(url: str, stored: str | None) -> str:
-    """A URL sent back with the masked password means "the stored password"."""
-    if stored is None:
-        return url
+    """The stored URL for the masked one sent back unchanged. A masked password in
+    any other URL is refused: the stored password goes to the stored host only."""
+    if stored is not None and url == masked_url(stored):
+        return stored
     try:
-        given = make_url(url)
-        if given.password != MASK:
-            return url
-        return given.set(password=make_url(stored).password).render_as_string(hide_password=False)
+        masked = make_url(url).password == MASK
     except (ArgumentError, ValueError):
-        return url
+        masked = False
+    if masked:
+        raise InvalidInput(
+            {"url": f"{MASK} stands for the stored password only in the stored URL, unchanged; type the password"}
+        )
+    return url
 
 
 # -- parsing ---------------------------------------------------------------------------
