@@ -407,6 +407,8 @@ def test_the_form_defines_a_source_and_the_list_shows_it(client, login, warehous
         assert source.export_exposures is False  # the box unticked
         actions = [entry.action for entry in session.scalars(sa.select(WarehouseSourceAuditEntry))]
         assert actions == ["created", "updated"]
+    history = client.get("/warehouse-sources/analytics/edit").text
+    assert "updated: name, export_exposures" in history and "created" in history
     checked = client.post("/warehouse-sources/analytics/check", follow_redirects=True)
     assert "every table and column" in checked.text
     deleted = client.post("/warehouse-sources/analytics/delete", follow_redirects=True)

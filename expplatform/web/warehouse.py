@@ -30,6 +30,7 @@ from .forms import ConfirmForm
 # Form field prefix per mapping: ``events__value`` is ``events_columns.value``.
 PREFIXES = {"events_columns": "events__", "exposures_columns": "exposures__"}
 UNMAPPED = "-"
+AUDIT_SHOWN = 20
 
 
 class SourceForm(FlaskForm):
@@ -123,6 +124,7 @@ def _render(form: SourceForm, *, source: WarehouseSource | None = None, errors=N
         form=form,
         source=source,
         masked=service.masked_url(source.url) if source is not None else None,
+        audit=service.audit_log(get_session(), source)[:AUDIT_SHOWN] if source is not None else [],
         schemes=service.SCHEMES,
         errors=errors or {},
     )
