@@ -24,6 +24,7 @@ from . import auth, definitions, experiments, journey_definitions, journeys, mig
 from .db import get_db
 from .errors import DomainError
 from .models import ApiKey, User
+from .warehouse import sources as warehouse_sources
 
 
 def _create_app():
@@ -261,12 +262,16 @@ def experiments_group() -> None:
 @with_appcontext
 def experiments_apply(paths: tuple[Path, ...]) -> None:
     """Create journeys and experiments from PATHS (files, or folders of *.toml), or
-    update journeys and draft experiments to match: journeys first, then
-    experiments; all or nothing. A file is a journey when it says kind = "journey".
-    Prints what changed."""
+    update journeys and draft experiments to match: warehouse sources and journeys
+    first, then experiments; all or nothing. A file is a journey when it says
+    kind = "journey", a warehouse source when it says kind = "warehouse" (checked
+    against the warehouse unless it says check = false; url_env names the
+    environment variable holding its URL). Prints what changed."""
     try:
         loaded = journey_definitions.load_files(paths)
+        prepared = warehouse_sources.prepare_files(loaded.warehouses)  # reads the warehouses: outside the write
         with get_db().write() as session:
+            sourced = [warehouse_sources.apply_source(session, source, "cli") for source in prepared]
             applied = [journeys.apply_journey(session, definition, "cli") for _, definition in loaded.journeys]
             results = [experiments.apply_definition(session, definition, "cli") for _, definition in loaded.experiments]
     except definitions.DefinitionFileError as exc:
@@ -275,6 +280,11 @@ def experiments_apply(paths: tuple[Path, ...]) -> None:
     except DomainError as exc:
         click.echo(f"{exc.message}\nnothing applied", err=True)
         sys.exit(1)
+    for stored in sourced:
+        detail = f": {', '.join(stored.changes)}" if stored.changes else ""
+        click.echo(f"{stored.action} warehouse source {stored.source.key}{detail}")
+        for notice in stored.notices:
+            click.echo(f"  note: {notice}")
     for done in applied:
         detail = f": {', '.join(done.changes)}" if done.changes else ""
         click.echo(f"{done.action} journey {done.journey.key}{detail}")

@@ -105,6 +105,7 @@ TOP_LEVEL_FIELDS: tuple[str, ...] = (
     "decision",
     "prior",
     "forced_variants",
+    "warehouse_source",
 )
 _VARIANT_FIELDS = ("key", "description", "weight", "control")
 _RULE_FIELDS = ("attribute", "op", "value")
@@ -152,6 +153,9 @@ class ExperimentDefinition:
     decision: DecisionRule = field(default_factory=DecisionRule)
     prior: Prior = field(default_factory=Prior)
     forced_variants: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # The warehouse source holding its outcomes (``warehouse.sources``), by key; None:
+    # the built-in events.
+    warehouse_source: str | None = None
     # What the parser did to the input that the caller should be told (not part of
     # the definition: two definitions differing only here are equal).
     notices: tuple[str, ...] = field(default=(), compare=False)
@@ -537,6 +541,9 @@ def parse_definition(data: Any) -> ExperimentDefinition:
         known = {v.key for v in variants[0]} if variants is not None else None
         values["forced_variants"] = _forced(errors, data["forced_variants"], known)
 
+    if data.get("warehouse_source") is not None:
+        values["warehouse_source"] = _slug(errors, "warehouse_source", data["warehouse_source"])
+
     if errors.fields:
         raise InvalidInput(errors.fields)
     return ExperimentDefinition(**values, notices=notices)
@@ -579,6 +586,8 @@ def definition_to_mapping(definition: ExperimentDefinition) -> dict[str, Any]:
     data["decision"] = asdict(definition.decision)
     data["prior"] = asdict(definition.prior)
     data["forced_variants"] = dict(definition.forced_variants)
+    if definition.warehouse_source is not None:
+        data["warehouse_source"] = definition.warehouse_source
     return data
 
 

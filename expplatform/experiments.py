@@ -51,6 +51,7 @@ from .errors import Conflict, InvalidInput, NotFound
 from .models import AuditEntry, Experiment, Journey, Variant, utcnow
 from .models import ExperimentStatus as Status
 from .versioning import bump_version
+from .warehouse import sources
 
 STATUSES: tuple[Status, ...] = get_args(Status)
 STARTED: tuple[Status, ...] = ("running", "paused")
@@ -178,6 +179,7 @@ def definition_of(experiment: Experiment) -> ExperimentDefinition:
         decision=DecisionRule.from_mapping(experiment.decision),
         prior=Prior.from_mapping(experiment.prior),
         forced_variants=MappingProxyType(dict(experiment.forced_variants)),
+        warehouse_source=experiment.warehouse_source.key if experiment.warehouse_source is not None else None,
     )
 
 
@@ -268,6 +270,7 @@ def _store(session: Session, experiment: Experiment, definition: ExperimentDefin
     experiment.decision = data["decision"]
     experiment.prior = data["prior"]
     experiment.forced_variants = data["forced_variants"]
+    experiment.warehouse_source = sources.source_for_experiment(session, definition.warehouse_source)
     existing = {variant.key: variant for variant in experiment.variants}
     variants = []
     for position, spec in enumerate(definition.variants):

@@ -45,6 +45,8 @@ from .definitions import (
     storable,
 )
 from .errors import InvalidInput, MalformedRequest
+from .warehouse.sources import KIND as WAREHOUSE_KIND
+from .warehouse.sources import SourceDefinition, parse_source
 
 KIND = "journey"
 DEFAULT_PERSONA_ATTRIBUTE = "persona"
@@ -348,15 +350,23 @@ def parse_journey_toml(text: str) -> JourneyDefinition:
     return parse_journey(data)
 
 
-def _parse_file(text: str) -> JourneyDefinition | ExperimentDefinition:
-    """A journey when the file says ``kind = "journey"``, else an experiment."""
+def _parse_file(text: str) -> JourneyDefinition | ExperimentDefinition | SourceDefinition:
+    """A journey when the file says ``kind = "journey"``, a warehouse source when it
+    says ``kind = "warehouse"``, else an experiment."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput({"toml": str(exc)}, f"not valid TOML: {exc}") from None
     if "kind" in data:
+        if data["kind"] == WAREHOUSE_KIND:
+            return parse_source(data, from_file=True)
         if data["kind"] != KIND:
-            raise InvalidInput({"kind": f"must be {KIND!r} for a journey, or left out for an experiment"})
+            raise InvalidInput(
+                {
+                    "kind": f"must be {KIND!r} for a journey, or left out for an experiment "
+                    f"({WAREHOUSE_KIND!r} for a warehouse source)"
+                }
+            )
         return parse_journey(data)
     stages = data.get("stages")
     if isinstance(stages, list) and stages and all(isinstance(stage, Mapping) for stage in stages):
@@ -368,10 +378,12 @@ def _parse_file(text: str) -> JourneyDefinition | ExperimentDefinition:
 
 @dataclass(frozen=True)
 class DefinitionFiles:
-    """What a set of definition files holds: journeys (to apply first), experiments."""
+    """What a set of definition files holds: journeys and warehouse sources (to apply
+    first), experiments."""
 
     journeys: list[tuple[Path, JourneyDefinition]]
     experiments: list[tuple[Path, ExperimentDefinition]]
+    warehouses: list[tuple[Path, SourceDefinition]] = field(default_factory=list)
 
 
 def load_files(paths: Iterable[Path]) -> DefinitionFiles:
@@ -384,6 +396,7 @@ def load_files(paths: Iterable[Path]) -> DefinitionFiles:
     problems: list[str] = []
     journeys: list[tuple[Path, JourneyDefinition]] = []
     experiments: list[tuple[Path, ExperimentDefinition]] = []
+    warehouses: list[tuple[Path, SourceDefinition]] = []
     seen: dict[tuple[str, str], Path] = {}
     for path in files:
         try:
@@ -394,13 +407,21 @@ def load_files(paths: Iterable[Path]) -> DefinitionFiles:
         except InvalidInput as exc:
             problems.extend(f"{path}: {name}: {why}" for name, why in exc.fields.items())
             continue
-        kind = "journey" if isinstance(definition, JourneyDefinition) else "experiment"
+        kind = (
+            "journey"
+            if isinstance(definition, JourneyDefinition)
+            else "warehouse"
+            if isinstance(definition, SourceDefinition)
+            else "experiment"
+        )
         if (kind, definition.key) in seen:
             problems.append(f"{path}: key: {definition.key!r} is also defined in {seen[kind, definition.key]}")
             continue
         seen[kind, definition.key] = path
         if isinstance(definition, JourneyDefinition):
             journeys.append((path, definition))
+        elif isinstance(definition, SourceDefinition):
+            warehouses.append((path, definition))
         else:
             experiments.append((path, definition))
     questions: dict[str, Path] = {}
@@ -416,7 +437,7 @@ def load_files(paths: Iterable[Path]) -> DefinitionFiles:
         problems.append("no definition files found")
     if problems:
         raise DefinitionFileError(problems)
-    return DefinitionFiles(journeys=journeys, experiments=experiments)
+    return DefinitionFiles(journeys=journeys, experiments=experiments, warehouses=warehouses)
 
 
 __all__ = [

@@ -272,6 +272,21 @@ class WarehouseSource(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
+class WarehouseSourceAuditEntry(Base):
+    """Who created, changed or deleted a warehouse source, and which fields; the URL
+    appears only with its password masked (``warehouse.sources``)."""
+
+    __tablename__ = "warehouse_source_audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source_id: Mapped[int | None] = mapped_column(ForeignKey("warehouse_sources.id", ondelete="SET NULL"), index=True)
+    source_key: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(300))
+    action: Mapped[str] = mapped_column(String(32))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class WarehouseStats(Base):
     """The statistics last computed in an experiment's warehouse, with when and how
     long it took; a report reads these, never the warehouse itself."""

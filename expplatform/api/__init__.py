@@ -25,7 +25,7 @@ def health():
 def init_app(app: Flask, csrf: CSRFProtect) -> None:
     # The routes: each feature module's handlers put theirs on bp as it is imported
     # (imported here, not at the top, because they import bp from this package).
-    from . import assign, events, experiments, journey_map, journeys, openapi, reports  # noqa: F401
+    from . import assign, events, experiments, journey_map, journeys, openapi, reports, warehouse  # noqa: F401
 
     errors.init_app(app)
     app.register_blueprint(bp)

@@ -241,6 +241,12 @@ _DEFINITION_PROPERTIES: dict[str, Any] = {
         "additionalProperties": {"type": "string"},
         "description": "QA overrides: customer id -> variant key (served, marked, excluded from analysis).",
     },
+    "warehouse_source": {
+        "type": ["string", "null"],
+        "pattern": SLUG.pattern,
+        "description": "The key of the warehouse source holding the experiment's events "
+        "(`/warehouse-sources`); `null`: the built-in events.",
+    },
 }
 _EXAMPLE = {
     "key": "checkout-button",

@@ -9,10 +9,10 @@ from types import ModuleType
 from typing import Any
 
 from ..auth import public
-from . import assign, bp, events, experiments, journey_map, journeys, reports
+from . import assign, bp, events, experiments, journey_map, journeys, reports, warehouse
 
 # The feature modules whose ``OPENAPI`` fragments make up the document, in its order.
-FEATURES: tuple[ModuleType, ...] = (experiments, journeys, journey_map, events, assign, reports)
+FEATURES: tuple[ModuleType, ...] = (experiments, journeys, journey_map, events, assign, reports, warehouse)
 
 COMMON_SCHEMAS: dict[str, Any] = {
     "Error": {

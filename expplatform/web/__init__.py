@@ -17,7 +17,7 @@ bp = Blueprint("web", __name__, template_folder="templates")
 def init_app(app: Flask) -> None:
     # The routes: each page module's handlers put theirs on bp as it is imported
     # (imported here, not at the top, because they import bp from this package).
-    from . import account, admin, display, experiments, integrate, journey_map, journeys, reports  # noqa: F401
+    from . import account, admin, display, experiments, integrate, journey_map, journeys, reports, warehouse  # noqa: F401
 
     app.register_blueprint(bp)
     app.context_processor(lambda: {"current_user": current_user()})

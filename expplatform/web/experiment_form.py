@@ -149,6 +149,7 @@ class ExperimentForm(FlaskForm):
     layer = StringField("Mutual-exclusion layer")
     layer_share_percent = StringField("Share of the layer (%)")
     forced_variants = TextAreaField("Forced variants for QA")
+    warehouse_source = SelectField("Events from", choices=[], validate_choice=False)
     decision_ship_probability = StringField("Ship when P(better) ≥")
     decision_harm_probability = StringField("Harmful when P(better) ≤")
     decision_max_expected_loss = StringField("Largest expected relative loss to ship")
@@ -187,6 +188,18 @@ class ExperimentForm(FlaskForm):
             stage_choices.append(SelectChoice(target, target))  # as typed, beside its error
         self.target_stage.choices = stage_choices
         self.measured.choices = [SelectChoice(key, name) for key, name in shown.stages]
+
+    def source_choices(self, sources: list[tuple[str, str]]) -> None:
+        """The warehouse source select: (key, name) of each source, after the
+        built-in events (the empty choice); a key typed that is not one stays shown."""
+        current = self.warehouse_source.data or ""
+        choices = [
+            SelectChoice("", "Built-in events"),
+            *(SelectChoice(key, f"{name} ({key})") for key, name in sources),
+        ]
+        if current and current not in {key for key, _ in sources}:
+            choices.append(SelectChoice(current, current))
+        self.warehouse_source.choices = choices
 
     def field_for(self, path: str):
         """The form field a parser path (``variants.1.weight``) belongs to."""
@@ -420,6 +433,8 @@ def form_to_mapping(form: ExperimentForm) -> dict[str, Any]:
         customer, sep, variant = line.partition("=")
         forced[customer.strip() if sep else line.strip()] = variant.strip() if sep else ""
     data["forced_variants"] = forced
+    if (form.warehouse_source.data or "").strip():
+        data["warehouse_source"] = form.warehouse_source.data.strip()
     return data
 
 
@@ -447,6 +462,7 @@ def mapping_to_form_data(data: Mapping[str, Any]) -> dict[str, Any]:
             _percent_text(Decimal(str(data["layer_share"])) * 100) if data.get("layer_share") else ""
         ),
         "forced_variants": "\n".join(f"{c} = {v}" for c, v in data.get("forced_variants", {}).items()),
+        "warehouse_source": data.get("warehouse_source") or "",
     }
     for group, names in (("decision", DECISION_FIELDS), ("prior", PRIOR_FIELDS)):
         for name in names:

@@ -24,6 +24,7 @@ from ..definitions import DEFAULT_STAGES, parse_definition
 from ..errors import DomainError, InvalidInput, NotFound
 from ..models import Experiment, Journey, RatingQuestion, utcnow
 from ..reports.planning import duration_panel
+from ..warehouse import sources
 from . import bp, experiment_or_404
 from .experiment_form import (
     MAX_RULE_ROWS,
@@ -96,6 +97,7 @@ def _render_form(form: ExperimentForm, *, experiment=None, errors=None, status_c
     choices = journeys.list_journeys(get_session())
     shown = _shown(form, choices)
     form.row_choices(choices, shown)
+    form.source_choices([(source.key, source.name) for source in sources.list_sources(get_session())])
     frozen = experiment is not None and experiment.status in service.STARTED
     return (
         render_template(

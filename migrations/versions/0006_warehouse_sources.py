@@ -1,4 +1,4 @@
-"""warehouse_sources, warehouse_stats; experiments.warehouse_source_id
+"""warehouse_sources, warehouse_source_audit_log, warehouse_stats; experiments.warehouse_source_id
 
 Revision ID: 0006
 Revises: 0005
@@ -34,6 +34,17 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_table(
+        "warehouse_source_audit_log",
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("source_id", sa.Integer(), sa.ForeignKey("warehouse_sources.id", ondelete="SET NULL"), nullable=True),
+        sa.Column("source_key", sa.String(64), nullable=False),
+        sa.Column("actor", sa.String(300), nullable=False),
+        sa.Column("action", sa.String(32), nullable=False),
+        sa.Column("details", sa.JSON(), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    )
+    op.create_index("ix_warehouse_source_audit_log_source_id", "warehouse_source_audit_log", ["source_id"])
+    op.create_table(
         "warehouse_stats",
         sa.Column(
             "experiment_id",
@@ -65,4 +76,6 @@ def downgrade() -> None:
         batch_op.drop_constraint("fk_experiments_warehouse_source_id", type_="foreignkey")
         batch_op.drop_column("warehouse_source_id")
     op.drop_table("warehouse_stats")
+    op.drop_index("ix_warehouse_source_audit_log_source_id", "warehouse_source_audit_log")
+    op.drop_table("warehouse_source_audit_log")
     op.drop_table("warehouse_sources")
