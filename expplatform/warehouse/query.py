@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, false, func, literal_column, null, or_, select, union_all
+from sqlalchemy import and_, case, false, func, literal_column, null, or_, select
 from sqlalchemy.sql import ColumnElement, FromClause, Select, Subquery, TableClause
 
 from . import dialects
@@ -268,9 +268,30 @@ def exposure_cells(dialect: Name, exposures: FromClause) -> Select[Any]:
     )
 
 
-def statistics(dialect: Name, events: FromClause, exposures: FromClause, rules: Rules) -> Select[Any]:
-    """Every cell of an experiment's statistics in one statement: exposures by
-    variant and day, and converters and latest ratings by stage, variant, value and
-    day. Summed over days they are what the built-in counters hold."""
+def outcome_days(dialect: Name, outcomes: FromClause) -> Select[Any]:
+    """Customers per (stage, variant, conversion day, rating, rating day) from outcome
+    rows: one pass over them gives both the converters' and the ratings' cells (an
+    engine that inlines a subquery per reference would otherwise compute the outcome
+    rows once for each). NULL day: no conversion, or no rating."""
+    o = outcomes.c
+    converted_day = dialects.utc_day(dialect, not_before(o.converted_at, o.exposed_at)).label("converted_day")
+    rated_day = dialects.utc_day(dialect, not_before(o.rated_at, o.exposed_at)).label("rated_day")
+    return select(o.stage, o.variant, converted_day, o.rating, rated_day, func.count().label("n")).group_by(
+        o.stage, o.variant, converted_day, o.rating, rated_day
+    )
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """The two statements of an experiment's statistics: exposed customers per
+    variant and day (``exposure_cells``), and the outcomes per stage, variant and
+    days (``outcome_days``). Summed over days they are what the built-in counters
+    hold."""
+
+    exposures: Select[Any]
+    outcomes: Select[Any]
+
+
+def statistics(dialect: Name, events: FromClause, exposures: FromClause, rules: Rules) -> Statistics:
     outcomes = outcome_rows(attribution(dialect, events, exposures, rules).counted)
-    return union_all(exposure_cells(dialect, exposures), *outcome_cells(dialect, outcomes)).subquery("cells").select()
+    return Statistics(exposure_cells(dialect, exposures), outcome_days(dialect, outcomes))

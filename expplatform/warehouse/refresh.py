@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -86,14 +87,19 @@ def compute_cells(
     value, ISO day, customers]`` per non-empty cell, sorted."""
     dialect = dialect_of(source.url)
     events, exposures = relations(source, rules, started_at)
-    statement = query.statistics(dialect, events, exposures, rules)
+    statements = query.statistics(dialect, events, exposures, rules)
     with warehouse_engine(source.url, memory_limit_mb=memory_limit_mb).connect() as connection:
-        rows = _run_cancellable(connection, statement, dialect, cancel)
-    cells = [
-        [kind, stage or "", str(variant), int(value or 0), _iso(day), int(n)]
-        for kind, stage, variant, value, day, n in rows
-    ]
-    return sorted(cell for cell in cells if cell[5])
+        exposed = _run_cancellable(connection, statements.exposures, dialect, cancel)
+        outcomes = _run_cancellable(connection, statements.outcomes, dialect, cancel)
+    totals: Counter[tuple[Any, ...]] = Counter()
+    for _kind, _stage, variant, _value, day, n in exposed:
+        totals["exposed", "", str(variant), 0, _iso(day)] += int(n)
+    for stage, variant, converted_day, rating, rated_day, n in outcomes:
+        if converted_day is not None:
+            totals["converted", stage, str(variant), 0, _iso(converted_day)] += int(n)
+        if rated_day is not None and rating is not None:
+            totals["rating", stage, str(variant), int(rating), _iso(rated_day)] += int(n)
+    return sorted([*cell, n] for cell, n in totals.items() if n)
 
 
 def _iso(day: Any) -> str:
