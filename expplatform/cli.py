@@ -399,7 +399,7 @@ def warehouse_export(key: str) -> None:
         if experiment.warehouse_source is None:
             _fail(f"experiment {key!r} has no warehouse source")
         limit = get_db().settings.warehouse_memory_limit_mb
-        written = export_exposures(session, experiment, experiment.warehouse_source, memory_limit_mb=limit)
+        written, _last = export_exposures(session, experiment, experiment.warehouse_source, memory_limit_mb=limit)
     click.echo(f"{key}: {written} exposure(s) written to {experiment.warehouse_source.exposures_table}")
 
 

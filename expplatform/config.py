@@ -122,6 +122,11 @@ class Settings:
     # Warehouse experiments: the fit worker recomputes a running experiment's
     # statistics in its warehouse when the last are older than this.
     warehouse_refresh_seconds: float = 900.0
+    # Between two full recomputations, a refresh adds what changed since the last:
+    # events received up to the load lag ago (the warehouse has loaded them by then).
+    # A full one, at least this often, also counts rows loaded later than that.
+    warehouse_full_refresh_seconds: float = 86_400.0
+    warehouse_load_lag_seconds: float = 0.0
     # What one warehouse statistics query may hold in memory (DuckDB, ClickHouse spill past it).
     warehouse_memory_limit_mb: int = 2048
     report_wait_seconds: float = 0.5
@@ -162,6 +167,8 @@ _PARSERS: dict[str, Any] = {
     "report_refresh_seconds": _parse_float,
     "warehouse_refresh_seconds": lambda n, r: _parse_float(n, r, minimum=10.0),
     "warehouse_memory_limit_mb": lambda n, r: _parse_int(n, r, minimum=64),
+    "warehouse_full_refresh_seconds": lambda n, r: _parse_float(n, r, minimum=0.0),
+    "warehouse_load_lag_seconds": lambda n, r: _parse_float(n, r, minimum=0.0),
     "report_wait_seconds": _parse_float,
     "session_lifetime_seconds": lambda n, r: _parse_float(n, r, minimum=60.0),
     "secure_cookies": _parse_bool,

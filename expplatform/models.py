@@ -299,6 +299,14 @@ class WarehouseStats(Base):
     cells: Mapped[list[list[Any]] | None] = mapped_column(JSON)
     computed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     seconds: Mapped[float | None] = mapped_column(Float)
+    # The cells hold the events received before the watermark, under these rules
+    # (``refresh.rules_key``); the last full recomputation's time (between two, a
+    # refresh adds what changed since the watermark).
+    watermark: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    rules_key: Mapped[str | None] = mapped_column(String(64))
+    full_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The last exposure (id) copied into the warehouse (``export_exposures``).
+    exported_through: Mapped[int | None] = mapped_column(BigInteger)
     # The last refresh's failure, shown on the report until one succeeds.
     error: Mapped[str | None] = mapped_column(Text)
     failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

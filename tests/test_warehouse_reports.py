@@ -10,6 +10,7 @@ import csv as csv_module
 import io
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select, text
@@ -17,7 +18,7 @@ from sqlalchemy import select, text
 from expplatform.aggregation import experiment_stats
 from expplatform.ingest.rebuild import experiment_rules
 from expplatform.jobs import JobRunner
-from expplatform.models import Experiment, WarehouseSource, WarehouseStats
+from expplatform.models import Experiment, WarehouseSource, WarehouseStats, utcnow
 from expplatform.warehouse.mapping import DEFAULT_EVENT_COLUMNS, DEFAULT_EXPOSURE_COLUMNS
 from expplatform.warehouse.refresh import RefreshCancelled, compute_cells, refresh
 from tests.conftest import POSTGRES_URL, postgres_schema_url
@@ -118,6 +119,24 @@ def test_a_refresh_asked_for_is_run_by_the_worker_and_picks_up_new_events(app, d
     report = admin_api.get("/api/v1/experiments/checkout/report").get_json()
     assert _cells(db, "retention")["control"].converted == 4
     assert report["warehouse"]["state"] == "fresh"
+
+
+def test_a_stale_refresh_by_the_worker_adds_only_what_arrived_since(app, db, lake):
+    assert refresh(db, "checkout").mode == "full"
+    arrived = [_event(400 + i, f"c{2 * i}", "retention", "conversion", 500) for i in range(3)]
+    for event in arrived:
+        event["received_at"] = event["exposure_cutoff"] = utcnow()  # received now, as a live event is
+    lake.add_events(arrived)
+    with db.write() as session:
+        experiment_id = session.scalars(select(Experiment.id).filter_by(key="checkout")).one()
+        stats = session.get(WarehouseStats, experiment_id)
+        full_at = stats.full_at
+        stats.computed_at = stats.computed_at - timedelta(hours=1)  # older than warehouse_refresh_seconds
+    assert JobRunner(db).run_pending() == 1
+    assert _cells(db, "retention")["treatment"].converted == 3
+    with db.sessionmaker() as session:
+        stats = session.get(WarehouseStats, experiment_id)
+        assert stats.full_at == full_at and stats.computed_at > full_at  # added to, not recomputed
 
 
 def test_built_in_experiments_have_no_warehouse_actions(app, db, admin_api):
@@ -224,6 +243,12 @@ def _postgres_slow_source() -> WarehouseSource:
             text(
                 "CREATE TABLE slow_lake.exposures (experiment text, customer_id text, variant text,"
                 " exposed_at timestamptz, forced boolean)"
+            )
+        )
+        # A customer exposed: with none, the planner may never read the events at all.
+        connection.execute(
+            text(
+                "INSERT INTO slow_lake.exposures VALUES ('checkout', 'c1', 'control', now() - interval '1 day', false)"
             )
         )
     return WarehouseSource(

@@ -78,11 +78,24 @@ class Pruning:
     skew_seconds: float
 
 
+def _earliest(dialect: Name, occurred: Any, pruning: Pruning) -> ColumnElement[bool]:
+    return occurred >= dialects.timestamp(dialect, pruning.started_at - timedelta(seconds=pruning.skew_seconds))
+
+
 def role_events(
-    dialect: Name, table: TableClause, columns: Mapping[str, str], *, skew_seconds: float, pruning: Pruning | None
+    dialect: Name,
+    table: TableClause,
+    columns: Mapping[str, str],
+    *,
+    skew_seconds: float,
+    pruning: Pruning | None,
+    received_before: datetime | None = None,
+    event_ids: Select[Any] | None = None,
 ) -> Subquery:
     """A warehouse's events as one row per event (the first stored copy of each
-    ``event_id``: earliest received, then lowest ``sequence``), columns named by role."""
+    ``event_id``: earliest received, then lowest ``sequence``), columns named by role:
+    as the warehouse held them at ``received_before`` (copies received later are not
+    there yet), and only the events ``event_ids`` when given."""
     c = table.c
     mapped = {role: c[name] for role, name in columns.items()}
     occurred, received = mapped["occurred_at"], mapped["received_at"]
@@ -109,10 +122,40 @@ def role_events(
         copy.label("copy"),
     )
     if pruning is not None:
-        earliest = pruning.started_at - timedelta(seconds=pruning.skew_seconds)
-        rows = rows.where(occurred >= dialects.timestamp(dialect, earliest))
+        rows = rows.where(_earliest(dialect, occurred, pruning))
+    if received_before is not None:
+        rows = rows.where(received < dialects.timestamp(dialect, received_before))
+    if event_ids is not None:
+        rows = rows.where(mapped["event_id"].in_(event_ids))
     copies = rows.subquery("copies")
     return select(copies).where(copies.c.copy == 1).subquery("events")
+
+
+def touched_events(
+    dialect: Name,
+    table: TableClause,
+    columns: Mapping[str, str],
+    *,
+    since: datetime,
+    before: datetime,
+    pruning: Pruning | None,
+) -> tuple[Select[Any], Select[Any]]:
+    """The customers with a copy of an event received in [since, before), and the ids
+    of all their events: whose outcomes may have changed in that time (a copy under
+    another customer of one of those events is among them, so the first copy is
+    still told from the later ones)."""
+    c = table.c
+    customer, received = c[columns["customer_id"]], c[columns["received_at"]]
+    touched = (
+        select(customer)
+        .distinct()
+        .where(received >= dialects.timestamp(dialect, since), received < dialects.timestamp(dialect, before))
+    )
+    ids = select(c[columns["event_id"]]).distinct().where(customer.in_(touched))
+    if pruning is not None:
+        touched = touched.where(_earliest(dialect, c[columns["occurred_at"]], pruning))
+        ids = ids.where(_earliest(dialect, c[columns["occurred_at"]], pruning))
+    return touched, ids
 
 
 def role_exposures(table: TableClause, columns: Mapping[str, str], experiment_key: str) -> Subquery:
@@ -250,11 +293,14 @@ def outcome_cells(dialect: Name, outcomes: FromClause) -> list[Select[Any]]:
     return cells
 
 
-def exposure_cells(dialect: Name, exposures: FromClause) -> Select[Any]:
-    """Exposed customers per variant and day (``kind = 'exposed'``; the stage is '')."""
+def exposure_cells(
+    dialect: Name, exposures: FromClause, *, since: datetime | None = None, before: datetime | None = None
+) -> Select[Any]:
+    """Exposed customers per variant and day (``kind = 'exposed'``; the stage is
+    ''), of those exposed in [since, before) when given."""
     x = exposures.c
     day = dialects.utc_day(dialect, x.exposed_at)
-    return (
+    cells = (
         select(
             constant("exposed").label("kind"),
             constant("").label("stage"),
@@ -266,9 +312,14 @@ def exposure_cells(dialect: Name, exposures: FromClause) -> Select[Any]:
         .where(x.forced == false())
         .group_by(x.variant, day)
     )
+    if since is not None:
+        cells = cells.where(x.exposed_at >= dialects.timestamp(dialect, since))
+    if before is not None:
+        cells = cells.where(x.exposed_at < dialects.timestamp(dialect, before))
+    return cells
 
 
-def outcome_days(dialect: Name, outcomes: FromClause) -> Select[Any]:
+def outcome_days(dialect: Name, outcomes: FromClause, *, customers: Select[Any] | None = None) -> Select[Any]:
     """Customers per (stage, variant, conversion day, rating, rating day) from outcome
     rows: one pass over them gives both the converters' and the ratings' cells (an
     engine that inlines a subquery per reference would otherwise compute the outcome
@@ -276,9 +327,10 @@ def outcome_days(dialect: Name, outcomes: FromClause) -> Select[Any]:
     o = outcomes.c
     converted_day = dialects.utc_day(dialect, not_before(o.converted_at, o.exposed_at)).label("converted_day")
     rated_day = dialects.utc_day(dialect, not_before(o.rated_at, o.exposed_at)).label("rated_day")
-    return select(o.stage, o.variant, converted_day, o.rating, rated_day, func.count().label("n")).group_by(
+    days = select(o.stage, o.variant, converted_day, o.rating, rated_day, func.count().label("n")).group_by(
         o.stage, o.variant, converted_day, o.rating, rated_day
     )
+    return days if customers is None else days.where(o.customer_id.in_(customers))
 
 
 @dataclass(frozen=True)
@@ -292,6 +344,20 @@ class Statistics:
     outcomes: Select[Any]
 
 
-def statistics(dialect: Name, events: FromClause, exposures: FromClause, rules: Rules) -> Statistics:
+def statistics(
+    dialect: Name,
+    events: FromClause,
+    exposures: FromClause,
+    rules: Rules,
+    *,
+    exposed_since: datetime | None = None,
+    exposed_before: datetime | None = None,
+    customers: Select[Any] | None = None,
+) -> Statistics:
+    """``exposed_since``/``exposed_before`` bound the exposures counted (those in an
+    increment); ``customers`` restricts the outcomes to theirs."""
     outcomes = outcome_rows(attribution(dialect, events, exposures, rules).counted)
-    return Statistics(exposure_cells(dialect, exposures), outcome_days(dialect, outcomes))
+    return Statistics(
+        exposure_cells(dialect, exposures, since=exposed_since, before=exposed_before),
+        outcome_days(dialect, outcomes, customers=customers),
+    )

@@ -16,16 +16,18 @@ ClickHouse's ``max_execution_time`` bounds it) and keeps the earlier statistics.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, column, func, insert, or_, select, table
+from sqlalchemy import Connection, column, insert, or_, select, table
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.sql import TableClause
@@ -53,6 +55,7 @@ class Outcome:
     cells: int | None
     seconds: float
     error: str | None = None
+    mode: str = "full"  # or "incremental": added what changed since the last refresh
 
 
 def table_of(name: str, columns: Iterable[str]) -> TableClause:
@@ -61,18 +64,37 @@ def table_of(name: str, columns: Iterable[str]) -> TableClause:
     return table(bare, *(column(c) for c in sorted(set(columns))), schema=schema or None)
 
 
-def relations(source: WarehouseSource, rules: query.Rules, started_at: datetime | None) -> tuple[Any, Any]:
-    """The source's events (first copies, pruned to the experiment's time) and the
-    experiment's exposures, both with columns named by role."""
+def _pruning(source: WarehouseSource, started_at: datetime | None) -> query.Pruning | None:
+    return None if started_at is None else query.Pruning(started_at, max(source.clock_skew_seconds, 0.0))
+
+
+def relations(
+    source: WarehouseSource,
+    rules: query.Rules,
+    started_at: datetime | None,
+    *,
+    received_before: datetime | None = None,
+    event_ids: Any = None,
+) -> tuple[Any, Any]:
+    """The source's events (first copies, pruned to the experiment's time, as held
+    at ``received_before``, only ``event_ids`` when given) and the experiment's
+    exposures, both with columns named by role."""
     dialect = dialect_of(source.url)
-    events_table = table_of(source.events_table, source.events_columns.values())
-    exposures_table = table_of(source.exposures_table, source.exposures_columns.values())
-    pruning = None if started_at is None else query.Pruning(started_at, max(source.clock_skew_seconds, 0.0))
     events = query.role_events(
-        dialect, events_table, source.events_columns, skew_seconds=source.clock_skew_seconds, pruning=pruning
+        dialect,
+        table_of(source.events_table, source.events_columns.values()),
+        source.events_columns,
+        skew_seconds=source.clock_skew_seconds,
+        pruning=_pruning(source, started_at),
+        received_before=received_before,
+        event_ids=event_ids,
     )
+    exposures_table = table_of(source.exposures_table, source.exposures_columns.values())
     exposures = query.role_exposures(exposures_table, source.exposures_columns, rules.experiment_key)
     return events, exposures
+
+
+Cells = Counter[tuple[Any, ...]]
 
 
 def compute_cells(
@@ -80,26 +102,106 @@ def compute_cells(
     rules: query.Rules,
     started_at: datetime | None,
     *,
+    received_before: datetime | None = None,
     cancel: threading.Event | None = None,
     memory_limit_mb: int | None = None,
 ) -> list[list[Any]]:
-    """Run the statistics statement in the warehouse: ``[kind, stage, variant key,
-    value, ISO day, customers]`` per non-empty cell, sorted."""
+    """The whole statistics, computed in the warehouse as it held the events
+    received before ``received_before`` (all of them: None): ``[kind, stage,
+    variant key, value, ISO day, customers]`` per non-empty cell, sorted."""
     dialect = dialect_of(source.url)
-    events, exposures = relations(source, rules, started_at)
-    statements = query.statistics(dialect, events, exposures, rules)
+    events, exposures = relations(source, rules, started_at, received_before=received_before)
+    statements = query.statistics(dialect, events, exposures, rules, exposed_before=received_before)
     with warehouse_engine(source.url, memory_limit_mb=memory_limit_mb).connect() as connection:
-        exposed = _run_cancellable(connection, statements.exposures, dialect, cancel)
-        outcomes = _run_cancellable(connection, statements.outcomes, dialect, cancel)
-    totals: Counter[tuple[Any, ...]] = Counter()
-    for _kind, _stage, variant, _value, day, n in exposed:
-        totals["exposed", "", str(variant), 0, _iso(day)] += int(n)
-    for stage, variant, converted_day, rating, rated_day, n in outcomes:
+        totals = _cells(connection, statements, dialect, cancel)
+    return as_list(totals)
+
+
+@dataclass(frozen=True)
+class Increment:
+    """What a refresh adds to the statistics of ``since``: the outcomes' change,
+    and the exposures as of ``since`` (to tell that none arrived late: exposures
+    are counted in full each time, they are few) and as of ``before``."""
+
+    outcomes: Cells
+    exposed_then: Cells
+    exposed_now: Cells
+
+
+def compute_increment(
+    source: WarehouseSource,
+    rules: query.Rules,
+    started_at: datetime | None,
+    *,
+    since: datetime,
+    before: datetime,
+    cancel: threading.Event | None = None,
+    memory_limit_mb: int | None = None,
+) -> Increment:
+    """What the events received in [since, before) change in the outcomes: for the
+    customers with such events, their outcomes as of ``before`` minus as of
+    ``since`` (from their own events only). Added to the outcomes as of ``since`` it
+    gives those as of ``before``, at a cost in proportion to those customers' events
+    rather than to the experiment's."""
+    dialect = dialect_of(source.url)
+    events_table = table_of(source.events_table, source.events_columns.values())
+    touched, ids = query.touched_events(
+        dialect, events_table, source.events_columns, since=since, before=before, pruning=_pruning(source, started_at)
+    )
+    now_events, exposures = relations(source, rules, started_at, received_before=before, event_ids=ids)
+    then_events, _ = relations(source, rules, started_at, received_before=since, event_ids=ids)
+    now = query.statistics(dialect, now_events, exposures, rules, exposed_before=before, customers=touched)
+    then = query.statistics(dialect, then_events, exposures, rules, exposed_before=since, customers=touched)
+    with warehouse_engine(source.url, memory_limit_mb=memory_limit_mb).connect() as connection:
+        found_now = _cells(connection, now, dialect, cancel)
+        found_then = _cells(connection, then, dialect, cancel)
+    outcomes = Counter({cell: n for cell, n in found_now.items() if cell[0] != "exposed"})
+    outcomes.subtract({cell: n for cell, n in found_then.items() if cell[0] != "exposed"})
+    return Increment(
+        outcomes,
+        Counter({cell: n for cell, n in found_then.items() if cell[0] == "exposed"}),
+        Counter({cell: n for cell, n in found_now.items() if cell[0] == "exposed"}),
+    )
+
+
+def _cells(
+    connection: Connection,
+    statements: query.Statistics,
+    dialect: str,
+    cancel: threading.Event | None,
+    *,
+    outcomes_only: bool = False,
+) -> Cells:
+    totals: Cells = Counter()
+    if not outcomes_only:
+        for _kind, _stage, variant, _value, day, n in _run_cancellable(
+            connection, statements.exposures, dialect, cancel
+        ):
+            totals["exposed", "", str(variant), 0, _iso(day)] += int(n)
+    for stage, variant, converted_day, rating, rated_day, n in _run_cancellable(
+        connection, statements.outcomes, dialect, cancel
+    ):
         if converted_day is not None:
             totals["converted", stage, str(variant), 0, _iso(converted_day)] += int(n)
         if rated_day is not None and rating is not None:
             totals["rating", stage, str(variant), int(rating), _iso(rated_day)] += int(n)
+    return totals
+
+
+def as_list(totals: Cells) -> list[list[Any]]:
     return sorted([*cell, n] for cell, n in totals.items() if n)
+
+
+def rules_key(source: WarehouseSource, rules: query.Rules, started_at: datetime | None) -> str:
+    """What stored statistics were computed under: an increment may only be added
+    to statistics of the same rules, source mapping and start."""
+    described = {
+        "rules": asdict(rules),
+        "started_at": started_at,
+        "source": [source.url, source.events_table, source.events_columns, source.exposures_table],
+        "exposures": [source.exposures_columns, source.clock_skew_seconds],
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def _iso(day: Any) -> str:
@@ -143,28 +245,30 @@ def _interrupt(connection: Connection, dialect: str) -> None:
 
 
 def export_exposures(
-    session: Session, experiment: Experiment, source: WarehouseSource, *, memory_limit_mb: int | None = None
-) -> int:
-    """Copy the experiment's exposures made since the last copy into the source's
-    exposures table; returns how many rows were written. Exposures at the last
-    copied instant are written again: the statistics keep one per customer, so a
-    copy twice is harmless and none is ever missed."""
+    session: Session,
+    experiment: Experiment,
+    source: WarehouseSource,
+    *,
+    after_id: int | None = None,
+    memory_limit_mb: int | None = None,
+) -> tuple[int, int | None]:
+    """Copy the experiment's exposures stored after the exposure ``after_id`` (all:
+    None) into the source's exposures table, in storage order; returns how many rows
+    were written and the last one's id. By storage order, not by time: an exposure
+    dated in the past (a backfill) is copied all the same. A row copied twice is
+    harmless (the statistics keep one exposure per customer)."""
     columns = source.exposures_columns
     target = table_of(source.exposures_table, columns.values())
     engine = warehouse_engine(source.url, memory_limit_mb=memory_limit_mb)
-    with engine.connect() as connection:
-        last = connection.execute(
-            select(func.max(target.c[columns["exposed_at"]])).where(target.c[columns["experiment"]] == experiment.key)
-        ).scalar()
     variants = {v.id: v.key for v in experiment.variants}
-    rows = select(Exposure.customer_id, Exposure.variant_id, Exposure.exposed_at, Exposure.forced).where(
+    rows = select(Exposure.id, Exposure.customer_id, Exposure.variant_id, Exposure.exposed_at, Exposure.forced).where(
         Exposure.experiment_id == experiment.id
     )
-    if last is not None:
-        rows = rows.where(Exposure.exposed_at >= _aware(last))
-    written = 0
+    if after_id is not None:
+        rows = rows.where(Exposure.id > after_id)
+    written, last = 0, after_id
     batch: list[dict[str, Any]] = []
-    for customer_id, variant_id, exposed_at, forced in session.execute(rows.order_by(Exposure.exposed_at)):
+    for exposure_id, customer_id, variant_id, exposed_at, forced in session.execute(rows.order_by(Exposure.id)):
         row = {
             columns["experiment"]: experiment.key,
             columns["customer_id"]: customer_id,
@@ -174,16 +278,13 @@ def export_exposures(
         if "forced" in columns:
             row[columns["forced"]] = bool(forced)
         batch.append(row)
+        last = exposure_id
         if len(batch) == EXPORT_BATCH:
             written += _write(engine, target, batch)
             batch = []
     if batch:
         written += _write(engine, target, batch)
-    return written
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return written, last
 
 
 def _write(engine: Any, target: TableClause, rows: list[dict[str, Any]]) -> int:
@@ -193,12 +294,23 @@ def _write(engine: Any, target: TableClause, rows: list[dict[str, Any]]) -> int:
 
 
 def refresh(
-    database: Database, experiment_key: str, *, cancel: threading.Event | None = None, now: datetime | None = None
+    database: Database,
+    experiment_key: str,
+    *,
+    full: bool = False,
+    cancel: threading.Event | None = None,
+    now: datetime | None = None,
 ) -> Outcome:
-    """Export, compute and store one experiment's warehouse statistics. A failure is
-    stored (and returned), never raised: the report shows it beside the last good
-    statistics."""
+    """Export, compute and store one experiment's warehouse statistics: by adding
+    what changed since the last refresh where it can, in full when asked (``full``)
+    or when it cannot. A failure is stored (and returned), never raised: the report
+    shows it beside the last good statistics."""
     began = time.perf_counter()
+    moment = now or utcnow()
+    settings = database.settings
+    limit = settings.warehouse_memory_limit_mb
+    # Rows received up to the load lag ago are in the warehouse by now.
+    watermark = moment - timedelta(seconds=settings.warehouse_load_lag_seconds)
     with database.sessionmaker() as session:
         experiment = session.scalar(
             select(Experiment)
@@ -210,35 +322,93 @@ def refresh(
         source = experiment.warehouse_source
         rules = experiment_rules(session, experiment)
         experiment_id, source_id, started_at = experiment.id, source.id, experiment.started_at
+        key = rules_key(source, rules, started_at)
+        stored = session.get(WarehouseStats, experiment_id)
+        exported = stored.exported_through if stored is not None and stored.source_id == source_id else None
+        full_every = settings.warehouse_full_refresh_seconds
+        base = None if full else _incremental_base(stored, source_id, key, watermark, moment, full_every)
         error: str | None = None
         cells: list[list[Any]] = []
+        mode = "full"
         try:
-            limit = database.settings.warehouse_memory_limit_mb
             if source.export_exposures:
-                export_exposures(session, experiment, source, memory_limit_mb=limit)
-            cells = compute_cells(source, rules, started_at, cancel=cancel, memory_limit_mb=limit)
+                _written, exported = export_exposures(
+                    session, experiment, source, after_id=exported, memory_limit_mb=limit
+                )
+            added = None if base is None else _add_increment(source, rules, started_at, base, watermark, cancel, limit)
+            if added is not None:
+                cells, mode = added, "incremental"
+            else:
+                cells = compute_cells(
+                    source, rules, started_at, received_before=watermark, cancel=cancel, memory_limit_mb=limit
+                )
         except RefreshCancelled:
             error = "cancelled while the warehouse query ran; the statistics shown are the earlier ones"
         except (WarehouseUnavailable, SQLAlchemyError, OSError, RuntimeError) as exc:
             error = _explain(exc)
             log.warning("warehouse refresh of %s failed: %s", experiment_key, error)
     seconds = time.perf_counter() - began
-    moment = now or utcnow()
     with database.write() as session:
         stats = session.get(WarehouseStats, experiment_id) or WarehouseStats(
             experiment_id=experiment_id, source_id=source_id
         )
         session.add(stats)
         stats.source_id = source_id
+        stats.exported_through = exported
         stats.running_since = None
         stats.requested_at = None
         stats.cancel_requested = False
         if error is None:
             stats.cells, stats.computed_at, stats.seconds = cells, moment, seconds
+            stats.watermark, stats.rules_key = watermark, key
+            if mode == "full":
+                stats.full_at = moment
             stats.error = stats.failed_at = None
         else:
             stats.error, stats.failed_at = error, moment
-    return Outcome(experiment_key, None if error else len(cells), seconds, error)
+    return Outcome(experiment_key, None if error else len(cells), seconds, error, mode)
+
+
+def _incremental_base(
+    stored: WarehouseStats | None, source_id: int, key: str, watermark: datetime, moment: datetime, full_every: float
+) -> tuple[list[list[Any]], datetime] | None:
+    """The stored cells and their watermark when an increment may be added to them:
+    same source and rules, a full recompute recent enough (it catches rows loaded
+    later than the lag), and time has moved on."""
+    if stored is None or stored.cells is None or stored.source_id != source_id or stored.rules_key != key:
+        return None
+    if stored.watermark is None or stored.full_at is None or watermark <= stored.watermark:
+        return None
+    if stored.full_at < moment - timedelta(seconds=full_every):
+        return None
+    return list(stored.cells), stored.watermark
+
+
+def _add_increment(
+    source: WarehouseSource,
+    rules: query.Rules,
+    started_at: datetime | None,
+    base: tuple[list[list[Any]], datetime],
+    watermark: datetime,
+    cancel: threading.Event | None,
+    limit: int,
+) -> list[list[Any]] | None:
+    """The stored cells plus the increment; None (a full recompute follows) if that
+    would leave a cell below zero, which only stored cells of other rules can do."""
+    stored, since = base
+    totals: Cells = Counter({tuple(cell[:5]): int(cell[5]) for cell in stored})
+    increment = compute_increment(
+        source, rules, started_at, since=since, before=watermark, cancel=cancel, memory_limit_mb=limit
+    )
+    if +Counter({cell: n for cell, n in totals.items() if cell[0] == "exposed"}) != +increment.exposed_then:
+        log.info("exposures of %s arrived dated before the last refresh; recomputing in full", rules.experiment_key)
+        return None
+    outcomes = Counter({cell: n for cell, n in totals.items() if cell[0] != "exposed"})
+    outcomes.update(increment.outcomes)
+    if any(n < 0 for n in outcomes.values()):
+        log.warning("warehouse increment of %s left a count below zero; recomputing in full", rules.experiment_key)
+        return None
+    return as_list(outcomes + increment.exposed_now)
 
 
 def _explain(exc: BaseException) -> str:
@@ -269,10 +439,11 @@ def request_cancel(session: Session, experiment: Experiment) -> bool:
     return True
 
 
-def claim_next(database: Database, *, stale_after: float, now: datetime | None = None) -> str | None:
-    """The key of the experiment whose refresh is due, marked running: asked for
-    first (oldest first), then running experiments whose statistics are older than
-    ``stale_after`` seconds (or missing). None when none is due."""
+def claim_next(database: Database, *, stale_after: float, now: datetime | None = None) -> tuple[str, bool] | None:
+    """The key of the experiment whose refresh is due, marked running, and whether
+    someone asked for it: asked for first (oldest first), then running experiments
+    whose statistics are older than ``stale_after`` seconds (or missing). None when
+    none is due."""
     moment = now or utcnow()
     with database.write() as session:
         # A refresh running longer than a refresh period belongs to a worker that died.
@@ -292,7 +463,7 @@ def claim_next(database: Database, *, stale_after: float, now: datetime | None =
         assert experiment is not None
         stats = request_refresh(session, experiment)
         stats.running_since = moment
-        return key
+        return key, asked is not None
 
 
 def _stale(session: Session, before: datetime) -> str | None:
@@ -332,11 +503,13 @@ def cancel_watch(database: Database, experiment_key: str, stop: threading.Event)
 
 def run_due(database: Database, *, stale_after: float) -> Outcome | None:
     """Refresh the experiment whose refresh is due, if any (the worker's duty)."""
-    key = claim_next(database, stale_after=stale_after)
-    if key is None:
+    due = claim_next(database, stale_after=stale_after)
+    if due is None:
         return None
+    key, asked = due
     stop = threading.Event()
     try:
-        return refresh(database, key, cancel=cancel_watch(database, key, stop))
+        # Asked for by someone reading the report: in full, so rows loaded late count too.
+        return refresh(database, key, full=asked, cancel=cancel_watch(database, key, stop))
     finally:
         stop.set()
