@@ -14,8 +14,9 @@ a minute later; 10% from customers never exposed; 1% of events resent an hour la
 Each engine and size runs in a child process (chdb opens one data folder per
 process, and the peak memory is then the case's own). Printed per case: rows,
 load time, the full statistics' time (median of --repeat), a plain GROUP BY over the
-same events as the baseline in the same process and its ratio, the cells, and the
-process's peak RSS.
+same events as the baseline in the same process and its ratio, the cells, the
+process's peak RSS, and a daily incremental refresh: the statistics as of the start
+of the last day plus what that day's events change (checked equal to the full ones).
 
     .venv/bin/python bench/warehouse.py                       # 10M and 50M, both engines
     .venv/bin/python bench/warehouse.py --sizes 1000000 --engines duckdb
@@ -33,7 +34,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,9 +47,10 @@ from expplatform.models import WarehouseSource  # noqa: E402
 from expplatform.warehouse import query  # noqa: E402
 from expplatform.warehouse.engines import warehouse_engine  # noqa: E402
 from expplatform.warehouse.mapping import DEFAULT_EVENT_COLUMNS, DEFAULT_EXPOSURE_COLUMNS  # noqa: E402
-from expplatform.warehouse.refresh import compute_cells  # noqa: E402
+from expplatform.warehouse.refresh import as_list, compute_cells, compute_increment  # noqa: E402
 
 BASE = datetime(2024, 5, 1, tzinfo=UTC)
+LAST_DAY = 29  # the events run from day 0 to day 30 (exposures over 27 days, events within 3 after)
 DAY_US = 86_400 * 1_000_000
 STAGES = ("awareness", "consideration", "purchase", "retention", "advocacy")
 RULES = query.Rules(
@@ -180,6 +183,19 @@ def child(args: argparse.Namespace) -> None:
         began = time.perf_counter()
         cells = compute_cells(source, RULES, BASE, memory_limit_mb=args.memory_mb)
         times.append(time.perf_counter() - began)
+    # A daily refresh: the statistics as of the start of the last day (the last full
+    # one), then what the last day's events change.
+    last_day = BASE + timedelta(days=LAST_DAY)
+    end = BASE + timedelta(days=40)
+    before = compute_cells(source, RULES, BASE, received_before=last_day, memory_limit_mb=args.memory_mb)
+    increments = []
+    for _ in range(args.repeat):
+        began = time.perf_counter()
+        increment = compute_increment(source, RULES, BASE, since=last_day, before=end, memory_limit_mb=args.memory_mb)
+        increments.append(time.perf_counter() - began)
+    outcomes = Counter({tuple(c[:5]): c[5] for c in before if c[0] != "exposed"})
+    outcomes.update(increment.outcomes)
+    assert as_list(outcomes + increment.exposed_now) == cells, "the increment does not add up to the full statistics"
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     (folder / f"cells-{args.engine}.json").write_text(json.dumps(cells))
     full = statistics.median(times)
@@ -193,6 +209,7 @@ def child(args: argparse.Namespace) -> None:
                 "runs_s": [round(t, 2) for t in times],
                 "baseline_group_by_s": round(baseline, 3),
                 "ratio": round(full / baseline, 1),
+                "incremental_s": round(statistics.median(increments), 2),
                 "cells": len(cells),
                 "peak_rss_mb": round(peak_mb),
             }
@@ -229,7 +246,9 @@ def main() -> None:
                     f"  {engine_name:<10} rows {result['rows']:>11,}  load {result['load_s']:>6.1f} s  "
                     f"full statistics {result['full_s']:>6.2f} s (runs {result['runs_s']})  "
                     f"baseline GROUP BY {result['baseline_group_by_s']:.3f} s (x{result['ratio']})  "
-                    f"cells {result['cells']:,}  peak RSS {result['peak_rss_mb']:,} MB"
+                    f"cells {result['cells']:,}  peak RSS {result['peak_rss_mb']:,} MB\n"
+                    f"  {'':<10} daily incremental refresh (the last day's events) {result['incremental_s']:.2f} s,"
+                    " equal to the full statistics"
                 )
             found = {e: json.loads((folder / f"cells-{e}.json").read_text()) for e in args.engines.split(",")}
             same = len({json.dumps(c) for c in found.values()}) == 1
