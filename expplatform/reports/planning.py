@@ -6,7 +6,9 @@
   estimate at the stage under test;
 - ``parse_plan`` / ``plan_estimate``: the duration estimate of the experiment page,
   from a baseline rate, the smallest lift worth detecting and the expected traffic
-  (``analysis.plan``).
+  (``analysis.plan``); ``read_panel`` is that panel for any number of variants and
+  decision rule, which the experiment form uses for what is typed in it before it is
+  saved (``web.form_planning``).
 """
 
 from __future__ import annotations
