@@ -4,7 +4,6 @@ cells have data at all."""
 from __future__ import annotations
 
 import numpy as np
-from scipy import special
 
 from .types import SampleRatio
 
@@ -17,6 +16,8 @@ def sample_ratio(stages: tuple[str, ...], exposed: np.ndarray, weights: tuple[fl
     reported. A variant with weight 0 is left out unless it has exposures, which is a
     mismatch by itself (p = 0).
     """
+    from scipy import special  # here, not at the top: keeps scipy out of the app's start-up
+
     share = np.asarray(weights, dtype=float)
     share = share / share.sum() if share.sum() > 0 else share
     worst: SampleRatio | None = None

@@ -15,6 +15,7 @@ draws for any comparison whose Monte Carlo error would exceed ``max_p_better_err
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -107,11 +108,52 @@ class _Dirichlet:
         shape = (*alpha.shape[:-1], draws, alpha.shape[-1])
         shapes = np.broadcast_to(alpha.astype(np.float32)[..., None, :], shape)
         self.gamma = rng.standard_gamma(shapes, dtype=np.float32)
-        self.total = self.gamma.sum(-1)
+        self.total = category_sums(self.gamma)
 
     def __matmul__(self, weights: np.ndarray) -> npt.NDArray[np.float32]:
         values: npt.NDArray[np.float32] = self.gamma @ weights.astype(np.float32) / self.total
         return values
+
+
+def category_sums(gamma: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """``gamma.sum(-1)``, bit for bit, about three times quicker for the few categories
+    of a rating scale: numpy reduces each run of a dozen values in its own call, while
+    here each step of numpy's pairwise order is one addition over every cell and draw.
+    Where a numpy sums in another order (checked once), numpy's sum is used."""
+    if gamma.shape[-1] > 16 or not _same_order_as_numpy():
+        total: npt.NDArray[np.float32] = gamma.sum(-1)
+        return total
+    return _pairwise(gamma)
+
+
+def _pairwise(a: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """numpy's pairwise summation over the last axis (its order for up to 16 values:
+    below 8 one by one; else 8 partial sums, each advanced by 8, added as a tree, then
+    the rest one by one)."""
+    n = a.shape[-1]
+    if n < 8:
+        total = a[..., 0].copy()
+        for i in range(1, n):
+            total += a[..., i]
+        return total
+    partial = [a[..., i].copy() for i in range(8)]
+    i = 8
+    while i < n - n % 8:
+        for j in range(8):
+            partial[j] += a[..., i + j]
+        i += 8
+    total = (partial[0] + partial[1] + (partial[2] + partial[3])) + (
+        partial[4] + partial[5] + (partial[6] + partial[7])
+    )
+    for k in range(i, n):
+        total += a[..., k]
+    return total
+
+
+@functools.cache
+def _same_order_as_numpy() -> bool:
+    sample = np.random.default_rng(0).standard_gamma(np.linspace(0.3, 900, 16), size=(256, 16)).astype(np.float32)
+    return all(np.array_equal(_pairwise(sample[:, :n]), sample[:, :n].sum(-1)) for n in range(1, 17))
 
 
 def _simulate_missing_p_better(

@@ -26,7 +26,6 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 from numpy.polynomial.legendre import leggauss
-from scipy import special
 
 _x, _w = leggauss(64)
 _NODES, _WEIGHTS = (_x + 1) / 2, _w / 2
@@ -89,6 +88,8 @@ def functional_cumulants(weights: np.ndarray, alpha: np.ndarray) -> tuple[np.nda
 
 
 def _edgeworth_p_greater(values: np.ndarray, alpha: np.ndarray, control: int) -> np.ndarray:
+    from scipy import special  # here, not at the top: keeps scipy out of the app's start-up
+
     mean, k2, k3, k4 = functional_cumulants(values, alpha)
     skew = np.abs(k3) / np.maximum(k2, 1e-300) ** 1.5
     c = (slice(None), [control])
@@ -113,6 +114,8 @@ def beta_p_greater(
     on the nodes; in quantile space the narrower arm's density never has to be
     evaluated, so priors below 1 (densities infinite at 0 or 1) are no problem.
     """
+    from scipy import special  # here, not at the top: keeps scipy out of the app's start-up
+
     x1, y1, x2, y2 = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (a1, b1, a2, b2)))
     first_narrow = _beta_var(x1, y1) <= _beta_var(x2, y2)
     an, bn = np.where(first_narrow, x1, x2), np.where(first_narrow, y1, y2)

@@ -58,7 +58,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import special
 
 from .exceptions import AnalysisInputError
 
@@ -92,6 +91,8 @@ def _array(x: Any) -> FloatArray:
 def log_evidence(deviation: Any, variance: Any, tau: Any) -> FloatArray:
     """log of the one-sided mixture likelihood ratio ``L+`` for an effect above
     ``theta0``, where ``deviation = d - theta0`` (closed form, see the module doc)."""
+    from scipy import special  # here, not at the top: keeps scipy out of the app's start-up
+
     d, v, t2 = _array(deviation), _array(variance), _array(tau) ** 2
     u = d * np.sqrt(t2 / (v * (v + t2)))
     out: FloatArray = np.log(2.0) + 0.5 * np.log(v / (v + t2)) + u**2 / 2 + special.log_ndtr(u)
@@ -107,6 +108,8 @@ def radius(variance: Any, tau: Any, alpha: Any) -> FloatArray:
     ``sqrt(2 c)``), the radius is ``u sqrt(V (1 + V / tau^2))``. Infinite where the
     variance is infinite.
     """
+    from scipy import special  # here, not at the top: keeps scipy out of the app's start-up
+
     v, t2, a = np.broadcast_arrays(_array(variance), _array(tau) ** 2, _array(alpha))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         c = -np.log(2 * a) + 0.5 * np.log1p(t2 / v)

@@ -22,6 +22,7 @@ from . import messages
 from . import sequential as seq
 from .checks import sample_ratio
 from .decision import GuardBounds, guardrail_checks, recommend
+from .quantiles import central_interval
 from .types import (
     DECIDING_METRICS,
     ArmSummary,
@@ -301,7 +302,7 @@ class _Vectors:
             observed = histogram @ spec.weights / n
         x = take_rows(posterior.values[spec.name], part.rows)
         lo_q, hi_q = (1 - rule.credible_level) / 2, (1 + rule.credible_level) / 2
-        low, high = np.quantile(x, [lo_q, hi_q], axis=-1)
+        low, high = central_interval(x, lo_q, hi_q)
         p_best, loss, loss_relative = _abn(x, has_data, spec.relative)
         xt, xc = x[:, treatments], x[:, [control]]
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -643,7 +644,7 @@ def _abn(x: np.ndarray, has_data: np.ndarray, relative: bool) -> tuple[np.ndarra
 def _estimates(x: np.ndarray, lo_q: float, hi_q: float) -> list[list[Estimate | None]]:
     """Estimates over the last axis, as nested lists over the leading two."""
     mean = x.mean(-1)
-    low, high = np.quantile(x, [lo_q, hi_q], axis=-1)
+    low, high = central_interval(x, lo_q, hi_q)
     return [[_estimate(mean[i, k], low[i, k], high[i, k]) for k in range(x.shape[1])] for i in range(x.shape[0])]
 
 

@@ -214,7 +214,7 @@ def bench(backend: str, args) -> None:
         build(url, args.exposures, args.events)
         html, json_ = "/experiments/bench/report", "/api/v1/experiments/bench/report"
         with viewer_client(url) as (app, client):
-            cold_html, _, cold_svgs = timed(client, html)
+            cold_html, _, cold_svgs, _ = timed(client, html)
             cold_json = timed(client, json_)[0]
             started = time.perf_counter()
             assert app.extensions["report_cache"].slow.wait_idle(1800)

@@ -39,12 +39,10 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any, ClassVar, Protocol, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 from flask import Flask
 from sqlalchemy import CursorResult, select, update
-
-from analysis.types import DecisionRule, ExperimentStats, Prior
 
 from .aggregation import experiment_stats, stage_questions
 from .config import Settings
@@ -53,6 +51,9 @@ from .errors import Conflict, MalformedRequest
 from .experiment_settings import experiment_settings
 from .job_records import ACTIVE, reap_stale
 from .models import AnalysisJob, Experiment, utcnow
+
+if TYPE_CHECKING:  # annotations only: the fit imports the analysis when it runs
+    from analysis.types import DecisionRule, ExperimentStats, Prior
 
 log = logging.getLogger(__name__)
 

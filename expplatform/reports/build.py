@@ -168,15 +168,14 @@ def data_version(experiment: Experiment, stats: ExperimentStats) -> Hashable:
 
 def recorded_attributes(session: Session, experiment: Experiment) -> tuple[str, ...]:
     """Attribute names given at assignment, from up to 1,000 of the experiment's
-    exposures (read through the (experiment, customer) index; names are normally the
-    same for every customer of one client app)."""
+    exposures, whichever its (experiment, variant) index gives first: names are
+    normally the same for every customer of one client app. (Ordered by customer, the
+    first 1,000 took SQLite a sort of every exposure: 290 of a warm JSON report's 375 ms
+    at 1M exposures.)"""
     if experiment.warehouse_source_id is not None:
         return ()  # segments are not computed in a warehouse (``aggregation.segment_stats``)
     rows = session.scalars(
-        select(Exposure.attributes)
-        .where(Exposure.experiment_id == experiment.id)
-        .order_by(Exposure.customer_id)
-        .limit(ATTRIBUTE_SAMPLE)
+        select(Exposure.attributes).where(Exposure.experiment_id == experiment.id).limit(ATTRIBUTE_SAMPLE)
     )
     names = {name for attributes in rows if isinstance(attributes, dict) for name in attributes}
     return tuple(sorted(name for name in names if SEGMENT_ATTRIBUTE.match(name)))

@@ -6,7 +6,9 @@
   estimate at the stage under test;
 - ``parse_plan`` / ``plan_estimate``: the duration estimate of the experiment page,
   from a baseline rate, the smallest lift worth detecting and the expected traffic
-  (``analysis.plan``).
+  (``analysis.plan``); ``read_panel`` is that panel for any number of variants and
+  decision rule, which the experiment form uses for what is typed in it before it is
+  saved (``web.form_planning``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .build import Report, data_version
 from .decisions import comparable
 
 HORIZON_DAYS = 90
+PLAN_FIELDS = ("baseline", "lift", "per_day")  # the duration estimate's boxes
 MIN_HOURS = 1.0  # below an hour of traffic, a rate per day means nothing yet
 
 
@@ -140,12 +143,11 @@ class PlanInput:
 def parse_plan(args: Mapping[str, Any], arms: int) -> PlanInput | None:
     """The panel's GET form (``baseline`` %, ``lift`` %, ``per_day`` customers); None
     when it was not filled in, MalformedRequest naming each bad field."""
-    names = ("baseline", "lift", "per_day")
-    if all(args.get(n) in (None, "") for n in names):
+    if all(args.get(n) in (None, "") for n in PLAN_FIELDS):
         return None
     errors: dict[str, str] = {}
     values: dict[str, float] = {}
-    for name in names:
+    for name in PLAN_FIELDS:
         try:
             values[name] = float(args.get(name) or "nan")
         except ValueError:
@@ -192,22 +194,40 @@ class DurationPanel:
 def duration_panel(session: Session, experiment: Experiment, args: Mapping[str, Any], now: datetime) -> DurationPanel:
     """Read the panel's GET form; prefill traffic (and the baseline: the control's
     rate at the stage under test) from a started experiment's exposures."""
-    prior_rule = experiment_settings(experiment)
-    arms = len(experiment.variants)
-    traffic = None
+    traffic, defaults = measured_defaults(session, experiment, now)
+    return read_panel(args, len(experiment.variants), experiment_settings(experiment)[1], defaults, traffic)
+
+
+def measured_defaults(session: Session, experiment: Experiment, now: datetime) -> tuple[Traffic | None, dict[str, str]]:
+    """The traffic measured so far and the panel's boxes it fills (customers a day, and
+    the control's rate at the stage under test as the baseline); nothing before the start."""
     defaults: dict[str, str] = {}
-    if experiment.started_at is not None:
-        stats = experiment_stats(session, experiment)
-        traffic = measured_traffic(experiment, stats, now)
-        control = stats.cells[stats.target_stage][stats.control]
-        if traffic is not None:
-            defaults["per_day"] = f"{traffic.per_day:.0f}"
-        if control.exposed and control.converted:
-            defaults["baseline"] = f"{100 * control.converted / control.exposed:.3g}"
-    values = {name: str(args.get(name) or defaults.get(name, "")) for name in ("baseline", "lift", "per_day")}
+    if experiment.started_at is None:
+        return None, defaults
+    stats = experiment_stats(session, experiment)
+    traffic = measured_traffic(experiment, stats, now)
+    control = stats.cells[stats.target_stage][stats.control]
+    if traffic is not None:
+        defaults["per_day"] = f"{traffic.per_day:.0f}"
+    if control.exposed and control.converted:
+        defaults["baseline"] = f"{100 * control.converted / control.exposed:.3g}"
+    return traffic, defaults
+
+
+def read_panel(
+    args: Mapping[str, Any],
+    arms: int,
+    rule: DecisionRule,
+    defaults: Mapping[str, str] | None = None,
+    traffic: Traffic | None = None,
+) -> DurationPanel:
+    """The panel for ``args`` (the boxes as entered, else ``defaults``): the plan when
+    they were filled in, the errors by box when they are wrong."""
+    defaults = defaults or {}
+    values = {name: str(args.get(name) or defaults.get(name, "")) for name in PLAN_FIELDS}
     try:
         given = parse_plan(args, arms)
     except MalformedRequest as exc:
         return DurationPanel(values, None, exc.fields, traffic, arms, bool(defaults))
-    found = plan_estimate(given, prior_rule[1]) if given is not None else None
+    found = plan_estimate(given, rule) if given is not None else None
     return DurationPanel(values, found, {}, traffic, arms, bool(defaults))

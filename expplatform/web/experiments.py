@@ -38,6 +38,7 @@ from .experiment_form import (
     mapping_to_form_data,
     stored_questions,
 )
+from .form_planning import ESTIMATE_BUTTON, FormDuration, form_duration
 from .forms import ConfirmForm
 from .guided import current_call, overviews
 
@@ -93,7 +94,15 @@ def _shown(form: ExperimentForm, choices: list[Journey]) -> JourneyChoice:
     return JourneyChoice.of(found) if found is not None else JourneyChoice.default()
 
 
-def _render_form(form: ExperimentForm, *, experiment=None, errors=None, status_code=200, note=None):
+def _render_form(
+    form: ExperimentForm,
+    *,
+    experiment=None,
+    errors=None,
+    status_code=200,
+    note=None,
+    duration: FormDuration | None = None,
+):
     choices = journeys.list_journeys(get_session())
     shown = _shown(form, choices)
     form.row_choices(choices, shown)
@@ -113,6 +122,8 @@ def _render_form(form: ExperimentForm, *, experiment=None, errors=None, status_c
             advanced_open=any(name.startswith(("decision_", "prior_", "forced_variants")) for name in errors or {}),
             frozen=frozen,
             max_rules=MAX_RULE_ROWS,
+            duration=duration or form_duration(get_session(), form, request.form, experiment),
+            estimate_button=ESTIMATE_BUTTON,
         ),
         status_code,
     )
@@ -150,6 +161,15 @@ def _show_journey(form: ExperimentForm, experiment=None):
     return _render_form(form, experiment=experiment, note=note)
 
 
+def _estimate(form: ExperimentForm, experiment=None):
+    """The 'Estimate duration' button: the form again as entered, unsaved, with the
+    estimate (422 with the bad boxes named when it cannot be made)."""
+    found = form_duration(get_session(), form, request.form, experiment)
+    return _render_form(
+        form, experiment=experiment, errors=found.rule_errors, status_code=422 if found.failed else 200, duration=found
+    )
+
+
 def _grow_rows(form: ExperimentForm) -> bool:
     """Handle the 'add a row' buttons; True when the form should just be shown again."""
     if "add_variant" in request.form and len(form.variants) < form.variants.max_entries:
@@ -168,6 +188,8 @@ def create_experiment():
     form.read_questions(request.form)
     if _grow_rows(form):
         return _render_form(form)
+    if ESTIMATE_BUTTON in request.form:
+        return _estimate(form)
     if _journey_changed(form):
         return _show_journey(form)
     try:
@@ -267,6 +289,8 @@ def update_experiment(key: str):
     form.read_questions(request.form)
     if _grow_rows(form):
         return _render_form(form, experiment=found)
+    if ESTIMATE_BUTTON in request.form:
+        return _estimate(form, found)
     if found.status not in service.STARTED and _journey_changed(form):
         return _show_journey(form, found)
     try:
