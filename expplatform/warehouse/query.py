@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, false, func, literal_column, null, or_, select
+from sqlalchemy import and_, case, false, func, literal_column, null, or_, select, union_all
 from sqlalchemy.sql import ColumnElement, FromClause, Select, Subquery, TableClause
 
 from . import dialects
@@ -105,8 +105,6 @@ def role_events(
         else func.least(dialects.plus_seconds(dialect, occurred, skew_seconds), received)
     )
     sequence = mapped.get("sequence")
-    tie_break = [sequence] if sequence is not None else [mapped["customer_id"], mapped["stage"]]
-    copy = func.row_number().over(partition_by=mapped["event_id"], order_by=[received, *tie_break])
     rows = select(
         mapped["event_id"].label("event_id"),
         (sequence if sequence is not None else constant(0)).label("sequence"),
@@ -119,7 +117,6 @@ def role_events(
         received.label("received_at"),
         cutoff.label("cutoff"),
         (mapped["experiment"] if "experiment" in mapped else null()).label("experiment"),
-        copy.label("copy"),
     )
     if pruning is not None:
         rows = rows.where(_earliest(dialect, occurred, pruning))
@@ -128,7 +125,19 @@ def role_events(
     if event_ids is not None:
         rows = rows.where(mapped["event_id"].in_(event_ids))
     copies = rows.subquery("copies")
-    return select(copies).where(copies.c.copy == 1).subquery("events")
+    k = copies.c
+    order = [k.received_at, k.sequence] if sequence is not None else [k.received_at, k.customer_id, k.stage]
+    copy = func.row_number().over(partition_by=k.event_id, order_by=order)
+    if not dialects.windows_repeated_ids_only(dialect):
+        ranked = select(copies, copy.label("copy")).subquery("ranked")
+        return select(*(ranked.c[column.name] for column in k)).where(ranked.c.copy == 1).subquery("events")
+    # Most events arrive once: only the ids stored more than once need the window
+    # (ordering every copy of every event cost more than the rest of the statistics).
+    repeated = select(k.event_id).group_by(k.event_id).having(func.count() > 1)
+    once = select(copies).where(k.event_id.not_in(repeated))
+    ranked = select(copies, copy.label("copy")).where(k.event_id.in_(repeated)).subquery("ranked")
+    first = select(*(ranked.c[column.name] for column in k)).where(ranked.c.copy == 1)
+    return union_all(once, first).subquery("events")
 
 
 def touched_events(
