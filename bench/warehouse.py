@@ -69,7 +69,7 @@ def generate(events: int, folder: Path) -> tuple[Path, Path]:
     import duckdb
 
     customers = max(events // 10, 10)
-    exposed_us = f"(c * {27 * DAY_US} // {customers})"
+    exposed_us = f"((c * {27 * 86_400} // {customers}) * 1000000)"
     con = duckdb.connect()
     con.execute(f"SET memory_limit = '{4096}MB'")
     events_file, exposures_file = folder / "events.parquet", folder / "exposures.parquet"

@@ -128,7 +128,9 @@ def role_events(
     k = copies.c
     order = [k.received_at, k.sequence] if sequence is not None else [k.received_at, k.customer_id, k.stage]
     copy = func.row_number().over(partition_by=k.event_id, order_by=order)
-    if not dialects.windows_repeated_ids_only(dialect):
+    # A subset (an increment's events) is referenced once: splitting it would make
+    # engines that inline a subquery per reference select it three times.
+    if event_ids is not None or not dialects.windows_repeated_ids_only(dialect):
         ranked = select(copies, copy.label("copy")).subquery("ranked")
         return select(*(ranked.c[column.name] for column in k)).where(ranked.c.copy == 1).subquery("events")
     # Most events arrive once: only the ids stored more than once need the window
@@ -145,24 +147,30 @@ def touched_events(
     table: TableClause,
     columns: Mapping[str, str],
     *,
+    exposed: Select[Any],
     since: datetime,
     before: datetime,
     pruning: Pruning | None,
 ) -> tuple[Select[Any], Select[Any]]:
-    """The customers with a copy of an event received in [since, before), and the ids
-    of all their events: whose outcomes may have changed in that time (a copy under
-    another customer of one of those events is among them, so the first copy is
-    still told from the later ones)."""
+    """The customers ``exposed`` (to the experiment) with a copy of an event received
+    in [since, before), and the ids of all their events: whose outcomes may have
+    changed in that time (a copy under another customer of one of those events is
+    among them, so the first copy is still told from the later ones)."""
     c = table.c
     customer, received = c[columns["customer_id"]], c[columns["received_at"]]
     touched = (
         select(customer)
         .distinct()
-        .where(received >= dialects.timestamp(dialect, since), received < dialects.timestamp(dialect, before))
+        .where(
+            received >= dialects.timestamp(dialect, since),
+            received < dialects.timestamp(dialect, before),
+            customer.in_(exposed),
+        )
     )
-    ids = select(c[columns["event_id"]]).distinct().where(customer.in_(touched))
     if pruning is not None:
         touched = touched.where(_earliest(dialect, c[columns["occurred_at"]], pruning))
+    ids = select(c[columns["event_id"]]).distinct().where(customer.in_(touched))
+    if pruning is not None:
         ids = ids.where(_earliest(dialect, c[columns["occurred_at"]], pruning))
     return touched, ids
 

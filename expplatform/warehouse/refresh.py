@@ -145,8 +145,19 @@ def compute_increment(
     rather than to the experiment's."""
     dialect = dialect_of(source.url)
     events_table = table_of(source.events_table, source.events_columns.values())
+    exposures_table = table_of(source.exposures_table, source.exposures_columns.values())
+    x = source.exposures_columns
+    exposed = select(exposures_table.c[x["customer_id"]]).where(
+        exposures_table.c[x["experiment"]] == rules.experiment_key
+    )
     touched, ids = query.touched_events(
-        dialect, events_table, source.events_columns, since=since, before=before, pruning=_pruning(source, started_at)
+        dialect,
+        events_table,
+        source.events_columns,
+        exposed=exposed,
+        since=since,
+        before=before,
+        pruning=_pruning(source, started_at),
     )
     now_events, exposures = relations(source, rules, started_at, received_before=before, event_ids=ids)
     then_events, _ = relations(source, rules, started_at, received_before=since, event_ids=ids)
