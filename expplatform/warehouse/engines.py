@@ -72,20 +72,21 @@ def _create(url: str, memory_limit_mb: int | None) -> Engine:
         _chdb_folder[:] = [folder]
         # The dialect passes a host, which the embedded engine has no use for and says so.
         logging.getLogger("clickhouse_connect.driver").setLevel(logging.ERROR)
-        settings = {}
-        if memory_limit_mb:
-            limit = memory_limit_mb * 2**20
-            settings = {
-                "max_memory_usage": limit,
-                "max_bytes_before_external_group_by": limit // 2,
-                "max_bytes_before_external_sort": limit // 2,
-            }
-        return create_engine(
+        engine = create_engine(
             "clickhousedb://localhost/default",
-            connect_args={"interface": "chdb", "path": folder, "settings": settings},
+            connect_args={"interface": "chdb", "path": folder},
             pool_size=2,
             max_overflow=2,
         )
+        if memory_limit_mb:
+            limit = memory_limit_mb * 2**20
+            _on_connect(
+                engine,
+                f"SET max_memory_usage = {limit}",
+                f"SET max_bytes_before_external_group_by = {limit // 2}",
+                f"SET max_bytes_before_external_sort = {limit // 2}",
+            )
+        return engine
     try:
         parsed = make_url(url)
         if parsed.drivername == "postgresql":
@@ -96,14 +97,23 @@ def _create(url: str, memory_limit_mb: int | None) -> Engine:
             )
         engine = create_engine(parsed)
         if memory_limit_mb and parsed.drivername.startswith("duckdb"):
-
-            @event.listens_for(engine, "connect")
-            def _limit(dbapi_connection: Any, _record: Any) -> None:
-                dbapi_connection.execute(f"SET memory_limit = '{int(memory_limit_mb)}MB'")
-
+            _on_connect(engine, f"SET memory_limit = '{int(memory_limit_mb)}MB'")
         return engine
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise WarehouseUnavailable(f"the warehouse URL is not usable: {exc}") from None
+
+
+def _on_connect(engine: Engine, *statements: str) -> None:
+    """Run ``statements`` on every new connection of the engine (its session settings)."""
+
+    @event.listens_for(engine, "connect")
+    def _apply(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            for statement in statements:
+                cursor.execute(statement)
+        finally:
+            cursor.close()
 
 
 def dispose_all() -> None:
