@@ -54,7 +54,8 @@ def simulate(args: argparse.Namespace) -> None:
     events_per_minute = args.events_per_day / MINUTES
     customers_per_day = args.events_per_day / args.events_per_customer
     experiments = [
-        Experiment(rng.choice([0.05, 0.1, 0.2, 0.5, 1.0]), rng.choice([7, 14, 21, 28]), 0) for _ in range(args.experiments)
+        Experiment(rng.choice([0.05, 0.1, 0.2, 0.5, 1.0]), rng.choice([7, 14, 21, 28]), 0)
+        for _ in range(args.experiments)
     ]
     experiments = [Experiment(e.traffic_share, e.days, rng.randrange(e.days)) for e in experiments]
     # ClickHouse: CPU-seconds per million events for a full recomputation, and an
@@ -87,17 +88,27 @@ def simulate(args: argparse.Namespace) -> None:
     ch_cores = max(peak["warehouse"], warehouse_cpu_day / 86_400) / target
     largest = max(experiments, key=lambda e: e.traffic_share * e.days)
     largest_m = args.events_per_day * largest.traffic_share * largest.days / 1e6
-    print(f"one day at {args.events_per_day:,.0f} events ({customers_per_day:,.0f} active customers), "
-          f"{len(experiments)} running experiments, refresh every {period} min, diurnal peak x{args.peak_ratio:g}")
-    print(f"  assignment   peak {peak['assign']:>10,.0f} calls/s  x {args.assign_cpu_ms} ms CPU  -> "
-          f"{assign_cores:,.1f} app cores at {target:.0%} (stateless: add hosts)")
-    print(f"  exposures    peak {peak['exposures']:>10,.0f} rows/s   PostgreSQL at {args.pg_exposures_per_core:,.0f}/core "
-          f"-> {pg_cores:,.1f} cores for the ledger")
-    print(f"  statistics   {warehouse_cpu_day / 3600:,.0f} ClickHouse core-hours a day, busiest refresh period "
-          f"{peak['warehouse']:,.1f} cores -> {ch_cores:,.0f} cores")
+    print(
+        f"one day at {args.events_per_day:,.0f} events ({customers_per_day:,.0f} active customers), "
+        f"{len(experiments)} running experiments, refresh every {period} min, diurnal peak x{args.peak_ratio:g}"
+    )
+    print(
+        f"  assignment   peak {peak['assign']:>10,.0f} calls/s  x {args.assign_cpu_ms} ms CPU  -> "
+        f"{assign_cores:,.1f} app cores at {target:.0%} (stateless: add hosts)"
+    )
+    print(
+        f"  exposures    peak {peak['exposures']:>10,.0f} rows/s   PostgreSQL at {args.pg_exposures_per_core:,.0f}/core "
+        f"-> {pg_cores:,.1f} cores for the ledger"
+    )
+    print(
+        f"  statistics   {warehouse_cpu_day / 3600:,.0f} ClickHouse core-hours a day, busiest refresh period "
+        f"{peak['warehouse']:,.1f} cores -> {ch_cores:,.0f} cores"
+    )
     full_s = largest_m * full_cpu_per_m / ch_cores
-    print(f"  the largest experiment ({largest.traffic_share:.0%} of traffic for {largest.days} days, "
-          f"{largest_m:,.0f}M events): a full recomputation {full_s / 60:,.1f} min on {ch_cores:,.0f} cores")
+    print(
+        f"  the largest experiment ({largest.traffic_share:.0%} of traffic for {largest.days} days, "
+        f"{largest_m:,.0f}M events): a full recomputation {full_s / 60:,.1f} min on {ch_cores:,.0f} cores"
+    )
 
 
 def main() -> None:
@@ -105,7 +116,9 @@ def main() -> None:
     parser.add_argument("--events-per-day", type=float, default=1e9)
     parser.add_argument("--events-per-customer", type=float, default=20.0, help="events per active customer a day")
     parser.add_argument("--assign-per-customer", type=float, default=2.0, help="assignment calls per customer a day")
-    parser.add_argument("--new-share", type=float, default=0.1, help="share of active customers exposed for the first time")
+    parser.add_argument(
+        "--new-share", type=float, default=0.1, help="share of active customers exposed for the first time"
+    )
     parser.add_argument("--experiments", type=int, default=40)
     parser.add_argument("--refresh-minutes", type=int, default=15)
     parser.add_argument("--peak-ratio", type=float, default=4.0)
@@ -113,13 +126,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     # Measured on this machine (2 cores); see the module docstring.
     parser.add_argument("--measured-cores", type=float, default=2.0)
-    parser.add_argument("--assign-cpu-ms", type=float, default=0.9, help="workers' CPU per assignment (bench/assign.py)")
+    parser.add_argument(
+        "--assign-cpu-ms", type=float, default=0.9, help="workers' CPU per assignment (bench/assign.py)"
+    )
     parser.add_argument("--pg-exposures-per-core", type=float, default=2_500.0, help="exposure inserts per PG core")
     parser.add_argument(
-        "--warehouse-full-s-per-m", type=float, default=1.0, help="seconds per 1M events, full statistics (bench/warehouse.py)"
+        "--warehouse-full-s-per-m",
+        type=float,
+        default=1.0,
+        help="seconds per 1M events, full statistics (bench/warehouse.py)",
     )
     parser.add_argument(
-        "--increment-ratio", type=float, default=3.0,
+        "--increment-ratio",
+        type=float,
+        default=3.0,
         help="an increment's cost over the full one's share of events it covers (bench/warehouse.py)",
     )
     simulate(parser.parse_args())

@@ -240,8 +240,12 @@ def main() -> None:
             for engine_name in args.engines.split(","):
                 command = [sys.executable, __file__, "--child", "--engine", engine_name, "--folder", str(folder)]
                 command += ["--repeat", str(args.repeat), "--memory-mb", str(args.memory_mb)]
-                out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-                result = json.loads(out.strip().splitlines()[-1])
+                done = subprocess.run(command, capture_output=True, text=True)
+                if done.returncode != 0:  # e.g. the memory limit: say so and go on
+                    lines = [line for line in done.stderr.splitlines() if line.strip()]
+                    print(f"  {engine_name:<10} FAILED: {(lines or ['no message'])[-1][:300]}")
+                    continue
+                result = json.loads(done.stdout.strip().splitlines()[-1])
                 print(
                     f"  {engine_name:<10} rows {result['rows']:>11,}  load {result['load_s']:>6.1f} s  "
                     f"full statistics {result['full_s']:>6.2f} s (runs {result['runs_s']})  "
@@ -250,7 +254,11 @@ def main() -> None:
                     f"  {'':<10} daily incremental refresh (the last day's events) {result['incremental_s']:.2f} s,"
                     " equal to the full statistics"
                 )
-            found = {e: json.loads((folder / f"cells-{e}.json").read_text()) for e in args.engines.split(",")}
+            found = {
+                e: json.loads((folder / f"cells-{e}.json").read_text())
+                for e in args.engines.split(",")
+                if (folder / f"cells-{e}.json").exists()
+            }
             same = len({json.dumps(c) for c in found.values()}) == 1
             print(f"  the engines' cells are {'identical' if same else 'DIFFERENT'}")
             if not same:

@@ -267,6 +267,10 @@ _FRESHNESS = {
             "computed_at, if any.",
         },
         "computed_at": _WHEN,
+        "full_at": {
+            **_WHEN,
+            "description": "The last full recomputation; refreshes since then added what changed.",
+        },
         "seconds": {"type": ["number", "null"], "description": "How long the last computation took."},
         "error": {"type": ["string", "null"]},
         "failed_at": _WHEN,

@@ -22,6 +22,8 @@ class Freshness:
     source_name: str
     engine: str
     computed_at: datetime | None
+    # The last full recomputation (between two, refreshes add what changed).
+    full_at: datetime | None
     seconds: float | None
     error: str | None
     failed_at: datetime | None
@@ -46,6 +48,7 @@ class Freshness:
             "engine": self.engine,
             "state": self.state,
             "computed_at": iso_z(self.computed_at),
+            "full_at": iso_z(self.full_at),
             "seconds": self.seconds,
             "error": self.error,
             "failed_at": iso_z(self.failed_at),
@@ -72,6 +75,7 @@ def freshness(session: Session, experiment: Experiment) -> Freshness | None:
         source_name=source.name,
         engine=engine,
         computed_at=stats.computed_at if stats else None,
+        full_at=stats.full_at if stats else None,
         seconds=stats.seconds if stats else None,
         error=stats.error if stats else None,
         failed_at=stats.failed_at if stats else None,
