@@ -96,8 +96,9 @@ def simulate(args: argparse.Namespace) -> None:
         f"  assignment   peak {peak['assign']:>10,.0f} calls/s  x {args.assign_cpu_ms} ms CPU  -> "
         f"{assign_cores:,.1f} app cores at {target:.0%} (stateless: add hosts)"
     )
+    per_core = args.pg_exposures_per_core
     print(
-        f"  exposures    peak {peak['exposures']:>10,.0f} rows/s   PostgreSQL at {args.pg_exposures_per_core:,.0f}/core "
+        f"  exposures    peak {peak['exposures']:>10,.0f} rows/s  PostgreSQL at {per_core:,.0f}/core "
         f"-> {pg_cores:,.1f} cores for the ledger"
     )
     print(
@@ -127,20 +128,25 @@ def main() -> None:
     # Measured on this machine (2 cores); see the module docstring.
     parser.add_argument("--measured-cores", type=float, default=2.0)
     parser.add_argument(
-        "--assign-cpu-ms", type=float, default=0.9, help="workers' CPU per assignment (bench/assign.py)"
+        "--assign-cpu-ms",
+        type=float,
+        default=1.0,
+        help="app workers' CPU per assignment (an estimate: bench/assign.py)",
     )
-    parser.add_argument("--pg-exposures-per-core", type=float, default=2_500.0, help="exposure inserts per PG core")
+    parser.add_argument(
+        "--pg-exposures-per-core", type=float, default=4_500.0, help="first exposures per PostgreSQL core (220 us each)"
+    )
     parser.add_argument(
         "--warehouse-full-s-per-m",
         type=float,
-        default=1.0,
-        help="seconds per 1M events, full statistics (bench/warehouse.py)",
+        default=1.28,
+        help="seconds per 1M events on 2 cores, full statistics (chdb at 10M: 12.8 s)",
     )
     parser.add_argument(
         "--increment-ratio",
         type=float,
-        default=3.0,
-        help="an increment's cost over the full one's share of events it covers (bench/warehouse.py)",
+        default=12.5,
+        help="an increment's share of the full cost over the share of time it covers (chdb: the last of 30 days, 42%%)",
     )
     simulate(parser.parse_args())
 

@@ -242,8 +242,8 @@ def main() -> None:
                 command += ["--repeat", str(args.repeat), "--memory-mb", str(args.memory_mb)]
                 done = subprocess.run(command, capture_output=True, text=True)
                 if done.returncode != 0:  # e.g. the memory limit: say so and go on
-                    lines = [line for line in done.stderr.splitlines() if line.strip()]
-                    print(f"  {engine_name:<10} FAILED: {(lines or ['no message'])[-1][:300]}")
+                    lines = [line for line in done.stderr.splitlines() if "Error" in line or "Exception" in line]
+                    print(f"  {engine_name:<10} FAILED: {(lines or ['no message'])[-1][:400]}")
                     continue
                 result = json.loads(done.stdout.strip().splitlines()[-1])
                 print(
@@ -259,10 +259,11 @@ def main() -> None:
                 for e in args.engines.split(",")
                 if (folder / f"cells-{e}.json").exists()
             }
-            same = len({json.dumps(c) for c in found.values()}) == 1
-            print(f"  the engines' cells are {'identical' if same else 'DIFFERENT'}")
-            if not same:
-                sys.exit(1)
+            if len(found) > 1:
+                same = len({json.dumps(c) for c in found.values()}) == 1
+                print(f"  the engines' cells are {'identical' if same else 'DIFFERENT'}")
+                if not same:
+                    sys.exit(1)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -85,6 +85,8 @@ def _create(url: str, memory_limit_mb: int | None) -> Engine:
                 f"SET max_memory_usage = {limit}",
                 f"SET max_bytes_before_external_group_by = {limit // 2}",
                 f"SET max_bytes_before_external_sort = {limit // 2}",
+                # A plain hash join holds its right side in memory; a grace hash join spills it.
+                "SET join_algorithm = 'grace_hash'",
             )
         return engine
     try:
