@@ -20,7 +20,7 @@ from expplatform.ingest.rebuild import experiment_rules
 from expplatform.jobs import JobRunner
 from expplatform.models import Experiment, WarehouseSource, WarehouseStats, utcnow
 from expplatform.warehouse.mapping import DEFAULT_EVENT_COLUMNS, DEFAULT_EXPOSURE_COLUMNS
-from expplatform.warehouse.refresh import RefreshCancelled, compute_cells, refresh
+from expplatform.warehouse.refresh import RefreshCancelled, claim_next, compute_cells, refresh, request_refresh
 from tests.conftest import POSTGRES_URL, postgres_schema_url
 from tests.events_support import T0, at, expose, make_experiment
 from tests.warehouse_support import chdb_folder, make_warehouse  # noqa: F401 (fixture)
@@ -275,3 +275,26 @@ def test_a_running_warehouse_query_can_be_cancelled(db, tmp_path, engine):
     with pytest.raises(RefreshCancelled):
         compute_cells(source, rules, None, cancel=cancel)
     assert time.perf_counter() - began < 20  # the query alone takes 60 s (PostgreSQL) or hours (DuckDB)
+
+
+def test_workers_claiming_at_once_refresh_an_experiment_once(app, db, lake):
+    """Fit workers on several machines look for due refreshes at the same moment:
+    one takes the experiment, the others find nothing to do."""
+    refresh(db, "checkout")
+    with db.write() as session:
+        experiment = session.scalars(select(Experiment).filter_by(key="checkout")).one()
+        request_refresh(session, experiment)
+    workers = 4
+    barrier = threading.Barrier(workers)
+    claims: list[object] = []
+
+    def claim() -> None:
+        barrier.wait(timeout=30)
+        claims.append(claim_next(db, stale_after=900))
+
+    threads = [threading.Thread(target=claim) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(claims) == workers and claims.count(None) == workers - 1 and ("checkout", True) in claims

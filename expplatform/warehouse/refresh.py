@@ -28,7 +28,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, column, insert, or_, select, table
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.sql import TableClause
 
@@ -456,25 +456,37 @@ def claim_next(database: Database, *, stale_after: float, now: datetime | None =
     whose statistics are older than ``stale_after`` seconds (or missing). None when
     none is due."""
     moment = now or utcnow()
-    with database.write() as session:
-        # A refresh running longer than a refresh period belongs to a worker that died.
-        abandoned = moment - timedelta(seconds=stale_after)
-        idle = or_(WarehouseStats.running_since.is_(None), WarehouseStats.running_since < abandoned)
-        asked = session.scalar(
-            select(Experiment.key)
-            .join(WarehouseStats, WarehouseStats.experiment_id == Experiment.id)
-            .where(WarehouseStats.requested_at.is_not(None), idle)
-            .order_by(WarehouseStats.requested_at)
-            .limit(1)
-        )
-        key = asked or _stale(session, abandoned)
-        if key is None:
-            return None
-        experiment = session.scalar(select(Experiment).where(Experiment.key == key))
-        assert experiment is not None
-        stats = request_refresh(session, experiment)
-        stats.running_since = moment
-        return key, asked is not None
+    # A refresh running longer than a refresh period belongs to a worker that died.
+    abandoned = moment - timedelta(seconds=stale_after)
+    try:
+        with database.write() as session:
+            idle = or_(WarehouseStats.running_since.is_(None), WarehouseStats.running_since < abandoned)
+            asked = session.scalar(
+                select(Experiment.key)
+                .join(WarehouseStats, WarehouseStats.experiment_id == Experiment.id)
+                .where(WarehouseStats.requested_at.is_not(None), idle)
+                .order_by(WarehouseStats.requested_at)
+                .limit(1)
+            )
+            key = asked or _stale(session, abandoned)
+            if key is None:
+                return None
+            experiment = session.scalar(select(Experiment).where(Experiment.key == key))
+            assert experiment is not None
+            # Workers on other machines may have chosen it too: the row's lock (PostgreSQL;
+            # SQLite's write transaction holds the whole database) lets one take it.
+            taken = session.scalar(
+                select(WarehouseStats.running_since)
+                .where(WarehouseStats.experiment_id == experiment.id)
+                .with_for_update()
+            )
+            if taken is not None and taken >= abandoned:
+                return None
+            stats = request_refresh(session, experiment)
+            stats.running_since = moment
+            return key, asked is not None
+    except IntegrityError:  # another worker made the experiment's first row at the same time
+        return None
 
 
 def _stale(session: Session, before: datetime) -> str | None:
