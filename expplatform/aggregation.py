@@ -138,6 +138,10 @@ class _Shape:
             variant_keys={v.id: v.key for v in variants},
         )
 
+    @property
+    def variant_ids(self) -> dict[str, int]:
+        return {key: variant_id for variant_id, key in self.variant_keys.items()}
+
     def scale_of(self, stage: str) -> Scale | None:
         return self.stage_scales.get(stage, self.scale)
 
@@ -223,7 +227,7 @@ def experiment_stats(session: Session, experiment: Experiment) -> ExperimentStat
     shape = _Shape.of(experiment)
     if experiment.warehouse_source_id is not None:
         totals = _Accumulator(shape)
-        ids = {key: variant_id for variant_id, key in shape.variant_keys.items()}
+        ids = shape.variant_ids
         for kind, stage, variant, value, _day, n in _warehouse_cells(session, experiment):
             _add_cell(totals, ids, kind, stage, variant, value, n)
         return totals.stats()
@@ -341,7 +345,7 @@ def daily_stats(session: Session, experiment: Experiment) -> list[tuple[date, Ex
     if not rows_by_day:
         return []
     totals = _Accumulator(shape)
-    ids = {key: variant_id for variant_id, key in shape.variant_keys.items()}
+    ids = shape.variant_ids
     series: list[tuple[date, ExperimentStats]] = []
     day, last = min(rows_by_day), max(rows_by_day)
     while day <= last:

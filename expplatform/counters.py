@@ -7,7 +7,8 @@ day, so both sides must mean the same thing by "the day": the UTC date, and for 
 outcome never a day before its exposure (clock skew may date an event a moment
 earlier, and a day with more converters than exposed customers would be nonsense).
 Keeping the Python rule and its SQL twins here, side by side, is what keeps ingest,
-rebuild and reports in agreement; they depend on SQLAlchemy expressions only.
+rebuild, warehouse statistics and reports in agreement; they depend on SQLAlchemy
+expressions only.
 
 The journey counters have no exposure to clamp to (a customer may be in no
 experiment): their day is the event's own UTC date (:func:`event_day`, and
@@ -19,8 +20,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Date, case, cast, func
+from sqlalchemy import case
 from sqlalchemy.orm import Session
+
+from .warehouse import dialects
 
 
 def outcome_day(moment: datetime, exposed_at: datetime) -> str:
@@ -34,10 +37,9 @@ def event_day(moment: datetime) -> str:
 
 
 def utc_day(session: Session, column: Any) -> Any:
-    """SQL for the UTC date of a timestamp column, on either database."""
-    if session.get_bind().dialect.name == "sqlite":
-        return func.date(column)  # stored as 'YYYY-MM-DD HH:MM:SS.ffffff' UTC
-    return cast(func.timezone("UTC", column), Date)
+    """SQL for the UTC date of a timestamp column, on the session's database (the
+    spellings, warehouses' included, are ``warehouse.dialects.utc_day``)."""
+    return dialects.utc_day(session.get_bind().dialect.name, column)
 
 
 def not_before(moment: Any, exposed_at: Any) -> Any:

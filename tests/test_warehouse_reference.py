@@ -18,11 +18,10 @@ from datetime import UTC, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from expplatform.ingest import record_events
-from expplatform.models import Event, Experiment, Exposure, Variant, WarehouseSource, WarehouseStats, utcnow
-from expplatform.warehouse.mapping import DEFAULT_EVENT_COLUMNS, DEFAULT_EXPOSURE_COLUMNS
+from expplatform.ingest import rebuild_outcomes, record_events
+from expplatform.models import Event, Experiment, Exposure, Variant, WarehouseStats, utcnow
 from expplatform.warehouse.refresh import refresh
-from tests.events_support import daily_counts, expose, make_experiment, random_workload
+from tests.events_support import at, daily_counts, expose, make_experiment, random_workload
 from tests.warehouse_support import WAREHOUSES, chdb_folder, make_warehouse  # noqa: F401 (fixture)
 
 
@@ -49,21 +48,15 @@ def _seed(db, rng: random.Random, customers: list[str]) -> dict[str, int]:
     with db.write() as session:
         checkout = make_experiment(session)
         onboarding = make_experiment(
-            session, "onboarding", stages=("awareness", "purchase"), stopped_at=_at(2000), status="stopped"
+            session, "onboarding", stages=("awareness", "purchase"), stopped_at=at(2000), status="stopped"
         )
         for i, customer in enumerate(customers):
             if i % 5 != 4:
                 variant = rng.choice(["control", "treatment"])
-                expose(session, checkout, customer, variant, exposed_at=_at(rng.choice([0, 0, 20])), forced=i % 13 == 0)
+                expose(session, checkout, customer, variant, exposed_at=at(rng.choice([0, 0, 20])), forced=i % 13 == 0)
             if i % 3 == 0:
                 expose(session, onboarding, customer, rng.choice(["control", "treatment"]))
         return {"checkout": checkout.id, "onboarding": onboarding.id}
-
-
-def _at(seconds: float):
-    from tests.events_support import at
-
-    return at(seconds)
 
 
 def _replay(db, settings, rng: random.Random, customers: list[str], batches, seen: set[str], first: int) -> list[dict]:
@@ -163,17 +156,7 @@ def _builtin(db, experiment_id: int) -> dict[tuple, int]:
 
 def _source(db, warehouse, ids: dict[str, int]) -> None:
     with db.write() as session:
-        source = WarehouseSource(
-            key="lake",
-            name="Lake",
-            url=warehouse.url,
-            events_table=warehouse.events_table,
-            events_columns=DEFAULT_EVENT_COLUMNS,
-            exposures_table=warehouse.exposures_table,
-            exposures_columns=DEFAULT_EXPOSURE_COLUMNS,
-            clock_skew_seconds=30.0,
-            export_exposures=True,
-        )
+        source = warehouse.source(clock_skew_seconds=30.0)
         session.add(source)
         session.flush()
         for experiment_id in ids.values():
@@ -232,10 +215,8 @@ def test_exposures_that_arrive_dated_before_the_last_refresh_make_it_recompute_i
     _source(db, warehouse, ids)
     _check(db, ids, "full")
     with db.write() as session:  # "late" was never exposed; now an exposure dated at the start appears
-        expose(session, session.get(Experiment, ids["checkout"]), "late", "treatment", exposed_at=_at(0))
+        expose(session, session.get(Experiment, ids["checkout"]), "late", "treatment", exposed_at=at(0))
     with db.write() as session:
-        from expplatform.ingest import rebuild_outcomes
-
         rebuild_outcomes(session, session.get(Experiment, ids["checkout"]))  # the built-in counters, recounted
     outcome = refresh(db, "checkout")
     assert outcome.mode == "full" and outcome.error is None

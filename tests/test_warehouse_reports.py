@@ -19,11 +19,10 @@ from expplatform.aggregation import experiment_stats
 from expplatform.ingest.rebuild import experiment_rules
 from expplatform.jobs import JobRunner
 from expplatform.models import Experiment, WarehouseSource, WarehouseStats, utcnow
-from expplatform.warehouse.mapping import DEFAULT_EVENT_COLUMNS, DEFAULT_EXPOSURE_COLUMNS
 from expplatform.warehouse.refresh import RefreshCancelled, claim_next, compute_cells, refresh, request_refresh
 from tests.conftest import POSTGRES_URL, postgres_schema_url
 from tests.events_support import T0, at, expose, make_experiment
-from tests.warehouse_support import chdb_folder, make_warehouse  # noqa: F401 (fixture)
+from tests.warehouse_support import chdb_folder, make_warehouse, warehouse_source  # noqa: F401 (fixture)
 
 
 @pytest.fixture
@@ -53,17 +52,7 @@ def lake(db, warehouse):
     """checkout, measured in a DuckDB warehouse: 40 customers exposed (exported by
     the platform), 10 control and 15 treatment converters at purchase, and ratings."""
     with db.write() as session:
-        source = WarehouseSource(
-            key="lake",
-            name="Lake",
-            url=warehouse.url,
-            events_table=warehouse.events_table,
-            events_columns=DEFAULT_EVENT_COLUMNS,
-            exposures_table=warehouse.exposures_table,
-            exposures_columns=DEFAULT_EXPOSURE_COLUMNS,
-            clock_skew_seconds=5.0,
-            export_exposures=True,
-        )
+        source = warehouse.source()
         session.add(source)
         session.flush()
         experiment = make_experiment(session, "checkout", target_stage="purchase")
@@ -211,16 +200,7 @@ def _slow_duckdb_source(tmp_path) -> WarehouseSource:
                 " TIMESTAMPTZ '2024-05-01 11:00:00+00' AS exposed_at, false AS forced FROM range(1000) t(i)"
             )
         )
-    return WarehouseSource(
-        key="slow",
-        name="Slow",
-        url=url,
-        events_table="events",
-        events_columns=DEFAULT_EVENT_COLUMNS,
-        exposures_table="exposures",
-        exposures_columns=DEFAULT_EXPOSURE_COLUMNS,
-        clock_skew_seconds=5.0,
-    )
+    return warehouse_source(url, "events", "exposures", key="slow", name="Slow")
 
 
 def _postgres_slow_source() -> WarehouseSource:
@@ -251,16 +231,7 @@ def _postgres_slow_source() -> WarehouseSource:
                 "INSERT INTO slow_lake.exposures VALUES ('checkout', 'c1', 'control', now() - interval '1 day', false)"
             )
         )
-    return WarehouseSource(
-        key="slow",
-        name="Slow",
-        url=url,
-        events_table="slow_lake.events",
-        events_columns=DEFAULT_EVENT_COLUMNS,
-        exposures_table="slow_lake.exposures",
-        exposures_columns=DEFAULT_EXPOSURE_COLUMNS,
-        clock_skew_seconds=5.0,
-    )
+    return warehouse_source(url, "slow_lake.events", "slow_lake.exposures", key="slow", name="Slow")
 
 
 @pytest.mark.parametrize("engine", ["duckdb"] + (["postgresql"] if POSTGRES_URL else []))

@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
+from expplatform.models import WarehouseSource
 from expplatform.warehouse.engines import warehouse_engine
+from expplatform.warehouse.mapping import DEFAULT_EVENT_COLUMNS, DEFAULT_EXPOSURE_COLUMNS
 from expplatform.warehouse.refresh import table_of
 
 from .conftest import POSTGRES_URL, postgres_schema_url
@@ -69,6 +71,20 @@ _KINDS = {
 }
 
 
+def warehouse_source(url: str, events_table: str, exposures_table: str, **fields: Any) -> WarehouseSource:
+    """A source (not stored) on the two tables, mapped by role name, the platform
+    exporting its exposures; ``fields`` override (key, name, clock skew, ...)."""
+    defaults: dict[str, Any] = {"key": "lake", "name": "Lake", "clock_skew_seconds": 5.0, "export_exposures": True}
+    return WarehouseSource(
+        url=url,
+        events_table=events_table,
+        events_columns=DEFAULT_EVENT_COLUMNS,
+        exposures_table=exposures_table,
+        exposures_columns=DEFAULT_EXPOSURE_COLUMNS,
+        **{**defaults, **fields},
+    )
+
+
 @dataclass
 class Warehouse:
     """A warehouse with empty ``events`` and ``exposures`` tables."""
@@ -77,6 +93,9 @@ class Warehouse:
     url: str
     events_table: str
     exposures_table: str
+
+    def source(self, **fields: Any) -> WarehouseSource:
+        return warehouse_source(self.url, self.events_table, self.exposures_table, **fields)
 
     @property
     def engine(self) -> Engine:

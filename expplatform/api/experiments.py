@@ -168,6 +168,19 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _request_body(schema: str, examples: dict[str, Any]) -> dict[str, Any]:
+    """A required JSON body of the named schema, with named examples."""
+    return {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": _ref(schema),
+                "examples": {name: {"value": value} for name, value in examples.items()},
+            }
+        },
+    }
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
     meaning = {
         400: "Malformed request: not JSON, not an object, wrong content type or bad query parameter",

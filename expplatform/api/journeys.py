@@ -27,7 +27,7 @@ from ..journey_definitions import (
 )
 from . import bp, schemas
 from .bodies import json_object
-from .experiments import _actor, _json, _ref, read_access, write_access
+from .experiments import _actor, _json, _ref, _request_body, read_access, write_access
 
 
 @bp.get("/journeys")
@@ -155,18 +155,6 @@ _EXAMPLE: dict[str, Any] = {
 _KEY_PARAM = {"name": "key", "in": "path", "required": True, "schema": _SLUG}
 
 
-def _body(schema: str, examples: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": _ref(schema),
-                "examples": {name: {"value": value} for name, value in examples.items()},
-            }
-        },
-    }
-
-
 OPENAPI: dict[str, Any] = {
     "paths": {
         "/journeys": {
@@ -176,7 +164,7 @@ OPENAPI: dict[str, Any] = {
             },
             "post": {
                 "summary": "Create a journey",
-                "requestBody": _body("JourneyDefinition", {"ecommerce": _EXAMPLE}),
+                "requestBody": _request_body("JourneyDefinition", {"ecommerce": _EXAMPLE}),
                 "responses": {
                     "201": {
                         **_json(_ref("Journey"), "Created; `Location` points at it"),
@@ -199,14 +187,16 @@ OPENAPI: dict[str, Any] = {
                 "measures cannot be removed, nor reordered against the order a started experiment measures; a "
                 "question measured by an experiment or answered cannot be removed or moved, and its scale is "
                 "frozen once answered or measured by a started experiment.",
-                "requestBody": _body("JourneyDefinition", {"ecommerce": {**_EXAMPLE, "name": "Online shop (EU)"}}),
+                "requestBody": _request_body(
+                    "JourneyDefinition", {"ecommerce": {**_EXAMPLE, "name": "Online shop (EU)"}}
+                ),
                 "responses": {"200": _json(_ref("Journey"), "Updated"), **_errors(400, 401, 403, 404, 409, 422)},
             },
             "patch": {
                 "summary": "Change some fields of a journey",
                 "description": "Each top-level field given replaces the stored one (a list replaces the whole "
                 "list); `null` resets a field to its default. The rules of PUT apply.",
-                "requestBody": _body(
+                "requestBody": _request_body(
                     "JourneyPatch",
                     {
                         "rename": {"name": "Online shop (EU)"},

@@ -19,7 +19,7 @@ from ..warehouse import sources as service
 from ..warehouse.mapping import EVENT_ROLES, EXPOSURE_ROLES, Role
 from . import bp, schemas
 from .bodies import json_object
-from .experiments import _actor, _json, _ref, read_access, write_access
+from .experiments import _actor, _json, _ref, _request_body, read_access, write_access
 
 
 def _body(session, source, **kwargs: Any) -> dict[str, Any]:
@@ -181,18 +181,6 @@ _STORED_PROPERTIES = {
 }
 
 
-def _request(schema: str, examples: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": _ref(schema),
-                "examples": {name: {"value": value} for name, value in examples.items()},
-            }
-        },
-    }
-
-
 OPENAPI: dict[str, Any] = {
     "paths": {
         "/warehouse-sources": {
@@ -202,7 +190,7 @@ OPENAPI: dict[str, Any] = {
             },
             "post": {
                 "summary": "Define a warehouse source (checked against the warehouse first)",
-                "requestBody": _request("WarehouseSourceDefinition", {"analytics": _EXAMPLE}),
+                "requestBody": _request_body("WarehouseSourceDefinition", {"analytics": _EXAMPLE}),
                 "responses": {
                     "201": {
                         **_json(_ref("WarehouseSource"), "Created; `Location` points at it"),
@@ -223,7 +211,9 @@ OPENAPI: dict[str, Any] = {
                 "description": "Each field given replaces the stored one (a column mapping replaces the whole "
                 "mapping); `url` left out or `null` keeps the stored URL. Checked against the warehouse unless "
                 "`check` is false.",
-                "requestBody": _request("WarehouseSourcePatch", {"rename": {"name": "Analytics (EU)", "check": False}}),
+                "requestBody": _request_body(
+                    "WarehouseSourcePatch", {"rename": {"name": "Analytics (EU)", "check": False}}
+                ),
                 "responses": {
                     "200": _json(_ref("WarehouseSource"), "Updated"),
                     **_errors(400, 401, 403, 404, 409, 422),

@@ -53,10 +53,6 @@ EXPOSURE_ROLES: tuple[Role, ...] = (
 )
 
 
-def roles_by_name(roles: tuple[Role, ...]) -> dict[str, Role]:
-    return {role.name: role for role in roles}
-
-
 # The columns ``expplatform warehouse export`` writes, and a mapping's defaults: a
 # source whose tables use these names needs no column mapping at all.
 DEFAULT_EVENT_COLUMNS = {role.name: role.name for role in EVENT_ROLES}

@@ -31,6 +31,7 @@ from typing import Any
 from sqlalchemy import and_, case, false, func, literal_column, null, or_, select, union_all
 from sqlalchemy.sql import ColumnElement, FromClause, Select, Subquery, TableClause
 
+from ..counters import not_before
 from . import dialects
 from .dialects import Name
 
@@ -280,12 +281,6 @@ def outcome_rows(counted: Select[Any]) -> Subquery:
     )
 
 
-def not_before(moment: Any, exposed_at: Any) -> ColumnElement[Any]:
-    """The time an outcome is dated: never before its exposure (as
-    ``counters.outcome_day``)."""
-    return case((moment < exposed_at, exposed_at), else_=moment)
-
-
 def outcome_cells(dialect: Name, outcomes: FromClause) -> list[Select[Any]]:
     """Customers per (kind, stage, variant, value, day) from outcome rows with columns
     stage, variant, exposed_at, converted_at, rating, rated_at: one statement for the
@@ -310,11 +305,9 @@ def outcome_cells(dialect: Name, outcomes: FromClause) -> list[Select[Any]]:
     return cells
 
 
-def exposure_cells(
-    dialect: Name, exposures: FromClause, *, since: datetime | None = None, before: datetime | None = None
-) -> Select[Any]:
+def exposure_cells(dialect: Name, exposures: FromClause, *, before: datetime | None = None) -> Select[Any]:
     """Exposed customers per variant and day (``kind = 'exposed'``; the stage is
-    ''), of those exposed in [since, before) when given."""
+    ''), of those exposed before ``before`` when given."""
     x = exposures.c
     day = dialects.utc_day(dialect, x.exposed_at)
     cells = (
@@ -329,8 +322,6 @@ def exposure_cells(
         .where(x.forced == false())
         .group_by(x.variant, day)
     )
-    if since is not None:
-        cells = cells.where(x.exposed_at >= dialects.timestamp(dialect, since))
     if before is not None:
         cells = cells.where(x.exposed_at < dialects.timestamp(dialect, before))
     return cells
@@ -367,14 +358,13 @@ def statistics(
     exposures: FromClause,
     rules: Rules,
     *,
-    exposed_since: datetime | None = None,
     exposed_before: datetime | None = None,
     customers: Select[Any] | None = None,
 ) -> Statistics:
-    """``exposed_since``/``exposed_before`` bound the exposures counted (those in an
-    increment); ``customers`` restricts the outcomes to theirs."""
+    """``exposed_before`` bounds the exposures counted (those the warehouse held at
+    the refresh's watermark); ``customers`` restricts the outcomes to theirs."""
     outcomes = outcome_rows(attribution(dialect, events, exposures, rules).counted)
     return Statistics(
-        exposure_cells(dialect, exposures, since=exposed_since, before=exposed_before),
+        exposure_cells(dialect, exposures, before=exposed_before),
         outcome_days(dialect, outcomes, customers=customers),
     )

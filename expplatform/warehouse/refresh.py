@@ -458,21 +458,29 @@ def claim_next(database: Database, *, stale_after: float, now: datetime | None =
     moment = now or utcnow()
     # A refresh running longer than a refresh period belongs to a worker that died.
     abandoned = moment - timedelta(seconds=stale_after)
+    # Chosen in a read (every worker looks every few seconds, mostly to find nothing:
+    # no write lock for that), then taken under the row's lock.
+    with database.sessionmaker() as session:
+        idle = or_(WarehouseStats.running_since.is_(None), WarehouseStats.running_since < abandoned)
+        asked = session.scalar(
+            select(Experiment.key)
+            .join(WarehouseStats, WarehouseStats.experiment_id == Experiment.id)
+            .where(
+                WarehouseStats.requested_at.is_not(None),
+                idle,
+                WarehouseStats.source_id == Experiment.warehouse_source_id,  # not one since detached
+            )
+            .order_by(WarehouseStats.requested_at)
+            .limit(1)
+        )
+        key = asked or _stale(session, abandoned)
+    if key is None:
+        return None
     try:
         with database.write() as session:
-            idle = or_(WarehouseStats.running_since.is_(None), WarehouseStats.running_since < abandoned)
-            asked = session.scalar(
-                select(Experiment.key)
-                .join(WarehouseStats, WarehouseStats.experiment_id == Experiment.id)
-                .where(WarehouseStats.requested_at.is_not(None), idle)
-                .order_by(WarehouseStats.requested_at)
-                .limit(1)
-            )
-            key = asked or _stale(session, abandoned)
-            if key is None:
-                return None
             experiment = session.scalar(select(Experiment).where(Experiment.key == key))
-            assert experiment is not None
+            if experiment is None or experiment.warehouse_source_id is None:
+                return None  # deleted or detached meanwhile
             # Workers on other machines may have chosen it too: the row's lock (PostgreSQL;
             # SQLite's write transaction holds the whole database) lets one take it.
             taken = session.scalar(
