@@ -127,7 +127,9 @@ def load(engine_name: str, folder: Path, events_file: Path, exposures_file: Path
     if engine_name == "duckdb":
         url = f"duckdb:///{folder / 'warehouse.duckdb'}"
         with warehouse_engine(url).begin() as c:
-            c.execute(text(f"CREATE TABLE events AS SELECT * FROM read_parquet('{events_file}')"))
+            # In the order they arrived, as a warehouse appends them (its zone maps then
+            # let a daily increment skip the older events).
+            c.execute(text(f"CREATE TABLE events AS SELECT * FROM read_parquet('{events_file}') ORDER BY received_at"))
             c.execute(text(f"CREATE TABLE exposures AS SELECT * FROM read_parquet('{exposures_file}')"))
         return url
     url = f"chdb://{folder / 'chdb'}"
@@ -137,7 +139,9 @@ def load(engine_name: str, folder: Path, events_file: Path, exposures_file: Path
                 "CREATE TABLE events (event_id String, sequence Int64, customer_id String,"
                 " stage LowCardinality(String), kind LowCardinality(String), metric String, value Nullable(Int32),"
                 " occurred_at DateTime64(6, 'UTC'), received_at DateTime64(6, 'UTC'),"
-                " exposure_cutoff DateTime64(6, 'UTC'), experiment String) ENGINE = MergeTree ORDER BY event_id"
+                " exposure_cutoff DateTime64(6, 'UTC'), experiment String,"
+                " INDEX occurred occurred_at TYPE minmax GRANULARITY 1)"
+                " ENGINE = MergeTree ORDER BY (toDate(received_at), event_id)"
             )
         )
         c.execute(

@@ -97,7 +97,7 @@ def rebuild_outcomes(session: Session, experiment: Experiment) -> None:
     found = query.attribution(
         dialect, builtin_events(), builtin_exposures(experiment.id), experiment_rules(session, experiment)
     )
-    rows = query.outcome_rows(found.counted)
+    rows = query.outcome_rows(dialect, found.counted)
     session.execute(
         insert(Outcome).from_select(
             [

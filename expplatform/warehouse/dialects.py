@@ -56,3 +56,34 @@ def windows_repeated_ids_only(dialect: Name) -> bool:
     copy dominated the statistics. PostgreSQL plans that ``NOT IN`` inside a nested
     loop it then repeats, so it orders every copy instead."""
     return dialect in ("duckdb", "clickhouse")
+
+
+def has_arg_extremes(dialect: Name) -> bool:
+    """Whether the engine picks a row's value by the greatest (or least) key in an
+    aggregate (``arg_max``, ``argMax``). Where it does, the latest rating and the
+    first exposure are aggregates rather than windows: ClickHouse holds a window's
+    rows in memory (50M events went over a 2 GB bound) but spills a ``GROUP BY``,
+    and both engines aggregate faster than they sort."""
+    return dialect in ("duckdb", "clickhouse")
+
+
+def arg_max(dialect: Name, value: Any, keys: list[Any], where: Any = None) -> ColumnElement[Any]:
+    """``value`` on the row with the greatest ``keys`` (compared in order), among the
+    rows ``where`` holds. Where none does, DuckDB gives NULL and ClickHouse the
+    type's default: read it only beside a column that tells whether there was one."""
+    return _arg(dialect, "max", value, keys, where)
+
+
+def arg_min(dialect: Name, value: Any, keys: list[Any]) -> ColumnElement[Any]:
+    """``value`` on the row with the least ``keys`` (compared in order)."""
+    return _arg(dialect, "min", value, keys, None)
+
+
+def _arg(dialect: Name, extreme: str, value: Any, keys: list[Any], where: Any) -> ColumnElement[Any]:
+    if dialect == "clickhouse":
+        name = f"arg{extreme.capitalize()}"
+        key = func.tuple(*keys)
+        return getattr(func, f"{name}If")(value, key, where) if where is not None else getattr(func, name)(value, key)
+    assert dialect == "duckdb", dialect
+    picked = getattr(func, f"arg_{extreme}")(value, func.row(*keys))
+    return picked.filter(where) if where is not None else picked

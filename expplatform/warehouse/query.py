@@ -125,17 +125,24 @@ def role_events(
         rows = rows.where(received < dialects.timestamp(dialect, received_before))
     if event_ids is not None:
         rows = rows.where(mapped["event_id"].in_(event_ids))
-    copies = rows.subquery("copies")
-    k = copies.c
-    order = [k.received_at, k.sequence] if sequence is not None else [k.received_at, k.customer_id, k.stage]
-    copy = func.row_number().over(partition_by=k.event_id, order_by=order)
     # A subset (an increment's events) is referenced once: splitting it would make
     # engines that inline a subquery per reference select it three times.
-    if event_ids is not None or not dialects.windows_repeated_ids_only(dialect):
+    repeated_only = event_ids is None and dialects.windows_repeated_ids_only(dialect)
+    return first_copies(rows.subquery("copies"), sequenced=sequence is not None, repeated_only=repeated_only)
+
+
+def first_copies(copies: Subquery, *, sequenced: bool, repeated_only: bool) -> Subquery:
+    """The first stored copy of each event among ``copies`` (earliest received,
+    then lowest ``sequence``). ``repeated_only``: order only the copies of ids
+    stored more than once (most events arrive once, and ordering every copy of
+    every event costs more than the rest of the statistics); it reads ``copies``
+    three times, which engines that inline subqueries per reference repeat."""
+    k = copies.c
+    order = [k.received_at, k.sequence] if sequenced else [k.received_at, k.customer_id, k.stage]
+    copy = func.row_number().over(partition_by=k.event_id, order_by=order)
+    if not repeated_only:
         ranked = select(copies, copy.label("copy")).subquery("ranked")
         return select(*(ranked.c[column.name] for column in k)).where(ranked.c.copy == 1).subquery("events")
-    # Most events arrive once: only the ids stored more than once need the window
-    # (ordering every copy of every event cost more than the rest of the statistics).
     repeated = select(k.event_id).group_by(k.event_id).having(func.count() > 1)
     once = select(copies).where(k.event_id.not_in(repeated))
     ranked = select(copies, copy.label("copy")).where(k.event_id.in_(repeated)).subquery("ranked")
@@ -143,62 +150,134 @@ def role_events(
     return union_all(once, first).subquery("events")
 
 
-def touched_events(
+def arrived_from(
+    dialect: Name, table: TableClause, columns: Mapping[str, str], *, since: datetime, before: datetime
+) -> Select[Any]:
+    """The earliest event time among the copies received in [since, before): their
+    earlier copies are no earlier (copies of an event share its time), so a search
+    for them can start there."""
+    c = table.c
+    received = c[columns["received_at"]]
+    return select(func.min(c[columns["occurred_at"]])).where(
+        received >= dialects.timestamp(dialect, since), received < dialects.timestamp(dialect, before)
+    )
+
+
+def touched_customers(
     dialect: Name,
     table: TableClause,
     columns: Mapping[str, str],
+    exposures: TableClause,
+    exposure_columns: Mapping[str, str],
+    experiment_key: str,
     *,
-    exposed: Select[Any],
     since: datetime,
     before: datetime,
+    arrived_from: datetime,
+    skew_seconds: float,
     pruning: Pruning | None,
-) -> tuple[Select[Any], Select[Any]]:
-    """The customers ``exposed`` (to the experiment) with a copy of an event received
-    in [since, before), and the ids of all their events: whose outcomes may have
-    changed in that time (a copy under another customer of one of those events is
-    among them, so the first copy is still told from the later ones)."""
+) -> Select[Any]:
+    """The customers whose outcomes the events received in [since, before) may
+    change: exposed to the experiment, with an event whose first copy arrived then
+    and which occurred late enough to follow their exposure. A customer who only
+    got later copies (a re-send, under them or another customer), or events from
+    before their exposure, keeps their outcomes; leaving them out keeps the
+    history an increment reads short. ``arrived_from``: see ``arrived_from``."""
     c = table.c
-    customer, received = c[columns["customer_id"]], c[columns["received_at"]]
-    touched = (
-        select(customer)
+    event_id, occurred, received = c[columns["event_id"]], c[columns["occurred_at"]], c[columns["received_at"]]
+    sequence = c[columns["sequence"]] if "sequence" in columns else None
+    # Every copy of an event that arrived then is here (they share its time): the
+    # first copies here received since then are the events that arrived.
+    copies = select(
+        event_id.label("event_id"),
+        c[columns["customer_id"]].label("customer_id"),
+        c[columns["stage"]].label("stage"),
+        occurred.label("occurred_at"),
+        received.label("received_at"),
+        (sequence if sequence is not None else constant(0)).label("sequence"),
+    ).where(occurred >= dialects.timestamp(dialect, arrived_from), received < dialects.timestamp(dialect, before))
+    if pruning is not None:
+        copies = copies.where(_earliest(dialect, occurred, pruning))
+    repeated_only = dialects.windows_repeated_ids_only(dialect)
+    first = first_copies(copies.subquery("copies"), sequenced=sequence is not None, repeated_only=repeated_only)
+    first = (
+        select(first.c.customer_id, first.c.occurred_at, first.c.received_at)
+        .where(first.c.received_at >= dialects.timestamp(dialect, since))
+        .subquery("arrivals")
+    )
+    x = {role: exposures.c[name] for role, name in exposure_columns.items()}
+    return (
+        select(first.c.customer_id)
         .distinct()
+        .join(exposures, x["customer_id"] == first.c.customer_id)
         .where(
-            received >= dialects.timestamp(dialect, since),
-            received < dialects.timestamp(dialect, before),
-            customer.in_(exposed),
+            x["experiment"] == experiment_key,
+            x["exposed_at"] <= dialects.plus_seconds(dialect, first.c.occurred_at, skew_seconds),
+            x["exposed_at"] <= first.c.received_at,
         )
     )
-    if pruning is not None:
-        touched = touched.where(_earliest(dialect, c[columns["occurred_at"]], pruning))
-    ids = select(c[columns["event_id"]]).distinct().where(customer.in_(touched))
-    if pruning is not None:
-        ids = ids.where(_earliest(dialect, c[columns["occurred_at"]], pruning))
-    return touched, ids
 
 
-def role_exposures(table: TableClause, columns: Mapping[str, str], experiment_key: str) -> Subquery:
+def events_of(
+    dialect: Name, table: TableClause, columns: Mapping[str, str], customers: Select[Any], *, pruning: Pruning | None
+) -> Select[Any]:
+    """The ids of the ``customers``' events (with the copies of them stored under
+    others, the first copy is still told from the later ones)."""
+    c = table.c
+    ids = select(c[columns["event_id"]]).distinct().where(c[columns["customer_id"]].in_(customers))
+    return ids if pruning is None else ids.where(_earliest(dialect, c[columns["occurred_at"]], pruning))
+
+
+def earliest_exposure(
+    table: TableClause, columns: Mapping[str, str], experiment_key: str, customers: Select[Any]
+) -> Select[Any]:
+    """When the earliest of the ``customers``' exposures to the experiment was."""
+    c = table.c
+    return select(func.min(c[columns["exposed_at"]])).where(
+        c[columns["experiment"]] == experiment_key, c[columns["customer_id"]].in_(customers)
+    )
+
+
+def role_exposures(
+    dialect: Name,
+    table: TableClause,
+    columns: Mapping[str, str],
+    experiment_key: str,
+    *,
+    customers: Select[Any] | None = None,
+) -> Subquery:
     """A warehouse's exposures to one experiment, one row per customer (the earliest:
-    the first assignment), columns named by role."""
+    the first assignment), columns named by role; only the ``customers``' when given."""
     c = table.c
     mapped = {role: c[name] for role, name in columns.items()}
+    forced = mapped.get("forced")
+    if dialects.has_arg_extremes(dialect):
+        order = [mapped["exposed_at"], mapped["variant"]]
+        firsts = select(
+            mapped["customer_id"].label("customer_id"),
+            dialects.arg_min(dialect, mapped["variant"], order).label("variant"),
+            func.min(mapped["exposed_at"]).label("exposed_at"),
+            (dialects.arg_min(dialect, forced, order) if forced is not None else false()).label("forced"),
+        ).where(mapped["experiment"] == experiment_key)
+        if customers is not None:
+            firsts = firsts.where(mapped["customer_id"].in_(customers))
+        return firsts.group_by(mapped["customer_id"]).subquery("exposures")
     first = func.row_number().over(
         partition_by=mapped["customer_id"], order_by=[mapped["exposed_at"], mapped["variant"]]
     )
-    forced = mapped.get("forced")
-    rows = (
-        select(
-            mapped["customer_id"].label("customer_id"),
-            mapped["variant"].label("variant"),
-            mapped["exposed_at"].label("exposed_at"),
-            (forced if forced is not None else false()).label("forced"),
-            first.label("first"),
-        )
-        .where(mapped["experiment"] == experiment_key)
-        .subquery("assignments")
-    )
+    rows = select(
+        mapped["customer_id"].label("customer_id"),
+        mapped["variant"].label("variant"),
+        mapped["exposed_at"].label("exposed_at"),
+        (forced if forced is not None else false()).label("forced"),
+        first.label("first"),
+    ).where(mapped["experiment"] == experiment_key)
+    if customers is not None:
+        rows = rows.where(mapped["customer_id"].in_(customers))
+    ranked = rows.subquery("assignments").c
     return (
-        select(rows.c.customer_id, rows.c.variant, rows.c.exposed_at, rows.c.forced)
-        .where(rows.c.first == 1)
+        select(ranked.customer_id, ranked.variant, ranked.exposed_at, ranked.forced)
+        .where(ranked.first == 1)
         .subquery("exposures")
     )
 
@@ -234,6 +313,7 @@ def attribution(dialect: Name, events: FromClause, exposures: FromClause, rules:
             case((is_rating, constant("satisfaction")), else_=e.kind).label("kind"),
             e.value,
             e.occurred_at,
+            e.received_at,
             e.cutoff,
             x.variant,
             x.exposed_at,
@@ -254,28 +334,67 @@ def attribution(dialect: Name, events: FromClause, exposures: FromClause, rules:
     return Attribution(candidates, counted)
 
 
-def outcome_rows(counted: Select[Any]) -> Subquery:
+def outcome_rows(dialect: Name, counted: Select[Any], *, since: datetime | None = None) -> Subquery:
     """One row per customer x stage: the variant, the exposure time, the first
-    conversion's time, and the latest rating with its time and storage order."""
+    conversion's time, and the latest rating with its time and storage order; with
+    ``since``, also the same as of then (from the events received before it, columns
+    suffixed ``_then``), so an increment reads the customers' events once."""
     c = counted.subquery("counted")
-    latest = func.row_number().over(
-        partition_by=(c.c.customer_id, c.c.stage, c.c.kind),
-        order_by=(c.c.occurred_at.desc(), c.c.sequence.desc()),
-    )
-    ranked = select(c, latest.label("latest")).subquery("ranked")
+    if dialects.has_arg_extremes(dialect):
+        return _outcome_aggregates(dialect, c, since)
+    order = (c.c.occurred_at.desc(), c.c.sequence.desc())
+    by = (c.c.customer_id, c.c.stage, c.c.kind)
+    ranks = [func.row_number().over(partition_by=by, order_by=order).label("latest")]
+    if since is not None:
+        # The latest of those received before ``since`` comes first in this order.
+        earlier = case((c.c.received_at < dialects.timestamp(dialect, since), 0), else_=1)
+        ranks.append(func.row_number().over(partition_by=by, order_by=(earlier, *order)).label("latest_then"))
+    ranked = select(c, *ranks).subquery("ranked")
     r = ranked.c
-    is_latest_rating = and_(r.kind == "satisfaction", r.latest == 1)
+
+    def outcome(latest: ColumnElement[Any], suffix: str, only: ColumnElement[bool] | None = None) -> list[Any]:
+        converted, rated = r.kind == "conversion", and_(r.kind == "satisfaction", latest == 1)
+        if only is not None:
+            converted, rated = and_(converted, only), and_(rated, only)
+        return [
+            func.min(case((converted, r.occurred_at))).label(f"converted_at{suffix}"),
+            func.max(case((rated, r.value))).label(f"rating{suffix}"),
+            func.max(case((rated, r.occurred_at))).label(f"rated_at{suffix}"),
+            func.max(case((rated, r.sequence))).label(f"rating_sequence{suffix}"),
+        ]
+
+    columns = outcome(r.latest, "")
+    if since is not None:
+        columns += outcome(r.latest_then, "_then", r.received_at < dialects.timestamp(dialect, since))
     return (
-        select(
-            r.customer_id,
-            r.stage,
-            r.variant,
-            func.min(r.exposed_at).label("exposed_at"),
-            func.min(case((r.kind == "conversion", r.occurred_at))).label("converted_at"),
-            func.max(case((is_latest_rating, r.value))).label("rating"),
-            func.max(case((is_latest_rating, r.occurred_at))).label("rated_at"),
-            func.max(case((is_latest_rating, r.sequence))).label("rating_sequence"),
-        )
+        select(r.customer_id, r.stage, r.variant, func.min(r.exposed_at).label("exposed_at"), *columns)
+        .group_by(r.customer_id, r.stage, r.variant)
+        .subquery("outcomes")
+    )
+
+
+def _outcome_aggregates(dialect: Name, counted: Subquery, since: datetime | None) -> Subquery:
+    """``outcome_rows`` as one aggregation: the latest rating by ``arg_max`` over
+    (time, storage order) instead of a window."""
+    r = counted.c
+    latest = [r.occurred_at, r.sequence]
+
+    def outcome(suffix: str, only: ColumnElement[bool] | None = None) -> list[Any]:
+        converted, rated = r.kind == "conversion", r.kind == "satisfaction"
+        if only is not None:
+            converted, rated = and_(converted, only), and_(rated, only)
+        return [
+            func.min(case((converted, r.occurred_at))).label(f"converted_at{suffix}"),
+            dialects.arg_max(dialect, r.value, latest, rated).label(f"rating{suffix}"),
+            func.max(case((rated, r.occurred_at))).label(f"rated_at{suffix}"),
+            dialects.arg_max(dialect, r.sequence, latest, rated).label(f"rating_sequence{suffix}"),
+        ]
+
+    columns = outcome("")
+    if since is not None:
+        columns += outcome("_then", r.received_at < dialects.timestamp(dialect, since))
+    return (
+        select(r.customer_id, r.stage, r.variant, func.min(r.exposed_at).label("exposed_at"), *columns)
         .group_by(r.customer_id, r.stage, r.variant)
         .subquery("outcomes")
     )
@@ -327,7 +446,7 @@ def exposure_cells(dialect: Name, exposures: FromClause, *, before: datetime | N
     return cells
 
 
-def outcome_days(dialect: Name, outcomes: FromClause, *, customers: Select[Any] | None = None) -> Select[Any]:
+def outcome_days(dialect: Name, outcomes: FromClause) -> Select[Any]:
     """Customers per (stage, variant, conversion day, rating, rating day) from outcome
     rows: one pass over them gives both the converters' and the ratings' cells (an
     engine that inlines a subquery per reference would otherwise compute the outcome
@@ -335,10 +454,9 @@ def outcome_days(dialect: Name, outcomes: FromClause, *, customers: Select[Any] 
     o = outcomes.c
     converted_day = dialects.utc_day(dialect, not_before(o.converted_at, o.exposed_at)).label("converted_day")
     rated_day = dialects.utc_day(dialect, not_before(o.rated_at, o.exposed_at)).label("rated_day")
-    days = select(o.stage, o.variant, converted_day, o.rating, rated_day, func.count().label("n")).group_by(
+    return select(o.stage, o.variant, converted_day, o.rating, rated_day, func.count().label("n")).group_by(
         o.stage, o.variant, converted_day, o.rating, rated_day
     )
-    return days if customers is None else days.where(o.customer_id.in_(customers))
 
 
 @dataclass(frozen=True)
@@ -359,12 +477,51 @@ def statistics(
     rules: Rules,
     *,
     exposed_before: datetime | None = None,
-    customers: Select[Any] | None = None,
 ) -> Statistics:
     """``exposed_before`` bounds the exposures counted (those the warehouse held at
-    the refresh's watermark); ``customers`` restricts the outcomes to theirs."""
-    outcomes = outcome_rows(attribution(dialect, events, exposures, rules).counted)
+    the refresh's watermark)."""
+    outcomes = outcome_rows(dialect, attribution(dialect, events, exposures, rules).counted)
     return Statistics(
         exposure_cells(dialect, exposures, before=exposed_before),
-        outcome_days(dialect, outcomes, customers=customers),
+        outcome_days(dialect, outcomes),
     )
+
+
+def exposure_changes(dialect: Name, exposures: FromClause, *, since: datetime, before: datetime) -> Select[Any]:
+    """Exposed customers per variant and day as of ``since`` (``n_then``) and as of
+    ``before`` (``n``), in one pass."""
+    x = exposures.c
+    day = dialects.utc_day(dialect, x.exposed_at)
+
+    def exposed_before(moment: datetime) -> ColumnElement[Any]:
+        return func.sum(case((x.exposed_at < dialects.timestamp(dialect, moment), constant(1)), else_=constant(0)))
+
+    return (
+        select(x.variant, day.label("day"), exposed_before(since).label("n_then"), exposed_before(before).label("n"))
+        .where(x.forced == false())
+        .group_by(x.variant, day)
+    )
+
+
+def outcome_changes(
+    dialect: Name, events: FromClause, exposures: FromClause, rules: Rules, *, since: datetime
+) -> Select[Any]:
+    """Customers per stage, variant, and outcome days now and then: the outcomes of
+    the customers of ``exposures`` from ``events`` (their events' first copies as
+    the warehouse holds them now), and as of ``since`` from those received before it
+    (the first copy as of then is the first copy if it was received by then: copies
+    are ordered by receipt). One pass gives both sides of the change."""
+    o = outcome_rows(dialect, attribution(dialect, events, exposures, rules).counted, since=since).c
+
+    def day(moment: ColumnElement[Any], name: str) -> ColumnElement[Any]:
+        return dialects.utc_day(dialect, not_before(moment, o.exposed_at)).label(name)
+
+    days = [
+        day(o.converted_at, "converted_day"),
+        o.rating,
+        day(o.rated_at, "rated_day"),
+        day(o.converted_at_then, "converted_day_then"),
+        o.rating_then,
+        day(o.rated_at_then, "rated_day_then"),
+    ]
+    return select(o.stage, o.variant, *days, func.count().label("n")).group_by(o.stage, o.variant, *days)

@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, column, insert, or_, select, table
@@ -90,7 +90,7 @@ def relations(
         event_ids=event_ids,
     )
     exposures_table = table_of(source.exposures_table, source.exposures_columns.values())
-    exposures = query.role_exposures(exposures_table, source.exposures_columns, rules.experiment_key)
+    exposures = query.role_exposures(dialect, exposures_table, source.exposures_columns, rules.experiment_key)
     return events, exposures
 
 
@@ -139,40 +139,82 @@ def compute_increment(
     memory_limit_mb: int | None = None,
 ) -> Increment:
     """What the events received in [since, before) change in the outcomes: for the
-    customers with such events, their outcomes as of ``before`` minus as of
-    ``since`` (from their own events only). Added to the outcomes as of ``since`` it
-    gives those as of ``before``, at a cost in proportion to those customers' events
-    rather than to the experiment's."""
+    customers they concern, their outcomes as of ``before`` minus as of ``since``,
+    both from one reading of their own events. Added to the outcomes as of
+    ``since`` it gives those as of ``before``, at a cost in proportion to those
+    customers' events rather than to the experiment's."""
+    dialect = dialect_of(source.url)
+    exposures_table = table_of(source.exposures_table, source.exposures_columns.values())
+    exposures = query.role_exposures(dialect, exposures_table, source.exposures_columns, rules.experiment_key)
+    then: Cells = Counter()
+    now: Cells = Counter()
+    outcomes: Cells = Counter()
+    with warehouse_engine(source.url, memory_limit_mb=memory_limit_mb).connect() as connection:
+        exposed = query.exposure_changes(dialect, exposures, since=since, before=before)
+        for variant, day, n_then, n_now in _run_cancellable(connection, exposed, dialect, cancel):
+            then["exposed", "", str(variant), 0, _iso(day)] += int(n_then)
+            now["exposed", "", str(variant), 0, _iso(day)] += int(n_now)
+        touched = _touched(connection, source, rules, started_at, since=since, before=before)
+        if touched is not None:
+            customers, bound = touched
+            events_table = table_of(source.events_table, source.events_columns.values())
+            ids = query.events_of(
+                dialect, events_table, source.events_columns, customers, pruning=_pruning(source, bound)
+            )
+            events, _ = relations(source, rules, bound, received_before=before, event_ids=ids)
+            theirs = query.role_exposures(
+                dialect, exposures_table, source.exposures_columns, rules.experiment_key, customers=customers
+            )
+            changed = query.outcome_changes(dialect, events, theirs, rules, since=since)
+            for stage, variant, *days, n in _run_cancellable(connection, changed, dialect, cancel):
+                for sign, (converted_day, rating, rated_day) in ((1, days[:3]), (-1, days[3:])):
+                    if converted_day is not None:
+                        outcomes["converted", stage, str(variant), 0, _iso(converted_day)] += sign * int(n)
+                    if rated_day is not None and rating is not None:
+                        outcomes["rating", stage, str(variant), int(rating), _iso(rated_day)] += sign * int(n)
+    return Increment(outcomes, +then, +now)
+
+
+def _touched(
+    connection: Connection,
+    source: WarehouseSource,
+    rules: query.Rules,
+    started_at: datetime | None,
+    *,
+    since: datetime,
+    before: datetime,
+) -> tuple[Any, datetime] | None:
+    """The customers whose outcomes the events received in [since, before) may
+    change, and the earliest of their exposures (none: None). Each step narrows what
+    the next reads by event time, which an events table kept in time order (as
+    warehouses append them) skips to cheaply: the copies received then and their
+    earlier copies, the customers they concern, and (the caller) those customers'
+    events since the earliest of their exposures."""
     dialect = dialect_of(source.url)
     events_table = table_of(source.events_table, source.events_columns.values())
     exposures_table = table_of(source.exposures_table, source.exposures_columns.values())
-    x = source.exposures_columns
-    exposed = select(exposures_table.c[x["customer_id"]]).where(
-        exposures_table.c[x["experiment"]] == rules.experiment_key
-    )
-    touched, ids = query.touched_events(
+    earliest = query.arrived_from(dialect, events_table, source.events_columns, since=since, before=before)
+    arrived_from = _utc(connection.execute(earliest).scalar())
+    if arrived_from is None:
+        return None
+    customers = query.touched_customers(
         dialect,
         events_table,
         source.events_columns,
-        exposed=exposed,
+        exposures_table,
+        source.exposures_columns,
+        rules.experiment_key,
         since=since,
         before=before,
+        arrived_from=arrived_from,
+        skew_seconds=source.clock_skew_seconds,
         pruning=_pruning(source, started_at),
     )
-    now_events, exposures = relations(source, rules, started_at, received_before=before, event_ids=ids)
-    then_events, _ = relations(source, rules, started_at, received_before=since, event_ids=ids)
-    now = query.statistics(dialect, now_events, exposures, rules, exposed_before=before, customers=touched)
-    then = query.statistics(dialect, then_events, exposures, rules, exposed_before=since, customers=touched)
-    with warehouse_engine(source.url, memory_limit_mb=memory_limit_mb).connect() as connection:
-        found_now = _cells(connection, now, dialect, cancel)
-        found_then = _cells(connection, then, dialect, cancel)
-    outcomes = Counter({cell: n for cell, n in found_now.items() if cell[0] != "exposed"})
-    outcomes.subtract({cell: n for cell, n in found_then.items() if cell[0] != "exposed"})
-    return Increment(
-        outcomes,
-        Counter({cell: n for cell, n in found_then.items() if cell[0] == "exposed"}),
-        Counter({cell: n for cell, n in found_now.items() if cell[0] == "exposed"}),
-    )
+    first = query.earliest_exposure(exposures_table, source.exposures_columns, rules.experiment_key, customers)
+    first_exposed = _utc(connection.execute(first).scalar())
+    if first_exposed is None:
+        return None
+    return customers, first_exposed if started_at is None else max(started_at, first_exposed)
 
 
 def _cells(
@@ -180,15 +222,10 @@ def _cells(
     statements: query.Statistics,
     dialect: str,
     cancel: threading.Event | None,
-    *,
-    outcomes_only: bool = False,
 ) -> Cells:
     totals: Cells = Counter()
-    if not outcomes_only:
-        for _kind, _stage, variant, _value, day, n in _run_cancellable(
-            connection, statements.exposures, dialect, cancel
-        ):
-            totals["exposed", "", str(variant), 0, _iso(day)] += int(n)
+    for _kind, _stage, variant, _value, day, n in _run_cancellable(connection, statements.exposures, dialect, cancel):
+        totals["exposed", "", str(variant), 0, _iso(day)] += int(n)
     for stage, variant, converted_day, rating, rated_day, n in _run_cancellable(
         connection, statements.outcomes, dialect, cancel
     ):
@@ -213,6 +250,16 @@ def rules_key(source: WarehouseSource, rules: query.Rules, started_at: datetime 
         "exposures": [source.exposures_columns, source.clock_skew_seconds],
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _utc(moment: Any) -> datetime | None:
+    """A time read back from a warehouse, as an aware UTC datetime (engines give it
+    naive or in the session's zone)."""
+    if moment is None:
+        return None
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _iso(day: Any) -> str:
