@@ -10,7 +10,8 @@ x days]), whatever the number of events:
   step with the outcome rows: its cost does not grow with events at all;
 - :func:`daily_stats` reads the same counters by day, and exposures by day;
 - :func:`segment_stats` groups the outcome rows (one per customer x stage) joined
-  to their exposure, whose attributes hold the segment;
+  to their exposure, whose attributes hold the segment (for a warehouse experiment
+  it reads the segments its last full recomputation computed there);
 - :func:`data_quality` sums the ingest-time quality counters.
 
 Forced (QA) exposures are never in a denominator, and their events never in outcomes.
@@ -285,9 +286,7 @@ def segment_stats(session: Session, experiment: Experiment, attribute: str) -> d
     if not SEGMENT_ATTRIBUTE.match(attribute):
         raise MalformedRequest(fields={"segment": "must be an attribute name: letters, digits, '_' or '-' (1-64)"})
     if experiment.warehouse_source_id is not None:
-        raise MalformedRequest(
-            fields={"segment": "segments are not computed in a warehouse yet: this experiment's outcomes live in one"}
-        )
+        return _warehouse_segments(session, experiment, attribute)
     shape = _Shape.of(experiment)
     segment = _segment_value(session, attribute).label("segment")
     exposed = (
@@ -317,9 +316,7 @@ def segment_stats(session: Session, experiment: Experiment, attribute: str) -> d
         totals = by_segment.get(value)
         if totals is None:
             if len(by_segment) == MAX_SEGMENTS:
-                raise MalformedRequest(
-                    fields={"segment": f"has more than {MAX_SEGMENTS} distinct values; choose a coarser attribute"}
-                )
+                raise _too_many_values()
             totals = by_segment[value] = _Accumulator(shape)
         if stage is None:
             totals.add_exposed(variant_id, n)
@@ -327,6 +324,70 @@ def segment_stats(session: Session, experiment: Experiment, attribute: str) -> d
         totals.add_converted(stage, variant_id, converted)
         if rating is not None:
             totals.add_rating(stage, variant_id, rating, n)
+    return {value: totals.stats() for value, totals in by_segment.items()}
+
+
+def _too_many_values() -> MalformedRequest:
+    return MalformedRequest(
+        fields={"segment": f"has more than {MAX_SEGMENTS} distinct values; choose a coarser attribute"}
+    )
+
+
+def warehouse_segments(session: Session, experiment: Experiment) -> dict[str, Any] | None:
+    """The segments computed at the last full recomputation in the experiment's
+    warehouse (``warehouse.segments``), or None: none yet, or its source maps no
+    attributes column."""
+    stats = session.get(WarehouseStats, experiment.id)
+    if stats is None or stats.source_id != experiment.warehouse_source_id or stats.segments is None:
+        return None
+    source = experiment.warehouse_source
+    return stats.segments if source is not None and "attributes" in source.exposures_columns else None
+
+
+def _warehouse_segments(session: Session, experiment: Experiment, attribute: str) -> dict[str | None, ExperimentStats]:
+    """:func:`segment_stats` of a warehouse experiment, from its segments' cells as
+    of the last full recomputation; a clear refusal when there are none to read."""
+    source = experiment.warehouse_source
+    assert source is not None
+    if "attributes" not in source.exposures_columns:
+        raise MalformedRequest(
+            fields={
+                "segment": f"this experiment's outcomes live in the warehouse {source.name}, whose exposures table "
+                "has no attributes column mapped: map an attributes column (exposures_columns.attributes) "
+                "to get segments"
+            }
+        )
+    computed = warehouse_segments(session, experiment)
+    if computed is None:
+        raise MalformedRequest(
+            fields={
+                "segment": f"segments are computed in the warehouse {source.name} at a full recomputation, and none "
+                "has run since its attributes were mapped: ask for a refresh"
+            }
+        )
+    if computed.get("error"):
+        raise MalformedRequest(
+            fields={"segment": f"the last full recomputation could not compute segments: {computed['error']}"}
+        )
+    if attribute in computed.get("too_many", ()):
+        raise _too_many_values()
+    cells = computed["attributes"].get(attribute)
+    if cells is None:
+        known = ", ".join(sorted({*computed["attributes"], *computed.get("too_many", ())})) or "none"
+        raise MalformedRequest(
+            fields={
+                "segment": "is not among the attributes of this experiment's exposures at the last full "
+                f"recomputation in the warehouse (those: {known})"
+            }
+        )
+    shape = _Shape.of(experiment)
+    ids = shape.variant_ids
+    by_segment: dict[str | None, _Accumulator] = {}
+    for value, kind, stage, variant, rating, n in cells:
+        totals = by_segment.get(value)
+        if totals is None:
+            totals = by_segment[value] = _Accumulator(shape)
+        _add_cell(totals, ids, kind, stage, variant, rating, n)
     return {value: totals.stats() for value, totals in by_segment.items()}
 
 

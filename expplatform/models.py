@@ -307,6 +307,10 @@ class WarehouseStats(Base):
     full_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # The last exposure (id) copied into the warehouse (``export_exposures``).
     exported_through: Mapped[int | None] = mapped_column(BigInteger)
+    # Per exposure attribute, its segments' cells, computed at the last full
+    # recomputation (``warehouse.segments``: increments do not touch them), and when.
+    segments: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    segments_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # The last refresh's failure, shown on the report until one succeeds.
     error: Mapped[str | None] = mapped_column(Text)
     failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -37,7 +37,7 @@ EVENT_COLUMNS = (
     "exposure_cutoff",
     "experiment",
 )
-EXPOSURE_COLUMNS = ("experiment", "customer_id", "variant", "exposed_at", "forced")
+EXPOSURE_COLUMNS = ("experiment", "customer_id", "variant", "exposed_at", "forced", "attributes")
 
 _SQL_TYPES = {
     "text": "TEXT",
@@ -68,20 +68,23 @@ _KINDS = {
     "variant": "text",
     "exposed_at": "time",
     "forced": "bool",
+    "attributes": "text",
 }
 
 
 def warehouse_source(url: str, events_table: str, exposures_table: str, **fields: Any) -> WarehouseSource:
     """A source (not stored) on the two tables, mapped by role name, the platform
-    exporting its exposures; ``fields`` override (key, name, clock skew, ...)."""
-    defaults: dict[str, Any] = {"key": "lake", "name": "Lake", "clock_skew_seconds": 5.0, "export_exposures": True}
+    exporting its exposures; ``fields`` override (key, name, clock skew, a mapping...)."""
+    defaults: dict[str, Any] = {
+        "key": "lake",
+        "name": "Lake",
+        "clock_skew_seconds": 5.0,
+        "export_exposures": True,
+        "events_columns": DEFAULT_EVENT_COLUMNS,
+        "exposures_columns": DEFAULT_EXPOSURE_COLUMNS,
+    }
     return WarehouseSource(
-        url=url,
-        events_table=events_table,
-        events_columns=DEFAULT_EVENT_COLUMNS,
-        exposures_table=exposures_table,
-        exposures_columns=DEFAULT_EXPOSURE_COLUMNS,
-        **{**defaults, **fields},
+        url=url, events_table=events_table, exposures_table=exposures_table, **{**defaults, **fields}
     )
 
 
@@ -115,9 +118,11 @@ class Warehouse:
                 connection.execute(target.insert(), [dict(r) for r in rows])
 
 
-def _create(engine: Engine, engine_name: str, prefix: str, *, events_columns: Sequence[str]) -> tuple[str, str]:
+def _create(
+    engine: Engine, engine_name: str, prefix: str, *, events_columns: Sequence[str], exposure_columns: Sequence[str]
+) -> tuple[str, str]:
     types = _CLICKHOUSE_TYPES if engine_name == "clickhouse" else _SQL_TYPES
-    tables = {"events": events_columns, "exposures": EXPOSURE_COLUMNS}
+    tables = {"events": events_columns, "exposures": exposure_columns}
     with engine.begin() as connection:
         for name, columns in tables.items():
             body = ", ".join(f"{c} {types[_KINDS[c]]}" for c in columns)
@@ -136,21 +141,25 @@ def chdb_folder(tmp_path_factory) -> Path:
 
 
 def make_warehouse(
-    engine_name: str, tmp_path: Path, chdb_folder: Path, *, events_columns: Sequence[str] = EVENT_COLUMNS
+    engine_name: str,
+    tmp_path: Path,
+    chdb_folder: Path,
+    *,
+    events_columns: Sequence[str] = EVENT_COLUMNS,
+    exposure_columns: Sequence[str] = EXPOSURE_COLUMNS,
 ) -> Iterator[Warehouse]:
     tag = f"w_{uuid.uuid4().hex[:12]}"
+    columns = {"events_columns": events_columns, "exposure_columns": exposure_columns}
     if engine_name == "duckdb":
         url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
-        yield Warehouse(
-            engine_name, url, *_create(warehouse_engine(url), engine_name, "", events_columns=events_columns)
-        )
+        yield Warehouse(engine_name, url, *_create(warehouse_engine(url), engine_name, "", **columns))
         warehouse_engine(url).dispose()
     elif engine_name == "clickhouse":
         url = f"chdb://{chdb_folder}"
         engine = warehouse_engine(url)
         with engine.begin() as connection:
             connection.execute(text(f"CREATE DATABASE {tag}"))
-        yield Warehouse(engine_name, url, *_create(engine, engine_name, f"{tag}.", events_columns=events_columns))
+        yield Warehouse(engine_name, url, *_create(engine, engine_name, f"{tag}.", **columns))
         with engine.begin() as connection:
             connection.execute(text(f"DROP DATABASE {tag}"))
     else:
@@ -158,6 +167,6 @@ def make_warehouse(
         engine = warehouse_engine(url)
         with engine.begin() as connection:
             connection.execute(text(f'CREATE SCHEMA "{tag}"'))
-        yield Warehouse(engine_name, url, *_create(engine, engine_name, f"{tag}.", events_columns=events_columns))
+        yield Warehouse(engine_name, url, *_create(engine, engine_name, f"{tag}.", **columns))
         with engine.begin() as connection:
             connection.execute(text(f'DROP SCHEMA "{tag}" CASCADE'))

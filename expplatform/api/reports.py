@@ -276,6 +276,15 @@ _FRESHNESS = {
         "failed_at": _WHEN,
         "requested_at": _WHEN,
         "running_since": _WHEN,
+        "segments_at": {
+            **_WHEN,
+            "description": "The full recomputation the segments are from (they are computed at full "
+            "recomputations only); null: none computed yet.",
+        },
+        "attributes_mapped": {
+            "type": "boolean",
+            "description": "Whether the source maps an attributes column of its exposures; without one, no segments.",
+        },
     },
 }
 _WAREHOUSE_ACTION: dict[str, Any] = {

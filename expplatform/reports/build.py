@@ -22,7 +22,15 @@ from analysis import analyze
 from analysis.types import DecisionRule, ExperimentResult, ExperimentStats, Prior
 
 from .. import plots
-from ..aggregation import SEGMENT_ATTRIBUTE, DataQuality, StageQuestion, data_quality, experiment_stats, stage_questions
+from ..aggregation import (
+    SEGMENT_ATTRIBUTE,
+    DataQuality,
+    StageQuestion,
+    data_quality,
+    experiment_stats,
+    stage_questions,
+    warehouse_segments,
+)
 from ..db import get_db
 from ..experiment_settings import experiment_settings
 from ..job_records import recent_jobs
@@ -171,9 +179,13 @@ def recorded_attributes(session: Session, experiment: Experiment) -> tuple[str, 
     exposures, whichever its (experiment, variant) index gives first: names are
     normally the same for every customer of one client app. (Ordered by customer, the
     first 1,000 took SQLite a sort of every exposure: 290 of a warm JSON report's 375 ms
-    at 1M exposures.)"""
+    at 1M exposures.) For a warehouse experiment: those its last full recomputation
+    found there (``aggregation.warehouse_segments``)."""
     if experiment.warehouse_source_id is not None:
-        return ()  # segments are not computed in a warehouse (``aggregation.segment_stats``)
+        computed = warehouse_segments(session, experiment)
+        if computed is None:
+            return ()
+        return tuple(sorted({*computed.get("attributes", {}), *computed.get("too_many", ())}))
     rows = session.scalars(
         select(Exposure.attributes).where(Exposure.experiment_id == experiment.id).limit(ATTRIBUTE_SAMPLE)
     )

@@ -1,6 +1,7 @@
 """The few SQL spellings that differ between the databases the statistics run on,
-in one place: the UTC day of a time, a time plus seconds, and a time written as a
-literal. Everything else in ``query`` is portable SQLAlchemy Core.
+in one place: the UTC day of a time, a time plus seconds, a time written as a
+literal, and a value read from JSON text. Everything else in ``query`` (and
+``segments``) is portable SQLAlchemy Core.
 
 Times are written as literals with their zone, never bound as parameters: the
 embedded ClickHouse shifts a bound zone-aware datetime by the process's own zone
@@ -10,13 +11,17 @@ every engine.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Date, DateTime, Integer, cast, func, literal, literal_column
+from sqlalchemy import JSON, Date, DateTime, Integer, String, case, cast, func, literal, literal_column, null
 from sqlalchemy.sql import ColumnElement
 
 Name = str  # "sqlite", "postgresql", "duckdb" or "clickhouse"
+
+# A key ``json_text`` reads: an exposure attribute's name (``aggregation.SEGMENT_ATTRIBUTE``).
+_JSON_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def utc_day(dialect: Name, moment: Any) -> ColumnElement[Any]:
@@ -87,3 +92,35 @@ def _arg(dialect: Name, extreme: str, value: Any, keys: list[Any], where: Any) -
     assert dialect == "duckdb", dialect
     picked = getattr(func, f"arg_{extreme}")(value, func.row(*keys))
     return picked.filter(where) if where is not None else picked
+
+
+def json_text(dialect: Name, document: Any, key: str) -> ColumnElement[Any]:
+    """The value under ``key`` of a JSON object held in a text column, as text, as
+    the platform's own database reads an exposure attribute
+    (``aggregation._segment_value``): a string as it is, a boolean as 'true' or
+    'false', a number as written; NULL when the key is absent or null, and when the
+    text is NULL or empty (ClickHouse's non-nullable columns hold '' for none).
+
+    ClickHouse: ``JSONExtractString`` gives '' both for a missing key and for an
+    empty string, so the value's ``JSONType`` decides (a missing key's is 'Null');
+    a NULL branch makes the result ``Nullable(String)`` without ``CAST(NULL AS
+    String)``, which ClickHouse refuses."""
+    assert _JSON_KEY.fullmatch(key), key
+    empty: ColumnElement[str] = literal_column("''")
+    if dialect == "clickhouse":
+        name: ColumnElement[str] = literal_column(f"'{key}'")
+        kind = func.JSONType(document, name)
+        boolean = case(
+            (func.JSONExtractBool(document, name) == 1, literal_column("'true'")), else_=literal_column("'false'")
+        )
+        return case(
+            (kind == literal_column("'String'"), func.JSONExtractString(document, name)),
+            (kind == literal_column("'Bool'"), boolean),
+            (kind == literal_column("'Null'"), null()),
+            else_=func.JSONExtractRaw(document, name),
+        )
+    if dialect == "duckdb":
+        return func.json_extract_string(func.nullif(document, empty), literal_column(f"'$.\"{key}\"'"), type_=String)
+    if dialect == "postgresql":
+        return cast(func.nullif(document, empty), JSON).op("->>", return_type=String())(literal_column(f"'{key}'"))
+    raise ValueError(f"no JSON text reading for {dialect}")

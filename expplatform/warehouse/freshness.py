@@ -1,6 +1,7 @@
 """How fresh a warehouse experiment's statistics are, for the report to say: from
 which source, computed when and in how long, whether a refresh is asked for or
-running, and the last failure (shown beside the last good statistics)."""
+running, the last failure (shown beside the last good statistics), and when its
+segments were computed (at the last full recomputation, ``segments``)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ class Freshness:
     failed_at: datetime | None
     requested_at: datetime | None
     running_since: datetime | None
+    # The segments are those of the full recomputation of segments_at (None: none
+    # yet); without an attributes column mapped there are none.
+    segments_at: datetime | None = None
+    attributes_mapped: bool = False
 
     @property
     def state(self) -> str:
@@ -54,6 +59,8 @@ class Freshness:
             "failed_at": iso_z(self.failed_at),
             "requested_at": iso_z(self.requested_at),
             "running_since": iso_z(self.running_since),
+            "segments_at": iso_z(self.segments_at),
+            "attributes_mapped": self.attributes_mapped,
         }
 
 
@@ -81,4 +88,6 @@ def freshness(session: Session, experiment: Experiment) -> Freshness | None:
         failed_at=stats.failed_at if stats else None,
         requested_at=stats.requested_at if stats else None,
         running_since=stats.running_since if stats else None,
+        segments_at=stats.segments_at if stats else None,
+        attributes_mapped="attributes" in source.exposures_columns,
     )

@@ -5,7 +5,9 @@ type that column must have.
 Events are stored as the platform stores them (``models.Event``): one row per copy
 received, a resent copy included; the statistics keep the first stored copy of each
 ``event_id``. Exposures are the platform's ledger (``expplatform warehouse export``
-copies it there) or the warehouse's own table with the same meaning.
+copies it there) or the warehouse's own table with the same meaning; its
+``attributes`` (JSON text, as the export writes ``Exposure.attributes``) give the
+segments (``segments``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,12 @@ EXPOSURE_ROLES: tuple[Role, ...] = (
     Role("variant", "text", True, "the variant key"),
     Role("exposed_at", "timestamp", True, "the first assignment's time"),
     Role("forced", "boolean", False, "a QA customer forced into a variant (never counted)"),
+    Role(
+        "attributes",
+        "text",
+        False,
+        "the attributes given at assignment, as a JSON object in text; without it the report has no segments",
+    ),
 )
 
 

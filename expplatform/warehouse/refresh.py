@@ -314,19 +314,27 @@ def export_exposures(
     None) into the source's exposures table, in storage order; returns how many rows
     were written and the last one's id. By storage order, not by time: an exposure
     dated in the past (a backfill) is copied all the same. A row copied twice is
-    harmless (the statistics keep one exposure per customer)."""
+    harmless (the statistics keep one exposure per customer). The attributes, when
+    the source maps them, are written as JSON text (the segments read them)."""
     columns = source.exposures_columns
     target = table_of(source.exposures_table, columns.values())
     engine = warehouse_engine(source.url, memory_limit_mb=memory_limit_mb)
     variants = {v.id: v.key for v in experiment.variants}
-    rows = select(Exposure.id, Exposure.customer_id, Exposure.variant_id, Exposure.exposed_at, Exposure.forced).where(
-        Exposure.experiment_id == experiment.id
-    )
+    rows = select(
+        Exposure.id,
+        Exposure.customer_id,
+        Exposure.variant_id,
+        Exposure.exposed_at,
+        Exposure.forced,
+        Exposure.attributes,
+    ).where(Exposure.experiment_id == experiment.id)
     if after_id is not None:
         rows = rows.where(Exposure.id > after_id)
     written, last = 0, after_id
     batch: list[dict[str, Any]] = []
-    for exposure_id, customer_id, variant_id, exposed_at, forced in session.execute(rows.order_by(Exposure.id)):
+    for exposure_id, customer_id, variant_id, exposed_at, forced, attributes in session.execute(
+        rows.order_by(Exposure.id)
+    ):
         row = {
             columns["experiment"]: experiment.key,
             columns["customer_id"]: customer_id,
@@ -335,6 +343,8 @@ def export_exposures(
         }
         if "forced" in columns:
             row[columns["forced"]] = bool(forced)
+        if "attributes" in columns:
+            row[columns["attributes"]] = json.dumps(attributes or {})
         batch.append(row)
         last = exposure_id
         if len(batch) == EXPORT_BATCH:
@@ -387,6 +397,7 @@ def refresh(
         base = None if full else _incremental_base(stored, source_id, key, watermark, moment, full_every)
         error: str | None = None
         cells: list[list[Any]] = []
+        segments: dict[str, Any] | None = None
         mode = "full"
         try:
             if source.export_exposures:
@@ -398,6 +409,11 @@ def refresh(
                 cells, mode = added, "incremental"
             else:
                 cells = compute_cells(
+                    source, rules, started_at, received_before=watermark, cancel=cancel, memory_limit_mb=limit
+                )
+                from .segments import compute_segments  # it builds on this module's relations
+
+                segments = compute_segments(
                     source, rules, started_at, received_before=watermark, cancel=cancel, memory_limit_mb=limit
                 )
         except RefreshCancelled:
@@ -421,6 +437,7 @@ def refresh(
             stats.watermark, stats.rules_key = watermark, key
             if mode == "full":
                 stats.full_at = moment
+                stats.segments, stats.segments_at = segments, (moment if segments is not None else None)
             stats.error = stats.failed_at = None
         else:
             stats.error, stats.failed_at = error, moment
