@@ -1,7 +1,8 @@
 """In a real browser (headless Chromium, as ``test_browser.py``): an editor defines a
 warehouse source on its page (a DuckDB file holding the events), points a running
 experiment at it on the experiment form, asks for a refresh on the report, and the
-report then shows the warehouse's counts with when they were computed.
+report then shows the warehouse's counts with when they were computed, and breaks
+them down by an exposure attribute (segments computed in the warehouse).
 
 The worker's refresh runs in the test once the page has asked for it: the test
 synchronises on what the pages show and on the stored request, never on time."""
@@ -76,7 +77,8 @@ def test_an_editor_defines_a_warehouse_source_and_reads_a_report_computed_there(
         experiment = session.scalars(select(Experiment).filter_by(key="checkout")).one()
         experiment.status = "running"
         for i in range(40):
-            expose(session, experiment, f"c{i}", "control" if i % 2 else "treatment")
+            platform = {"platform": ("ios", "android")[i % 4 // 2]}
+            expose(session, experiment, f"c{i}", "control" if i % 2 else "treatment", attributes=platform)
 
     page.goto(f"{live_server}/experiments/checkout/report")
     assert "not computed yet" in page.inner_text("#warehouse")
@@ -93,5 +95,10 @@ def test_an_editor_defines_a_warehouse_source_and_reads_a_report_computed_there(
     assert "Computed in the warehouse Customer lake" in panel and "DuckDB" in panel
     assert "40 customers exposed" in page.inner_text(".report-meta")
     assert "treatment" in page.inner_text(".calls-table")
-    assert "Segments are not computed in a warehouse" in page.inner_text("#segments")
+    assert "these are as of" in page.inner_text("#segments")  # computed in the warehouse at its full refresh
     page.screenshot(path=str(ARTIFACTS / "warehouse-report.png"), full_page=True)
+    page.select_option("#segments select[name=segment]", "platform")
+    page.click("#segments button:has-text('Show')")
+    page.wait_for_selector("#segments h3.segment-title", timeout=WAIT_MS)
+    titles = page.inner_text("#segments")
+    assert "platform = ios · 20 exposed" in titles and "platform = android · 20 exposed" in titles

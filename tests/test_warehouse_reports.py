@@ -159,11 +159,17 @@ def test_a_failing_warehouse_is_a_message_on_the_report_and_the_earlier_statisti
     assert "Refresh now" not in html  # a viewer cannot ask for one
 
 
-def test_segments_are_refused_with_a_reason_for_a_warehouse_experiment(app, db, lake, admin_api):
+def test_a_segment_its_warehouse_exposures_do_not_carry_is_refused_with_a_reason(app, db, lake, admin_api):
+    """The lake's exposures have no attributes: a breakdown by one is a 400 that
+    names what the warehouse holds (``test_warehouse_segments``: the segments it
+    computes), before and after its first full recomputation."""
+    before = admin_api.get("/api/v1/experiments/checkout/report?segment=platform")
+    assert before.status_code == 400 and "ask for a refresh" in before.get_json()["fields"]["segment"]
     refresh(db, "checkout")
     response = admin_api.get("/api/v1/experiments/checkout/report?segment=platform")
     assert response.status_code == 400
-    assert "warehouse" in response.get_json()["fields"]["segment"]
+    assert "not among the attributes" in response.get_json()["fields"]["segment"]
+    assert response.get_json()["fields"]["segment"].endswith("(those: none)")
 
 
 def test_the_editor_asks_for_a_refresh_on_the_page(app, db, lake, client, login):

@@ -30,7 +30,7 @@ from expplatform.warehouse.refresh import export_exposures, refresh, table_of
 from expplatform.warehouse.segments import MAX_ATTRIBUTES, commonest_attributes
 from tests.events_support import at, expose, make_experiment, random_workload
 from tests.openapi_check import checked
-from tests.test_warehouse_reference import _replay, _warehouse_events
+from tests.test_warehouse_reference import _replay, _warehouse_events, zone  # noqa: F401 (fixture)
 from tests.warehouse_support import (  # noqa: F401 (fixture)
     EXPOSURE_COLUMNS,
     WAREHOUSES,
@@ -140,9 +140,10 @@ def _check(db, ids: dict[str, int], builtin: dict[str, dict], *, full: bool = Fa
             assert _summed(got[name]) == _cells(totals), (key, name)
 
 
-def test_warehouse_segments_equal_the_builtin_breakdown(app, db, warehouse):
+def test_warehouse_segments_equal_the_builtin_breakdown(app, db, warehouse, zone):  # noqa: F811
     """Also after the platform exported every exposure a second time (an export is
-    idempotent: the statistics keep one exposure per customer)."""
+    idempotent: the statistics keep one exposure per customer), and with the process
+    in a zone other than UTC."""
     rng = random.Random(20261204)
     customers = [f"k{i}" for i in range(60)]
     ids = _seed(db, rng, customers)
@@ -294,6 +295,13 @@ def test_the_report_breaks_a_warehouse_experiment_down_by_segment(app, db, duck,
     unknown = admin_api.get("/api/v1/experiments/checkout/report?segment=country")
     assert unknown.status_code == 400 and "platform, tag" in unknown.get_json()["fields"]["segment"]
 
+    # An increment leaves the segments as of the full recomputation, and the report says so.
+    assert refresh(db, "checkout").mode == "incremental"
+    again = admin_api.get("/api/v1/experiments/checkout/report?segment=platform").get_json()
+    assert again["warehouse"]["segments_at"] == body["warehouse"]["segments_at"]
+    assert again["warehouse"]["computed_at"] > again["warehouse"]["segments_at"]
+    assert {s["value"]: s["exposed"] for s in again["segments"]["values"]} == exposed
+
     login("viewer")
     page = client.get("/experiments/checkout/report?segment=platform")
     assert page.status_code == 200
@@ -308,7 +316,9 @@ def test_the_report_breaks_a_warehouse_experiment_down_by_segment(app, db, duck,
 def duck_without_attributes(tmp_path, chdb_folder):  # noqa: F811
     """A DuckDB warehouse whose exposures table has no attributes column."""
     without = tuple(c for c in EXPOSURE_COLUMNS if c != "attributes")
-    yield from make_warehouse("duckdb", tmp_path, chdb_folder, exposure_columns=without)
+    folder = tmp_path / "plain"  # a file of its own beside ``duck``'s
+    folder.mkdir()
+    yield from make_warehouse("duckdb", folder, chdb_folder, exposure_columns=without)
 
 
 def test_a_source_without_an_attributes_column_works_and_says_how_to_get_segments(
@@ -365,3 +375,29 @@ def test_a_failing_segments_query_keeps_the_totals_and_says_why(app, db, duck, a
     response = admin_api.get("/api/v1/experiments/checkout/report?segment=platform")
     assert response.status_code == 400
     assert "could not compute segments" in response.get_json()["fields"]["segment"]
+
+
+def test_the_source_check_maps_an_attributes_text_column_where_the_table_has_one(
+    admin_api, duck, duck_without_attributes
+):
+    def source(warehouse, key: str, **fields: Any) -> dict:
+        return {
+            "key": key,
+            "name": key,
+            "url": warehouse.url,
+            "events_table": warehouse.events_table,
+            "exposures_table": warehouse.exposures_table,
+            **fields,
+        }
+
+    created = admin_api.post("/api/v1/warehouse-sources", json=source(duck, "lake"))
+    assert created.status_code == 201, created.get_json()
+    assert created.get_json()["exposures_columns"]["attributes"] == "attributes"
+    without = admin_api.post("/api/v1/warehouse-sources", json=source(duck_without_attributes, "plain"))
+    assert without.status_code == 201, without.get_json()
+    assert without.get_json()["exposures_columns"]["attributes"] is None  # optional: unmapped, and fine
+    wrong = admin_api.post(
+        "/api/v1/warehouse-sources", json=source(duck, "wrong", exposures_columns={"attributes": "forced"})
+    )
+    assert wrong.status_code == 422
+    assert "not a text type" in wrong.get_json()["fields"]["exposures_columns.attributes"]

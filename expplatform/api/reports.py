@@ -157,7 +157,9 @@ _OPTIONS = [
         "name": "segment",
         "in": "query",
         "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
-        "description": "Break the report down by this exposure attribute (persona, platform, country...).",
+        "description": "Break the report down by this exposure attribute (persona, platform, country...). For "
+        "an experiment whose outcomes live in a warehouse, the segments are those of its last full recomputation "
+        "(warehouse.segments_at), and a 400 says why when there are none.",
     },
     {
         "name": "credible_level",
