@@ -401,3 +401,37 @@ def test_the_source_check_maps_an_attributes_text_column_where_the_table_has_one
     )
     assert wrong.status_code == 422
     assert "not a text type" in wrong.get_json()["fields"]["exposures_columns.attributes"]
+
+
+def test_a_warehouse_own_exposures_segment_by_the_attributes_of_the_row_that_counts(app, db, warehouse):
+    """The warehouse's own exposures table (not exported): a customer's earliest row
+    counts, its attributes too; an empty document is no attribute at all."""
+    with db.write() as session:
+        source = warehouse.source(export_exposures=False)
+        session.add(source)
+        session.flush()
+        experiment = make_experiment(session, "checkout", target_stage="purchase")
+        experiment.warehouse_source_id = source.id
+
+    def row(customer: str, variant: str, seconds: float, attributes: str) -> dict[str, Any]:
+        exposed = {"experiment": "checkout", "customer_id": customer, "variant": variant, "exposed_at": at(seconds)}
+        return exposed | {"forced": False, "attributes": attributes}
+
+    ios, android = json.dumps({"platform": "ios"}), json.dumps({"platform": "android"})
+    rows = [row("c1", "treatment", 10, android), row("c1", "control", 0, ios), row("c2", "control", 0, android)]
+    rows += [row("c3", "treatment", 0, ""), row("c4", "treatment", 0, ios), row("other", "control", 0, "")]
+    rows[-1]["experiment"] = "onboarding"
+    warehouse._insert(warehouse.exposures_table, EXPOSURE_COLUMNS, rows)
+    warehouse.add_events([_event(1, "c1"), _event(2, "c3"), _event(3, "c4", "satisfaction", 5)])
+    assert refresh(db, "checkout").error is None
+    with db.sessionmaker() as session:
+        by_value = segment_stats(session, session.scalars(select(Experiment)).one(), "platform")
+    purchase = {
+        value: {v: (c.exposed, c.converted, sum(c.ratings)) for v, c in stats.cells["purchase"].items()}
+        for value, stats in by_value.items()
+    }
+    assert purchase == {
+        "ios": {"control": (1, 1, 0), "treatment": (1, 0, 1)},
+        "android": {"control": (1, 0, 0), "treatment": (0, 0, 0)},
+        None: {"control": (0, 0, 0), "treatment": (1, 1, 0)},
+    }

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, case, false, func, select, union_all
+from sqlalchemy import case, false, func, select, union_all
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql import ColumnElement, FromClause, Select, Subquery, TableClause
 
@@ -78,35 +78,32 @@ def compute_segments(
     events, exposures = relations(source, rules, started_at, received_before=received_before)
     key = rules.experiment_key
     with warehouse_engine(source.url, memory_limit_mb=memory_limit_mb).connect() as connection:
+
+        def run(statement: Select[Any]) -> list[Any]:
+            return _run_cancellable(connection, statement, dialect, cancel)
+
         try:
-            sample = _run(connection, dialect, cancel, sampled_documents(exposures_table, columns, key))
-            names = commonest_attributes(document for (document,) in sample)
+            names = commonest_attributes(
+                document for (document,) in run(sampled_documents(exposures_table, columns, key))
+            )
             too_many: list[str] = []
             if names:
                 values = attribute_values(dialect, exposures_table, columns, key, names)
-                by_count = _run(
-                    connection, dialect, cancel, value_counts(dialect, exposures, values, names, received_before)
-                )
+                by_count = run(value_counts(dialect, exposures, values, names, received_before))
                 too_many = sorted(names[index] for index, n in by_count if n > MAX_SEGMENTS)
                 names = [name for name in names if name not in too_many]
             cells: dict[str, list[SegmentCell]] = {}
             if names:
                 values = attribute_values(dialect, exposures_table, columns, key, names)
-                statements = segment_statements(dialect, events, exposures, values, names, rules, received_before)
-                cells = _segment_cells(
-                    names,
-                    _run(connection, dialect, cancel, statements[0]),
-                    _run(connection, dialect, cancel, statements[1]),
+                exposed, outcomes = segment_statements(
+                    dialect, events, exposures, values, names, rules, received_before
                 )
+                cells = _segment_cells(names, run(exposed), run(outcomes))
         except (SQLAlchemyError, RuntimeError) as exc:
             error = _explain(exc)
             log.warning("warehouse segments of %s failed: %s", key, error)
             return {"attributes": {}, "too_many": [], "error": error}
     return {"attributes": cells, "too_many": too_many, "error": None}
-
-
-def _run(connection: Connection, dialect: str, cancel: threading.Event | None, statement: Any) -> list[Any]:
-    return _run_cancellable(connection, statement, dialect, cancel)
 
 
 def sampled_documents(table: TableClause, columns: Mapping[str, str], experiment_key: str) -> Select[Any]:
