@@ -219,20 +219,23 @@ def segment_statements(
     )
     outcomes = query.outcome_rows(query.attribution(dialect, events, exposures, rules).counted)
     o = outcomes.c
+    # The rating only where there is one: an engine may give a default beside no rating
+    # (``dialects.arg_max``); the time of the latest rating is NULL then.
+    rating = case((o.rated_at.is_not(None), o.rating)).label("latest_rating")
     by_value = (
         select(
             listed.c.attribute,
             value.label("value"),
             o.stage,
             o.variant,
-            o.rating,
+            rating,
             func.count().label("n"),
             func.count(o.converted_at).label("converted"),
         )
         .select_from(
             outcomes.join(values, values.c.customer_id == o.customer_id).join(listed, listed.c.every == values.c.every)
         )
-        .group_by(listed.c.attribute, value, o.stage, o.variant, o.rating)
+        .group_by(listed.c.attribute, value, o.stage, o.variant, rating)
     )
     return exposed, by_value
 
