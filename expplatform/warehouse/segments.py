@@ -135,22 +135,26 @@ def attribute_values(
     """One row per customer exposed to the experiment: ``customer_id`` and the value
     of each attribute (``a0``, ``a1``, ... in the order of ``names``; NULL when not
     recorded), read from the row ``query.role_exposures`` counts (the customer's
-    earliest, by time then variant)."""
+    earliest, by time then variant), picked the way it picks that row."""
     c = table.c
-    customer = c[columns["customer_id"]]
-    first = func.row_number().over(partition_by=customer, order_by=[c[columns["exposed_at"]], c[columns["variant"]]])
-    rows = (
-        select(customer.label("customer_id"), c[columns["attributes"]].label("document"), first.label("first"))
-        .where(c[columns["experiment"]] == experiment_key)
-        .subquery("attributed")
-    )
-    r = rows.c
-    picked = (dialects.json_text(dialect, r.document, name).label(f"a{i}") for i, name in enumerate(names))
-    return (
-        select(r.customer_id, query.constant(0).label("every"), *picked)
-        .where(r.first == 1)
-        .subquery("attribute_values")
-    )
+    customer, document = c[columns["customer_id"]], c[columns["attributes"]]
+    order = [c[columns["exposed_at"]], c[columns["variant"]]]
+    mine = c[columns["experiment"]] == experiment_key
+    if dialects.has_arg_extremes(dialect):
+        firsts = (
+            select(customer.label("customer_id"), dialects.arg_min(dialect, document, order).label("document"))
+            .where(mine)
+            .group_by(customer)
+            .subquery("attributed")
+        )
+    else:
+        first = func.row_number().over(partition_by=customer, order_by=order)
+        rows = select(customer.label("customer_id"), document.label("document"), first.label("first")).where(mine)
+        ranked = rows.subquery("ranked")
+        firsts = select(ranked.c.customer_id, ranked.c.document).where(ranked.c.first == 1).subquery("attributed")
+    f = firsts.c
+    picked = (dialects.json_text(dialect, f.document, name).label(f"a{i}") for i, name in enumerate(names))
+    return select(f.customer_id, query.constant(0).label("every"), *picked).subquery("attribute_values")
 
 
 def _attribute_list(values: Subquery, count: int) -> tuple[Subquery, ColumnElement[Any]]:
@@ -217,7 +221,7 @@ def segment_statements(
         .where(*_counted_exposures(dialect, exposures, received_before))
         .group_by(listed.c.attribute, value, x.variant)
     )
-    outcomes = query.outcome_rows(query.attribution(dialect, events, exposures, rules).counted)
+    outcomes = query.outcome_rows(dialect, query.attribution(dialect, events, exposures, rules).counted)
     o = outcomes.c
     # The rating only where there is one: an engine may give a default beside no rating
     # (``dialects.arg_max``); the time of the latest rating is NULL then.
