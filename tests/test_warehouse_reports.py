@@ -275,3 +275,33 @@ def test_workers_claiming_at_once_refresh_an_experiment_once(app, db, lake):
     for thread in threads:
         thread.join()
     assert len(claims) == workers and claims.count(None) == workers - 1 and ("checkout", True) in claims
+
+
+def test_the_memory_limit_setting_bounds_each_warehouse_session(tmp_path, chdb_folder):  # noqa: F811
+    """``warehouse_memory_limit_mb`` becomes the engines' own bounds: DuckDB's
+    memory_limit; ClickHouse's query limit, with aggregations, sorts and the join
+    spilling to disk at an eighth of it, so a statement holding several at once
+    stays under the limit."""
+    from expplatform.warehouse.engines import warehouse_engine
+
+    with warehouse_engine(f"duckdb:///{tmp_path / 'w.duckdb'}", memory_limit_mb=300).connect() as connection:
+        assert connection.execute(text("SELECT current_setting('memory_limit')")).scalar() == "286.1 MiB"  # 300 MB
+    limit = 300 * 2**20
+    with warehouse_engine(f"chdb://{chdb_folder}", memory_limit_mb=300).connect() as connection:
+        settings = {
+            name: connection.execute(text(f"SELECT getSetting('{name}')")).scalar()
+            for name in (
+                "max_memory_usage",
+                "max_bytes_before_external_group_by",
+                "max_bytes_before_external_sort",
+                "max_bytes_in_join",
+                "join_algorithm",
+            )
+        }
+    assert settings == {
+        "max_memory_usage": limit,
+        "max_bytes_before_external_group_by": limit // 8,
+        "max_bytes_before_external_sort": limit // 8,
+        "max_bytes_in_join": limit // 8,
+        "join_algorithm": "grace_hash",
+    }

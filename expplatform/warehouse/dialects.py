@@ -63,6 +63,14 @@ def windows_repeated_ids_only(dialect: Name) -> bool:
     return dialect in ("duckdb", "clickhouse")
 
 
+def id_hash(dialect: Name, text: Any) -> ColumnElement[Any]:
+    """A 64-bit hash of an id, on the engines that ``windows_repeated_ids_only``."""
+    if dialect == "clickhouse":
+        return func.cityHash64(text)
+    assert dialect == "duckdb", dialect
+    return func.hash(text)
+
+
 def has_arg_extremes(dialect: Name) -> bool:
     """Whether the engine picks a row's value by the greatest (or least) key in an
     aggregate (``arg_max``, ``argMax``). Where it does, the latest rating and the
