@@ -16,7 +16,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Date, DateTime, Integer, String, case, cast, func, literal, literal_column, null
-from sqlalchemy.sql import ColumnElement
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql import ColumnElement, Select
+from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.elements import ClauseElement
 
 Name = str  # "sqlite", "postgresql", "duckdb" or "clickhouse"
 
@@ -72,34 +75,23 @@ def id_hash(dialect: Name, text: Any) -> ColumnElement[Any]:
 
 
 def has_arg_extremes(dialect: Name) -> bool:
-    """Whether the engine picks a row's value by the greatest (or least) key in an
-    aggregate (``arg_max``, ``argMax``). Where it does, the latest rating and the
-    first exposure are aggregates rather than windows: ClickHouse holds a window's
-    rows in memory (50M events went over a 2 GB bound) but spills a ``GROUP BY``,
-    and both engines aggregate faster than they sort."""
+    """Whether the engine picks a row's value by the greatest key in an aggregate
+    (``arg_max``, ``argMax``). Where it does, the latest rating is an aggregate
+    rather than a window: ClickHouse holds a window's rows in memory (50M events
+    went over a 2 GB bound) but spills a ``GROUP BY``. (Picking a text by a key is
+    another matter: both engines took several times a window's time for that, so
+    the first exposure stays a window.)"""
     return dialect in ("duckdb", "clickhouse")
 
 
-def arg_max(dialect: Name, value: Any, keys: list[Any], where: Any = None) -> ColumnElement[Any]:
+def arg_max(dialect: Name, value: Any, keys: list[Any], where: Any) -> ColumnElement[Any]:
     """``value`` on the row with the greatest ``keys`` (compared in order), among the
     rows ``where`` holds. Where none does, DuckDB gives NULL and ClickHouse the
     type's default: read it only beside a column that tells whether there was one."""
-    return _arg(dialect, "max", value, keys, where)
-
-
-def arg_min(dialect: Name, value: Any, keys: list[Any]) -> ColumnElement[Any]:
-    """``value`` on the row with the least ``keys`` (compared in order)."""
-    return _arg(dialect, "min", value, keys, None)
-
-
-def _arg(dialect: Name, extreme: str, value: Any, keys: list[Any], where: Any) -> ColumnElement[Any]:
     if dialect == "clickhouse":
-        name = f"arg{extreme.capitalize()}"
-        key = func.tuple(*keys)
-        return getattr(func, f"{name}If")(value, key, where) if where is not None else getattr(func, name)(value, key)
+        return func.argMaxIf(value, func.tuple(*keys), where)
     assert dialect == "duckdb", dialect
-    picked = getattr(func, f"arg_{extreme}")(value, func.row(*keys))
-    return picked.filter(where) if where is not None else picked
+    return func.arg_max(value, func.row(*keys)).filter(where)
 
 
 def json_text(dialect: Name, document: Any, key: str) -> ColumnElement[Any]:
@@ -132,3 +124,21 @@ def json_text(dialect: Name, document: Any, key: str) -> ColumnElement[Any]:
     if dialect == "postgresql":
         return cast(func.nullif(document, empty), JSON).op("->>", return_type=String())(literal_column(f"'{key}'"))
     raise ValueError(f"no JSON text reading for {dialect}")
+
+
+class TemporaryTable(Executable, ClauseElement):
+    """``CREATE TEMPORARY TABLE name AS select``, on the connection's session: a
+    result several statements read, computed once (ClickHouse would recompute a
+    subquery at each reference)."""
+
+    inherit_cache = False
+
+    def __init__(self, dialect: Name, name: str, query: Select[Any]) -> None:
+        assert name.replace("_", "").isalnum(), name
+        self.dialect, self.name, self.query = dialect, name, query
+
+
+@compiles(TemporaryTable)
+def _temporary_table(element: TemporaryTable, compiler: Any, **kw: Any) -> str:
+    engine = " ENGINE = Memory" if element.dialect == "clickhouse" else ""
+    return f"CREATE TEMPORARY TABLE {element.name}{engine} AS {compiler.process(element.query, **kw)}"

@@ -181,8 +181,9 @@ def touched_customers(
     pruning: Pruning | None,
 ) -> Select[Any]:
     """The customers whose outcomes the events received in [since, before) may
-    change: exposed to the experiment, with an event whose first copy arrived then
-    and which occurred late enough to follow their exposure. A customer who only
+    change (``customer_id``, with their earliest exposure, ``exposed_at``): exposed
+    to the experiment, with an event whose first copy arrived then and which
+    occurred late enough to follow their exposure. A customer who only
     got later copies (a re-send, under them or another customer), or events from
     before their exposure, keeps their outcomes; leaving them out keeps the
     history an increment reads short. ``arrived_from``: see ``arrived_from``."""
@@ -204,21 +205,28 @@ def touched_customers(
     repeated_only = dialects.windows_repeated_ids_only(dialect)
     sequenced = sequence is not None
     first = first_copies(dialect, copies.subquery("copies"), sequenced=sequenced, repeated_only=repeated_only)
-    first = (
-        select(first.c.customer_id, first.c.occurred_at, first.c.received_at)
-        .where(first.c.received_at >= dialects.timestamp(dialect, since))
+    a = first.c
+    # Per customer, the latest of those events: if any of them can follow the
+    # customer's exposure, the latest can (a superset, which is safe), and the join
+    # to the exposures then holds one row per customer rather than per event.
+    latest = [func.max(a.occurred_at).label("occurred_at"), func.max(a.received_at).label("received_at")]
+    arrivals = (
+        select(a.customer_id, *latest)
+        .where(a.received_at >= dialects.timestamp(dialect, since))
+        .group_by(a.customer_id)
         .subquery("arrivals")
     )
     x = {role: exposures.c[name] for role, name in exposure_columns.items()}
     return (
-        select(first.c.customer_id)
-        .distinct()
-        .join(exposures, x["customer_id"] == first.c.customer_id)
+        select(x["customer_id"].label("customer_id"), func.min(x["exposed_at"]).label("exposed_at"))
+        .select_from(exposures)
+        .join(arrivals, arrivals.c.customer_id == x["customer_id"])
         .where(
             x["experiment"] == experiment_key,
-            x["exposed_at"] <= dialects.plus_seconds(dialect, first.c.occurred_at, skew_seconds),
-            x["exposed_at"] <= first.c.received_at,
+            x["exposed_at"] <= dialects.plus_seconds(dialect, arrivals.c.occurred_at, skew_seconds),
+            x["exposed_at"] <= arrivals.c.received_at,
         )
+        .group_by(x["customer_id"])
     )
 
 
@@ -232,18 +240,7 @@ def events_of(
     return ids if pruning is None else ids.where(_earliest(dialect, c[columns["occurred_at"]], pruning))
 
 
-def earliest_exposure(
-    table: TableClause, columns: Mapping[str, str], experiment_key: str, customers: Select[Any]
-) -> Select[Any]:
-    """When the earliest of the ``customers``' exposures to the experiment was."""
-    c = table.c
-    return select(func.min(c[columns["exposed_at"]])).where(
-        c[columns["experiment"]] == experiment_key, c[columns["customer_id"]].in_(customers)
-    )
-
-
 def role_exposures(
-    dialect: Name,
     table: TableClause,
     columns: Mapping[str, str],
     experiment_key: str,
@@ -255,17 +252,8 @@ def role_exposures(
     c = table.c
     mapped = {role: c[name] for role, name in columns.items()}
     forced = mapped.get("forced")
-    if dialects.has_arg_extremes(dialect):
-        order = [mapped["exposed_at"], mapped["variant"]]
-        firsts = select(
-            mapped["customer_id"].label("customer_id"),
-            dialects.arg_min(dialect, mapped["variant"], order).label("variant"),
-            func.min(mapped["exposed_at"]).label("exposed_at"),
-            (dialects.arg_min(dialect, forced, order) if forced is not None else false()).label("forced"),
-        ).where(mapped["experiment"] == experiment_key)
-        if customers is not None:
-            firsts = firsts.where(mapped["customer_id"].in_(customers))
-        return firsts.group_by(mapped["customer_id"]).subquery("exposures")
+    # A window: an aggregate picking the variant (text) by a key took 5-9 times as
+    # long on DuckDB and ClickHouse (17 s against 2.3 s for 5M exposures on chdb).
     first = func.row_number().over(
         partition_by=mapped["customer_id"], order_by=[mapped["exposed_at"], mapped["variant"]]
     )

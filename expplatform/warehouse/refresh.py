@@ -16,26 +16,28 @@ ClickHouse's ``max_execution_time`` bounds it) and keeps the earlier statistics.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, column, insert, or_, select, table
+from sqlalchemy import Connection, column, func, insert, or_, select, table, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
-from sqlalchemy.sql import TableClause
+from sqlalchemy.sql import Select, TableClause
 
 from ..db import Database
 from ..ingest.rebuild import experiment_rules
 from ..models import Experiment, Exposure, WarehouseSource, WarehouseStats, utcnow
-from . import query
+from . import dialects, query
 from .engines import WarehouseUnavailable, dialect_of, warehouse_engine
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,7 @@ def relations(
         event_ids=event_ids,
     )
     exposures_table = table_of(source.exposures_table, source.exposures_columns.values())
-    exposures = query.role_exposures(dialect, exposures_table, source.exposures_columns, rules.experiment_key)
+    exposures = query.role_exposures(exposures_table, source.exposures_columns, rules.experiment_key)
     return events, exposures
 
 
@@ -145,16 +147,17 @@ def compute_increment(
     customers' events rather than to the experiment's."""
     dialect = dialect_of(source.url)
     exposures_table = table_of(source.exposures_table, source.exposures_columns.values())
-    exposures = query.role_exposures(dialect, exposures_table, source.exposures_columns, rules.experiment_key)
+    exposures = query.role_exposures(exposures_table, source.exposures_columns, rules.experiment_key)
     then: Cells = Counter()
     now: Cells = Counter()
     outcomes: Cells = Counter()
-    with warehouse_engine(source.url, memory_limit_mb=memory_limit_mb).connect() as connection:
+    engine = warehouse_engine(source.url, memory_limit_mb=memory_limit_mb)
+    with engine.connect() as connection, contextlib.ExitStack() as cleanup:
         exposed = query.exposure_changes(dialect, exposures, since=since, before=before)
         for variant, day, n_then, n_now in _run_cancellable(connection, exposed, dialect, cancel):
             then["exposed", "", str(variant), 0, _iso(day)] += int(n_then)
             now["exposed", "", str(variant), 0, _iso(day)] += int(n_now)
-        touched = _touched(connection, source, rules, started_at, since=since, before=before)
+        touched = _touched(connection, source, rules, started_at, since=since, before=before, cleanup=cleanup)
         if touched is not None:
             customers, bound = touched
             events_table = table_of(source.events_table, source.events_columns.values())
@@ -163,7 +166,7 @@ def compute_increment(
             )
             events, _ = relations(source, rules, bound, received_before=before, event_ids=ids)
             theirs = query.role_exposures(
-                dialect, exposures_table, source.exposures_columns, rules.experiment_key, customers=customers
+                exposures_table, source.exposures_columns, rules.experiment_key, customers=customers
             )
             changed = query.outcome_changes(dialect, events, theirs, rules, since=since)
             for stage, variant, *days, n in _run_cancellable(connection, changed, dialect, cancel):
@@ -183,6 +186,7 @@ def _touched(
     *,
     since: datetime,
     before: datetime,
+    cleanup: contextlib.ExitStack,
 ) -> tuple[Any, datetime] | None:
     """The customers whose outcomes the events received in [since, before) may
     change, and the earliest of their exposures (none: None). Each step narrows what
@@ -197,7 +201,7 @@ def _touched(
     arrived_from = _utc(connection.execute(earliest).scalar())
     if arrived_from is None:
         return None
-    customers = query.touched_customers(
+    touched = query.touched_customers(
         dialect,
         events_table,
         source.events_columns,
@@ -210,11 +214,35 @@ def _touched(
         skew_seconds=source.clock_skew_seconds,
         pruning=_pruning(source, started_at),
     )
-    first = query.earliest_exposure(exposures_table, source.exposures_columns, rules.experiment_key, customers)
-    first_exposed = _utc(connection.execute(first).scalar())
+    held = _hold(connection, dialect, touched, cleanup)
+    first_exposed = _utc(connection.execute(select(func.min(held.c.exposed_at))).scalar())
     if first_exposed is None:
         return None
+    customers = select(held.c.customer_id)
     return customers, first_exposed if started_at is None else max(started_at, first_exposed)
+
+
+def _hold(connection: Connection, dialect: str, statement: Select[Any], cleanup: contextlib.ExitStack) -> Any:
+    """The statement's rows in a temporary table of the session (dropped by
+    ``cleanup``), which the next statements read as a table, or (where the
+    warehouse refuses one, e.g. a read-only ClickHouse user) the statement itself,
+    which they compute again."""
+    name = f"expplatform_{uuid.uuid4().hex[:16]}"
+    try:
+        with connection.begin_nested() if dialect == "postgresql" else contextlib.nullcontext():
+            connection.execute(dialects.TemporaryTable(dialect, name, statement))
+    except DBAPIError as exc:
+        log.info("the warehouse keeps no temporary table (%s); recomputing instead", _explain(exc))
+        return statement.subquery("touched")
+
+    def drop() -> None:
+        # PostgreSQL and DuckDB drop it with the transaction too; ClickHouse keeps
+        # it for the session, which the pool keeps.
+        with contextlib.suppress(DBAPIError):
+            connection.execute(text(f"DROP TABLE IF EXISTS {name}"))
+
+    cleanup.callback(drop)
+    return table(name, *(column(c.name) for c in statement.selected_columns))
 
 
 def _cells(

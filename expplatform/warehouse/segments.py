@@ -135,23 +135,17 @@ def attribute_values(
     """One row per customer exposed to the experiment: ``customer_id`` and the value
     of each attribute (``a0``, ``a1``, ... in the order of ``names``; NULL when not
     recorded), read from the row ``query.role_exposures`` counts (the customer's
-    earliest, by time then variant), picked the way it picks that row."""
+    earliest, by time then variant), picked the same way."""
     c = table.c
     customer, document = c[columns["customer_id"]], c[columns["attributes"]]
     order = [c[columns["exposed_at"]], c[columns["variant"]]]
     mine = c[columns["experiment"]] == experiment_key
-    if dialects.has_arg_extremes(dialect):
-        firsts = (
-            select(customer.label("customer_id"), dialects.arg_min(dialect, document, order).label("document"))
-            .where(mine)
-            .group_by(customer)
-            .subquery("attributed")
-        )
-    else:
-        first = func.row_number().over(partition_by=customer, order_by=order)
-        rows = select(customer.label("customer_id"), document.label("document"), first.label("first")).where(mine)
-        ranked = rows.subquery("ranked")
-        firsts = select(ranked.c.customer_id, ranked.c.document).where(ranked.c.first == 1).subquery("attributed")
+    # A window, as role_exposures: an aggregate picking a text by a key spent several
+    # times as long on both column engines.
+    first = func.row_number().over(partition_by=customer, order_by=order)
+    rows = select(customer.label("customer_id"), document.label("document"), first.label("first")).where(mine)
+    ranked = rows.subquery("ranked")
+    firsts = select(ranked.c.customer_id, ranked.c.document).where(ranked.c.first == 1).subquery("attributed")
     f = firsts.c
     picked = (dialects.json_text(dialect, f.document, name).label(f"a{i}") for i, name in enumerate(names))
     return select(f.customer_id, query.constant(0).label("every"), *picked).subquery("attribute_values")
