@@ -1,5 +1,6 @@
 """gunicorn.conf.py: the master comes back after a SIGKILL, though the orphaned worker
-still holds the port; the worker timeouts come from the settings."""
+still holds the port, and the orphans of a gthread master serve until the new master's
+workers listen; the worker timeouts come from the settings."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import os
 import runpy
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from expplatform.config import ConfigError
 
-from .gunicorn_support import ROOT, Server, free_port, start, stop, wait_until_serving
+from .gunicorn_support import ROOT, Server, free_port, get, start, stop, wait_until_serving
 
 
 def alive(pid: int) -> bool:
@@ -68,6 +70,50 @@ def test_a_master_killed_with_sigkill_is_replaced_while_its_orphan_still_serves(
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
         stop(first)
+        if second is not None:
+            stop(second)
+
+
+def answer(port: int) -> str:
+    """The status of a health check, or how it failed: refused, or reset (a socket
+    closed with connections queued on it)."""
+    try:
+        return str(get(port, "/healthz").status)
+    except OSError as exc:
+        return type(exc).__name__
+
+
+def test_the_orphans_of_a_killed_master_serve_until_the_new_master_listens(tmp_path):
+    """No refused or reset request while a master killed with SIGKILL is started again:
+    gunicorn's own gthread worker left at the first request it saw without its master,
+    and the new master imports the app before its workers bind the port."""
+    port = free_port()
+    settings = ["--workers", "2"]
+    first = start(tmp_path, settings, port, "first.log")
+    orphans: list[int] = []
+    second: Server | None = None
+    try:
+        wait_until_serving(first)
+        wait_for(lambda: len(first.worker_pids()) == 2, 30, "second worker")
+        orphans = first.worker_pids()
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(timeout=10)
+        assert Counter(answer(port) for _ in range(20)) == {"200": 20}, "the orphans stopped serving"
+
+        second = start(tmp_path, settings, port, "second.log")
+        answers: Counter[str] = Counter()
+        deadline = time.monotonic() + 60
+        while any(alive(pid) for pid in orphans):  # the handover, under a steady client
+            assert time.monotonic() < deadline, "the orphans did not leave once the new master listened"
+            answers[answer(port)] += 1
+        assert answers and set(answers) == {"200"}, answers
+        assert second.process.poll() is None and second.worker_pids(), second.log.read_text()
+        assert Counter(answer(port) for _ in range(5)) == {"200": 5}
+        assert "another master's worker listens" in first.log.read_text()
+    finally:
+        for pid in orphans:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
         if second is not None:
             stop(second)
 
