@@ -66,16 +66,9 @@ class HandoverWorker(ThreadWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._orphaned_at: float | None = None
-        self._predecessors: set[int] = set()  # listening sockets when the master went
+        self._ports: set[int] = set()
+        self._predecessors: set[int] = set()  # the sockets listening on them when the master went
         self._next_check = 0.0
-
-    def _ports(self) -> set[int]:
-        ports = set()
-        for listener in self.sockets:
-            address = listener.getsockname()
-            if isinstance(address, tuple):
-                ports.add(address[1])
-        return ports
 
     def is_parent_alive(self) -> bool:
         if self.ppid == os.getppid():
@@ -83,7 +76,12 @@ class HandoverWorker(ThreadWorker):
         now = time.monotonic()
         if self._orphaned_at is None:
             self._orphaned_at = now
-            listening = listening_sockets(self._ports())
+            self._ports = {
+                address[1]
+                for address in (listener.getsockname() for listener in self.sockets if listener.sock is not None)
+                if isinstance(address, tuple)
+            }
+            listening = listening_sockets(self._ports) if self._ports else None
             if listening is None:
                 self.log.info("Parent changed, shutting down: %s", self)
                 self.alive = False
@@ -97,7 +95,7 @@ class HandoverWorker(ThreadWorker):
         if now < self._next_check:
             return True
         self._next_check = now + SUCCESSOR_CHECK_SECONDS
-        successors = (listening_sockets(self._ports()) or set()) - self._predecessors
+        successors = (listening_sockets(self._ports) or set()) - self._predecessors
         if successors:
             self.log.info("Parent changed, shutting down: %s (another master's worker listens)", self)
         elif now - self._orphaned_at > ORPHAN_SERVE_SECONDS:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import runpy
 import signal
+import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -14,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from expplatform.config import ConfigError
+from expplatform.gunicorn_worker import listening_sockets
 
-from .gunicorn_support import ROOT, Server, free_port, get, start, stop, wait_until_serving
+from .gunicorn_support import ROOT, Server, free_port, get, serve, start, stop, wait_until_serving
 
 
 def alive(pid: int) -> bool:
@@ -74,11 +76,11 @@ def test_a_master_killed_with_sigkill_is_replaced_while_its_orphan_still_serves(
             stop(second)
 
 
-def answer(port: int) -> str:
-    """The status of a health check, or how it failed: refused, or reset (a socket
-    closed with connections queued on it)."""
+def answer(port: int, timeout: float = 5) -> str:
+    """The status of a health check, or how it failed: refused, reset (a socket closed
+    with connections queued on it) or timed out (queued on a socket nobody accepts from)."""
     try:
-        return str(get(port, "/healthz").status)
+        return str(get(port, "/healthz", timeout=timeout).status)
     except OSError as exc:
         return type(exc).__name__
 
@@ -116,6 +118,28 @@ def test_the_orphans_of_a_killed_master_serve_until_the_new_master_listens(tmp_p
                 os.kill(pid, signal.SIGKILL)
         if second is not None:
             stop(second)
+
+
+def test_a_worker_replaced_on_reload_takes_no_new_connection_while_it_finishes_the_ones_it_holds(tmp_path):
+    """On a reload (SIGHUP) the master starts new workers, then stops the old ones: an
+    old worker closes its listening socket before it waits for the connections it holds.
+    gunicorn's own kept it open meanwhile, and connections the kernel went on queueing
+    on it waited unanswered, then were reset."""
+    with serve(tmp_path, ["--workers", "1"]) as server:
+        (old,) = server.worker_pids()
+        (old_socket,) = listening_sockets({server.port}) or set()
+        held = socket.create_connection(("127.0.0.1", server.port))  # says nothing: the worker waits for it
+        try:
+            server.process.send_signal(signal.SIGHUP)
+            wait_for(
+                lambda: (listening_sockets({server.port}) or set()) - {old_socket},
+                30,
+                "socket of the new worker",
+            )
+            assert alive(old), "the old worker left before the test could look"
+            assert Counter(answer(server.port, timeout=2) for _ in range(10)) == {"200": 10}
+        finally:
+            held.close()
 
 
 def test_the_worker_timeouts_come_from_the_settings(monkeypatch, tmp_path):
