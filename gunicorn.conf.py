@@ -70,10 +70,16 @@ class JsonLogger(glogging.Logger):
 logger_class = JsonLogger
 
 
-def post_fork(server: Any, worker: Any) -> None:
-    """A worker must not share the master's database connections (the migration check
-    opened one): it starts with an empty pool of its own."""
-    app = worker.app.wsgi()
+def pre_fork(server: Any, worker: Any) -> None:
+    """The master holds no database connection when it forks a worker (the migration
+    check opened one). Not only because a connection must not be shared: SQLite's file
+    locks belong to a process and a child inherits none of them, but it inherits
+    SQLite's record of them, so the worker's own connections took it that the locks
+    were held and never asked for them. Once the master was gone (a kill -9), no process
+    held the lock that says the -shm file is in use, and the next one to open the
+    database (the restarted master) truncated it under the workers still using it: they
+    died of SIGBUS."""
+    app = server.app.callable  # loaded in the master only with preload_app
     database = getattr(app, "extensions", {}).get("db")
     if database is not None:
-        database.engine.dispose(close=False)
+        database.engine.dispose()

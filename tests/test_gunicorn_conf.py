@@ -76,11 +76,11 @@ def test_a_master_killed_with_sigkill_is_replaced_while_its_orphan_still_serves(
             stop(second)
 
 
-def answer(port: int, timeout: float = 5) -> str:
-    """The status of a health check, or how it failed: refused, reset (a socket closed
-    with connections queued on it) or timed out (queued on a socket nobody accepts from)."""
+def answer(port: int, path: str = "/healthz", headers: dict[str, str] | None = None, timeout: float = 5) -> str:
+    """The status of a request, or how it failed: refused, reset (a socket closed with
+    connections queued on it) or timed out (queued on a socket nobody accepts from)."""
     try:
-        return str(get(port, "/healthz", timeout=timeout).status)
+        return str(get(port, path, headers, timeout=timeout).status)
     except OSError as exc:
         return type(exc).__name__
 
@@ -140,6 +140,34 @@ def test_a_worker_replaced_on_reload_takes_no_new_connection_while_it_finishes_t
             assert Counter(answer(server.port, timeout=2) for _ in range(10)) == {"200": 10}
         finally:
             held.close()
+
+
+def posix_lock_holders(path: Path) -> set[int]:
+    """The processes holding a POSIX (fcntl) lock on ``path``, from /proc/locks."""
+    inode = path.stat().st_ino
+    holders = set()
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if fields[1] == "->":  # a waiter: "n: -> POSIX ..."
+            continue
+        if fields[1] == "POSIX" and int(fields[5].rsplit(":", 1)[1]) == inode:
+            holders.add(int(fields[4]))
+    return holders
+
+
+def test_each_worker_holds_its_own_sqlite_locks_and_the_master_none(tmp_path):
+    """The master forks with no database connection: a worker that inherited the
+    master's open SQLite connection also inherited SQLite's record of its locks and
+    never took them itself, so once the master was killed nothing marked the -shm file
+    as in use and a restarted master truncated it under the orphans (SIGBUS)."""
+    with serve(tmp_path, ["--workers", "2"]) as server:
+        wait_for(lambda: len(server.worker_pids()) == 2, 30, "second worker")
+        for _ in range(10):  # a key look-up: each worker's pool keeps a connection open
+            assert answer(server.port, "/api/v1/experiments", {"Authorization": "Bearer nope"}) == "401"
+        workers = set(server.worker_pids())
+        holders = posix_lock_holders(tmp_path / "served.sqlite3-shm")
+        assert server.master_pid not in holders
+        assert holders & workers, holders  # those that answered hold theirs
 
 
 def test_the_worker_timeouts_come_from_the_settings(monkeypatch, tmp_path):
