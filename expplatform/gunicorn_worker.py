@@ -10,7 +10,9 @@ it holds, while the kernel goes on queueing new connections on it: all reset whe
 finally closes. So this worker:
 
 - when orphaned, goes on serving until a worker of another master listens on its port
-  (a successor), or for at most :data:`ORPHAN_SERVE_SECONDS`, then stops;
+  (a successor), or for at most :data:`ORPHAN_SERVE_SECONDS`, then stops (with
+  ``reuse_port`` only: without it, a new master cannot bind the port until the orphans
+  have left, so they leave at once, as gunicorn's do);
 - when it stops (orphaned, or told to by its master on a reload or a shutdown), first
   accepts what is already queued on its socket and closes the socket, which takes it
   out of the kernel's choice at once, and only then finishes its requests.
@@ -81,7 +83,8 @@ class HandoverWorker(ThreadWorker):
                 for address in (listener.getsockname() for listener in self.sockets if listener.sock is not None)
                 if isinstance(address, tuple)
             }
-            listening = listening_sockets(self._ports) if self._ports else None
+            # Without reuse_port a new master cannot bind while we listen: make room.
+            listening = listening_sockets(self._ports) if self._ports and self.cfg.reuse_port else None
             if listening is None:
                 self.log.info("Parent changed, shutting down: %s", self)
                 self.alive = False
