@@ -15,7 +15,9 @@ finally closes. So this worker:
   have left, so they leave at once, as gunicorn's do);
 - when it stops (orphaned, or told to by its master on a reload or a shutdown), first
   accepts what is already queued on its socket and closes the socket, which takes it
-  out of the kernel's choice at once, and only then finishes its requests.
+  out of the kernel's choice at once, and only then finishes its requests;
+- tells the app when it queued each request for its threads, so that the request's
+  waits for the database count from then (``request_budget``).
 
 Its master is gone, so an orphan's requests are not timed out by anyone: hence the
 bound. Under systemd (``KillMode=mixed``, README) orphans are killed with their master
@@ -32,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from gunicorn.workers.gthread import ThreadWorker
+
+from . import request_budget
 
 # Long enough for a supervisor to start a new master (it imports the app: one to three
 # seconds), short enough that workers nobody supervises do not serve for long.
@@ -107,6 +111,14 @@ class HandoverWorker(ThreadWorker):
             return True
         self.alive = False
         return False
+
+    def enqueue_req(self, conn: Any) -> None:
+        conn.queued_at = time.monotonic()
+        super().enqueue_req(conn)
+
+    def handle(self, conn: Any) -> Any:
+        with request_budget.queued_at(conn.queued_at):
+            return super().handle(conn)
 
     def set_accept_enabled(self, enabled: bool) -> None:
         """When stopping: accept what is queued, then close the listening sockets, so
