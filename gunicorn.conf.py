@@ -23,9 +23,12 @@ _settings = load_settings()
 bind = "127.0.0.1:8000"
 workers = 2
 # Threads overlap database waits (a PostgreSQL commit waits for its WAL flush) and keep
-# connections alive; workers share nothing but the database. (For sync workers pass
-# --threads 1 too: gunicorn runs a sync worker with threads as gthread.)
-worker_class = "gthread"
+# connections alive; workers share nothing but the database. gunicorn's gthread worker,
+# made to hand over to a master restarted after a kill -9 without refusing anything and
+# to stop without dropping connections queued on its socket (expplatform/gunicorn_worker.py).
+# (For sync workers pass --worker-class sync --threads 1: gunicorn runs a sync worker
+# with threads as gthread.)
+worker_class = "expplatform.gunicorn_worker.HandoverWorker"
 threads = 4
 backlog = 2048
 keepalive = 5
@@ -34,9 +37,10 @@ timeout = _settings.worker_timeout_seconds
 # On SIGTERM or SIGHUP, workers finish the requests they hold for up to this long.
 graceful_timeout = _settings.graceful_timeout_seconds
 # Every worker binds the port itself (SO_REUSEPORT): a master that died by SIGKILL
-# leaves workers that still hold the port for a while, and a new master then starts
-# anyway instead of exiting with "Connection in use". (A worker that exits drops the
-# connections still queued on its socket unless net.ipv4.tcp_migrate_req = 1.)
+# leaves workers that still hold the port (they serve until the new master's workers
+# listen), and a new master then starts anyway instead of exiting with "Connection in
+# use". (A worker killed outright drops the connections queued on its socket unless
+# net.ipv4.tcp_migrate_req = 1; one that stops closes its socket first.)
 reuse_port = True
 # The app is imported once, in the master: a worker that replaces a killed one is
 # serving within milliseconds instead of importing everything again (about 2 s of CPU,
@@ -66,10 +70,16 @@ class JsonLogger(glogging.Logger):
 logger_class = JsonLogger
 
 
-def post_fork(server: Any, worker: Any) -> None:
-    """A worker must not share the master's database connections (the migration check
-    opened one): it starts with an empty pool of its own."""
-    app = worker.app.wsgi()
+def pre_fork(server: Any, worker: Any) -> None:
+    """The master holds no database connection when it forks a worker (the migration
+    check opened one). Not only because a connection must not be shared: SQLite's file
+    locks belong to a process and a child inherits none of them, but it inherits
+    SQLite's record of them, so the worker's own connections took it that the locks
+    were held and never asked for them. Once the master was gone (a kill -9), no process
+    held the lock that says the -shm file is in use, and the next one to open the
+    database (the restarted master) truncated it under the workers still using it: they
+    died of SIGBUS."""
+    app = server.app.callable  # loaded in the master only with preload_app
     database = getattr(app, "extensions", {}).get("db")
     if database is not None:
-        database.engine.dispose(close=False)
+        database.engine.dispose()

@@ -42,8 +42,9 @@ customers per variant against the ledger, the longest request and the longest ti
 without any answer, per fault the time from its end until the service answered again
 and nothing failed any more, and what gunicorn's log tells (a master that shut itself
 down, workers failing to boot, bind failures, unhandled errors). ``--json`` prints the
-same as JSON on stdout; ``--log-dir`` keeps each request's timing, the gunicorn log
-and the summary.
+same as JSON on stdout; ``--log-dir`` keeps each request's timing, id and the pid of
+the worker that answered it, the kills (when sent, when the process was gone), the
+gunicorn log and the summary.
 
 Targets (exit status 1 when one is missed, each missed one named; 2 when the soak
 itself could not run): 0 events or exposures lost, 0 duplicated, 0 HTML or 500
@@ -56,8 +57,12 @@ Recovery of a fault, from its end E (for the master restart: the new master's la
 up to when the next fault began to be applied (worker kills apart; for the last fault,
 up to the clients' last retry): the later of the first successful answer after E and
 the end of the last failed request (an error, or slower than the bound) started after
-E and over before the next fault began; resets of requests in flight when a process
-was killed are the kill's, not a failure after it. Worker kills inside another fault
+E and over before the next fault began. Resets of connections open while a killed
+process still existed are the kill's, not a failure after it: those in flight when it
+was killed, and those opened in the milliseconds until its last thread had exited
+(every worker listens on a socket of its own, gunicorn's reuse_port, and the kernel
+queues new connections on a dying worker's socket until it is closed). Each fault's
+figure names the request that set it. Worker kills inside another fault
 (or within 3 s of its end, or of the restarted master serving) are counted but not
 judged alone. The restarted master is supervised until the end: started again a
 second after each time it exits (gunicorn gives up after 5 s when the port is still
@@ -131,6 +136,7 @@ class Attempt:
     end: float
     kind: str
     detail: str = ""  # the error code of a JSON error, or the exception's class
+    request_id: str = ""  # sent as X-Request-ID: the service's access log names the worker that answered
 
     @property
     def ok(self) -> bool:
@@ -147,6 +153,18 @@ class Fault:
     end: float | None = None
     note: str = ""
     detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    """A process SIGKILLed by the soak: when (seconds since the load began), and when
+    it was seen gone (exited: its sockets closed). A worker has a listening socket of its
+    own (gunicorn's reuse_port), and until it is gone the kernel still hands it new
+    connections, which are reset when it goes: those are the kill's."""
+
+    pid: int
+    at: float
+    gone: float
 
 
 @dataclass
@@ -184,13 +202,15 @@ class Load:
         self.hard_end = float("inf")
         self.lock = threading.Lock()
         self.attempts: list[Attempt] = []
+        self.request_ids = itertools.count()
 
     def now(self) -> float:
         return time.monotonic() - self.t0
 
     def request(self, endpoint: str, method: str, path: str, body: bytes | None, key: str) -> tuple[str, Any]:
         """One attempt on a fresh connection: ("ok", parsed JSON) or (error kind, detail)."""
-        headers = {"Authorization": f"Bearer {key}", "Connection": "close"}
+        request_id = f"{self.tag}-r{next(self.request_ids)}"
+        headers = {"Authorization": f"Bearer {key}", "Connection": "close", "X-Request-ID": request_id}
         if body is not None:
             headers["Content-Type"] = "application/json"
         start = self.now()
@@ -221,7 +241,7 @@ class Load:
         finally:
             connection.close()
         with self.lock:
-            self.attempts.append(Attempt(endpoint, start, self.now(), kind, detail))
+            self.attempts.append(Attempt(endpoint, start, self.now(), kind, detail, request_id))
         return kind, payload
 
 
@@ -388,6 +408,30 @@ def plan(seconds: float, timeout: float) -> list[Fault]:
     return sorted(faults, key=lambda f: f.at)
 
 
+def wait_gone(pid: int, load: Load, limit: float = 5.0) -> float:
+    """When the SIGKILLed process ``pid`` (not our child) had exited with all its
+    threads: only then are its files, its listening socket among them, closed. (Its
+    main thread turns zombie first, while the others may still be exiting.)"""
+    deadline = load.now() + limit
+    while load.now() < deadline:
+        try:
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            break  # reaped
+        if all(_task_state(task) in {"Z", "X", None} for task in tasks):
+            break
+        time.sleep(0.001)
+    return load.now()
+
+
+def _task_state(task: Path) -> str | None:
+    """A thread's state letter from /proc, None when it has just gone."""
+    try:
+        return task.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 class Faults(threading.Thread):
     """Applies the planned faults in order, each undone in a ``finally``."""
 
@@ -398,7 +442,7 @@ class Faults(threading.Thread):
         self.backend = backend
         self.url = url
         self.faults = faults
-        self.kill_times: list[float] = []  # every process kill (workers and the master)
+        self.kills: list[Kill] = []  # every process kill (workers and the master)
         self.errors: list[str] = []
         self.notes: list[str] = []
         self.abort = threading.Event()
@@ -437,8 +481,10 @@ class Faults(threading.Thread):
         victim = random.Random(int(fault.at * 1000)).choice(workers)
         os.kill(victim, signal.SIGKILL)
         fault.start = fault.end = self.load.now()
-        self.kill_times.append(fault.start)
+        gone = wait_gone(victim, self.load)
+        self.kills.append(Kill(victim, fault.start, gone))
         fault.detail["pid"] = victim
+        fault.detail["gone_after_seconds"] = round(gone - fault.start, 3)
         # How long the master takes to have as many live workers again.
         wanted = len(workers)
         deadline = self.load.now() + 10
@@ -451,9 +497,10 @@ class Faults(threading.Thread):
         fault.detail["respawn_seconds"] = None
 
     def master_restart(self, fault: Fault) -> None:
-        old = self.server.kill_master()
+        old = self.server.kill_master()  # and reaped: gone
         fault.start = self.load.now()
-        self.kill_times.append(fault.start)
+        if old is not None:
+            self.kills.append(Kill(old, fault.start, fault.start))
         self.server.start()
         fault.end = self.load.now()
         fault.detail.update(old_master=old, launches=1, serving_after_seconds=None)
@@ -693,12 +740,18 @@ def _run_on(backend: str, url: str, instance: Path, args: argparse.Namespace) ->
     if args.log_dir is not None:
         args.log_dir.mkdir(parents=True, exist_ok=True)
         (args.log_dir / f"{backend}-gunicorn.log").write_text(log_text)
+        served_by = worker_of_request(log_text)
         rows = [
-            f"{a.start:.3f},{a.end:.3f},{a.endpoint},{a.kind},{a.detail}"
+            f"{a.start:.3f},{a.end:.3f},{a.endpoint},{a.kind},{a.detail},{a.request_id},"
+            f"{served_by.get(a.request_id, '')}"
             for a in sorted(load.attempts, key=lambda a: a.start)
         ]
-        header = "start,end,endpoint,kind,detail\n"
+        header = "start,end,endpoint,kind,detail,request_id,worker_pid\n"
         (args.log_dir / f"{backend}-requests.csv").write_text(header + "\n".join(rows) + "\n")
+        kills = injector.kills if injector is not None else []
+        (args.log_dir / f"{backend}-kills.csv").write_text(
+            "pid,at,gone\n" + "".join(f"{k.pid},{k.at:.3f},{k.gone:.3f}\n" for k in kills)
+        )
     return summarise(
         backend,
         args,
@@ -715,6 +768,21 @@ def _run_on(backend: str, url: str, instance: Path, args: argparse.Namespace) ->
         command,
         served_code(env),
     )
+
+
+def worker_of_request(log_text: str) -> dict[str, int]:
+    """Request id -> pid of the worker that answered it, from the access log lines."""
+    served: dict[str, int] = {}
+    for line in log_text.splitlines():
+        if '"expplatform.access"' not in line:
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("request_id"):
+            served[entry["request_id"]] = entry["pid"]
+    return served
 
 
 def fetch_report(server: benchlib.GunicornServer, admin_key: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -800,18 +868,38 @@ def ledger_counts(assigned: dict[str, str], events: dict[str, tuple[str, str, st
     }
 
 
-def recovery(
-    fault: Fault, attempts: list[Attempt], window_end: float, kills: list[float], bound: float
-) -> tuple[float | None, bool]:
+@dataclass(frozen=True)
+class Recovery:
+    """A fault's recovery figure and what set it: the first successful answer after
+    the fault's end, or the last failure (an error or slower than the bound) after it."""
+
+    seconds: float | None  # None: never answered
+    still_failing: bool  # failing in the last second before the next fault began: a lower bound
+    decided_by: str
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "recovery_seconds": self.seconds,
+            "still_failing_at_next_fault": self.still_failing,
+            "recovery_decided_by": self.decided_by,
+        }
+
+
+def describe(a: Attempt) -> str:
+    return f"{a.endpoint} {a.kind}{f' {a.detail}' if a.detail else ''} {a.start:.3f}-{a.end:.3f} s"
+
+
+def recovery(fault: Fault, attempts: list[Attempt], window_end: float, kills: list[Kill], bound: float) -> Recovery:
     """Seconds from the fault's end until the service answered again and nothing
-    failed any more (see the module's description), None if it never answered; and
-    whether requests were still failing in the last second before the next fault began
-    (then the figure is only a lower bound)."""
+    failed any more (see the module's description), None if it never answered; whether
+    requests were still failing in the last second before the next fault began (then
+    the figure is only a lower bound); and the request that set the figure."""
     assert fault.end is not None
     end = fault.end
 
     def killed_in_flight(a: Attempt) -> bool:
-        return a.kind == "reset" and any(a.start < k <= a.end + 0.05 for k in kills)
+        # Open while the killed process existed (reset slightly before we noted the kill: 50 ms).
+        return a.kind == "reset" and any(a.start < k.gone and k.at <= a.end + 0.05 for k in kills)
 
     # Failures over before the next fault began: one still running then may be its.
     failed = [
@@ -819,12 +907,15 @@ def recovery(
         for a in attempts
         if end <= a.start and a.end < window_end and (not a.ok or a.end - a.start > bound) and not killed_in_flight(a)
     ]
-    answered = [a.end for a in attempts if a.ok and a.end >= end]
-    last_failure = max((a.end for a in failed), default=end)
-    still_failing = bool(failed) and window_end != float("inf") and last_failure > window_end - 1
+    answered = [a for a in attempts if a.ok and a.end >= end]
+    last_failure = max(failed, key=lambda a: a.end, default=None)
+    still_failing = last_failure is not None and window_end != float("inf") and last_failure.end > window_end - 1
     if not answered:
-        return None, still_failing
-    return round(max(min(answered), last_failure) - end, 2), still_failing
+        return Recovery(None, still_failing, "no successful answer after the fault's end")
+    first_answer = min(answered, key=lambda a: a.end)
+    if last_failure is not None and last_failure.end > first_answer.end:
+        return Recovery(round(last_failure.end - end, 2), still_failing, f"last failure: {describe(last_failure)}")
+    return Recovery(round(first_answer.end - end, 2), still_failing, f"first answer: {describe(first_answer)}")
 
 
 def settled(fault: Fault) -> float:
@@ -897,7 +988,7 @@ def summarise(
     gap_index = max(range(len(gaps)), key=gaps.__getitem__, default=None)
 
     faults = injector.faults if injector is not None else []
-    kills = injector.kill_times if injector is not None else []
+    kills = injector.kills if injector is not None else []
     major = [f for f in faults if f.kind != "worker_kill" and f.start is not None]
     fault_rows = []
     for fault in faults:
@@ -932,9 +1023,7 @@ def summarise(
         row["judged"] = not (fault.kind == "worker_kill" and inside)
         if inside and fault.kind == "worker_kill":
             row["during"] = inside[0]
-        row["recovery_seconds"], row["still_failing_at_next_fault"] = recovery(
-            fault, attempts, window_end, kills, bound
-        )
+        row.update(recovery(fault, attempts, window_end, kills, bound).row())
         fault_rows.append(row)
 
     comparison: dict[str, Any] = {"error": report_error}
@@ -1134,6 +1223,7 @@ def print_summary(summary: dict[str, Any], out: Any) -> None:
                 "recovery_seconds",
                 "judged",
                 "still_failing_at_next_fault",
+                "recovery_decided_by",
             }
         }
         p(
@@ -1141,6 +1231,8 @@ def print_summary(summary: dict[str, Any], out: Any) -> None:
             f"{' (or more: still failing when the next fault began)' if f.get('still_failing_at_next_fault') else ''}"
             f"{'' if f['judged'] else ' (not judged alone)'} {extra or ''} {f['note']}".rstrip()
         )
+        if f["kind"] != "worker_kill" and f.get("recovery_decided_by"):
+            p(f"      set by the {f['recovery_decided_by']}")
     for note in s["notes"]:
         p(f"  note: {note}")
     log = s["server_log"]

@@ -41,6 +41,7 @@ from sqlalchemy import event, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, selectinload
 
+from . import request_budget
 from .bucketing import NOT_IN_TRAFFIC, OUTSIDE_LAYER, Split, place
 from .db import Database, get_db, retry_on_lock
 from .models import Experiment, utcnow
@@ -366,6 +367,8 @@ class ExposureStore:
         # Connections are made by the app's engine (its connect-time settings: WAL,
         # busy timeout) and then detached from its pool; PostgreSQL's in autocommit.
         self._engine = engine
+        # SQLite: a write waits what the request has left of it (request_budget).
+        self._busy_ms = database.settings.sqlite_busy_timeout_ms if database.settings.is_sqlite else None
         self._local = threading.local()
         self._open: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         event.listen(engine, "engine_disposed", lambda _engine: self.close())
@@ -426,6 +429,23 @@ class ExposureStore:
                     ) from exc
         raise AssertionError("unreachable")
 
+    def _write(self, sql: str, params: Sequence[Any], *, rows: bool = True) -> list[tuple]:
+        """A statement that takes SQLite's write lock: if the request queued in its
+        worker, it waits only what is left of the busy timeout."""
+        left = None if self._busy_ms is None else request_budget.wait_left_ms(self._busy_ms)
+        if left is None:
+            return self._run(sql, params, rows=rows)
+        self._run(f"PRAGMA busy_timeout = {left}", (), rows=False)
+        try:
+            return self._run(sql, params, rows=rows)
+        finally:
+            holder = self._local.__dict__.get("holder")
+            try:
+                if holder is not None:
+                    holder.cursor.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            except self._dialect.loaded_dbapi.Error:
+                self._drop_connection()  # never leave the thread's connection with a short wait
+
     def existing(self, customer_id: str, experiment_ids: Sequence[int]) -> list[tuple]:
         """(exposure id, experiment id, variant id) of the customer's exposures."""
         sql = self._select_sql.get(len(experiment_ids))
@@ -449,7 +469,7 @@ class ExposureStore:
         for experiment_id, variant_id, forced in rows:
             params += [experiment_id, variant_id, customer_id, now, encoded, forced]
         stored = dict(
-            self._run(
+            self._write(
                 f"INSERT INTO exposures ({self._COLUMNS}) VALUES {values} "
                 "ON CONFLICT (experiment_id, customer_id) DO NOTHING RETURNING experiment_id, variant_id",
                 params,
@@ -463,7 +483,7 @@ class ExposureStore:
         return stored
 
     def count_mismatches(self, exposure_ids: Sequence[int]) -> None:
-        self._run(
+        self._write(
             f"UPDATE exposures SET mismatches = mismatches + 1 WHERE id IN ({self._sql.marks(len(exposure_ids))})",
             exposure_ids,
             rows=False,

@@ -31,6 +31,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool, StaticPool
 
+from . import request_budget
 from .config import Settings
 
 if TYPE_CHECKING:
@@ -227,13 +228,16 @@ class Database:
         """A session in one write transaction, committed on success.
 
         On SQLite it begins IMMEDIATE (waits for the write lock rather than failing
-        later), for ``lock_wait_ms`` when given instead of the busy timeout. Lock errors
+        later), for ``lock_wait_ms`` when given instead of the busy timeout, or for what
+        is left of it since the request was accepted (``request_budget``). Lock errors
         that still escape are not retried here: callers that are idempotent use
         :func:`retry_on_lock`.
         """
         session = self.sessionmaker()
         try:
             if self.settings.is_sqlite:
+                if lock_wait_ms is None:
+                    lock_wait_ms = request_budget.wait_left_ms(self.settings.sqlite_busy_timeout_ms)
                 options: dict[str, Any] = {"sqlite_begin": "IMMEDIATE"}
                 if lock_wait_ms is not None:
                     options["sqlite_lock_wait_ms"] = lock_wait_ms

@@ -54,7 +54,7 @@ def commands(options: ServeOptions) -> dict[str, list[str]]:
             "--workers",
             str(options.workers),
             "--worker-class",
-            "gthread",
+            "expplatform.gunicorn_worker.HandoverWorker",
             "--threads",
             str(options.threads),
             "--bind",

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from expplatform import request_budget
 from expplatform.auth import SESSION_TOKEN, create_api_key
 from expplatform.config import ConfigError, load_settings
 from expplatform.db import Base, get_session
@@ -89,6 +90,45 @@ def test_assign_and_events_behind_a_lock_are_a_prompt_503(app, db, client_key, d
     # The lock gone, the same calls succeed.
     assert client.post("/api/v1/assign", json={"customer_id": "new-1"}, headers=headers).status_code == 200
     assert client.post("/api/v1/events", json=batch, headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize("endpoint", ["assign", "events"])
+def test_a_request_that_queued_in_its_worker_waits_only_what_is_left_of_the_busy_timeout(tmp_path, endpoint):
+    """SQLite: a request the worker queued 2.8 s ago (its threads all waiting for a
+    lock) waits 0.2 s more for the lock, not the whole busy timeout of 3 s again; and
+    one that waited out all of it still goes through at once when the lock is free."""
+    url = f"sqlite:///{tmp_path / 'queued.sqlite3'}"
+    engine = create_engine(url)
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    app = make_test_app(url, tmp_path, sqlite_busy_timeout_ms=3000)
+    db = app.extensions["db"]
+    try:
+        seed(db, "checkout-button")
+        with db.write() as session:
+            _record, key = create_api_key(session, "client", "client app", created_by="tests")
+        client = app.test_client()
+        headers = {"Authorization": f"Bearer {key}"}
+        client.post("/api/v1/assign", json={"customer_id": "warm"}, headers=headers)  # caches filled
+        path, body = {
+            "assign": ("/api/v1/assign", {"customer_id": "new-1"}),
+            "events": (
+                "/api/v1/events",
+                {"events": [{"event_id": "e-1", "customer_id": "warm", "stage": "purchase", "type": "conversion"}]},
+            ),
+        }[endpoint]
+
+        def queued(seconds_ago: float) -> Any:
+            with request_budget.queued_at(time.monotonic() - seconds_ago):
+                return client.post(path, json=body, headers=headers)
+
+        with hot_tables_locked(url) as release:
+            response, seconds = within(BOUND_SECONDS, lambda: queued(2.8), release)
+        assert_retryable_503(response)
+        assert seconds < 1.5, f"waited {seconds:.2f} s: the whole busy timeout again"
+        assert queued(10.0).status_code == 200
+    finally:
+        db.engine.dispose()
 
 
 def test_every_connection_carries_the_bounded_waits(app, db, database_url):

@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
+from .. import request_budget
 from ..config import Settings
 from ..db import Database, retry_on_lock
 from ..models import utcnow
@@ -192,7 +193,8 @@ def _writer_turn(database: Database) -> Iterator[int | None]:
     """On a SQLite file, take turns for the write lock on a ``flock`` beside the
     database before ``BEGIN IMMEDIATE``; yields the milliseconds left of the busy
     timeout for that BEGIN, so the turn and the BEGIN together never wait longer than
-    the busy timeout (a request stuck behind a lock answers 503 in time).
+    the busy timeout, or what the request has left of it (``request_budget``): a
+    request stuck behind a lock answers 503 in time.
 
     SQLite's own busy handler polls with sleeps growing to 100 ms, so under a steady
     stream of batches a waiting worker mostly sleeps through the moments the lock is
@@ -203,7 +205,8 @@ def _writer_turn(database: Database) -> Iterator[int | None]:
     if not path or path == ":memory:" or "mode=memory" in str(database.engine.url):
         yield None
         return
-    budget = database.settings.sqlite_busy_timeout_ms / 1000
+    busy_ms = database.settings.sqlite_busy_timeout_ms
+    budget = (request_budget.wait_left_ms(busy_ms) or busy_ms) / 1000  # what the request has left
     deadline = time.monotonic() + budget
     with open(f"{path}-ingest.lock", "a") as handle:
         delay = 0.0005
