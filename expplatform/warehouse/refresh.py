@@ -92,7 +92,7 @@ def relations(
         event_ids=event_ids,
     )
     exposures_table = table_of(source.exposures_table, source.exposures_columns.values())
-    exposures = query.role_exposures(exposures_table, source.exposures_columns, rules.experiment_key)
+    exposures = query.role_exposures(dialect, exposures_table, source.exposures_columns, rules.experiment_key)
     return events, exposures
 
 
@@ -147,7 +147,7 @@ def compute_increment(
     customers' events rather than to the experiment's."""
     dialect = dialect_of(source.url)
     exposures_table = table_of(source.exposures_table, source.exposures_columns.values())
-    exposures = query.role_exposures(exposures_table, source.exposures_columns, rules.experiment_key)
+    exposures = query.role_exposures(dialect, exposures_table, source.exposures_columns, rules.experiment_key)
     then: Cells = Counter()
     now: Cells = Counter()
     outcomes: Cells = Counter()
@@ -166,7 +166,7 @@ def compute_increment(
             )
             events, _ = relations(source, rules, bound, received_before=before, event_ids=ids)
             theirs = query.role_exposures(
-                exposures_table, source.exposures_columns, rules.experiment_key, customers=customers
+                dialect, exposures_table, source.exposures_columns, rules.experiment_key, customers=customers
             )
             changed = query.outcome_changes(dialect, events, theirs, rules, since=since)
             for stage, variant, *days, n in _run_cancellable(connection, changed, dialect, cancel):
