@@ -225,3 +225,36 @@ def test_exposures_that_arrive_dated_before_the_last_refresh_make_it_recompute_i
         got = {(k, s, v, val, day): n for k, s, v, val, day, n in session.get(WarehouseStats, ids["checkout"]).cells}
     assert got == expected
     assert any(variant == "treatment" and kind != "exposed" for kind, _s, variant, _v, _d in got)
+
+
+def test_increments_are_exact_where_the_warehouse_refuses_temporary_tables(app, db, warehouse, monkeypatch, caplog):
+    """A read-only warehouse user may not create the temporary table an increment
+    holds its customers in: the increment computes them again where needed, and
+    adds up the same."""
+    from sqlalchemy import text
+
+    from expplatform.warehouse import refresh as refresh_module
+
+    refused = []
+
+    def refuse(dialect, name, statement):
+        refused.append(name)
+        return text(f"CREATE TEMPORARY TABLE {name} AS SELECT FROM WHERE")  # refused like a missing privilege
+
+    monkeypatch.setattr(refresh_module.dialects, "TemporaryTable", refuse)
+    rng = random.Random(20261204)
+    customers = [f"k{i}" for i in range(30)]
+    ids = _seed(db, rng, customers)
+    settings = app.extensions["settings"]
+    batches = random_workload(rng, [*customers, "ghost"], batches=8, per_batch=40)
+    seen: set[str] = set()
+    copies = _replay(db, settings, rng, customers, batches[:4], seen, 0)
+    warehouse.add_events(_warehouse_events(db, copies))
+    _source(db, warehouse, ids)
+    _check(db, ids, "full")
+    stored_before = _last_event_id(db)
+    copies = _replay(db, settings, rng, customers, batches[4:], seen, 4)
+    warehouse.add_events(_warehouse_events(db, copies, after_id=stored_before))
+    with caplog.at_level("INFO", logger="expplatform.warehouse.refresh"):
+        _check(db, ids, "incremental")
+    assert refused and "keeps no temporary table" in caplog.text

@@ -229,10 +229,11 @@ def _hold(connection: Connection, dialect: str, statement: Select[Any], cleanup:
     which they compute again."""
     name = f"expplatform_{uuid.uuid4().hex[:16]}"
     try:
-        with connection.begin_nested() if dialect == "postgresql" else contextlib.nullcontext():
-            connection.execute(dialects.TemporaryTable(dialect, name, statement))
+        connection.execute(dialects.TemporaryTable(dialect, name, statement))
     except DBAPIError as exc:
         log.info("the warehouse keeps no temporary table (%s); recomputing instead", _explain(exc))
+        if connection.in_transaction():  # PostgreSQL and DuckDB refuse all else until then
+            connection.rollback()
         return statement.subquery("touched")
 
     def drop() -> None:
