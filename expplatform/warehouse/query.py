@@ -423,12 +423,22 @@ def outcome_cells(dialect: Name, outcomes: FromClause) -> list[Select[Any]]:
     return cells
 
 
+def counted_exposures(dialect: Name, exposures: FromClause, *, before: datetime | None = None) -> list[Any]:
+    """Which exposures are in the denominators: not forced, and made before
+    ``before`` when given (those the warehouse held at the refresh's watermark)."""
+    x = exposures.c
+    kept = [x.forced == false()]
+    if before is not None:
+        kept.append(x.exposed_at < dialects.timestamp(dialect, before))
+    return kept
+
+
 def exposure_cells(dialect: Name, exposures: FromClause, *, before: datetime | None = None) -> Select[Any]:
     """Exposed customers per variant and day (``kind = 'exposed'``; the stage is
     ''), of those exposed before ``before`` when given."""
     x = exposures.c
     day = dialects.utc_day(dialect, x.exposed_at)
-    cells = (
+    return (
         select(
             constant("exposed").label("kind"),
             constant("").label("stage"),
@@ -437,12 +447,9 @@ def exposure_cells(dialect: Name, exposures: FromClause, *, before: datetime | N
             day.label("day"),
             func.count().label("n"),
         )
-        .where(x.forced == false())
+        .where(*counted_exposures(dialect, exposures, before=before))
         .group_by(x.variant, day)
     )
-    if before is not None:
-        cells = cells.where(x.exposed_at < dialects.timestamp(dialect, before))
-    return cells
 
 
 def outcome_days(dialect: Name, outcomes: FromClause) -> Select[Any]:
@@ -497,7 +504,7 @@ def exposure_changes(dialect: Name, exposures: FromClause, *, since: datetime, b
 
     return (
         select(x.variant, day.label("day"), exposed_before(since).label("n_then"), exposed_before(before).label("n"))
-        .where(x.forced == false())
+        .where(*counted_exposures(dialect, exposures))
         .group_by(x.variant, day)
     )
 

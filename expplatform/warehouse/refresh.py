@@ -154,7 +154,7 @@ def compute_increment(
     engine = warehouse_engine(source.url, memory_limit_mb=memory_limit_mb)
     with engine.connect() as connection, contextlib.ExitStack() as cleanup:
         exposed = query.exposure_changes(dialect, exposures, since=since, before=before)
-        for variant, day, n_then, n_now in _run_cancellable(connection, exposed, dialect, cancel):
+        for variant, day, n_then, n_now in run_cancellable(connection, exposed, dialect, cancel):
             then["exposed", "", str(variant), 0, _iso(day)] += int(n_then)
             now["exposed", "", str(variant), 0, _iso(day)] += int(n_now)
         touched = _touched(connection, source, rules, started_at, since=since, before=before, cleanup=cleanup)
@@ -169,7 +169,7 @@ def compute_increment(
                 dialect, exposures_table, source.exposures_columns, rules.experiment_key, customers=customers
             )
             changed = query.outcome_changes(dialect, events, theirs, rules, since=since)
-            for stage, variant, *days, n in _run_cancellable(connection, changed, dialect, cancel):
+            for stage, variant, *days, n in run_cancellable(connection, changed, dialect, cancel):
                 for sign, (converted_day, rating, rated_day) in ((1, days[:3]), (-1, days[3:])):
                     if converted_day is not None:
                         outcomes["converted", stage, str(variant), 0, _iso(converted_day)] += sign * int(n)
@@ -231,7 +231,7 @@ def _hold(connection: Connection, dialect: str, statement: Select[Any], cleanup:
     try:
         connection.execute(dialects.TemporaryTable(dialect, name, statement))
     except DBAPIError as exc:
-        log.info("the warehouse keeps no temporary table (%s); recomputing instead", _explain(exc))
+        log.info("the warehouse keeps no temporary table (%s); recomputing instead", explain(exc))
         if connection.in_transaction():  # PostgreSQL and DuckDB refuse all else until then
             connection.rollback()
         return statement.subquery("touched")
@@ -253,9 +253,9 @@ def _cells(
     cancel: threading.Event | None,
 ) -> Cells:
     totals: Cells = Counter()
-    for _kind, _stage, variant, _value, day, n in _run_cancellable(connection, statements.exposures, dialect, cancel):
+    for _kind, _stage, variant, _value, day, n in run_cancellable(connection, statements.exposures, dialect, cancel):
         totals["exposed", "", str(variant), 0, _iso(day)] += int(n)
-    for stage, variant, converted_day, rating, rated_day, n in _run_cancellable(
+    for stage, variant, converted_day, rating, rated_day, n in run_cancellable(
         connection, statements.outcomes, dialect, cancel
     ):
         if converted_day is not None:
@@ -299,7 +299,7 @@ def _iso(day: Any) -> str:
     return str(day)[:10]
 
 
-def _run_cancellable(connection: Connection, statement: Any, dialect: str, cancel: threading.Event | None) -> list[Any]:
+def run_cancellable(connection: Connection, statement: Any, dialect: str, cancel: threading.Event | None) -> list[Any]:
     if cancel is None:
         return list(connection.execute(statement))
     finished = threading.Event()
@@ -448,7 +448,7 @@ def refresh(
         except RefreshCancelled:
             error = "cancelled while the warehouse query ran; the statistics shown are the earlier ones"
         except (WarehouseUnavailable, SQLAlchemyError, OSError, RuntimeError) as exc:
-            error = _explain(exc)
+            error = explain(exc)
             log.warning("warehouse refresh of %s failed: %s", experiment_key, error)
     seconds = time.perf_counter() - began
     with database.write() as session:
@@ -515,7 +515,7 @@ def _add_increment(
     return as_list(outcomes + increment.exposed_now)
 
 
-def _explain(exc: BaseException) -> str:
+def explain(exc: BaseException) -> str:
     """One line an analyst can act on; the driver's first line, never a traceback."""
     text = str(exc.orig) if isinstance(exc, DBAPIError) and exc.orig is not None else str(exc)
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__

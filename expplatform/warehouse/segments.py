@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, false, func, select, union_all
+from sqlalchemy import case, func, select, union_all
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql import ColumnElement, FromClause, Select, Subquery, TableClause
 
@@ -44,7 +44,7 @@ from ..aggregation import MAX_SEGMENTS, SEGMENT_ATTRIBUTE
 from ..models import WarehouseSource
 from . import dialects, query
 from .engines import dialect_of, warehouse_engine
-from .refresh import _explain, _run_cancellable, relations, table_of
+from .refresh import explain, relations, run_cancellable, table_of
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def compute_segments(
     with warehouse_engine(source.url, memory_limit_mb=memory_limit_mb).connect() as connection:
 
         def run(statement: Select[Any]) -> list[Any]:
-            return _run_cancellable(connection, statement, dialect, cancel)
+            return run_cancellable(connection, statement, dialect, cancel)
 
         try:
             names = commonest_attributes(
@@ -100,7 +100,7 @@ def compute_segments(
                 )
                 cells = _segment_cells(names, run(exposed), run(outcomes))
         except (SQLAlchemyError, RuntimeError) as exc:
-            error = _explain(exc)
+            error = explain(exc)
             log.warning("warehouse segments of %s failed: %s", key, error)
             return {"attributes": {}, "too_many": [], "error": error}
     return {"attributes": cells, "too_many": too_many, "error": None}
@@ -160,17 +160,6 @@ def _attribute_list(values: Subquery, count: int) -> tuple[Subquery, ColumnEleme
     return listed, value
 
 
-def _counted_exposures(
-    dialect: dialects.Name, exposures: FromClause, received_before: datetime | None
-) -> list[ColumnElement[bool]]:
-    """Which exposures are in the denominators: as ``query.exposure_cells`` counts them."""
-    x = exposures.c
-    kept = [x.forced == false()]
-    if received_before is not None:
-        kept.append(x.exposed_at < dialects.timestamp(dialect, received_before))
-    return kept
-
-
 def value_counts(
     dialect: dialects.Name,
     exposures: FromClause,
@@ -187,7 +176,7 @@ def value_counts(
         .select_from(
             exposures.join(values, values.c.customer_id == x.customer_id).join(listed, listed.c.every == values.c.every)
         )
-        .where(*_counted_exposures(dialect, exposures, received_before))
+        .where(*query.counted_exposures(dialect, exposures, before=received_before))
         .distinct()
         .subquery("distinct_values")
     )
@@ -212,7 +201,7 @@ def segment_statements(
         .select_from(
             exposures.join(values, values.c.customer_id == x.customer_id).join(listed, listed.c.every == values.c.every)
         )
-        .where(*_counted_exposures(dialect, exposures, received_before))
+        .where(*query.counted_exposures(dialect, exposures, before=received_before))
         .group_by(listed.c.attribute, value, x.variant)
     )
     outcomes = query.outcome_rows(dialect, query.attribution(dialect, events, exposures, rules).counted)
