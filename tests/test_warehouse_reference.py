@@ -202,6 +202,42 @@ def test_the_warehouse_statistics_equal_the_builtin_counters(app, db, warehouse,
         _check(db, ids, "incremental")
 
 
+def test_statistics_computed_bucket_by_bucket_equal_the_builtin_counters(app, db, warehouse, monkeypatch):
+    """Where the engine computes the statistics one bucket of customers at a time
+    (ClickHouse), many small buckets add up to the same counts: each customer's
+    events and exposure in one bucket only, a repeated event's first copy in its
+    customer's bucket (a later copy under a customer of another bucket is not
+    counted there)."""
+    from expplatform.warehouse import query as query_module
+    from expplatform.warehouse import refresh as refresh_module
+
+    buckets: list[query_module.Bucket] = []
+    real_bucket_events = query_module.bucket_events
+
+    def bucket_events(dialect, copies, repeated, firsts, bucket):
+        buckets.append(bucket)
+        return real_bucket_events(dialect, copies, repeated, firsts, bucket)
+
+    monkeypatch.setattr(refresh_module.query, "bucket_events", bucket_events)
+    # About a hundred stored copies per bucket under the default memory limit.
+    monkeypatch.setattr(
+        refresh_module, "ROWS_PER_BUCKET_PER_MB", 100 / app.extensions["settings"].warehouse_memory_limit_mb
+    )
+    rng = random.Random(20261205)
+    customers = [f"k{i}" for i in range(40)]
+    ids = _seed(db, rng, customers)
+    settings = app.extensions["settings"]
+    batches = random_workload(rng, [*customers, "ghost"], batches=8, per_batch=40)
+    copies = _replay(db, settings, rng, customers, batches, set(), 0)
+    warehouse.add_events(_warehouse_events(db, copies))
+    _source(db, warehouse, ids)
+    _check(db, ids, "full")
+    if warehouse.engine_name == "clickhouse":
+        assert {bucket.of for bucket in buckets} and min(bucket.of for bucket in buckets) >= 3
+    else:
+        assert not buckets
+
+
 def test_exposures_that_arrive_dated_before_the_last_refresh_make_it_recompute_in_full(app, db, warehouse):
     """A backfilled exposure could capture events received before the last refresh,
     which no increment looks at: the refresh notices and recomputes in full."""
@@ -228,9 +264,9 @@ def test_exposures_that_arrive_dated_before_the_last_refresh_make_it_recompute_i
 
 
 def test_increments_are_exact_where_the_warehouse_refuses_temporary_tables(app, db, warehouse, monkeypatch, caplog):
-    """A read-only warehouse user may not create the temporary table an increment
-    holds its customers in: the increment computes them again where needed, and
-    adds up the same."""
+    """A read-only warehouse user may not create the temporary tables a refresh
+    holds intermediate results in (an increment's customers, the repeated events):
+    the refresh computes them again where needed, and adds up the same."""
     from sqlalchemy import text
 
     from expplatform.warehouse import refresh as refresh_module
@@ -242,6 +278,10 @@ def test_increments_are_exact_where_the_warehouse_refuses_temporary_tables(app, 
         return text(f"CREATE TEMPORARY TABLE {name} AS SELECT FROM WHERE")  # refused like a missing privilege
 
     monkeypatch.setattr(refresh_module.dialects, "TemporaryTable", refuse)
+    # ClickHouse's full statistics in several buckets, each computing the repeated events again.
+    monkeypatch.setattr(
+        refresh_module, "ROWS_PER_BUCKET_PER_MB", 100 / app.extensions["settings"].warehouse_memory_limit_mb
+    )
     rng = random.Random(20261204)
     customers = [f"k{i}" for i in range(30)]
     ids = _seed(db, rng, customers)

@@ -281,8 +281,9 @@ def test_the_memory_limit_setting_bounds_each_warehouse_session(tmp_path, chdb_f
     """``warehouse_memory_limit_mb`` becomes the engines' own bounds: DuckDB's
     memory_limit; ClickHouse's query limit, with aggregations, sorts and the join
     spilling to disk at an eighth of it, so a statement holding several at once
-    stays under the limit."""
-    from expplatform.warehouse.engines import warehouse_engine
+    stays under the limit; over one bucket of customers, an aggregation spills at
+    half of it, and the session is as before afterwards (the pool keeps it)."""
+    from expplatform.warehouse.engines import bucket_settings, warehouse_engine
 
     with warehouse_engine(f"duckdb:///{tmp_path / 'w.duckdb'}", memory_limit_mb=300).connect() as connection:
         assert connection.execute(text("SELECT current_setting('memory_limit')")).scalar() == "286.1 MiB"  # 300 MB
@@ -298,6 +299,10 @@ def test_the_memory_limit_setting_bounds_each_warehouse_session(tmp_path, chdb_f
                 "join_algorithm",
             )
         }
+        group_by = "SELECT getSetting('max_bytes_before_external_group_by')"
+        with bucket_settings(connection, 300):
+            assert connection.execute(text(group_by)).scalar() == limit // 2
+        assert connection.execute(text(group_by)).scalar() == limit // 8
     assert settings == {
         "max_memory_usage": limit,
         "max_bytes_before_external_group_by": limit // 8,

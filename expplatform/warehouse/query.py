@@ -83,7 +83,7 @@ def _earliest(dialect: Name, occurred: Any, pruning: Pruning) -> ColumnElement[b
     return occurred >= dialects.timestamp(dialect, pruning.started_at - timedelta(seconds=pruning.skew_seconds))
 
 
-def role_events(
+def event_copies(
     dialect: Name,
     table: TableClause,
     columns: Mapping[str, str],
@@ -92,10 +92,9 @@ def role_events(
     pruning: Pruning | None,
     received_before: datetime | None = None,
     event_ids: Select[Any] | None = None,
-) -> Subquery:
-    """A warehouse's events as one row per event (the first stored copy of each
-    ``event_id``: earliest received, then lowest ``sequence``), columns named by role:
-    as the warehouse held them at ``received_before`` (copies received later are not
+) -> Select[Any]:
+    """A warehouse's stored event rows (every copy), columns named by role: as the
+    warehouse held them at ``received_before`` (copies received later are not
     there yet), and only the events ``event_ids`` when given."""
     c = table.c
     mapped = {role: c[name] for role, name in columns.items()}
@@ -125,10 +124,89 @@ def role_events(
         rows = rows.where(received < dialects.timestamp(dialect, received_before))
     if event_ids is not None:
         rows = rows.where(mapped["event_id"].in_(event_ids))
+    return rows
+
+
+def role_events(
+    dialect: Name,
+    table: TableClause,
+    columns: Mapping[str, str],
+    *,
+    skew_seconds: float,
+    pruning: Pruning | None,
+    received_before: datetime | None = None,
+    event_ids: Select[Any] | None = None,
+) -> Subquery:
+    """A warehouse's events as one row per event (the first stored copy of each
+    ``event_id``: earliest received, then lowest ``sequence``) of ``event_copies``."""
+    rows = event_copies(
+        dialect,
+        table,
+        columns,
+        skew_seconds=skew_seconds,
+        pruning=pruning,
+        received_before=received_before,
+        event_ids=event_ids,
+    )
     # A subset (an increment's events) is referenced once: splitting it would make
     # engines that inline a subquery per reference select it three times.
     repeated_only = event_ids is None and dialects.windows_repeated_ids_only(dialect)
-    return first_copies(dialect, rows.subquery("copies"), sequenced=sequence is not None, repeated_only=repeated_only)
+    sequenced = "sequence" in columns
+    return first_copies(dialect, rows.subquery("copies"), sequenced=sequenced, repeated_only=repeated_only)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One of ``of`` parts of the customers, told apart by a hash of their id: the
+    statistics of each part need only its own customers' events and exposures, so
+    they can be computed part by part in a fraction of the memory."""
+
+    index: int
+    of: int
+
+    def holds(self, dialect: Name, customer_id: Any) -> ColumnElement[bool]:
+        return dialects.id_hash(dialect, customer_id) % constant(self.of) == constant(self.index)
+
+
+def repeated_ids(dialect: Name, copies: Subquery) -> Select[Any]:
+    """The hashes of the event ids stored more than once among ``copies`` (``id_hash``;
+    two ids sharing a hash only make both be treated as repeated, which is safe)."""
+    hashed = dialects.id_hash(dialect, copies.c.event_id)
+    return select(hashed.label("id_hash")).group_by(hashed).having(func.count() > 1)
+
+
+# The roles a mapping may leave out, which ``event_copies`` gives as NULL.
+OPTIONAL_EVENT_ROLES = ("metric", "value", "experiment")
+
+
+def repeated_first_copies(
+    dialect: Name, copies: Subquery, repeated: FromClause, columns: Mapping[str, str], *, sequenced: bool
+) -> Select[Any]:
+    """The first copy of each repeated event (``repeated``: see ``repeated_ids``),
+    with the columns ``bucket_events`` reads, but for the optional roles the mapping
+    leaves out (a column of NULLs is refused in a table by ClickHouse)."""
+    k = copies.c
+    hashed = dialects.id_hash(dialect, k.event_id)
+    among = select(copies).where(hashed.in_(select(repeated.c.id_hash))).subquery("copies")
+    first = first_copies(dialect, among, sequenced=sequenced, repeated_only=False)
+    return select(*(c for c in first.c if c.name in columns or c.name not in OPTIONAL_EVENT_ROLES))
+
+
+def bucket_events(
+    dialect: Name, copies: Subquery, repeated: FromClause, firsts: FromClause, bucket: Bucket
+) -> Subquery:
+    """The first copies (see ``role_events``) of the events of ``bucket``'s customers:
+    those stored once, and the repeated events' first copies, found once for all
+    buckets (``firsts``, from ``repeated_first_copies``)."""
+    k = copies.c
+    once = select(copies).where(
+        bucket.holds(dialect, k.customer_id), dialects.id_hash(dialect, k.event_id).not_in(select(repeated.c.id_hash))
+    )
+    held = {c.name for c in firsts.c}
+    theirs = select(*(firsts.c[c.name] if c.name in held else null().label(c.name) for c in k)).where(
+        bucket.holds(dialect, firsts.c.customer_id)
+    )
+    return union_all(once, theirs).subquery("events")
 
 
 def first_copies(dialect: Name, copies: Subquery, *, sequenced: bool, repeated_only: bool) -> Subquery:
@@ -256,9 +334,11 @@ def role_exposures(
     experiment_key: str,
     *,
     customers: Select[Any] | None = None,
+    bucket: Bucket | None = None,
 ) -> Subquery:
     """A warehouse's exposures to one experiment, one row per customer (the earliest:
-    the first assignment), columns named by role; only the ``customers``' when given."""
+    the first assignment), columns named by role; only the ``customers``' (or the
+    ``bucket``'s) when given."""
     c = table.c
     mapped = {role: c[name] for role, name in columns.items()}
     forced = mapped.get("forced")
@@ -270,6 +350,8 @@ def role_exposures(
     ).where(mapped["experiment"] == experiment_key)
     if customers is not None:
         rows = rows.where(mapped["customer_id"].in_(customers))
+    if bucket is not None:
+        rows = rows.where(bucket.holds(dialect, mapped["customer_id"]))
     assignments = rows.subquery("assignments")
     x = assignments.c
     # A window over every row, not an aggregate picking the variant (text) by a key
@@ -376,7 +458,6 @@ def _outcome_aggregates(dialect: Name, counted: Subquery, since: datetime | None
     """``outcome_rows`` as one aggregation: the latest rating by ``arg_max`` over
     (time, storage order) instead of a window."""
     r = counted.c
-    latest = [r.occurred_at, r.sequence]
 
     def outcome(suffix: str, only: ColumnElement[bool] | None = None) -> list[Any]:
         converted, rated = r.kind == "conversion", r.kind == "satisfaction"
@@ -384,9 +465,9 @@ def _outcome_aggregates(dialect: Name, counted: Subquery, since: datetime | None
             converted, rated = and_(converted, only), and_(rated, only)
         return [
             func.min(case((converted, r.occurred_at))).label(f"converted_at{suffix}"),
-            dialects.arg_max(dialect, r.value, latest, rated).label(f"rating{suffix}"),
+            dialects.arg_max(dialect, r.value, r.occurred_at, r.sequence, rated).label(f"rating{suffix}"),
             func.max(case((rated, r.occurred_at))).label(f"rated_at{suffix}"),
-            dialects.arg_max(dialect, r.sequence, latest, rated).label(f"rating_sequence{suffix}"),
+            dialects.arg_max(dialect, r.sequence, r.occurred_at, r.sequence, rated).label(f"rating_sequence{suffix}"),
         ]
 
     columns = outcome("")
