@@ -212,17 +212,24 @@ def test_statistics_computed_bucket_by_bucket_equal_the_builtin_counters(app, db
     from expplatform.warehouse import refresh as refresh_module
 
     buckets: list[query_module.Bucket] = []
-    real_bucket_events = query_module.bucket_events
+    parts: list[query_module.Bucket] = []
+    real_bucket_events, real_repeated_ids = query_module.bucket_events, query_module.repeated_ids
 
     def bucket_events(dialect, copies, repeated, firsts, bucket):
         buckets.append(bucket)
         return real_bucket_events(dialect, copies, repeated, firsts, bucket)
 
+    def repeated_ids(dialect, copies, *, part=None):
+        parts.append(part)
+        return real_repeated_ids(dialect, copies, part=part)
+
     monkeypatch.setattr(refresh_module.query, "bucket_events", bucket_events)
-    # About a hundred stored copies per bucket under the default memory limit.
-    monkeypatch.setattr(
-        refresh_module, "ROWS_PER_BUCKET_PER_MB", 100 / app.extensions["settings"].warehouse_memory_limit_mb
-    )
+    monkeypatch.setattr(refresh_module.query, "repeated_ids", repeated_ids)
+    # About a hundred stored copies per bucket, and per part of the repeated ids'
+    # search, under the default memory limit.
+    per_mb = 100 / app.extensions["settings"].warehouse_memory_limit_mb
+    monkeypatch.setattr(refresh_module, "ROWS_PER_BUCKET_PER_MB", per_mb)
+    monkeypatch.setattr(refresh_module, "IDS_PER_PART_PER_MB", per_mb)
     rng = random.Random(20261205)
     customers = [f"k{i}" for i in range(40)]
     ids = _seed(db, rng, customers)
@@ -233,9 +240,10 @@ def test_statistics_computed_bucket_by_bucket_equal_the_builtin_counters(app, db
     _source(db, warehouse, ids)
     _check(db, ids, "full")
     if warehouse.engine_name == "clickhouse":
-        assert {bucket.of for bucket in buckets} and min(bucket.of for bucket in buckets) >= 3
+        assert buckets and min(bucket.of for bucket in buckets) >= 3
+        assert parts and min(part.of for part in parts) >= 3
     else:
-        assert not buckets
+        assert not buckets and not parts
 
 
 def test_exposures_that_arrive_dated_before_the_last_refresh_make_it_recompute_in_full(app, db, warehouse):
@@ -278,10 +286,11 @@ def test_increments_are_exact_where_the_warehouse_refuses_temporary_tables(app, 
         return text(f"CREATE TEMPORARY TABLE {name} AS SELECT FROM WHERE")  # refused like a missing privilege
 
     monkeypatch.setattr(refresh_module.dialects, "TemporaryTable", refuse)
-    # ClickHouse's full statistics in several buckets, each computing the repeated events again.
-    monkeypatch.setattr(
-        refresh_module, "ROWS_PER_BUCKET_PER_MB", 100 / app.extensions["settings"].warehouse_memory_limit_mb
-    )
+    # ClickHouse's full statistics in several buckets, each computing the repeated
+    # events (searched in several parts) again.
+    per_mb = 100 / app.extensions["settings"].warehouse_memory_limit_mb
+    monkeypatch.setattr(refresh_module, "ROWS_PER_BUCKET_PER_MB", per_mb)
+    monkeypatch.setattr(refresh_module, "IDS_PER_PART_PER_MB", per_mb)
     rng = random.Random(20261204)
     customers = [f"k{i}" for i in range(30)]
     ids = _seed(db, rng, customers)

@@ -157,22 +157,26 @@ def role_events(
 
 @dataclass(frozen=True)
 class Bucket:
-    """One of ``of`` parts of the customers, told apart by a hash of their id: the
-    statistics of each part need only its own customers' events and exposures, so
-    they can be computed part by part in a fraction of the memory."""
+    """One of ``of`` parts of the ids (customers', events'), told apart by a hash: the
+    statistics of a bucket of customers need only its own customers' events and
+    exposures, so they can be computed bucket by bucket in a fraction of the memory."""
 
     index: int
     of: int
 
-    def holds(self, dialect: Name, customer_id: Any) -> ColumnElement[bool]:
-        return dialects.id_hash(dialect, customer_id) % constant(self.of) == constant(self.index)
+    def holds(self, dialect: Name, key: Any) -> ColumnElement[bool]:
+        return dialects.id_hash(dialect, key) % constant(self.of) == constant(self.index)
 
 
-def repeated_ids(dialect: Name, copies: Subquery) -> Select[Any]:
+def repeated_ids(dialect: Name, copies: Subquery, *, part: Bucket | None = None) -> Select[Any]:
     """The hashes of the event ids stored more than once among ``copies`` (``id_hash``;
-    two ids sharing a hash only make both be treated as repeated, which is safe)."""
+    two ids sharing a hash only make both be treated as repeated, which is safe);
+    only those in ``part`` of the hashes when given."""
     hashed = dialects.id_hash(dialect, copies.c.event_id)
-    return select(hashed.label("id_hash")).group_by(hashed).having(func.count() > 1)
+    found = select(hashed.label("id_hash"))
+    if part is not None and part.of > 1:
+        found = found.where(part.holds(dialect, copies.c.event_id))
+    return found.group_by(hashed).having(func.count() > 1)
 
 
 # The roles a mapping may leave out, which ``event_copies`` gives as NULL.

@@ -25,12 +25,12 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, column, func, insert, or_, select, table, text
+from sqlalchemy import Connection, column, func, insert, or_, select, table, text, union_all
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.sql import Select, TableClause
@@ -116,6 +116,7 @@ def compute_cells(
     engine = warehouse_engine(source.url, memory_limit_mb=memory_limit_mb)
     with engine.connect() as connection, contextlib.ExitStack() as cleanup:
         if dialects.computes_by_bucket(dialect):
+            cleanup.enter_context(bucket_settings(connection, memory_limit_mb))
             totals = _bucketed_cells(
                 connection,
                 source,
@@ -134,9 +135,13 @@ def compute_cells(
 
 
 # Event rows in one bucket of customers per MB of the memory limit: at 2 GB, 50M
-# events took 96 s in four buckets, 117 s in seven and 165 s in thirteen (each
-# bucket reads every event to pick its own), and 10M took 12-14 s in one to three.
-ROWS_PER_BUCKET_PER_MB = 8_000
+# events took 66-82 s in three buckets, 85 s in four, 117 s in seven and 165 s in
+# thirteen (each bucket reads every event to pick its own), and 10M took 12-14 s in
+# one to three.
+ROWS_PER_BUCKET_PER_MB = 10_000
+# Event rows whose ids are searched for repeats in one part per MB: at 2 GB, 50M
+# events took 4.5 s in two parts, 5.8 s in three, and 7.1-7.5 s in one, which spilled.
+IDS_PER_PART_PER_MB = 13_000
 
 
 def _bucketed_cells(
@@ -154,9 +159,10 @@ def _bucketed_cells(
     (``query.Bucket``), as many as the events need under the memory limit, each
     allowed to aggregate in a larger share of it (``engines.bucket_settings``):
     one statement over all the customers at 2 GB had to spill its aggregation at an
-    eighth of the bound, and took 107-122 s at 50M events. The repeated events and
-    their first copies are found once for all buckets, into temporary tables (where
-    the warehouse refuses those, each bucket computes them again)."""
+    eighth of the bound, and took 107-122 s at 50M events. The repeated events (in
+    parts of their ids' hashes, for the same reason) and their first copies are
+    found once for all buckets, into temporary tables (where the warehouse refuses
+    those, each bucket computes them again)."""
     dialect = dialect_of(source.url)
     events_table = table_of(source.events_table, source.events_columns.values())
     copies = query.event_copies(
@@ -167,28 +173,29 @@ def _bucketed_cells(
         pruning=_pruning(source, started_at),
         received_before=received_before,
     ).subquery("copies")
-    repeated = _hold(connection, dialect, query.repeated_ids(dialect, copies), cleanup, name="repeated")
+    buckets = parts = 1
+    if memory_limit_mb:
+        rows = int(connection.execute(select(func.count()).select_from(copies)).scalar() or 0)
+        buckets = max(1, math.ceil(rows / (ROWS_PER_BUCKET_PER_MB * memory_limit_mb)))
+        parts = max(1, math.ceil(rows / (IDS_PER_PART_PER_MB * memory_limit_mb)))
+    found = [query.repeated_ids(dialect, copies, part=query.Bucket(index, parts)) for index in range(parts)]
+    repeated = _hold(connection, dialect, found[0], cleanup, name="repeated", more=found[1:])
     sequenced = "sequence" in source.events_columns
     first = query.repeated_first_copies(dialect, copies, repeated, source.events_columns, sequenced=sequenced)
     firsts = _hold(connection, dialect, first, cleanup, name="firsts")
-    count = 1
-    if memory_limit_mb:
-        rows = int(connection.execute(select(func.count()).select_from(copies)).scalar() or 0)
-        count = max(1, math.ceil(rows / (ROWS_PER_BUCKET_PER_MB * memory_limit_mb)))
     exposures_table = table_of(source.exposures_table, source.exposures_columns.values())
     exposures = query.role_exposures(dialect, exposures_table, source.exposures_columns, rules.experiment_key)
     totals: Cells = Counter()
     exposed = query.exposure_cells(dialect, exposures, before=received_before)
     _add_exposed(totals, run_cancellable(connection, exposed, dialect, cancel))
-    with bucket_settings(connection, memory_limit_mb):
-        for index in range(count):
-            bucket = query.Bucket(index, count)
-            events = query.bucket_events(dialect, copies, repeated, firsts, bucket)
-            theirs = query.role_exposures(
-                dialect, exposures_table, source.exposures_columns, rules.experiment_key, bucket=bucket
-            )
-            outcomes = query.statistics(dialect, events, theirs, rules, exposed_before=received_before).outcomes
-            _add_outcomes(totals, run_cancellable(connection, outcomes, dialect, cancel))
+    for index in range(buckets):
+        bucket = query.Bucket(index, buckets)
+        events = query.bucket_events(dialect, copies, repeated, firsts, bucket)
+        theirs = query.role_exposures(
+            dialect, exposures_table, source.exposures_columns, rules.experiment_key, bucket=bucket
+        )
+        outcomes = query.statistics(dialect, events, theirs, rules, exposed_before=received_before).outcomes
+        _add_outcomes(totals, run_cancellable(connection, outcomes, dialect, cancel))
     return totals
 
 
@@ -296,12 +303,19 @@ def _touched(
 
 
 def _hold(
-    connection: Connection, dialect: str, statement: Select[Any], cleanup: contextlib.ExitStack, *, name: str
+    connection: Connection,
+    dialect: str,
+    statement: Select[Any],
+    cleanup: contextlib.ExitStack,
+    *,
+    name: str,
+    more: Sequence[Select[Any]] = (),
 ) -> Any:
-    """The statement's rows in a temporary table of the session (dropped by
+    """The rows of the statement (and of ``more``, statements with the same columns,
+    run one after the other) in a temporary table of the session (dropped by
     ``cleanup``), which the next statements read as a table, or (where the
-    warehouse refuses one, e.g. a read-only ClickHouse user) the statement itself,
-    which they compute again."""
+    warehouse refuses one, e.g. a read-only ClickHouse user) the statements
+    themselves, which they compute again."""
     held = f"expplatform_{uuid.uuid4().hex[:16]}"
     try:
         connection.execute(dialects.TemporaryTable(dialect, held, statement))
@@ -309,7 +323,11 @@ def _hold(
         log.info("the warehouse keeps no temporary table (%s); recomputing instead", explain(exc))
         if connection.in_transaction():  # PostgreSQL and DuckDB refuse all else until then
             connection.rollback()
-        return statement.subquery(name)
+        return union_all(statement, *more).subquery(name) if more else statement.subquery(name)
+    names = [c.name for c in statement.selected_columns]
+    target = table(held, *(column(n) for n in names))
+    for part in more:
+        connection.execute(insert(target).from_select(names, part))
 
     def drop() -> None:
         # PostgreSQL and DuckDB drop it with the transaction too; ClickHouse keeps
@@ -318,7 +336,7 @@ def _hold(
             connection.execute(text(f"DROP TABLE IF EXISTS {held}"))
 
     cleanup.callback(drop)
-    return table(held, *(column(c.name) for c in statement.selected_columns))
+    return target
 
 
 def _cells(
