@@ -202,6 +202,16 @@ def test_the_warehouse_statistics_equal_the_builtin_counters(app, db, warehouse,
         _check(db, ids, "incremental")
 
 
+def _small_buckets(app, monkeypatch) -> None:
+    """About a hundred stored copies per bucket of customers, and per part of the
+    repeated ids' search, under the default memory limit."""
+    from expplatform.warehouse import refresh as refresh_module
+
+    per_mb = 100 / app.extensions["settings"].warehouse_memory_limit_mb
+    monkeypatch.setattr(refresh_module, "ROWS_PER_BUCKET_PER_MB", per_mb)
+    monkeypatch.setattr(refresh_module, "IDS_PER_PART_PER_MB", per_mb)
+
+
 def test_statistics_computed_bucket_by_bucket_equal_the_builtin_counters(app, db, warehouse, monkeypatch):
     """Where the engine computes the statistics one bucket of customers at a time
     (ClickHouse), many small buckets add up to the same counts: each customer's
@@ -225,11 +235,7 @@ def test_statistics_computed_bucket_by_bucket_equal_the_builtin_counters(app, db
 
     monkeypatch.setattr(refresh_module.query, "bucket_events", bucket_events)
     monkeypatch.setattr(refresh_module.query, "repeated_ids", repeated_ids)
-    # About a hundred stored copies per bucket, and per part of the repeated ids'
-    # search, under the default memory limit.
-    per_mb = 100 / app.extensions["settings"].warehouse_memory_limit_mb
-    monkeypatch.setattr(refresh_module, "ROWS_PER_BUCKET_PER_MB", per_mb)
-    monkeypatch.setattr(refresh_module, "IDS_PER_PART_PER_MB", per_mb)
+    _small_buckets(app, monkeypatch)
     rng = random.Random(20261205)
     customers = [f"k{i}" for i in range(40)]
     ids = _seed(db, rng, customers)
@@ -286,11 +292,7 @@ def test_increments_are_exact_where_the_warehouse_refuses_temporary_tables(app, 
         return text(f"CREATE TEMPORARY TABLE {name} AS SELECT FROM WHERE")  # refused like a missing privilege
 
     monkeypatch.setattr(refresh_module.dialects, "TemporaryTable", refuse)
-    # ClickHouse's full statistics in several buckets, each computing the repeated
-    # events (searched in several parts) again.
-    per_mb = 100 / app.extensions["settings"].warehouse_memory_limit_mb
-    monkeypatch.setattr(refresh_module, "ROWS_PER_BUCKET_PER_MB", per_mb)
-    monkeypatch.setattr(refresh_module, "IDS_PER_PART_PER_MB", per_mb)
+    _small_buckets(app, monkeypatch)  # ClickHouse's buckets then each compute the repeated events again
     rng = random.Random(20261204)
     customers = [f"k{i}" for i in range(30)]
     ids = _seed(db, rng, customers)

@@ -127,32 +127,14 @@ def event_copies(
     return rows
 
 
-def role_events(
-    dialect: Name,
-    table: TableClause,
-    columns: Mapping[str, str],
-    *,
-    skew_seconds: float,
-    pruning: Pruning | None,
-    received_before: datetime | None = None,
-    event_ids: Select[Any] | None = None,
-) -> Subquery:
-    """A warehouse's events as one row per event (the first stored copy of each
-    ``event_id``: earliest received, then lowest ``sequence``) of ``event_copies``."""
-    rows = event_copies(
-        dialect,
-        table,
-        columns,
-        skew_seconds=skew_seconds,
-        pruning=pruning,
-        received_before=received_before,
-        event_ids=event_ids,
-    )
-    # A subset (an increment's events) is referenced once: splitting it would make
-    # engines that inline a subquery per reference select it three times.
-    repeated_only = event_ids is None and dialects.windows_repeated_ids_only(dialect)
-    sequenced = "sequence" in columns
-    return first_copies(dialect, rows.subquery("copies"), sequenced=sequenced, repeated_only=repeated_only)
+def role_events(dialect: Name, copies: Select[Any], *, sequenced: bool, subset: bool) -> Subquery:
+    """A warehouse's events as one row per event: the first stored copy of each
+    ``event_id`` among ``copies`` (``event_copies``), earliest received, then lowest
+    ``sequence``. ``subset``: the copies are a few events' (an increment's)."""
+    # A subset is referenced once: splitting it would make engines that inline a
+    # subquery per reference select it three times.
+    repeated_only = not subset and dialects.windows_repeated_ids_only(dialect)
+    return first_copies(dialect, copies.subquery("copies"), sequenced=sequenced, repeated_only=repeated_only)
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,21 @@ def _pruning(source: WarehouseSource, started_at: datetime | None) -> query.Prun
     return None if started_at is None else query.Pruning(started_at, max(source.clock_skew_seconds, 0.0))
 
 
+def _event_copies(
+    source: WarehouseSource, started_at: datetime | None, *, received_before: datetime | None, event_ids: Any = None
+) -> Select[Any]:
+    """``query.event_copies`` of the source's events table."""
+    return query.event_copies(
+        dialect_of(source.url),
+        table_of(source.events_table, source.events_columns.values()),
+        source.events_columns,
+        skew_seconds=source.clock_skew_seconds,
+        pruning=_pruning(source, started_at),
+        received_before=received_before,
+        event_ids=event_ids,
+    )
+
+
 def relations(
     source: WarehouseSource,
     rules: query.Rules,
@@ -83,15 +98,9 @@ def relations(
     at ``received_before``, only ``event_ids`` when given) and the experiment's
     exposures, both with columns named by role."""
     dialect = dialect_of(source.url)
-    events = query.role_events(
-        dialect,
-        table_of(source.events_table, source.events_columns.values()),
-        source.events_columns,
-        skew_seconds=source.clock_skew_seconds,
-        pruning=_pruning(source, started_at),
-        received_before=received_before,
-        event_ids=event_ids,
-    )
+    copies = _event_copies(source, started_at, received_before=received_before, event_ids=event_ids)
+    sequenced = "sequence" in source.events_columns
+    events = query.role_events(dialect, copies, sequenced=sequenced, subset=event_ids is not None)
     exposures_table = table_of(source.exposures_table, source.exposures_columns.values())
     exposures = query.role_exposures(dialect, exposures_table, source.exposures_columns, rules.experiment_key)
     return events, exposures
@@ -164,15 +173,7 @@ def _bucketed_cells(
     found once for all buckets, into temporary tables (where the warehouse refuses
     those, each bucket computes them again)."""
     dialect = dialect_of(source.url)
-    events_table = table_of(source.events_table, source.events_columns.values())
-    copies = query.event_copies(
-        dialect,
-        events_table,
-        source.events_columns,
-        skew_seconds=source.clock_skew_seconds,
-        pruning=_pruning(source, started_at),
-        received_before=received_before,
-    ).subquery("copies")
+    copies = _event_copies(source, started_at, received_before=received_before).subquery("copies")
     buckets = parts = 1
     if memory_limit_mb:
         rows = int(connection.execute(select(func.count()).select_from(copies)).scalar() or 0)
