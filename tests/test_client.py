@@ -205,7 +205,11 @@ def test_an_answer_lost_to_a_timeout_is_retried_and_counts_once(app, db, client_
             client.close()
     finally:
         gate.release.set()
-    assert gate.event_ids() == [ids, ids]  # the first was stored; its answer never arrived
+    # The first was stored and its answer never arrived; on a loaded machine a retry
+    # can outlast the 0.3 s timeout too, and is sent again: every attempt is the
+    # same batch, and the events are stored once.
+    attempts = gate.event_ids()
+    assert len(attempts) >= 2 and all(attempt == ids for attempt in attempts), attempts
     assert stored_events(db) == sorted(ids)
     assert failures == []
 
