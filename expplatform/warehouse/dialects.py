@@ -79,6 +79,15 @@ def windows_repeated_ids_only(dialect: Name) -> bool:
     return dialect in ("duckdb", "clickhouse")
 
 
+def sorts_ids_by_hash(dialect: Name) -> bool:
+    """Whether a window over text ids (which copy of an event came first) is better
+    partitioned by the id's hash, then the id: ClickHouse sorts by a number first
+    and compares texts only between rows sharing a hash. On chdb at 50M events, the
+    increment's reading of the touched customers' events took 3.3 s rather than 4.5
+    s, and finding those customers 1.45 s rather than 2.1 s; DuckDB gained nothing."""
+    return dialect == "clickhouse"
+
+
 def computes_by_bucket(dialect: Name) -> bool:
     """Whether the statistics are computed for one bucket of customers at a time
     (``refresh._bucketed_cells``): ClickHouse spilled one statement over all of them
