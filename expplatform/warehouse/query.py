@@ -206,14 +206,23 @@ def bucket_events(
     return union_all(once, theirs).subquery("events")
 
 
-def first_copies(dialect: Name, copies: Subquery, *, sequenced: bool, repeated_only: bool) -> Subquery:
+def first_copies(
+    dialect: Name, copies: Subquery, *, sequenced: bool, repeated_only: bool, repeated: FromClause | None = None
+) -> Subquery:
     """The first stored copy of each event among ``copies`` (earliest received,
-    then lowest ``sequence``)."""
+    then lowest ``sequence``). ``repeated``: see ``first_rows``."""
     k = copies.c
     order = [k.received_at, k.sequence] if sequenced else [k.received_at, k.customer_id, k.stage]
     hash_first = dialects.sorts_ids_by_hash(dialect)
     return first_rows(
-        dialect, copies, k.event_id, order, repeated_only=repeated_only, hash_first=hash_first, name="events"
+        dialect,
+        copies,
+        k.event_id,
+        order,
+        repeated_only=repeated_only,
+        repeated=repeated,
+        hash_first=hash_first,
+        name="events",
     )
 
 
@@ -225,14 +234,16 @@ def first_rows(
     *,
     repeated_only: bool,
     name: str,
+    repeated: FromClause | None = None,
     hash_first: bool = False,
 ) -> Subquery:
     """The first of ``rows`` in ``order`` for each ``key``. ``repeated_only``: order
     only the rows of keys held more than once (most events arrive once and most
     customers are exposed once, and ordering every row costs more than the rest of
     the statistics); it reads ``rows`` three times, which engines that inline
-    subqueries per reference repeat. ``hash_first``: partition by the key's hash,
-    then the key (see ``dialects.sorts_ids_by_hash``)."""
+    subqueries per reference repeat, and finds those keys twice unless ``repeated``
+    holds them (``repeated_ids``, in a temporary table). ``hash_first``: partition
+    by the key's hash, then the key (see ``dialects.sorts_ids_by_hash``)."""
     partition = [dialects.id_hash(dialect, key), key] if hash_first else [key]
     first = func.row_number().over(partition_by=partition, order_by=order)
     columns = list(rows.c)
@@ -242,9 +253,9 @@ def first_rows(
     # Keys told apart by a 64-bit hash: a set of numbers is a fraction of the size of
     # the keys' text, and two keys sharing a hash only send both through the window.
     hashed = dialects.id_hash(dialect, key)
-    repeated = select(hashed).group_by(hashed).having(func.count() > 1)
-    once = select(rows).where(hashed.not_in(repeated))
-    ranked = select(rows, first.label("first")).where(hashed.in_(repeated)).subquery("ranked")
+    held = select(hashed).group_by(hashed).having(func.count() > 1) if repeated is None else select(repeated.c.id_hash)
+    once = select(rows).where(hashed.not_in(held))
+    ranked = select(rows, first.label("first")).where(hashed.in_(held)).subquery("ranked")
     firsts = select(*(ranked.c[column.name] for column in columns)).where(ranked.c.first == 1)
     return union_all(once, firsts).subquery(name)
 
@@ -262,45 +273,55 @@ def arrived_from(
     )
 
 
-def touched_customers(
+def arrival_copies(
     dialect: Name,
     table: TableClause,
     columns: Mapping[str, str],
+    *,
+    before: datetime,
+    arrived_from: datetime,
+    pruning: Pruning | None,
+) -> Select[Any]:
+    """Every copy of the events that arrived in a period, and of others of their
+    time (copies of an event share it): from ``arrived_from`` (see ``arrived_from``)
+    on, received before ``before``. The first copies among them received since the
+    period began are the events that arrived."""
+    c = table.c
+    occurred, received = c[columns["occurred_at"]], c[columns["received_at"]]
+    sequence = c[columns["sequence"]] if "sequence" in columns else constant(0)
+    copies = select(
+        c[columns["event_id"]].label("event_id"),
+        c[columns["customer_id"]].label("customer_id"),
+        c[columns["stage"]].label("stage"),
+        occurred.label("occurred_at"),
+        received.label("received_at"),
+        sequence.label("sequence"),
+    ).where(occurred >= dialects.timestamp(dialect, arrived_from), received < dialects.timestamp(dialect, before))
+    return copies if pruning is None else copies.where(_earliest(dialect, occurred, pruning))
+
+
+def touched_customers(
+    dialect: Name,
+    copies: Subquery,
     exposures: TableClause,
     exposure_columns: Mapping[str, str],
     experiment_key: str,
     *,
     since: datetime,
-    before: datetime,
-    arrived_from: datetime,
     skew_seconds: float,
-    pruning: Pruning | None,
+    sequenced: bool,
+    repeated: FromClause | None = None,
 ) -> Select[Any]:
-    """The customers whose outcomes the events received in [since, before) may
-    change (``customer_id``, with their earliest exposure, ``exposed_at``): exposed
-    to the experiment, with an event whose first copy arrived then and which
-    occurred late enough to follow their exposure. A customer who only
-    got later copies (a re-send, under them or another customer), or events from
-    before their exposure, keeps their outcomes; leaving them out keeps the
-    history an increment reads short. ``arrived_from``: see ``arrived_from``."""
-    c = table.c
-    event_id, occurred, received = c[columns["event_id"]], c[columns["occurred_at"]], c[columns["received_at"]]
-    sequence = c[columns["sequence"]] if "sequence" in columns else None
-    # Every copy of an event that arrived then is here (they share its time): the
-    # first copies here received since then are the events that arrived.
-    copies = select(
-        event_id.label("event_id"),
-        c[columns["customer_id"]].label("customer_id"),
-        c[columns["stage"]].label("stage"),
-        occurred.label("occurred_at"),
-        received.label("received_at"),
-        (sequence if sequence is not None else constant(0)).label("sequence"),
-    ).where(occurred >= dialects.timestamp(dialect, arrived_from), received < dialects.timestamp(dialect, before))
-    if pruning is not None:
-        copies = copies.where(_earliest(dialect, occurred, pruning))
+    """The customers whose outcomes the events received since ``since`` may change
+    (``customer_id``, with their earliest exposure, ``exposed_at``): exposed to the
+    experiment, with an event whose first copy arrived then and which occurred late
+    enough to follow their exposure. ``copies``: ``arrival_copies``; ``repeated``:
+    the hashes of the ids stored more than once among them, when held. A customer
+    who only got later copies (a re-send, under them or another customer), or
+    events from before their exposure, keeps their outcomes; leaving them out
+    keeps the history an increment reads short."""
     repeated_only = dialects.windows_repeated_ids_only(dialect)
-    sequenced = sequence is not None
-    first = first_copies(dialect, copies.subquery("copies"), sequenced=sequenced, repeated_only=repeated_only)
+    first = first_copies(dialect, copies, sequenced=sequenced, repeated_only=repeated_only, repeated=repeated)
     a = first.c
     # Per customer, the latest of those events: if any of them can follow the
     # customer's exposure, the latest can (a superset, which is safe), and the join
