@@ -277,6 +277,26 @@ def test_exposures_that_arrive_dated_before_the_last_refresh_make_it_recompute_i
     assert any(variant == "treatment" and kind != "exposed" for kind, _s, variant, _v, _d in got)
 
 
+def _full_then_more_events(app, db, warehouse, *, seed: int, customers: int) -> dict[str, int]:
+    """Half a workload replayed, stored in the warehouse and computed in full
+    (checked); then the other half replayed and stored, for the caller to check."""
+    rng = random.Random(seed)
+    names = [f"k{i}" for i in range(customers)]
+    ids = _seed(db, rng, names)
+    settings = app.extensions["settings"]
+    batches = random_workload(rng, [*names, "ghost"], batches=8, per_batch=40)
+    seen: set[str] = set()
+    copies = _replay(db, settings, rng, names, batches[:4], seen, 0)
+    warehouse.add_events(_warehouse_events(db, copies))
+    _source(db, warehouse, ids)
+    _check(db, ids, "full")
+    stored_before = _last_event_id(db)
+    copies = _replay(db, settings, rng, names, batches[4:], seen, 4)
+    assert copies
+    warehouse.add_events(_warehouse_events(db, copies, after_id=stored_before))
+    return ids
+
+
 def test_increments_are_exact_where_the_warehouse_refuses_temporary_tables(app, db, warehouse, monkeypatch, caplog):
     """A read-only warehouse user may not create the temporary tables a refresh
     holds intermediate results in (an increment's customers, the repeated events):
@@ -293,19 +313,7 @@ def test_increments_are_exact_where_the_warehouse_refuses_temporary_tables(app, 
 
     monkeypatch.setattr(refresh_module.dialects, "TemporaryTable", refuse)
     _small_buckets(app, monkeypatch)  # ClickHouse's buckets then each compute the repeated events again
-    rng = random.Random(20261204)
-    customers = [f"k{i}" for i in range(30)]
-    ids = _seed(db, rng, customers)
-    settings = app.extensions["settings"]
-    batches = random_workload(rng, [*customers, "ghost"], batches=8, per_batch=40)
-    seen: set[str] = set()
-    copies = _replay(db, settings, rng, customers, batches[:4], seen, 0)
-    warehouse.add_events(_warehouse_events(db, copies))
-    _source(db, warehouse, ids)
-    _check(db, ids, "full")
-    stored_before = _last_event_id(db)
-    copies = _replay(db, settings, rng, customers, batches[4:], seen, 4)
-    warehouse.add_events(_warehouse_events(db, copies, after_id=stored_before))
+    ids = _full_then_more_events(app, db, warehouse, seed=20261204, customers=30)
     with caplog.at_level("INFO", logger="expplatform.warehouse.refresh"):
         _check(db, ids, "incremental")
     assert refused and "creating a temporary table failed" in caplog.text
@@ -329,19 +337,6 @@ def test_statistics_stay_exact_when_id_hashes_collide(app, db, warehouse, monkey
 
     monkeypatch.setattr(dialects, "id_hash", colliding)
     _small_buckets(app, monkeypatch)
-    rng = random.Random(20261206)
-    customers = [f"k{i}" for i in range(40)]
-    ids = _seed(db, rng, customers)
-    settings = app.extensions["settings"]
-    batches = random_workload(rng, [*customers, "ghost"], batches=8, per_batch=40)
-    seen: set[str] = set()
-    copies = _replay(db, settings, rng, customers, batches[:4], seen, 0)
-    warehouse.add_events(_warehouse_events(db, copies))
-    _source(db, warehouse, ids)
-    _check(db, ids, "full")
-    stored_before = _last_event_id(db)
-    copies = _replay(db, settings, rng, customers, batches[4:], seen, 4)
-    assert copies
-    warehouse.add_events(_warehouse_events(db, copies, after_id=stored_before))
+    ids = _full_then_more_events(app, db, warehouse, seed=20261206, customers=40)
     _check(db, ids, "incremental")
     assert bool(hashed) == (warehouse.engine_name != "postgresql")
