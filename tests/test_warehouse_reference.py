@@ -182,6 +182,31 @@ def _last_event_id(db) -> int:
         return session.scalar(select(func.max(Event.id))) or 0
 
 
+def _stored_workload(
+    app, db, warehouse, *, seed: int, customers: int, extra: str = "ghost", batches: int = 8, in_full: int | None = None
+) -> dict[str, int]:
+    """A workload (``customers`` exposed, and ``extra`` never) replayed through ingest
+    and stored in the warehouse: its first ``in_full`` batches (all: None) computed
+    in full and checked; the rest then replayed and stored, for the caller to check."""
+    rng = random.Random(seed)
+    names = [f"k{i}" for i in range(customers)]
+    ids = _seed(db, rng, names)
+    settings = app.extensions["settings"]
+    workload = random_workload(rng, [*names, extra], batches=batches, per_batch=40)
+    split = batches if in_full is None else in_full
+    seen: set[str] = set()
+    copies = _replay(db, settings, rng, names, workload[:split], seen, 0)
+    warehouse.add_events(_warehouse_events(db, copies))
+    _source(db, warehouse, ids)
+    _check(db, ids, "full")
+    if split < batches:
+        stored_before = _last_event_id(db)
+        copies = _replay(db, settings, rng, names, workload[split:], seen, split)
+        assert copies
+        warehouse.add_events(_warehouse_events(db, copies, after_id=stored_before))
+    return ids
+
+
 def test_the_warehouse_statistics_equal_the_builtin_counters(app, db, warehouse, zone):
     """In full after half the events; then, as the rest arrive, by increments."""
     rng = random.Random(20261203)
@@ -236,15 +261,7 @@ def test_statistics_computed_bucket_by_bucket_equal_the_builtin_counters(app, db
     monkeypatch.setattr(refresh_module.query, "bucket_events", bucket_events)
     monkeypatch.setattr(refresh_module.query, "repeated_ids", repeated_ids)
     _small_buckets(app, monkeypatch)
-    rng = random.Random(20261205)
-    customers = [f"k{i}" for i in range(40)]
-    ids = _seed(db, rng, customers)
-    settings = app.extensions["settings"]
-    batches = random_workload(rng, [*customers, "ghost"], batches=8, per_batch=40)
-    copies = _replay(db, settings, rng, customers, batches, set(), 0)
-    warehouse.add_events(_warehouse_events(db, copies))
-    _source(db, warehouse, ids)
-    _check(db, ids, "full")
+    _stored_workload(app, db, warehouse, seed=20261205, customers=40)
     if warehouse.engine_name == "clickhouse":
         assert buckets and min(bucket.of for bucket in buckets) >= 3
         assert parts and min(part.of for part in parts) >= 3
@@ -255,15 +272,7 @@ def test_statistics_computed_bucket_by_bucket_equal_the_builtin_counters(app, db
 def test_exposures_that_arrive_dated_before_the_last_refresh_make_it_recompute_in_full(app, db, warehouse):
     """A backfilled exposure could capture events received before the last refresh,
     which no increment looks at: the refresh notices and recomputes in full."""
-    rng = random.Random(7)
-    customers = [f"k{i}" for i in range(30)]
-    ids = _seed(db, rng, customers)
-    settings = app.extensions["settings"]
-    batches = random_workload(rng, [*customers, "late"], batches=4, per_batch=40)
-    copies = _replay(db, settings, rng, customers, batches, set(), 0)
-    warehouse.add_events(_warehouse_events(db, copies))
-    _source(db, warehouse, ids)
-    _check(db, ids, "full")
+    ids = _stored_workload(app, db, warehouse, seed=7, customers=30, extra="late", batches=4)
     with db.write() as session:  # "late" was never exposed; now an exposure dated at the start appears
         expose(session, session.get(Experiment, ids["checkout"]), "late", "treatment", exposed_at=at(0))
     with db.write() as session:
@@ -275,26 +284,6 @@ def test_exposures_that_arrive_dated_before_the_last_refresh_make_it_recompute_i
         got = {(k, s, v, val, day): n for k, s, v, val, day, n in session.get(WarehouseStats, ids["checkout"]).cells}
     assert got == expected
     assert any(variant == "treatment" and kind != "exposed" for kind, _s, variant, _v, _d in got)
-
-
-def _full_then_more_events(app, db, warehouse, *, seed: int, customers: int) -> dict[str, int]:
-    """Half a workload replayed, stored in the warehouse and computed in full
-    (checked); then the other half replayed and stored, for the caller to check."""
-    rng = random.Random(seed)
-    names = [f"k{i}" for i in range(customers)]
-    ids = _seed(db, rng, names)
-    settings = app.extensions["settings"]
-    batches = random_workload(rng, [*names, "ghost"], batches=8, per_batch=40)
-    seen: set[str] = set()
-    copies = _replay(db, settings, rng, names, batches[:4], seen, 0)
-    warehouse.add_events(_warehouse_events(db, copies))
-    _source(db, warehouse, ids)
-    _check(db, ids, "full")
-    stored_before = _last_event_id(db)
-    copies = _replay(db, settings, rng, names, batches[4:], seen, 4)
-    assert copies
-    warehouse.add_events(_warehouse_events(db, copies, after_id=stored_before))
-    return ids
 
 
 def test_increments_are_exact_where_the_warehouse_refuses_temporary_tables(app, db, warehouse, monkeypatch, caplog):
@@ -313,7 +302,7 @@ def test_increments_are_exact_where_the_warehouse_refuses_temporary_tables(app, 
 
     monkeypatch.setattr(refresh_module.dialects, "TemporaryTable", refuse)
     _small_buckets(app, monkeypatch)  # ClickHouse's buckets then each compute the repeated events again
-    ids = _full_then_more_events(app, db, warehouse, seed=20261204, customers=30)
+    ids = _stored_workload(app, db, warehouse, seed=20261204, customers=30, in_full=4)
     with caplog.at_level("INFO", logger="expplatform.warehouse.refresh"):
         _check(db, ids, "incremental")
     assert refused and "creating a temporary table failed" in caplog.text
@@ -337,6 +326,6 @@ def test_statistics_stay_exact_when_id_hashes_collide(app, db, warehouse, monkey
 
     monkeypatch.setattr(dialects, "id_hash", colliding)
     _small_buckets(app, monkeypatch)
-    ids = _full_then_more_events(app, db, warehouse, seed=20261206, customers=40)
+    ids = _stored_workload(app, db, warehouse, seed=20261206, customers=40, in_full=4)
     _check(db, ids, "incremental")
     assert bool(hashed) == (warehouse.engine_name != "postgresql")
